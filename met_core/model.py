@@ -1,0 +1,101 @@
+"""The MET wrapper around an unmodified, frozen timm VisionTransformer.
+
+The wrapper walks the backbone's own modules (patch embedding, blocks, final norm) and inserts the
+E-adapters between them, so the backbone's code and weights stay untouched. API after timm:
+`forward_features` gives the head inputs of the exits, `forward_head` their logits.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from timm.models.vision_transformer import VisionTransformer
+
+from .adapters import SITES_PER_BLOCK, EAdapters
+from .config import METConfig
+
+
+class METModel(nn.Module):
+    """A frozen ViT with exits after `cfg.exits`, E-adapters and one linear head per exit."""
+
+    def __init__(self, backbone: VisionTransformer, cfg: METConfig) -> None:
+        super().__init__()
+        self.depth = len(backbone.blocks)
+        cfg.validate(self.depth)
+        self.cfg = cfg
+        self.backbone = backbone.requires_grad_(False).eval()
+        dim = backbone.embed_dim
+        self.adapters = (EAdapters(self.depth, dim, len(cfg.exits), cfg.adapter_dim, cfg.adapter_scale,
+                                   cfg.sharing, cfg.exit_diagonals) if cfg.adapters else None)
+        self.heads = nn.ModuleList(nn.Linear(dim, cfg.num_classes) for _ in cfg.exits)
+        starts = [0] + list(cfg.exits[:-1])
+        self.stages = [range(s, e) for s, e in zip(starts, cfg.exits)]  # 0-based block indices per exit
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.cfg.exits)
+
+    def train(self, mode: bool = True) -> "METModel":
+        super().train(mode)
+        self.backbone.eval()  # frozen: no dropout / drop-path, whatever the wrapper's mode
+        return self
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the trained tensors (adapters, heads): what a checkpoint stores."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def num_parameters(self) -> dict[str, int]:
+        trainable = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("backbone."))
+        frozen = sum(p.numel() for p in self.backbone.parameters())
+        return {"trainable": trainable, "frozen": frozen}
+
+    # --- pieces, shared by the all-exits and the early-exit forward ------------------------------
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding, position embedding and pre-norm: the part before any adapter."""
+        b = self.backbone
+        return b.norm_pre(b.patch_drop(b._pos_embed(b.patch_embed(x))))
+
+    def forward_block(self, x: torch.Tensor, i: int, exit_idx: int) -> torch.Tensor:
+        """Block i (0-based) with its two adapter sites, using exit `exit_idx`'s diagonal."""
+        blk = self.backbone.blocks[i]
+        if self.adapters is not None:
+            x = self.adapters(x, SITES_PER_BLOCK * i, exit_idx)
+        x = x + blk.drop_path1(blk.ls1(blk.attn(blk.norm1(x))))
+        if self.adapters is not None:
+            x = self.adapters(x, SITES_PER_BLOCK * i + 1, exit_idx)
+        return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+
+    def forward_stage(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Tokens after exit k's blocks, from the tokens after exit k-1 (stem output for k = 0).
+
+        Stage-wise diagonals: a continuing image reuses what it has. Per-exit path: exit k's
+        representation runs every block up to e_k with g_k, so `x` must be the stem output.
+        """
+        blocks = self.stages[k] if self.cfg.diagonal_mode == "stage" else range(self.cfg.exits[k])
+        for i in blocks:
+            x = self.forward_block(x, i, k)
+        return x
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Head input: the frozen final norm, then the CLS token or the mean of patch tokens."""
+        x = self.backbone.norm(x)
+        if self.cfg.head_input == "cls":
+            return x[:, 0]
+        return x[:, self.backbone.num_prefix_tokens:].mean(dim=1)
+
+    # --- timm-style API ---------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+        """Head inputs z_k of exits 0..upto (all by default)."""
+        last = self.num_exits - 1 if upto is None else upto
+        stem = self.forward_stem(x)
+        tokens, feats = stem, []
+        for k in range(last + 1):
+            tokens = self.forward_stage(tokens if self.cfg.diagonal_mode == "stage" else stem, k)
+            feats.append(self.pool(tokens))
+        return feats
+
+    def forward_head(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [head(z) for head, z in zip(self.heads, feats)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every exit, shape (num_exits, batch, classes)."""
+        return torch.stack(self.forward_head(self.forward_features(x)))
