@@ -38,7 +38,7 @@ def class_balanced_batches(labels: np.ndarray, batch_size: int, classes_per_batc
         chosen = rng.choice(classes, size=p, replace=False)
         batch = []
         for c in chosen:
-            if len(pools[c]) < m:
+            while len(pools[c]) < m:  # refill (repeatedly, for classes smaller than M)
                 pools[c] += list(rng.permutation(np.flatnonzero(labels == c)))
             batch += [pools[c].pop() for _ in range(m)]
         batches.append(rng.permutation(np.asarray(batch)))

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from met_core.data import load_image, make_transform, open_dataset, subsample_split
+from met_core.errors import METError
+
+from .conftest import CIFAR_TRAIN, HYMENOPTERA
+
+
+def test_hymenoptera_folder_every_file_loads_as_rgb():
+    """Real photos of many sizes, one palette GIF and one .jpeg: all come out RGB tensors."""
+    ds = open_dataset(str(HYMENOPTERA / "val"))
+    assert ds.class_names == ["ants", "bees"] and len(ds) == 153
+    assert any(i.lower().endswith(".gif") for i in open_dataset(str(HYMENOPTERA / "train")).ids)
+    ds.transform = make_transform(56, (0.5,) * 3, (0.5,) * 3)
+    x, y, i = ds[0]
+    assert x.shape == (3, 56, 56) and y == 0 and ds.ids[i].startswith("ants/")
+    tr = open_dataset(str(HYMENOPTERA / "train"))
+    gif = next(k for k, sid in enumerate(tr.ids) if sid.lower().endswith(".gif"))
+    assert tr.get_image(gif).mode == "RGB"
+
+
+def test_to_rgb_handles_all_modes(tmp_path):
+    for mode, value in [("P", 3), ("L", 128), ("RGBA", (10, 20, 30, 0)), ("I;16", 40000), ("CMYK", (0, 0, 0, 0)), ("LA", (5, 5))]:
+        path = tmp_path / f"img_{mode.replace(';', '')}.{'tif' if mode in ('I;16', 'CMYK') else 'png'}"
+        Image.new(mode, (5, 4), value).save(path)
+        img = load_image(path)
+        assert img.mode == "RGB" and img.size == (5, 4)
+
+
+def test_vtab_subsample_is_seeded_and_stratified():
+    ds = open_dataset(str(CIFAR_TRAIN))
+    tr, va = subsample_split(ds.labels, 100, 0.2, seed=0)
+    assert len(tr) == 800 and len(va) == 200 and not set(tr) & set(va)
+    assert (np.bincount(ds.labels[tr]) == 80).all() and (np.bincount(ds.labels[va]) == 20).all()
+    tr2, va2 = subsample_split(ds.labels, 100, 0.2, seed=0)
+    assert (tr == tr2).all() and (va == va2).all()
+    assert not (subsample_split(ds.labels, 100, 0.2, seed=1)[0] == tr).all()
+
+
+def test_bad_inputs_say_what_is_wrong(tmp_path):
+    with pytest.raises(METError, match="neither an existing folder"):
+        open_dataset(str(tmp_path / "nope"))
+    with pytest.raises(METError, match="no class sub-folders"):
+        open_dataset(str(tmp_path))
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(METError, match="no image files"):
+        open_dataset(str(tmp_path))
+    (tmp_path / "cat" / "fake.jpg").write_text("text renamed to jpg")
+    ds = open_dataset(str(tmp_path))
+    with pytest.raises(METError, match="fake.jpg is not a readable image"):
+        ds.get_image(0)
+    with pytest.raises(METError, match="could not get cifar10"):
+        open_dataset("cifar10", download=False, data_root=str(tmp_path / "empty"))
