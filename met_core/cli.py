@@ -1,4 +1,4 @@
-"""`python -m met_core SUBCOMMAND`: train, trace, info.
+"""`python -m met_core SUBCOMMAND`: train, trace, info, whatif, calibrate, predict, bench-exit.
 
 User errors (METError, missing paths, bad files) print one line `error: ...` and exit with code 2;
 no tracebacks. `--json` prints a machine-readable result on stdout; progress goes to stderr.
@@ -202,6 +202,106 @@ def cmd_info(args: argparse.Namespace) -> None:
     ])
 
 
+# --- early exit: whatif, calibrate, predict, bench-exit ---------------------------------------------
+
+def _thresholds(args: argparse.Namespace) -> float | list[float]:
+    if args.thresholds is not None:
+        return args.thresholds
+    if args.threshold is not None:
+        return args.threshold
+    from .policies import get_policy
+    return get_policy(args.policy).default_threshold
+
+
+WHATIF_KEYS = ("accuracy", "gmacs", "speedup", "exit_fractions", "exit_accuracy", "thresholds")
+
+
+def _whatif_lines(r: dict[str, Any]) -> list[str]:
+    return [
+        f"accuracy {100 * r['accuracy']:.2f}% (last exit {100 * r['last_exit_accuracy']:.2f}%), "
+        f"{r['gmacs']:.3f} GMACs, speed-up {r['speedup']:.2f}x over the last exit ({r['note']}; {MAC_NOTE})",
+        "leaving at each exit: " + " / ".join(f"{100 * f:.1f}%" for f in r["exit_fractions"]),
+        "accuracy of leavers: " + " / ".join("-" if a is None else f"{100 * a:.1f}%" for a in r["exit_accuracy"]),
+        "thresholds: " + ", ".join("last" if t is None else f"{t:.4g}" for t in r["thresholds"]),
+    ]
+
+
+def cmd_whatif(args: argparse.Namespace) -> None:
+    from .traces import load_trace
+    from .whatif import TraceArrays, whatif
+
+    arrays = TraceArrays.from_trace(load_trace(args.trace))
+    r = whatif(arrays, _thresholds(args), args.policy, detail=args.detail)
+    _emit(args, r, _whatif_lines(r))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from .calibration import apply, calibrate_accuracy_loss, calibrate_budget, sweep
+    from .traces import load_trace
+    from .whatif import TraceArrays
+
+    val_t = load_trace(args.trace)
+    test_t = load_trace(args.apply) if args.apply else val_t
+    if val_t.meta.get("checkpoint_sha256") != test_t.meta.get("checkpoint_sha256") or val_t.num_exits != test_t.num_exits:
+        raise METError(f"{args.trace} and {args.apply} come from different checkpoints; calibrate and apply on traces of one model.")
+    val, test = TraceArrays.from_trace(val_t), TraceArrays.from_trace(test_t)
+    if args.sweep:
+        pts = sweep(val, args.policy)
+        rows = []
+        for p in pts:
+            r = apply(test, p, args.policy)
+            rows.append({**p.as_dict(), "test_accuracy": r["accuracy"], "test_gmacs": r["gmacs"]})
+        _emit(args, rows, ["val_gmacs,val_accuracy,test_gmacs,test_accuracy,pareto,source"] + [
+            f"{r['gmacs']:.4f},{r['accuracy']:.4f},{r['test_gmacs']:.4f},{r['test_accuracy']:.4f},{int(r['pareto'])},{r['source']}"
+            for r in rows])
+        return
+    if (args.budget is None) == (args.max_loss is None):
+        raise METError("give exactly one of --budget F (fraction of the last exit's GMACs), --max-loss D, or --sweep.")
+    point = (calibrate_budget(val, args.budget, args.policy) if args.budget is not None
+             else calibrate_accuracy_loss(val, args.max_loss, args.policy))
+    r = apply(test, point, args.policy)
+    where = "test" if args.apply else "validation"
+    _emit(args, r, [f"measured on the {where} trace:"] + _whatif_lines(r))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .inference import predict_files
+    from .io import load_checkpoint
+
+    if len(args.images) > args.max_files:
+        raise METError(f"{len(args.images)} files given; at most {args.max_files} at once (raise --max-files).")
+    model, _ = load_checkpoint(args.checkpoint)
+    res = predict_files(model, args.images, _thresholds(args), args.policy)
+    lines = [f"{r['file']}: error: {r['error']}" if "error" in r else
+             f"{r['file']}: {r['class']} at exit {r['exit'] + 1}/{model.num_exits}, confidence {r['confidence']:.3f}, "
+             f"{r['gmacs']:.3f} of {r['gmacs_full']:.3f} GMACs" for r in res]
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print("\n".join(lines))
+
+
+def cmd_bench_exit(args: argparse.Namespace) -> None:
+    import torch
+
+    from .data import make_transform, open_dataset
+    from .inference import measure_speedup
+    from .io import load_checkpoint
+    from .train import materialize
+
+    model, _ = load_checkpoint(args.checkpoint)
+    ds = open_dataset(args.dataset, split=args.split, download=not args.no_download)
+    if args.limit and args.limit < len(ds):
+        ds = ds.subset(np.sort(np.random.default_rng(args.seed).choice(len(ds), args.limit, replace=False)))
+    ds.transform = make_transform(model.cfg.img_size, model.cfg.mean, model.cfg.std)
+    x, _ = materialize(ds, "decode", progress=not args.quiet)
+    torch.manual_seed(args.seed)
+    r = measure_speedup(model, x, _thresholds(args), args.policy, args.batch, args.repeats)
+    _emit(args, r, [f"real batched early exit on {r['images']} images, batch {r['batch_size']}, median of {r['repeats']}:",
+                    f"predicted speed-up {r['predicted_speedup']:.2f}x, measured {r['measured_speedup']:.2f}x "
+                    f"({100 * r['early_exit_share']:.1f}% left early)"])
+
+
 # --- entry point -----------------------------------------------------------------------------------
 
 def log(msg: str) -> None:
@@ -235,7 +335,48 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--checkpoint", required=True, type=existing_path)
     i.set_defaults(func=cmd_info)
 
-    for s in (t, r, i):
+    def add_rule(s: argparse.ArgumentParser) -> None:
+        from .policies import POLICIES
+        s.add_argument("--threshold", type=float, help="one global threshold (default: the policy's default)")
+        s.add_argument("--thresholds", type=_list_parser(float), metavar="T1,T2,...",
+                       help="per-exit thresholds (K-1 or K values; the last exit always answers)")
+        s.add_argument("--policy", default="max-softmax", choices=list(POLICIES),
+                       help="; ".join(f"{k}: {v.help}" for k, v in POLICIES.items()))
+
+    w = sub.add_parser("whatif", help="metrics of thresholds on a trace (simulated from cached exit outputs)")
+    w.add_argument("--trace", required=True)
+    w.add_argument("--detail", action="store_true", help="add per-class accuracy and the confusion matrix")
+    add_rule(w)
+    w.set_defaults(func=cmd_whatif)
+
+    c = sub.add_parser("calibrate", help="choose thresholds on a validation trace, measure them on a test trace")
+    c.add_argument("--trace", required=True, help="validation trace the thresholds are chosen on")
+    c.add_argument("--apply", help="test trace the chosen thresholds are measured on (default: the validation trace)")
+    c.add_argument("--budget", type=float, help="mean cost target, a fraction of the last exit's GMACs (0.5 = half)")
+    c.add_argument("--max-loss", type=float, help="accuracy loss allowed versus the last exit, a fraction (0.005 = 0.5 point)")
+    c.add_argument("--sweep", action="store_true", help="print every candidate point (CSV, or JSON with --json), Pareto front marked")
+    c.add_argument("--policy", default="max-softmax", choices=["max-softmax", "entropy"])
+    c.set_defaults(func=cmd_calibrate)
+
+    pr = sub.add_parser("predict", help="real early-exit prediction on image files")
+    pr.add_argument("--checkpoint", required=True, type=existing_path)
+    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("--max-files", type=int, default=256, help="refuse more files than this at once")
+    add_rule(pr)
+    pr.set_defaults(func=cmd_predict)
+
+    b = sub.add_parser("bench-exit", help="measure real batched early exit against running every image to the last exit")
+    b.add_argument("--checkpoint", required=True, type=existing_path)
+    b.add_argument("--dataset", required=True)
+    b.add_argument("--split", default="test")
+    b.add_argument("--batch", type=int, default=64)
+    b.add_argument("--limit", type=int, default=512, help="images to use (a seeded random subset)")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--seed", type=int, default=0)
+    add_rule(b)
+    b.set_defaults(func=cmd_bench_exit)
+
+    for s in (t, r, i, w, c, pr, b):
         s.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
         s.add_argument("--quiet", action="store_true", help="no progress bars")
         s.add_argument("--no-download", action="store_true", help="never download datasets")
@@ -253,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -6,12 +6,20 @@ E-adapters between them, so the backbone's code and weights stay untouched. API 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from timm.models.vision_transformer import VisionTransformer
 
 from .adapters import SITES_PER_BLOCK, EAdapters
 from .config import METConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .policies import Policy
 
 
 class METModel(nn.Module):
@@ -99,3 +107,49 @@ class METModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every exit, shape (num_exits, batch, classes)."""
         return torch.stack(self.forward_head(self.forward_features(x)))
+
+    # --- real early exit --------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward_early_exit(self, x: torch.Tensor, thresholds: "np.ndarray", policy: "Policy") -> "EarlyExitResult":
+        """Run block by block; at each exit the images whose score passes leave the batch and stop computing.
+
+        Only the images still running continue (batch compaction). Same classes and exits as
+        computing every exit and applying the rule afterwards.
+        """
+        import numpy as np
+
+        n, k_total = x.shape[0], self.num_exits
+        exit_of = np.full(n, -1)
+        probs = np.full((n, k_total, self.cfg.num_classes), np.nan, dtype=np.float32)
+        active = np.arange(n)
+        stem = self.forward_stem(x)
+        tokens = stem
+        for k in range(k_total):
+            tokens = self.forward_stage(tokens if self.cfg.diagonal_mode == "stage" else stem, k)
+            p = torch.softmax(self.heads[k](self.pool(tokens)).float(), dim=-1).numpy()
+            probs[active, k] = p
+            if k == k_total - 1:
+                exit_of[active] = k
+                break
+            score = policy.score(probs[active, : k + 1])[:, -1]
+            leave = policy.passes(score, thresholds[k])
+            exit_of[active[leave]] = k
+            keep = torch.from_numpy(~leave)
+            active = active[~leave]
+            if active.size == 0:
+                break
+            tokens = tokens[keep]
+            stem = stem[keep]
+        rows = np.arange(n)
+        chosen = probs[rows, exit_of]
+        return EarlyExitResult(chosen.argmax(-1), exit_of, chosen.max(-1), probs)
+
+
+@dataclass
+class EarlyExitResult:
+    """Per image: predicted class, exit index, confidence, and the per-exit probabilities it computed (NaN beyond its exit)."""
+
+    classes: "np.ndarray"
+    exits: "np.ndarray"
+    confidence: "np.ndarray"
+    probs: "np.ndarray"

@@ -1,0 +1,123 @@
+"""Choose thresholds on a validation trace; apply them to a test trace.
+
+The candidate operating points are per-exit threshold vectors under which a geometric share of the
+images leaves at each exit (share_k proportional to q^k, q swept: the MSDNet budgeted protocol), plus
+the single global thresholds at the score quantiles. From them: the accuracy-vs-GMACs sweep with its
+Pareto front, the best point within a cost budget, and the cheapest point within an accuracy loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import METError
+from .policies import get_policy
+from .whatif import TraceArrays, whatif
+
+CALIBRATABLE = ("max-softmax", "entropy")
+
+
+@dataclass
+class OperatingPoint:
+    thresholds: list[float | None]
+    accuracy: float
+    gmacs: float
+    exit_fractions: list[float]
+    source: str
+    pareto: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def thresholds_for_shares(arrays: TraceArrays, shares: np.ndarray, policy: str = "max-softmax") -> list[float | None]:
+    """Per-exit thresholds under which about `shares[k]` of all images leave at exit k (ties may add a few).
+
+    Exits are filled in order; at exit k the most confident of the images still running leave.
+    The last exit's threshold is None: it always answers.
+    """
+    pol = get_policy(policy)
+    if policy not in CALIBRATABLE:
+        raise METError(f"calibration needs a continuous score; use one of {', '.join(CALIBRATABLE)}, not '{policy}'.")
+    s = arrays.score(pol) if pol.higher_is_confident else -arrays.score(pol)
+    n, k = s.shape
+    remaining = np.ones(n, dtype=bool)
+    out: list[float | None] = []
+    for j in range(k - 1):
+        take = int(round(shares[j] * n))
+        cand = s[remaining, j]
+        if take <= 0 or cand.size == 0:
+            t = np.inf  # nobody leaves here
+        else:
+            t = np.sort(cand)[::-1][min(take, cand.size) - 1]
+            remaining &= ~(s[:, j] >= t)
+        out.append(_policy_value(t, pol.higher_is_confident, pol.never))
+    return out + [None]
+
+
+def _policy_value(t: float, higher: bool, never: float) -> float:
+    if not np.isfinite(t):
+        return never
+    return float(t if higher else -t)
+
+
+def geometric_shares(q: float, k: int) -> np.ndarray:
+    w = q ** np.arange(k, dtype=np.float64)
+    return w / w.sum()
+
+
+def sweep(arrays: TraceArrays, policy: str = "max-softmax", n_q: int = 41, n_global: int = 41) -> list[OperatingPoint]:
+    """Candidate operating points sorted by GMACs, with the Pareto front marked (no point is cheaper and better)."""
+    get_policy(policy)
+    if policy not in CALIBRATABLE:
+        raise METError(f"calibration needs a continuous score; use one of {', '.join(CALIBRATABLE)}, not '{policy}'.")
+    k = arrays.num_exits
+    cands: list[tuple[list[float | None], str]] = []
+    for q in np.concatenate([[0.0], np.logspace(-2, 2, n_q)]):
+        cands.append((thresholds_for_shares(arrays, geometric_shares(q, k) if q > 0 else np.eye(k)[0], policy),
+                      f"geometric q={q:.4g}"))
+    pol = get_policy(policy)
+    scores = arrays.score(pol)[:, :-1].ravel()
+    for t in np.unique(np.quantile(scores, np.linspace(0, 1, n_global))):
+        cands.append(([float(t)] * (k - 1) + [None], f"global {t:.4g}"))
+    cands.append(([pol.never] * (k - 1) + [None], "last exit only"))
+    points = []
+    for th, src in cands:
+        r = whatif(arrays, th, policy)
+        points.append(OperatingPoint(th, r["accuracy"], r["gmacs"], r["exit_fractions"], src))
+    points.sort(key=lambda p: (p.gmacs, -p.accuracy))
+    best = -1.0
+    for p in points:
+        if p.accuracy > best:
+            p.pareto, best = True, p.accuracy
+    return points
+
+
+def calibrate_budget(val: TraceArrays, budget: float, policy: str = "max-softmax") -> OperatingPoint:
+    """Most accurate validation point whose mean cost is at most `budget` x the last exit's GMACs."""
+    if not np.isfinite(budget) or budget <= 0:
+        raise METError(f"budget must be a positive fraction of the last exit's GMACs, got {budget}.")
+    limit = budget * val.gmacs[-1]
+    feasible = [p for p in sweep(val, policy) if p.gmacs <= limit + 1e-12]
+    if not feasible:
+        raise METError(f"a budget of {budget:.0%} ({limit:.3f} GMACs) is below the first exit's cost "
+                       f"({val.gmacs[0]:.3f} GMACs, {val.gmacs[0] / val.gmacs[-1]:.0%}); raise it.")
+    return max(feasible, key=lambda p: (p.accuracy, -p.gmacs))
+
+
+def calibrate_accuracy_loss(val: TraceArrays, max_loss: float, policy: str = "max-softmax") -> OperatingPoint:
+    """Cheapest validation point within `max_loss` (a fraction, 0.005 = half a point) of the last exit's accuracy."""
+    if not np.isfinite(max_loss) or max_loss < 0:
+        raise METError(f"the accuracy loss must be a non-negative fraction, got {max_loss}.")
+    target = val.correct[:, -1].mean() - max_loss
+    ok = [p for p in sweep(val, policy) if p.accuracy >= target - 1e-12]
+    return min(ok, key=lambda p: (p.gmacs, -p.accuracy))
+
+
+def apply(test: TraceArrays, point: OperatingPoint, policy: str = "max-softmax") -> dict[str, Any]:
+    """The what-if of calibrated thresholds on another (test) trace, with what they were chosen for."""
+    out = whatif(test, point.thresholds, policy)
+    out["calibrated_on_validation"] = {"accuracy": point.accuracy, "gmacs": point.gmacs, "source": point.source}
+    return out

@@ -1,0 +1,92 @@
+"""Exit rules as pure functions over per-exit probabilities, and a registry.
+
+A policy maps probabilities `p` of shape (N, K, C) to a score (N, K) and says whether a sample may
+leave at an exit: `passes = score >= threshold` (max-softmax, patience) or `score <= threshold`
+(entropy). `exit_index` applies thresholds and returns each sample's exit; the last exit always answers.
+Thresholds are one global number or one per exit (the last one is ignored).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import METError
+
+
+def max_softmax(p: np.ndarray) -> np.ndarray:
+    """Confidence = top-1 probability at each exit."""
+    return p.max(-1)
+
+
+def normalized_entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy of each exit's distribution divided by log C: 0 = certain, 1 = uniform."""
+    c = p.shape[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -(p * np.where(p > 0, np.log(p), 0.0)).sum(-1)
+    return h / np.log(c)
+
+
+def patience_agreement(p: np.ndarray) -> np.ndarray:
+    """How many consecutive exits, ending at this one, predict the same class (1 at the first exit)."""
+    pred = p.argmax(-1)
+    run = np.ones(pred.shape, dtype=np.float64)
+    for k in range(1, pred.shape[1]):
+        run[:, k] = np.where(pred[:, k] == pred[:, k - 1], run[:, k - 1] + 1, 1)
+    return run
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    score: Callable[[np.ndarray], np.ndarray]
+    higher_is_confident: bool
+    help: str
+    default_threshold: float
+    never: float  # a threshold no sample passes (the exit is skipped)
+
+    def passes(self, score: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+        return score >= thresholds if self.higher_is_confident else score <= thresholds
+
+
+POLICIES: dict[str, Policy] = {
+    "max-softmax": Policy("max-softmax", max_softmax, True,
+                          "leave when the top-1 probability reaches the threshold (0..1)", 0.8, 1.0 + 1e-6),
+    "entropy": Policy("entropy", normalized_entropy, False,
+                      "leave when the normalised entropy is at most the threshold (0..1)", 0.3, -1e-6),
+    "patience": Policy("patience", patience_agreement, True,
+                       "leave when this many consecutive exits agree (the threshold is a count)", 2, 1e9),
+}
+
+
+def get_policy(name: str) -> Policy:
+    if name not in POLICIES:
+        raise METError(f"unknown exit policy '{name}'; choose one of {', '.join(POLICIES)}.")
+    return POLICIES[name]
+
+
+def as_thresholds(thresholds: float | Sequence[float], num_exits: int) -> np.ndarray:
+    """A global threshold or a per-exit vector -> a (K,) vector. NaN is refused; a length mismatch too."""
+    vals = list(thresholds) if isinstance(thresholds, (list, tuple, np.ndarray)) else [thresholds]
+    if len(vals) == num_exits and vals[-1] is None:
+        vals[-1] = np.inf  # the last exit always answers; None marks that in JSON
+    if any(v is None for v in vals):
+        raise METError("only the last exit's threshold may be null; give numbers for the others.")
+    t = np.atleast_1d(np.asarray(vals, dtype=np.float64))
+    if t.size == 1:
+        t = np.full(num_exits, float(t[0]))
+    elif t.size == num_exits - 1:
+        t = np.append(t, np.inf)  # the last exit always answers: its threshold does not matter
+    elif t.size != num_exits:
+        raise METError(f"{t.size} thresholds given for {num_exits} exits; give one, {num_exits - 1} or {num_exits}.")
+    if np.isnan(t).any():
+        raise METError("a threshold is NaN; give numbers.")
+    return t
+
+
+def exit_index(score: np.ndarray, thresholds: np.ndarray, policy: Policy) -> np.ndarray:
+    """First exit whose score passes its threshold; the last exit if none does. score: (N, K)."""
+    ok = policy.passes(score, thresholds[None, :])
+    ok[:, -1] = True
+    return ok.argmax(1)

@@ -1,0 +1,90 @@
+"""Thresholds + trace -> metrics, as pure vectorised numpy. Simulated from cached exit outputs.
+
+`TraceArrays` precomputes what every what-if needs once (predictions, correctness, policy scores),
+so a slider move costs one comparison and a few bincounts over (N, K) arrays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .policies import Policy, as_thresholds, exit_index, get_policy
+from .traces import SIMULATED_NOTE, Trace
+
+
+@dataclass
+class TraceArrays:
+    """What-if inputs derived once from a trace: (N, K) predictions, correctness, confidence, scores."""
+
+    pred: np.ndarray
+    correct: np.ndarray
+    labels: np.ndarray
+    gmacs: np.ndarray
+    num_classes: int
+    probs: np.ndarray
+    _scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_trace(cls, trace: Trace) -> "TraceArrays":
+        p = trace.probs()
+        pred = p.argmax(-1)
+        return cls(pred, pred == trace.labels[:, None], trace.labels, np.asarray(trace.gmacs, float),
+                   p.shape[-1], p)
+
+    def score(self, policy: Policy) -> np.ndarray:
+        if policy.name not in self._scores:
+            self._scores[policy.name] = policy.score(self.probs)
+        return self._scores[policy.name]
+
+    @property
+    def num_exits(self) -> int:
+        return self.pred.shape[1]
+
+
+def exits_for(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str = "max-softmax") -> np.ndarray:
+    """Each sample's exit under the rule."""
+    pol = get_policy(policy)
+    return exit_index(arrays.score(pol), as_thresholds(thresholds, arrays.num_exits), pol)
+
+
+def whatif(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str = "max-softmax",
+           detail: bool = False) -> dict[str, Any]:
+    """Accuracy, mean GMACs, speed-up over the last exit, exit shares and per-exit accuracy of leavers.
+
+    `detail` adds per-class accuracy and the confusion matrix (rows: true class, columns: predicted).
+    """
+    t = as_thresholds(thresholds, arrays.num_exits)
+    ex = exits_for(arrays, t, policy)
+    n, k = arrays.pred.shape
+    rows = np.arange(n)
+    correct = arrays.correct[rows, ex]
+    counts = np.bincount(ex, minlength=k)
+    right = np.bincount(ex, weights=correct, minlength=k)
+    gm = float(arrays.gmacs[ex].mean())
+    out: dict[str, Any] = {
+        "accuracy": float(correct.mean()),
+        "gmacs": gm,
+        "speedup": float(arrays.gmacs[-1] / gm),
+        "exit_fractions": (counts / n).tolist(),
+        "exit_accuracy": [float(r / c) if c else None for r, c in zip(right, counts)],
+        "thresholds": [float(x) if np.isfinite(x) else None for x in t],
+        "policy": policy,
+        "last_exit_accuracy": float(arrays.correct[:, -1].mean()),
+        "last_exit_gmacs": float(arrays.gmacs[-1]),
+        "note": SIMULATED_NOTE,
+    }
+    if detail:
+        c = arrays.num_classes
+        pred = arrays.pred[rows, ex]
+        conf = np.bincount(arrays.labels * c + pred, minlength=c * c).reshape(c, c)
+        per_class_n = conf.sum(1)
+        out["per_class_accuracy"] = [float(conf[i, i] / m) if m else None for i, m in enumerate(per_class_n)]
+        out["confusion"] = conf.tolist()
+    return out
+
+
+def exit_accuracy_all(arrays: TraceArrays) -> list[float]:
+    """Accuracy of every exit on all samples (no early exit)."""
+    return arrays.correct.mean(0).tolist()

@@ -1,0 +1,79 @@
+"""Real batched early exit equals computing every exit and applying the rule afterwards (real images)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from met_core.data import make_transform, open_dataset
+from met_core.errors import METError
+from met_core.inference import early_exit, measure_speedup, predict_files
+from met_core.io import load_checkpoint
+from met_core.policies import POLICIES, as_thresholds, exit_index
+from met_core.train import materialize
+
+from .conftest import CIFAR_TEST, HYMENOPTERA, run_cli
+
+
+@pytest.fixture(scope="module")
+def model_and_images(tiny_checkpoint):
+    model, _ = load_checkpoint(tiny_checkpoint)
+    ds = open_dataset(str(CIFAR_TEST))
+    ds = ds.subset(np.random.default_rng(0).choice(len(ds), 70, replace=False))
+    ds.transform = make_transform(model.cfg.img_size, model.cfg.mean, model.cfg.std)
+    x, _ = materialize(ds, "decode", progress=False)
+    with torch.no_grad():
+        probs = torch.softmax(model(x), -1).transpose(0, 1).numpy()  # (N, K, C), every exit
+    return model, x, probs
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_batched_early_exit_matches_all_exits_then_rule(model_and_images, policy, batch_size):
+    model, x, probs = model_and_images
+    pol = POLICIES[policy]
+    score = pol.score(probs)
+    # thresholds at per-exit score medians: about half leave at each exit, so every path is exercised
+    t = np.median(score, axis=0) if policy != "patience" else np.full(4, 2.0)
+    expected_exit = exit_index(score, as_thresholds(t, 4), pol)
+    res = early_exit(model, x, t, policy, batch_size=batch_size)
+    assert 0 < (expected_exit < 3).mean() < 1
+    np.testing.assert_array_equal(res.exits, expected_exit)
+    np.testing.assert_array_equal(res.classes, probs[np.arange(len(x)), expected_exit].argmax(-1))
+    for i, e in enumerate(res.exits):  # probabilities exist exactly for the exits an image ran
+        assert not np.isnan(res.probs[i, : e + 1]).any() and np.isnan(res.probs[i, e + 1:]).all()
+        np.testing.assert_allclose(res.probs[i, : e + 1], probs[i, : e + 1], atol=1e-5)
+
+
+def test_threshold_extremes(model_and_images):
+    model, x, _ = model_and_images
+    assert (early_exit(model, x[:10], 1.01).exits == 3).all()
+    assert (early_exit(model, x[:10], 0.0).exits == 0).all()
+    with pytest.raises(METError, match="thresholds given for 4 exits"):
+        early_exit(model, x[:2], [0.5, 0.5])
+
+
+def test_predict_files_answers_good_files_and_reports_bad_ones(tiny_checkpoint, tmp_path):
+    model, _ = load_checkpoint(tiny_checkpoint)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    photo = next((HYMENOPTERA / "val" / "ants").iterdir())
+    res = predict_files(model, [str(photo), str(bad)], 0.5)
+    assert res[0]["class"] in model.cfg.class_names and 0 <= res[0]["exit"] < 4 and res[0]["gmacs"] > 0
+    assert "error" in res[1] and "not a readable image" in res[1]["error"]
+
+
+def test_predict_cli_json_contract(tiny_checkpoint, tmp_path):
+    bad = tmp_path / "empty.png"
+    bad.write_bytes(b"")
+    img = CIFAR_TEST / "cat" / "0001.jpg"
+    out = json.loads(run_cli("predict", "--checkpoint", str(tiny_checkpoint), "--threshold", "0.3", "--json",
+                             str(img), str(bad)).stdout)
+    assert set(out[0]) >= {"file", "class", "exit", "confidence", "gmacs"} and set(out[1]) == {"file", "error"}
+
+
+def test_measure_speedup_reports_its_figures(model_and_images):
+    model, x, probs = model_and_images
+    r = measure_speedup(model, x, 0.0, batch_size=64, repeats=1)
+    assert r["early_exit_share"] == 1.0 and r["predicted_speedup"] > 3
+    assert r["measured_speedup"] > 1.0  # stopping after 3 of 12 blocks must be faster than all 12
