@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,14 +50,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB (first frame of animations), with a one-sentence error for bad files."""
+def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None) -> Image.Image:
+    """Open an image (path or binary file object) as RGB, first frame of animations; one-sentence errors."""
+    name = name or str(source)
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             return to_rgb(img)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise METError(f"{path} is not a readable image ({type(e).__name__}: {e}); remove or replace it.") from None
+        raise METError(f"{name} is not a readable image ({type(e).__name__}: {e}); remove or replace it.") from None
 
 
 def make_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import IO, Any, Sequence
 
 import numpy as np
 import torch
@@ -32,13 +32,20 @@ def early_exit(model: METModel, x: torch.Tensor, thresholds: float | Sequence[fl
 def predict_files(model: METModel, files: Sequence[str | Path], thresholds: float | Sequence[float],
                   policy: str = "max-softmax", batch_size: int = 64) -> list[dict[str, Any]]:
     """Per file: class, exit (0-based), confidence, GMACs and per-exit probabilities; or an error for that file alone."""
+    return predict_images(model, [(str(f), f) for f in files], thresholds, policy, batch_size)
+
+
+def predict_images(model: METModel, items: Sequence[tuple[str, str | Path | IO[bytes]]],
+                   thresholds: float | Sequence[float], policy: str = "max-softmax",
+                   batch_size: int = 64) -> list[dict[str, Any]]:
+    """Like `predict_files` for (name, path or binary file object) pairs, e.g. uploads."""
     tf = make_transform(model.cfg.img_size, model.cfg.mean, model.cfg.std)
     gm = exit_gmacs(model)
-    results: list[dict[str, Any]] = [{"file": str(f)} for f in files]
+    results: list[dict[str, Any]] = [{"file": name} for name, _ in items]
     good, tensors = [], []
-    for i, f in enumerate(files):
+    for i, (name, src) in enumerate(items):
         try:
-            tensors.append(tf(load_image(f)))
+            tensors.append(tf(load_image(src, name)))
             good.append(i)
         except METError as e:
             results[i]["error"] = str(e)

@@ -61,15 +61,20 @@ def materialize(ds: ImageDataset, desc: str, progress: bool = True) -> tuple[tor
 
 
 @torch.no_grad()
-def evaluate(model: METModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128, bf16: bool = False) -> list[float]:
-    """Per-exit accuracy on preprocessed tensors."""
+def head_inputs(model: METModel, x: torch.Tensor, batch_size: int = 128, bf16: bool = False) -> list[torch.Tensor]:
+    """Head inputs of every exit for a tensor of images, batched."""
     model.eval()
-    correct = torch.zeros(model.num_exits)
+    parts = []
     for i in range(0, len(x), batch_size):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x[i:i + batch_size])
-        correct += (logits.argmax(-1) == y[i:i + batch_size]).sum(-1).float()
-    return (correct / max(1, len(x))).tolist()
+            parts.append([z.float() for z in model.forward_features(x[i:i + batch_size])])
+    return [torch.cat(z) for z in zip(*parts)]
+
+
+@torch.no_grad()
+def evaluate(model: METModel, feats: list[torch.Tensor], y: torch.Tensor) -> list[float]:
+    """Per-exit accuracy from head inputs."""
+    return [float((head(z).argmax(-1) == y).float().mean()) for head, z in zip(model.heads, feats)]
 
 
 def fit(model: METModel, train_ds: ImageDataset, val_ds: ImageDataset | None, tcfg: TrainConfig,
@@ -92,6 +97,10 @@ def fit(model: METModel, train_ds: ImageDataset, val_ds: ImageDataset | None, tc
             return class_balanced_batches(labels, tcfg.batch_size, tcfg.classes_per_batch, rng)
         return shuffled_batches(len(labels), tcfg.batch_size, rng)
 
+    # without adapters the head inputs never change: compute them once (the linear-probe rung)
+    fixed_features = model.adapters is None
+    f_tr = head_inputs(model, x_tr, bf16=tcfg.bf16) if fixed_features else None
+    f_va = head_inputs(model, x_va, bf16=tcfg.bf16) if fixed_features and x_va is not None else None
     steps_per_epoch = len(epoch_batches())
     total = steps_per_epoch * tcfg.epochs
     warmup = int(tcfg.warmup_epochs * steps_per_epoch)
@@ -109,9 +118,9 @@ def fit(model: METModel, train_ds: ImageDataset, val_ds: ImageDataset | None, tc
         sums: dict[str, float] = {}
         for idx in epoch_batches():
             idx_t = torch.from_numpy(idx)
-            xb, yb = x_tr[idx_t], y_tr[idx_t]
+            xb, yb = (None if fixed_features else x_tr[idx_t]), y_tr[idx_t]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tcfg.bf16):
-                feats = model.forward_features(xb)
+                feats = [f[idx_t] for f in f_tr] if fixed_features else model.forward_features(xb)
                 logits = model.forward_head(feats)
                 loss, parts = met_loss(logits, feats, yb, tcfg.graph_reg, tcfg.graph_reg_kind, tcfg.knn_k)
             if not torch.isfinite(loss):
@@ -126,7 +135,8 @@ def fit(model: METModel, train_ds: ImageDataset, val_ds: ImageDataset | None, tc
             bar.set_postfix(epoch=epoch + 1, **{k: f"{v:.3f}" for k, v in parts.items()})
         entry: dict[str, Any] = {"epoch": epoch + 1, **{f"train_{k}": round(v, 5) for k, v in sums.items()}}
         if x_va is not None:
-            entry["val_accuracy"] = [round(a, 5) for a in evaluate(model, x_va, y_va, bf16=tcfg.bf16)]
+            feats_va = f_va if fixed_features else head_inputs(model, x_va, bf16=tcfg.bf16)
+            entry["val_accuracy"] = [round(a, 5) for a in evaluate(model, feats_va, y_va)]
             bar.set_postfix(epoch=epoch + 1, val=" ".join(f"{a:.2f}" for a in entry["val_accuracy"]))
         history.append(entry)
     bar.close()

@@ -1,0 +1,61 @@
+"""How MET works: the loaded model drawn from its real config, its model card, and the method in plain words."""
+import streamlit as st
+
+from app import state
+from met_core.config import METConfig, TrainConfig, config_help
+from met_core.flops import MAC_NOTE
+
+ckpt = state.current()
+c = state.card(str(ckpt))
+m, t, met, data = c["config"]["model"], c["config"].get("train", {}), c["metrics"], c["config"].get("data", {})
+st.title("How MET works")
+st.write("**Multiple-Exit Tuning** (Liu et al., 2024) adapts a frozen, pre-trained Vision Transformer so that "
+         "easy images can leave early. Below is the model this app has loaded, drawn from its real config.")
+
+depth = m["exits"][-1]
+gm = met.get("exit_gmacs", [])
+lines = ["digraph G { rankdir=LR; node [shape=box, style=rounded, fontsize=10];",
+         'img [label="image\\n%d px", shape=oval]; stem [label="patch + position\\nembedding (frozen)"]; img -> stem;' % m["img_size"]]
+prev = "stem"
+for i in range(1, depth + 1):
+    ad = "\\n+2 E-adapters" if m["adapters"] else ""
+    lines.append(f'b{i} [label="block {i}\\n(frozen){ad}"]; {prev} -> b{i};')
+    prev = f"b{i}"
+    if i in m["exits"]:
+        k = m["exits"].index(i)
+        cost = f"\\n{gm[k]:.3f} GMACs" if k < len(gm) else ""
+        lines.append(f'e{k} [label="exit {k + 1}: norm + linear head{cost}", shape=note, color=crimson]; b{i} -> e{k} [style=dashed];')
+lines.append("}")
+st.graphviz_chart("\n".join(lines))
+
+st.subheader("Model card")
+n_tr, n_fr = met.get("trainable_parameters"), met.get("frozen_parameters")
+card = {
+    "checkpoint": state.label(ckpt), "backbone": f"{m['backbone']} ({m['weights']}, sha256 {m['weights_sha256'][:12]}...)",
+    "input size": f"{m['img_size']} px", "exits after blocks": m["exits"],
+    "GMACs per exit": " / ".join(f"{g:.3f}" for g in gm) + f" ({MAC_NOTE})",
+    "parameters": f"{n_tr:,} trainable vs {n_fr:,} frozen ({100 * n_tr / n_fr:.2f}%)" if n_tr and n_fr else "n/a",
+    "dataset": f"{data.get('dataset')} ({len(data.get('train_ids', []))} train / {len(data.get('val_ids', []))} validation images)",
+    "classes": ", ".join(m["class_names"]),
+    "validation accuracy per exit": " / ".join(f"{100 * a:.1f}%" for a in met.get("val_accuracy") or []),
+    "training time": f"{met.get('train_time_s', 0):.0f} s on {met.get('torch_threads', '?')} CPU threads",
+}
+st.dataframe([{"field": k, "value": str(v)} for k, v in card.items()], hide_index=True)
+
+st.subheader("The ideas")
+st.markdown("""
+- **Early exit.** Exits sit after some blocks; each is a linear head on the CLS token after the backbone's frozen
+  final norm. At inference the exits are tried in order and an image stops at the first exit whose confidence reaches
+  the threshold; the last exit always answers. An image that stops early skips all later blocks: that is the saving.
+- **E-adapters.** Small bottleneck layers (`x + s * up(GELU(down(x)) * g_k)`) sit before the attention and before the
+  MLP of every block. The down- and up-projections are **shared by all exits**; each exit owns only a diagonal `g_k`
+  (a length-r scaling vector), so exits get their own features at almost no extra parameters.
+- **Graph regularization.** Early-exit features are pulled together for images of the same class (the smoothness of a
+  graph linking same-class images), so a linear head can separate the classes earlier. See the Representations page.
+""")
+st.subheader("The choices this model uses")
+helps = config_help(METConfig) | config_help(TrainConfig)
+choices = ["sharing", "exit_diagonals", "diagonal_mode", "adapter_dim", "adapter_scale", "head_input"]
+rows = [{"option": k, "value": str(m.get(k)), "meaning": helps[k]} for k in choices]
+rows += [{"option": k, "value": str(t.get(k)), "meaning": helps[k]} for k in ("graph_reg", "graph_reg_kind", "epochs", "lr", "head_lr", "seed")]
+st.dataframe(rows, hide_index=True)

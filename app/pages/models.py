@@ -1,0 +1,46 @@
+"""Models: the shipped checkpoints and any folder the user adds; pick the one the other pages use."""
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app import state
+from met_core.errors import METError
+from met_core.io import read_config
+
+st.title("Models")
+rows = []
+for p in state.checkpoints():
+    try:
+        c = state.card(str(p))
+    except METError as e:
+        st.error(f"{state.label(p)}: {e}")
+        continue
+    m, met = c["config"]["model"], c["metrics"]
+    rows.append({"checkpoint": state.label(p), "backbone": m["backbone"], "exits": str(m["exits"]),
+                 "adapters": "yes" if m["adapters"] else "no (linear probe)",
+                 "graph reg.": c["config"].get("train", {}).get("graph_reg"),
+                 "val. accuracy per exit": " / ".join(f"{100 * a:.1f}" for a in met.get("val_accuracy") or []),
+                 "GMACs per exit": " / ".join(f"{g:.3f}" for g in met.get("exit_gmacs", [])),
+                 "trainable params": met.get("trainable_parameters"), "train time (s)": met.get("train_time_s"),
+                 "test trace": (p / "test_trace.npz").is_file()})
+st.dataframe(pd.DataFrame(rows), hide_index=True)
+paths = state.checkpoints()
+cur = state.current()
+choice = st.radio("Use this model on every page", paths, index=paths.index(cur) if cur in paths else 0,
+                  format_func=state.label, key="model_choice")
+if choice != cur:
+    st.session_state["checkpoint"] = str(choice)
+    st.rerun()
+
+st.subheader("Add a checkpoint folder")
+new = st.text_input("Folder with config.json and model.safetensors", key="new_ckpt")
+if st.button("Add", key="add_ckpt") and new:
+    try:
+        read_config(Path(new).expanduser())
+    except METError as e:
+        st.error(str(e))
+    else:
+        st.session_state.setdefault("extra_checkpoints", []).append(str(Path(new).expanduser().resolve()))
+        st.success(f"added {new}")
+        st.rerun()

@@ -1,0 +1,158 @@
+"""Threshold what-if: a live slider over the cached trace (simulated), presets, curves, exports, real measurement."""
+import json
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from app import state
+from met_core.flops import MAC_NOTE
+from met_core.io import checkpoint_hash
+from met_core.policies import POLICIES
+from met_core.traces import SIMULATED_NOTE
+from met_core.whatif import exit_accuracy_all, whatif
+
+ckpt = state.current()
+(trace, arrays), _ = state.traces_of(ckpt)
+k = arrays.num_exits
+st.title("Threshold what-if")
+st.caption(f"Every number on this page is **{SIMULATED_NOTE}** of {state.label(ckpt)} on {len(arrays.labels):,} test "
+           f"images ({MAC_NOTE}). The button at the bottom measures the real batched early exit.")
+
+c1, c2 = st.columns([2, 3])
+policy = c1.radio("Exit policy", list(POLICIES), horizontal=True, key="policy",
+                  help="; ".join(f"**{p}**: {v.help}" for p, v in POLICIES.items()))
+others = [p for p in state.checkpoints() if p != ckpt and (p / "test_trace.npz").is_file()
+          and state.card(str(p))["config"]["model"]["num_classes"] == arrays.num_classes]
+default_cmp = next((i + 1 for i, p in enumerate(others) if p.name == f"{ckpt.name}-nogr"), 0)
+compare = c2.selectbox("Compare with", [None] + others, index=default_cmp, key="compare",
+                       format_func=lambda p: "nothing" if p is None else state.label(p))
+
+
+def slider_spec(name: str) -> tuple[float, float, float, float]:
+    """(min, max, step, default) of the threshold slider for a policy."""
+    if name == "patience":
+        return 1.0, float(k + 1), 1.0, 2.0
+    if name == "entropy":
+        return 0.0, 1.0, 0.01, POLICIES[name].default_threshold
+    return 0.0, 1.01, 0.01, POLICIES[name].default_threshold
+
+
+@st.fragment
+def live() -> None:
+    lo, hi, step, default = slider_spec(policy)
+    mode = st.radio("Thresholds", ["One global threshold", "Per-exit thresholds"], horizontal=True, key="mode")
+    presets = state.budget_presets(str(ckpt), policy) if policy != "patience" else {}
+    if presets:
+        cols = st.columns(len(presets) + 1)
+        cols[0].write("Calibrated budgets (chosen on validation):")
+        for col, (b, p) in zip(cols[1:], presets.items()):
+            if col.button(f"{b:.0%} of the last exit's GMACs", key=f"preset{b}"):
+                st.session_state["mode"] = "Per-exit thresholds"
+                for j, v in enumerate(p["thresholds"][:-1]):
+                    st.session_state[f"t{policy}{j}"] = float(np.clip(v, lo, hi))
+                st.rerun(scope="fragment")
+    if mode == "One global threshold":
+        t = st.slider(f"Confidence threshold ({policy})", lo, hi, float(st.session_state.get(f"g{policy}", default)),
+                      step, key=f"g{policy}", help=POLICIES[policy].help)
+        thresholds: float | list[float] = t
+    else:
+        cols = st.columns(k - 1)
+        thresholds = [c.number_input(f"exit {j + 1}", lo, hi, float(st.session_state.get(f"t{policy}{j}", default)), step,
+                                     key=f"t{policy}{j}") for j, c in enumerate(cols)]
+    r = whatif(arrays, thresholds, policy, detail=True)
+    st.session_state["whatif_thresholds"] = r["thresholds"]
+    m = st.columns(4)
+    m[0].metric("Accuracy", f"{100 * r['accuracy']:.2f}%", f"{100 * (r['accuracy'] - r['last_exit_accuracy']):+.2f} pt vs last exit")
+    m[1].metric("Mean GMACs", f"{r['gmacs']:.4f}", f"{100 * (r['gmacs'] / r['last_exit_gmacs'] - 1):+.1f}% vs last exit",
+                delta_color="inverse")
+    m[2].metric("Speed-up", f"{r['speedup']:.2f}x")
+    m[3].metric("Leaving early", f"{100 * (1 - r['exit_fractions'][-1]):.1f}%")
+
+    g1, g2 = st.columns(2)
+    names = [f"exit {j + 1} (block {e})" for j, e in enumerate(trace.meta.get("exits", range(1, k + 1)))]
+    g1.plotly_chart(go.Figure(go.Bar(x=names, y=r["exit_fractions"], text=[f"{100 * f:.1f}%" for f in r["exit_fractions"]]),
+                              layout=dict(title="Share of images leaving at each exit", yaxis_tickformat=".0%", height=320)),
+                    key="hist")
+    acc_all = exit_accuracy_all(arrays)
+    fig = go.Figure([go.Bar(name="all images at this exit", x=names, y=acc_all),
+                     go.Bar(name="images that leave here", x=names, y=[a or 0 for a in r["exit_accuracy"]])],
+                    layout=dict(title="Accuracy per exit", yaxis_tickformat=".0%", height=320, barmode="group"))
+    g2.plotly_chart(fig, key="exitacc")
+
+    st.plotly_chart(curve_figure(r, thresholds), key="curve")
+    with st.expander("Per-class accuracy and confusion matrix"):
+        names_c = trace.class_names
+        st.dataframe(pd.DataFrame({"class": names_c, "accuracy": r["per_class_accuracy"],
+                                   "images": np.bincount(arrays.labels, minlength=len(names_c))}), hide_index=True)
+        st.dataframe(pd.DataFrame(r["confusion"], index=names_c, columns=names_c))
+    export(r)
+
+
+def curve_figure(r: dict, thresholds) -> go.Figure:
+    rows = pd.DataFrame(state.sweep_table(str(ckpt), policy if policy != "patience" else "max-softmax"))
+    front = rows[rows.pareto].sort_values("gmacs")
+    fig = go.Figure()
+    fig.add_scatter(x=rows.gmacs, y=rows.accuracy, mode="markers", name="candidate thresholds", marker=dict(size=4, color="#bbb"))
+    fig.add_scatter(x=front.gmacs, y=front.accuracy, mode="lines+markers", name=f"{state.label(ckpt)} (Pareto on validation)")
+    if compare is not None:
+        (_, arr_b), _ = state.traces_of(compare)
+        rows_b = pd.DataFrame(state.sweep_table(str(compare), "max-softmax" if policy == "patience" else policy))
+        fb = rows_b[rows_b.pareto].sort_values("gmacs")
+        fig.add_scatter(x=fb.gmacs, y=fb.accuracy, mode="lines", name=state.label(compare), line=dict(dash="dash"))
+        rb = whatif(arr_b, thresholds, policy)
+        fig.add_scatter(x=[rb["gmacs"]], y=[rb["accuracy"]], mode="markers", name=f"{state.label(compare)} at this threshold",
+                        marker=dict(size=12, symbol="diamond"))
+    for name, pts in state.ladder_points(str(ckpt)).items():
+        fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=name, marker=dict(symbol="x", size=9))
+    for b, p in state.budget_presets(str(ckpt), "max-softmax" if policy == "patience" else policy).items():
+        fig.add_scatter(x=[p["gmacs"]], y=[p["accuracy"]], mode="markers+text", text=[f"{b:.0%}"], textposition="top center",
+                        name=f"budget {b:.0%}", marker=dict(size=10, symbol="square"), showlegend=False)
+    fig.add_scatter(x=[r["gmacs"]], y=[r["accuracy"]], mode="markers", name="current thresholds",
+                    marker=dict(size=16, color="red", symbol="star"))
+    fig.update_layout(title="Accuracy versus mean GMACs (test trace; thresholds chosen on validation)",
+                      xaxis_title=f"mean GMACs per image ({MAC_NOTE})", yaxis_title="accuracy", yaxis_tickformat=".0%", height=460)
+    return fig
+
+
+def export(r: dict) -> None:
+    c1, c2, c3 = st.columns(3)
+    rows = pd.DataFrame(state.sweep_table(str(ckpt), "max-softmax" if policy == "patience" else policy))
+    rows["thresholds"] = rows.thresholds.map(json.dumps)
+    c1.download_button("Sweep as CSV", rows.to_csv(index=False), f"{ckpt.name}-sweep.csv", "text/csv")
+    payload = {"checkpoint": state.label(ckpt), "checkpoint_sha256": checkpoint_hash(ckpt), "policy": policy,
+               "thresholds": r["thresholds"], "simulated": {k_: r[k_] for k_ in ("accuracy", "gmacs", "speedup", "exit_fractions")},
+               "note": SIMULATED_NOTE}
+    c2.download_button("Thresholds as JSON", json.dumps(payload, indent=2), f"{ckpt.name}-thresholds.json", "application/json")
+    if c3.button("Measure the real batched early exit", help="runs the model on 256 test images, batch 64"):
+        measure(r["thresholds"])
+
+
+def measure(thresholds: list) -> None:
+    from met_core.data import make_transform, open_dataset
+    from met_core.errors import METError
+    from met_core.inference import measure_speedup
+    from met_core.train import materialize
+
+    root = state.dataset_root(trace)
+    if root is None:
+        st.warning("The test images are not on disk, so the real early exit cannot be measured; set the dataset "
+                   "folder on the Explore samples page.")
+        return
+    with st.spinner("Running real batched early exit vs the full network on 256 images..."):
+        try:
+            mdl = state.model(str(ckpt))
+            ds = open_dataset(str(root))
+            ds = ds.subset(np.sort(np.random.default_rng(0).choice(len(ds), min(256, len(ds)), replace=False)))
+            ds.transform = make_transform(mdl.cfg.img_size, mdl.cfg.mean, mdl.cfg.std)
+            x, _ = materialize(ds, "decode", progress=False)
+            res = measure_speedup(mdl, x, thresholds, policy, batch_size=64, repeats=3)
+        except METError as e:
+            st.error(str(e))
+            return
+    st.success(f"Real early exit: measured speed-up {res['measured_speedup']:.2f}x vs predicted "
+               f"{res['predicted_speedup']:.2f}x on {res['images']} images ({100 * res['early_exit_share']:.0f}% left early).")
+
+
+live()

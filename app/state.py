@@ -1,0 +1,158 @@
+"""Cached loaders and the app's shared state. Every number comes from met_core; this file only caches it.
+
+cache_resource: objects shared by all sessions (models, traces); cache_data: derived tables.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from met_core.calibration import apply, calibrate_budget, sweep
+from met_core.errors import METError
+from met_core.io import checkpoint_hash, load_checkpoint, read_config
+from met_core.traces import Trace, load_trace
+from met_core.whatif import TraceArrays
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINTS = Path(os.environ.get("MET_CHECKPOINTS", ROOT / "checkpoints"))
+DEFAULT = "cifar10-met"
+BUDGETS = (0.25, 0.5, 0.75)
+
+
+def discover(root: Path = CHECKPOINTS) -> list[Path]:
+    """Checkpoint folders under `root` (any depth), the default first."""
+    found = sorted(p.parent for p in root.glob("**/config.json"))
+    return sorted(found, key=lambda p: (p.name != DEFAULT, str(p)))
+
+
+def checkpoints() -> list[Path]:
+    """Shipped checkpoints plus the folders this session added on the Models page."""
+    extra = [Path(p) for p in st.session_state.get("extra_checkpoints", [])]
+    return discover() + [p for p in extra if p not in discover()]
+
+
+def current() -> Path:
+    """The checkpoint the pages use (Models page picks it)."""
+    chosen = st.session_state.get("checkpoint")
+    if chosen:
+        return Path(chosen)
+    found = discover()
+    if not found:
+        fail(f"no checkpoints found under {CHECKPOINTS}; rebuild them with `python bench/rebuild_checkpoints.py`.")
+    return found[0]
+
+
+def label(path: Path) -> str:
+    try:
+        return str(path.relative_to(CHECKPOINTS))
+    except ValueError:
+        return str(path)
+
+
+def fail(message: str) -> None:
+    """One clear sentence, and the page stops; session state is kept."""
+    st.error(message)
+    st.stop()
+
+
+@st.cache_data(show_spinner=False)
+def card(path: str) -> dict[str, Any]:
+    """config.json (validated) and metrics.json of a checkpoint, without loading any weights."""
+    cfg = read_config(Path(path))
+    m = Path(path) / "metrics.json"
+    metrics = json.loads(m.read_text()) if m.is_file() else {}
+    return {"config": cfg, "metrics": metrics}
+
+
+@st.cache_resource(show_spinner="Loading the model (backbone and adapters)...")
+def model(path: str):
+    """One model object per checkpoint, shared by every session (inference only, under no_grad)."""
+    return load_checkpoint(path)[0]
+
+
+@st.cache_resource(show_spinner="Reading the trace...")
+def trace(path: str) -> tuple[Trace, TraceArrays]:
+    t = load_trace(path)
+    return t, TraceArrays.from_trace(t)
+
+
+def traces_of(ckpt: Path) -> tuple[tuple[Trace, TraceArrays], tuple[Trace, TraceArrays] | None]:
+    """(test trace, validation trace or None) of a checkpoint, with one-sentence errors."""
+    test = ckpt / "test_trace.npz"
+    if not test.is_file():
+        fail(f"{label(ckpt)} has no test_trace.npz; create it with `python -m met_core trace --checkpoint {ckpt} "
+             f"--dataset DATA --out {test}`.")
+    try:
+        t = trace(str(test))
+        v = trace(str(ckpt / "val_trace.npz")) if (ckpt / "val_trace.npz").is_file() else None
+    except METError as e:
+        fail(str(e))
+    if t[0].meta.get("checkpoint_sha256") not in (None, checkpoint_hash(ckpt)):
+        fail(f"{test} was made by another model than {label(ckpt)}; re-create the trace.")
+    return t, v
+
+
+@st.cache_data(show_spinner="Sweeping operating points on the validation trace...")
+def sweep_table(ckpt: str, policy: str) -> list[dict[str, Any]]:
+    """Every candidate operating point chosen on validation, measured on test (Pareto front marked)."""
+    (_, test), val = traces_of(Path(ckpt))
+    basis = val[1] if val else test
+    rows = []
+    for p in sweep(basis, policy):
+        r = apply(test, p, policy)
+        rows.append({"val_gmacs": p.gmacs, "val_accuracy": p.accuracy, "gmacs": r["gmacs"], "accuracy": r["accuracy"],
+                     "pareto": p.pareto, "source": p.source, "thresholds": p.thresholds})
+    return rows
+
+
+@st.cache_data(show_spinner=False)
+def budget_presets(ckpt: str, policy: str) -> dict[float, dict[str, Any]]:
+    """Calibrated per-exit thresholds for 25 / 50 / 75 % of the last exit's GMACs (chosen on validation)."""
+    (_, test), val = traces_of(Path(ckpt))
+    basis = val[1] if val else test
+    out = {}
+    for b in BUDGETS:
+        try:
+            p = calibrate_budget(basis, b, policy)
+        except METError:
+            continue
+        out[b] = {"thresholds": p.thresholds, **{k: v for k, v in apply(test, p, policy).items() if k != "thresholds"}}
+    return out
+
+
+def dataset_root(t: Trace) -> Path | None:
+    """Where the trace's images are: the sidebar override, $MET_DATASET_ROOT, the recorded root, or ../shared."""
+    recorded = t.meta.get("dataset_root") or ""
+    candidates = [st.session_state.get("dataset_root_override"), os.environ.get("MET_DATASET_ROOT"), recorded]
+    if "datasets/" in recorded:
+        candidates.append(str(ROOT.parent / "shared" / "datasets" / recorded.split("datasets/", 1)[1]))
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    return None
+
+
+def selected_ids(ids: np.ndarray, indices: list[int]) -> list[str]:
+    return [str(ids[i]) for i in indices]
+
+
+@st.cache_data(show_spinner=False)
+def ladder_points(ckpt: str) -> dict[str, list[tuple[float, float]]]:
+    """(GMACs, test accuracy) at every exit of the baselines beside the default model (the ablation ladder)."""
+    from met_core.whatif import exit_accuracy_all
+
+    out = {}
+    base = CHECKPOINTS / "baselines"
+    for p in sorted(base.glob("*/test_trace.npz")) if base.is_dir() else []:
+        try:
+            t, a = trace(str(p))
+        except METError:
+            continue
+        if a.num_classes == card(ckpt)["config"]["model"]["num_classes"]:
+            out[p.parent.name] = list(zip(a.gmacs.tolist(), exit_accuracy_all(a)))
+    return out

@@ -1,0 +1,73 @@
+"""Rebuild every shipped checkpoint and its traces with the protocol of docs/method.md, section 7.
+
+    python bench/rebuild_checkpoints.py [--only NAME ...] [--out checkpoints]
+
+CIFAR-10: 1,000 training images from ../shared/datasets/cifar10/train (100 per class, 800/200
+train/validation split, seed 0), traced on the validation split and the full 10,000-image test split.
+Ants vs bees: all of hymenoptera/train (80/20 split), traced on hymenoptera/val. Each step is a
+`python -m met_core` command, printed before it runs; wall times go to OUT/build_log.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "datasets"
+CIFAR = ["--dataset", str(DATA / "cifar10" / "train"), "--per-class", "100", "--val-fraction", "0.2"]
+COMMON = ["--backbone", "dinov2_s14_imgfocus", "--img-size", "112", "--epochs", "30", "--seed", "0"]
+
+# name -> (train flags, test dataset, features stored in the test trace)
+MODELS: dict[str, tuple[list[str], Path, int]] = {
+    "cifar10-met": (CIFAR + ["--graph-reg", "0.1"], DATA / "cifar10" / "test", 2000),
+    "cifar10-met-nogr": (CIFAR + ["--graph-reg", "0"], DATA / "cifar10" / "test", 2000),
+    "baselines/cifar10-linear-probe": (CIFAR + ["--no-adapters", "--graph-reg", "0"], DATA / "cifar10" / "test", 0),
+    "baselines/cifar10-single-exit": (CIFAR + ["--exits", "12", "--graph-reg", "0"], DATA / "cifar10" / "test", 0),
+    "baselines/cifar10-no-diagonals": (CIFAR + ["--no-exit-diagonals", "--graph-reg", "0"], DATA / "cifar10" / "test", 0),
+    "hymenoptera-met": (["--dataset", str(DATA / "hymenoptera" / "train"), "--val-fraction", "0.2", "--graph-reg", "0.1"],
+                        DATA / "hymenoptera" / "val", 2000),
+}
+
+
+def run(cmd: list[str]) -> float:
+    print("$ " + shlex.join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", choices=list(MODELS), help="rebuild only these")
+    ap.add_argument("--out", default=str(ROOT / "checkpoints"))
+    ap.add_argument("--reuse", action="store_true", help="keep already trained folders; only re-create their traces")
+    args = ap.parse_args()
+    out = Path(args.out)
+    log_path = out / "build_log.json"
+    log = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    py = [sys.executable, "-m", "met_core"]
+    for name in args.only or MODELS:
+        flags, test_set, features = MODELS[name]
+        d = out / name
+        if args.reuse and (d / "model.safetensors").is_file():
+            t = {"train_s": json.loads((d / "metrics.json").read_text())["train_time_s"]}
+        else:
+            t = {"train_s": run(py + ["train", *COMMON, *flags, "--out", str(d), "--quiet"])}
+        t["val_trace_s"] = run(py + ["trace", "--checkpoint", str(d), "--split", "val", "--out", str(d / "val_trace.npz"),
+                                     "--features", "0", "--quiet"])
+        t["test_trace_s"] = run(py + ["trace", "--checkpoint", str(d), "--dataset", str(test_set),
+                                      "--out", str(d / "test_trace.npz"), "--features", str(features), "--quiet"])
+        log[name] = {k: round(v, 1) for k, v in t.items()}
+        out.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(json.dumps(log, indent=2) + "\n")
+    print(json.dumps(log, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

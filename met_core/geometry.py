@@ -1,0 +1,51 @@
+"""How tight the classes are in an exit's feature space, and a shared 2-D frame to look at it.
+
+Pure functions over (N, D) feature arrays: kNN accuracy (leave-one-out, cosine), silhouette (cosine),
+and a UMAP fitted once on several feature sets together so their pictures share one frame.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .errors import METError
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
+    """Leave-one-out k-nearest-neighbour accuracy with cosine similarity (majority vote)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    z = _normalize(features)
+    if len(z) <= k:
+        raise METError(f"kNN accuracy needs more than k={k} samples, got {len(z)}.")
+    clf = KNeighborsClassifier(n_neighbors=k + 1, metric="cosine").fit(z, labels)
+    idx = clf.kneighbors(z, return_distance=False)[:, 1:]  # drop each sample itself
+    votes = labels[idx]
+    pred = np.array([np.bincount(v).argmax() for v in votes])
+    return float((pred == labels).mean())
+
+
+def silhouette(features: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette coefficient with cosine distance, labels as clusters (-1..1, higher = tighter)."""
+    from sklearn.metrics import silhouette_score
+
+    if len(np.unique(labels)) < 2:
+        raise METError("the silhouette needs at least two classes.")
+    return float(silhouette_score(_normalize(features), labels, metric="cosine"))
+
+
+def shared_umap(feature_sets: Sequence[np.ndarray], seed: int = 0, n_neighbors: int = 15) -> list[np.ndarray]:
+    """One UMAP reducer fitted on all sets together; returns each set's 2-D coordinates in that shared frame."""
+    import umap
+
+    sizes = [len(f) for f in feature_sets]
+    z = _normalize(np.concatenate(feature_sets))
+    reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=0.1, metric="cosine", random_state=seed, n_jobs=1)
+    xy = reducer.fit_transform(z)
+    return np.split(xy, np.cumsum(sizes)[:-1])
