@@ -119,7 +119,8 @@ def budget_presets(ckpt: str, policy: str) -> dict[float, dict[str, Any]]:
     for b in BUDGETS:
         try:
             p = calibrate_budget(basis, b, policy)
-        except METError:
+        except METError as e:
+            out[b] = {"error": str(e)}  # e.g. below the first exit's cost: shown, disabled, with the reason
             continue
         out[b] = {"thresholds": p.thresholds, **{k: v for k, v in apply(test, p, policy).items() if k != "thresholds"}}
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-SITES_PER_BLOCK = 2  # before attention, before MLP
+from .config import SITES_PER_BLOCK
 
 
 class EAdapters(nn.Module):

@@ -16,6 +16,7 @@ SharingScope = Literal["site", "global"]
 DiagonalMode = Literal["stage", "per-exit-path"]
 HeadInput = Literal["cls", "mean"]
 GraphRegKind = Literal["label", "relational", "knn"]
+SITES_PER_BLOCK = 2  # E-adapter sites per block: before attention, before MLP
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:

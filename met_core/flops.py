@@ -6,11 +6,12 @@ adapter projections, heads). Not counted: norms, activations, softmax, additions
 """
 from __future__ import annotations
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+from typing import TYPE_CHECKING
 
-from .adapters import SITES_PER_BLOCK
-from .model import METModel
+from .config import SITES_PER_BLOCK
+
+if TYPE_CHECKING:
+    from .model import METModel
 
 MAC_NOTE = "GMACs: 1 multiply-add = 1 MAC"
 
@@ -56,13 +57,15 @@ def exit_gmacs(model: METModel) -> list[float]:
     return [m / 1e9 for m in exit_macs(model)]
 
 
-@torch.no_grad()
 def measured_macs(model: METModel, upto: int | None = None) -> int:
     """MACs of one image through exits 0..upto as counted by torch's flop counter (FLOPs / 2).
 
     The counter has no formula for the CPU fused-attention kernel, so timm's explicit-matmul
     attention is used while counting.
     """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     size = model.backbone.patch_embed.img_size
     x = torch.zeros(1, 3, *size)
     attns = [blk.attn for blk in model.backbone.blocks]
@@ -70,7 +73,7 @@ def measured_macs(model: METModel, upto: int | None = None) -> int:
     try:
         for a in attns:
             a.fused_attn = False
-        with FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model.forward_head(model.forward_features(x, upto=upto))
     finally:
         for a, f in zip(attns, fused):

@@ -9,16 +9,13 @@ import hashlib
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
-from .backbones import create_backbone
 from .config import METConfig, config_from_dict
 from .errors import METError
-from .model import METModel
+
+if TYPE_CHECKING:
+    from .model import METModel
 
 FORMAT = "met-checkpoint/1"
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
@@ -26,6 +23,7 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 def versions() -> dict[str, str]:
     import timm
+    import torch
     import torchvision
 
     from . import __version__
@@ -50,6 +48,8 @@ def write_json(path: Path, data: Any) -> None:
 
 def save_checkpoint(out: Path, model: METModel, record: dict[str, Any], metrics: dict[str, Any]) -> None:
     """Write the folder; `record` is the rest of config.json (train recipe, data split, ...)."""
+    from safetensors.torch import save_file
+
     out.mkdir(parents=True, exist_ok=True)
     import dataclasses
     config = {"format": FORMAT, "model": dataclasses.asdict(model.cfg), **record, "versions": versions()}
@@ -83,6 +83,13 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def load_checkpoint(path: str | Path, weights: str | None = None) -> tuple[METModel, dict[str, Any]]:
     """Rebuild a trained model from its folder. `weights` overrides the recorded backbone weight source."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .backbones import create_backbone
+    from .model import METModel
+
     path = Path(path)
     cfg = read_config(path)
     mcfg: METConfig = config_from_dict(METConfig, cfg["model"])

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import VisionTransformer
 
-from .adapters import SITES_PER_BLOCK, EAdapters
-from .config import METConfig
+from .adapters import EAdapters
+from .config import SITES_PER_BLOCK, METConfig
 
 if TYPE_CHECKING:
     import numpy as np

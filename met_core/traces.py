@@ -15,15 +15,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from .data import ImageDataset
 from .errors import METError
-from .model import METModel
+
+if TYPE_CHECKING:
+    from .data import ImageDataset
+    from .model import METModel
 
 FORMAT = "met-trace/1"
 SIMULATED_NOTE = "simulated from cached exit outputs"
@@ -117,10 +117,12 @@ def load_trace(path: str | Path) -> Trace:
                  meta).validate(str(path))
 
 
-@torch.no_grad()
 def run_trace(model: METModel, ds: ImageDataset, gmacs: list[float], meta: dict[str, Any], batch_size: int = 64,
               features: int = 2000, seed: int = 0, progress: bool = True) -> Trace:
     """Run every exit over `ds` once, batched; keep logits for all and head inputs for a seeded subset."""
+    import torch
+    from tqdm.auto import tqdm
+
     model.eval()
     n = len(ds)
     rng = np.random.default_rng(seed)
@@ -132,8 +134,9 @@ def run_trace(model: METModel, ds: ImageDataset, gmacs: list[float], meta: dict[
     feats = np.zeros((k, len(feat_idx), d), np.float16)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     for x, _, idx in tqdm(loader, desc="trace", disable=not progress, unit="batch"):
-        z = model.forward_features(x)
-        logits[idx.numpy()] = torch.stack(model.forward_head(z), 1).numpy()
+        with torch.no_grad():
+            z = model.forward_features(x)
+            logits[idx.numpy()] = torch.stack(model.forward_head(z), 1).numpy()
         rows = slot[idx.numpy()]
         keep = rows >= 0
         if keep.any():

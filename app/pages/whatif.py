@@ -39,28 +39,37 @@ def slider_spec(name: str) -> tuple[float, float, float, float]:
     return 0.0, 1.01, 0.01, POLICIES[name].default_threshold
 
 
+def apply_preset(thresholds: list, lo: float, hi: float) -> None:
+    """Preset button callback: switch to per-exit thresholds and fill them in (runs before the widgets exist)."""
+    st.session_state["mode"] = "Per-exit thresholds"
+    for j, v in enumerate(thresholds[:-1]):
+        st.session_state[f"t{policy}{j}"] = float(np.clip(v, lo, hi))
+
+
 @st.fragment
 def live() -> None:
     lo, hi, step, default = slider_spec(policy)
+    st.session_state.setdefault("mode", "One global threshold")
+    st.session_state.setdefault(f"g{policy}", default)
+    for j in range(k - 1):
+        st.session_state.setdefault(f"t{policy}{j}", default)
     mode = st.radio("Thresholds", ["One global threshold", "Per-exit thresholds"], horizontal=True, key="mode")
     presets = state.budget_presets(str(ckpt), policy) if policy != "patience" else {}
     if presets:
         cols = st.columns(len(presets) + 1)
         cols[0].write("Calibrated budgets (chosen on validation):")
         for col, (b, p) in zip(cols[1:], presets.items()):
-            if col.button(f"{b:.0%} of the last exit's GMACs", key=f"preset{b}"):
-                st.session_state["mode"] = "Per-exit thresholds"
-                for j, v in enumerate(p["thresholds"][:-1]):
-                    st.session_state[f"t{policy}{j}"] = float(np.clip(v, lo, hi))
-                st.rerun(scope="fragment")
+            if "error" in p:
+                col.button(f"{b:.0%} of the last exit's GMACs", key=f"preset{b}", disabled=True, help=p["error"])
+            else:
+                col.button(f"{b:.0%} of the last exit's GMACs", key=f"preset{b}", on_click=apply_preset,
+                           args=(p["thresholds"], lo, hi))
     if mode == "One global threshold":
-        t = st.slider(f"Confidence threshold ({policy})", lo, hi, float(st.session_state.get(f"g{policy}", default)),
-                      step, key=f"g{policy}", help=POLICIES[policy].help)
-        thresholds: float | list[float] = t
+        thresholds: float | list[float] = st.slider(f"Confidence threshold ({policy})", lo, hi, step=step,
+                                                    key=f"g{policy}", help=POLICIES[policy].help)
     else:
         cols = st.columns(k - 1)
-        thresholds = [c.number_input(f"exit {j + 1}", lo, hi, float(st.session_state.get(f"t{policy}{j}", default)), step,
-                                     key=f"t{policy}{j}") for j, c in enumerate(cols)]
+        thresholds = [c.number_input(f"exit {j + 1}", lo, hi, step=step, key=f"t{policy}{j}") for j, c in enumerate(cols)]
     r = whatif(arrays, thresholds, policy, detail=True)
     st.session_state["whatif_thresholds"] = r["thresholds"]
     m = st.columns(4)
@@ -107,6 +116,8 @@ def curve_figure(r: dict, thresholds) -> go.Figure:
     for name, pts in state.ladder_points(str(ckpt)).items():
         fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=name, marker=dict(symbol="x", size=9))
     for b, p in state.budget_presets(str(ckpt), "max-softmax" if policy == "patience" else policy).items():
+        if "error" in p:
+            continue
         fig.add_scatter(x=[p["gmacs"]], y=[p["accuracy"]], mode="markers+text", text=[f"{b:.0%}"], textposition="top center",
                         name=f"budget {b:.0%}", marker=dict(size=10, symbol="square"), showlegend=False)
     fig.add_scatter(x=[r["gmacs"]], y=[r["accuracy"]], mode="markers", name="current thresholds",
