@@ -11,11 +11,11 @@ from app import state  # noqa: E402
 st.set_page_config(page_title="MET Explorer", layout="wide")
 
 PAGES = [
-    st.Page("pages/how_met_works.py", title="How MET works", url_path="how"),
-    st.Page("pages/whatif.py", title="Threshold what-if", url_path="whatif", default=True),
-    st.Page("pages/samples.py", title="Explore samples", url_path="samples"),
-    st.Page("pages/representations.py", title="Representations", url_path="representations"),
-    st.Page("pages/models.py", title="Models", url_path="models"),
+    st.Page("views/how_met_works.py", title="How MET works", url_path="how"),
+    st.Page("views/whatif.py", title="Threshold what-if", url_path="whatif", default=True),
+    st.Page("views/samples.py", title="Explore samples", url_path="samples"),
+    st.Page("views/representations.py", title="Representations", url_path="representations"),
+    st.Page("views/models.py", title="Models", url_path="models"),
 ]
 nav = st.navigation(PAGES)
 with st.sidebar:

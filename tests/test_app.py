@@ -55,28 +55,28 @@ def test_whatif_presets_and_policies():
     assert not at.exception
 
 
-@pytest.mark.parametrize("page", ["pages/how_met_works.py", "pages/models.py", "pages/samples.py"])
+@pytest.mark.parametrize("page", ["views/how_met_works.py", "views/models.py", "views/samples.py"])
 def test_pages_render(page):
     app(page)
 
 
 def test_representations_page_shows_both_panels_with_numbers():
-    at = app("pages/representations.py")
+    at = app("views/representations.py")
     assert any("kNN accuracy" in m.value for m in at.markdown)
 
 
 def test_switching_models_changes_every_page():
-    at = app("pages/models.py")
+    at = app("views/models.py")
     hym = next(o for o in at.radio(key="model_choice").options if "hymenoptera" in str(o))
     at.radio(key="model_choice").set_value(hym).run()
     assert not at.exception and "hymenoptera" in at.session_state["checkpoint"]
-    at.switch_page("pages/whatif.py").run()
+    at.switch_page("views/whatif.py").run()
     assert not at.exception and any("hymenoptera-met" in c.value for c in at.caption)
 
 
 def test_upload_of_a_real_photo_yields_a_prediction():
     photo = next((HYMENOPTERA / "val" / "bees").glob("*.jpg"))
-    at = app("pages/samples.py", checkpoint=str(CKPT / "hymenoptera-met"))
+    at = app("views/samples.py", checkpoint=str(CKPT / "hymenoptera-met"))
     at.file_uploader(key="uploads").set_value([(photo.name, photo.read_bytes(), "image/jpeg"),
                                                ("broken.jpg", b"not an image", "image/jpeg")]).run()
     assert not at.exception
@@ -86,7 +86,7 @@ def test_upload_of_a_real_photo_yields_a_prediction():
 
 
 def test_missing_checkpoint_folder_is_one_sentence():
-    at = app("pages/models.py")
+    at = app("views/models.py")
     at.text_input(key="new_ckpt").set_value("/no/such/folder").run()
     at.button(key="add_ckpt").click().run()
     assert not at.exception and any("does not exist" in e.value for e in at.error)

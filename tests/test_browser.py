@@ -92,6 +92,8 @@ def test_every_page_renders(server, browser, path, text):
     wait_text(browser, text, timeout=180)
     time.sleep(1.5)
     no_exception(browser)
+    nav = browser.find_element("css selector", '[data-testid="stSidebarNav"]').text
+    assert "Threshold what-if" in nav and "Explore samples" in nav, nav  # st.navigation, not a legacy pages/ folder
     browser.save_screenshot(str(ARTIFACTS / f"{path or 'whatif'}.png"))
 
 
@@ -123,7 +125,7 @@ def test_slider_moves_the_numbers(server, browser):
 def test_upload_a_real_photo(server, browser):
     browser.get(f"{server}/samples")
     wait_text(browser, "images match")
-    browser.find_element("xpath", "//button[@role='tab' and contains(., 'Upload images')]").click()
+    browser.find_element("xpath", "//*[@role='tab' and contains(., 'Upload images')]").click()
     photo = next((HYMENOPTERA / "val" / "ants").glob("*.jpg"))
     browser.find_element("css selector", 'input[type="file"]').send_keys(str(photo))
     wait_text(browser, "Real early exit on 1 image(s)", timeout=180)
