@@ -24,8 +24,8 @@ def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 10) -> float
     z = _normalize(features)
     if len(z) <= k:
         raise METError(f"kNN accuracy needs more than k={k} samples, got {len(z)}.")
-    clf = KNeighborsClassifier(n_neighbors=k + 1, metric="cosine").fit(z, labels)
-    idx = clf.kneighbors(z, return_distance=False)[:, 1:]  # drop each sample itself
+    clf = KNeighborsClassifier(n_neighbors=k, metric="cosine").fit(z, labels)
+    idx = clf.kneighbors(return_distance=False)  # no X: each point is excluded from its own neighbours, ties too
     votes = labels[idx]
     pred = np.array([np.bincount(v).argmax() for v in votes])
     return float((pred == labels).mean())
