@@ -53,6 +53,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None) -> Image.Image:
     """Open an image (path or binary file object) as RGB, first frame of animations; one-sentence errors."""
     name = name or str(source)
+    if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
+        raise METError(f"{name} does not exist; check the path.")
     try:
         with Image.open(source) as img:
             img.load()

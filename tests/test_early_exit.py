@@ -58,9 +58,10 @@ def test_predict_files_answers_good_files_and_reports_bad_ones(tiny_checkpoint, 
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
     photo = next((HYMENOPTERA / "val" / "ants").iterdir())
-    res = predict_files(model, [str(photo), str(bad)], 0.5)
+    res = predict_files(model, [str(photo), str(bad), str(tmp_path / "gone.png")], 0.5)
     assert res[0]["class"] in model.cfg.class_names and 0 <= res[0]["exit"] < 4 and res[0]["gmacs"] > 0
     assert "error" in res[1] and "not a readable image" in res[1]["error"]
+    assert res[2]["error"].endswith("gone.png does not exist; check the path.")
 
 
 def test_predict_cli_json_contract(tiny_checkpoint, tmp_path):
