@@ -1,7 +1,7 @@
 """How tight the classes are in an exit's feature space, and a shared 2-D frame to look at it.
 
 Pure functions over (N, D) feature arrays: kNN accuracy (leave-one-out, cosine), silhouette (cosine),
-and a UMAP fitted once on several feature sets together so their pictures share one frame.
+and an aligned UMAP of several feature sets of the same samples, so their pictures share one frame.
 """
 from __future__ import annotations
 
@@ -40,12 +40,19 @@ def silhouette(features: np.ndarray, labels: np.ndarray) -> float:
     return float(silhouette_score(_normalize(features), labels, metric="cosine"))
 
 
-def shared_umap(feature_sets: Sequence[np.ndarray], seed: int = 0, n_neighbors: int = 15) -> list[np.ndarray]:
-    """One UMAP reducer fitted on all sets together; returns each set's 2-D coordinates in that shared frame."""
+def aligned_umap(feature_sets: Sequence[np.ndarray], seed: int = 0, n_neighbors: int = 15) -> list[np.ndarray]:
+    """2-D embeddings of several feature sets of the same samples (row i = the same image in every set),
+    aligned so that a sample sits at about the same place in each: one shared frame for side-by-side views.
+
+    (One UMAP fitted on the concatenation puts two models' features in separate regions; AlignedUMAP
+    ties each sample's position across the sets.)
+    """
     import umap
 
-    sizes = [len(f) for f in feature_sets]
-    z = _normalize(np.concatenate(feature_sets))
-    reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=0.1, metric="cosine", random_state=seed, n_jobs=1)
-    xy = reducer.fit_transform(z)
-    return np.split(xy, np.cumsum(sizes)[:-1])
+    n = len(feature_sets[0])
+    if any(len(f) != n for f in feature_sets):
+        raise METError("aligned views need the same samples in every feature set.")
+    ident = {i: i for i in range(n)}
+    reducer = umap.AlignedUMAP(n_neighbors=n_neighbors, min_dist=0.1, metric="cosine", random_state=seed)
+    reducer.fit([_normalize(f) for f in feature_sets], relations=[ident] * (len(feature_sets) - 1))
+    return [np.asarray(e) for e in reducer.embeddings_]

@@ -8,14 +8,14 @@ from plotly.subplots import make_subplots
 from app import state
 from met_core.data import load_image
 from met_core.errors import METError
-from met_core.geometry import knn_accuracy, shared_umap, silhouette
+from met_core.geometry import aligned_umap, knn_accuracy, silhouette
 from met_core.whatif import exits_for
 
 ckpt = state.current()
 (trace, arrays), _ = state.traces_of(ckpt)
 st.title("Representations")
-st.caption("Head inputs z_k of a fixed, seeded subset of test images, stored in the traces. One UMAP is fitted on "
-           "both models' features together, so the two panels share one frame.")
+st.caption("Head inputs z_k of a fixed, seeded subset of test images, stored in the traces. An aligned UMAP embeds "
+           "both models' features so that each image sits at about the same place in both panels: one shared frame.")
 if not len(trace.feature_index):
     state.fail(f"{state.label(ckpt)}'s trace stores no features; re-create it with `--features 2000`.")
 others = [p for p in state.checkpoints() if p != ckpt and (p / "test_trace.npz").is_file()]
@@ -27,7 +27,7 @@ k = c2.selectbox("Exit", list(range(arrays.num_exits)), format_func=lambda j: f"
 color_by = c3.radio("Colour by", ["class", "correct", "exit taken"], horizontal=True, key="rep_color")
 
 
-@st.cache_data(show_spinner="Fitting UMAP on both models' features (first time only, about 20 s)...")
+@st.cache_data(show_spinner="Fitting an aligned UMAP on both models' features (first time only, about a minute)...")
 def frames(a: str, b: str, k: int) -> dict:
     (ta, _), _ = state.traces_of(state.Path(a))
     (tb, _), _ = state.traces_of(state.Path(b))
@@ -35,7 +35,7 @@ def frames(a: str, b: str, k: int) -> dict:
     if len(common) < 20:
         raise METError("the two traces share fewer than 20 feature samples; trace both on the same dataset.")
     fa, fb = ta.features[k][ia].astype(np.float32), tb.features[k][ib].astype(np.float32)
-    xy_a, xy_b = shared_umap([fa, fb])
+    xy_a, xy_b = aligned_umap([fa, fb])
     y = ta.labels[common]
     return {"rows": common, "xy": [xy_a, xy_b],
             "knn": [knn_accuracy(fa, y), knn_accuracy(fb, y)], "sil": [silhouette(fa, y), silhouette(fb, y)]}
@@ -67,6 +67,8 @@ for j, ck in enumerate([ckpt, other]):
         fig.add_trace(go.Scattergl(x=fr["xy"][j][sel, 0], y=fr["xy"][j][sel, 1], mode="markers", name=str(v),
                                    legendgroup=str(v), showlegend=j == 0, marker=dict(size=4),
                                    customdata=rows[sel], hovertext=trace.ids[rows[sel]]), 1, j + 1)
+fig.update_xaxes(matches="x")
+fig.update_yaxes(matches="y")
 fig.update_layout(height=560, dragmode="lasso")
 event = st.plotly_chart(fig, key="umap", on_select="rerun", selection_mode=("lasso", "box"))
 d = fr["knn"][0] - fr["knn"][1]
