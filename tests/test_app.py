@@ -90,3 +90,19 @@ def test_missing_checkpoint_folder_is_one_sentence():
     at.text_input(key="new_ckpt").set_value("/no/such/folder").run()
     at.button(key="add_ckpt").click().run()
     assert not at.exception and any("does not exist" in e.value for e in at.error)
+
+
+def test_clicking_a_sample_shows_its_confidence_ladder():
+    at = app("views/samples.py")
+    first = next(b for b in at.button if b.key and b.key.startswith("s"))
+    first.click().run()
+    assert not at.exception
+    assert at.session_state["sample"] == int(first.key[1:])
+    assert any("true class" in h.value for h in at.subheader)
+
+
+def test_measure_button_runs_the_real_early_exit():
+    at = app()
+    at.button(key="measure").click().run(timeout=300)
+    assert not at.exception
+    assert any("Real early exit: measured speed-up" in s.value for s in at.success), [e.value for e in at.error]

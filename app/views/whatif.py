@@ -136,7 +136,7 @@ def export(r: dict) -> None:
                "thresholds": r["thresholds"], "simulated": {k_: r[k_] for k_ in ("accuracy", "gmacs", "speedup", "exit_fractions")},
                "note": SIMULATED_NOTE}
     c2.download_button("Thresholds as JSON", json.dumps(payload, indent=2), f"{ckpt.name}-thresholds.json", "application/json")
-    if c3.button("Measure the real batched early exit", help="runs the model on 256 test images, batch 64"):
+    if c3.button("Measure the real batched early exit", key="measure", help="runs the model on 256 test images, batch 64"):
         measure(r["thresholds"])
 
 
