@@ -60,7 +60,8 @@ def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None) -
             img.load()
             return to_rgb(img)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise METError(f"{name} is not a readable image ({type(e).__name__}: {e}); remove or replace it.") from None
+        reason = str(e).replace(repr(source), repr(name))  # uploads: the file name, not a BytesIO repr
+        raise METError(f"{name} is not a readable image ({type(e).__name__}: {reason}); remove or replace it.") from None
 
 
 def make_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
