@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import streamlit as st
 
 from met_core.calibration import apply, calibrate_budget, sweep
@@ -137,9 +136,6 @@ def dataset_root(t: Trace) -> Path | None:
             return Path(c)
     return None
 
-
-def selected_ids(ids: np.ndarray, indices: list[int]) -> list[str]:
-    return [str(ids[i]) for i in indices]
 
 
 @st.cache_data(show_spinner=False)

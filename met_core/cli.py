@@ -213,9 +213,6 @@ def _thresholds(args: argparse.Namespace) -> float | list[float]:
     return get_policy(args.policy).default_threshold
 
 
-WHATIF_KEYS = ("accuracy", "gmacs", "speedup", "exit_fractions", "exit_accuracy", "thresholds")
-
-
 def _whatif_lines(r: dict[str, Any]) -> list[str]:
     return [
         f"accuracy {100 * r['accuracy']:.2f}% (last exit {100 * r['last_exit_accuracy']:.2f}%), "

@@ -6,7 +6,6 @@ core); `TrainConfig` is the recipe. The [ours] choices of the method page are th
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -108,10 +107,6 @@ def config_from_dict(cls: type, data: dict[str, Any], what: str = "config") -> A
         raise METError(f"{what} is invalid: {e}.") from None
     _check_literals(cfg)
     return cfg
-
-
-def config_to_json(cfg: Any) -> str:
-    return json.dumps(dataclasses.asdict(cfg), indent=2)
 
 
 def config_help(cls: type) -> dict[str, str]:

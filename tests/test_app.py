@@ -1,5 +1,4 @@
 """AppTest: every page renders on the shipped checkpoints without exception; the slider shows met_core's numbers."""
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from met_core.calibration import apply, calibrate_accuracy_loss, calibrate_budget, sweep, thresholds_for_shares
 from met_core.errors import METError
-from met_core.traces import Trace, load_trace, save_trace
+from met_core.traces import Trace, load_trace
 from met_core.whatif import TraceArrays, whatif
 
 from .conftest import CIFAR_TEST, run_cli
