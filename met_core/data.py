@@ -12,7 +12,7 @@ from typing import IO, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision import transforms
 
 from .errors import METError
@@ -50,15 +50,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None) -> Image.Image:
-    """Open an image (path or binary file object) as RGB, first frame of animations; one-sentence errors."""
+MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (decompression bombs)
+
+
+def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image (path or binary file object) as RGB: first frame of animations, EXIF orientation
+    applied, size checked from the header before any pixel is decoded; one-sentence errors."""
     name = name or str(source)
     if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
         raise METError(f"{name} does not exist; check the path.")
     try:
         with Image.open(source) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise METError(f"{name} is {w}x{h} pixels, over the limit of {max_pixels:,}; downscale it first.")
             img.load()
-            return to_rgb(img)
+            return to_rgb(ImageOps.exif_transpose(img))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         reason = str(e).replace(repr(source), repr(name))  # uploads: the file name, not a BytesIO repr
         raise METError(f"{name} is not a readable image ({type(e).__name__}: {reason}); remove or replace it.") from None

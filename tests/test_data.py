@@ -54,3 +54,27 @@ def test_bad_inputs_say_what_is_wrong(tmp_path):
         ds.get_image(0)
     with pytest.raises(METError, match="could not get cifar10"):
         open_dataset("cifar10", download=False, data_root=str(tmp_path / "empty"))
+
+
+def test_hostile_image_files(tmp_path):
+    photo = next((HYMENOPTERA / "val" / "ants").glob("*.jpg"))
+    data = photo.read_bytes()
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    for f, match in [("empty.jpg", "not a readable image"), ("cut.jpg", "not a readable image")]:
+        with pytest.raises(METError, match=match):
+            load_image(tmp_path / f)
+    with pytest.raises(METError, match="over the limit"):
+        load_image(photo, max_pixels=10_000)  # refused from the header, before decoding
+
+
+def test_exif_orientation_and_animation(tmp_path):
+    img = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when shown
+    img.save(tmp_path / "rot.jpg", exif=exif)
+    assert load_image(tmp_path / "rot.jpg").size == (20, 40)
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    first = load_image(tmp_path / "anim.gif")
+    assert first.getpixel((0, 0))[0] > 200 and first.getpixel((0, 0))[2] < 50  # the first (red) frame
