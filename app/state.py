@@ -12,6 +12,7 @@ from typing import Any
 import streamlit as st
 
 from met_core.calibration import apply, calibrate_budget, sweep
+from met_core.data import locate_dataset
 from met_core.errors import METError
 from met_core.io import checkpoint_hash, load_checkpoint, read_config
 from met_core.traces import Trace, load_trace
@@ -127,15 +128,7 @@ def budget_presets(ckpt: str, policy: str) -> dict[float, dict[str, Any]]:
 
 def dataset_root(t: Trace) -> Path | None:
     """Where the trace's images are: the sidebar override, $MET_DATASET_ROOT, the recorded root, or ../shared."""
-    recorded = t.meta.get("dataset_root") or ""
-    candidates = [st.session_state.get("dataset_root_override"), os.environ.get("MET_DATASET_ROOT"), recorded]
-    if "datasets/" in recorded:
-        candidates.append(str(ROOT.parent / "shared" / "datasets" / recorded.split("datasets/", 1)[1]))
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c)
-    return None
-
+    return locate_dataset(t.meta.get("dataset_root"), st.session_state.get("dataset_root_override"))
 
 
 @st.cache_data(show_spinner=False)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from met_core.backbones import create_backbone  # noqa: E402
 from met_core.config import METConfig, config_from_dict  # noqa: E402
-from met_core.data import make_transform, open_dataset  # noqa: E402
+from met_core.data import locate_dataset, make_transform, open_dataset  # noqa: E402
 from met_core.model import METModel  # noqa: E402
 from met_core.traces import load_trace  # noqa: E402
 from met_core.train import head_inputs, materialize  # noqa: E402
@@ -42,7 +42,11 @@ def main() -> int:
     backbone, _ = create_backbone(mcfg.backbone, mcfg.img_size, mcfg.weights)
     probe = METModel(backbone, mcfg)
     tf = make_transform(mcfg.img_size, mcfg.mean, mcfg.std)
-    train_all = open_dataset(cfg["data"]["root"])
+    root = locate_dataset(cfg["data"]["root"])
+    if root is None:
+        print(f"FAIL: the training images ({cfg['data']['root']}) are not on this machine; set MET_DATASET_ROOT")
+        return 1
+    train_all = open_dataset(str(root))
     where = {s: i for i, s in enumerate(train_all.ids)}
     test = open_dataset(args.test)
     t0 = time.perf_counter()

@@ -129,11 +129,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def dataset_for_checkpoint(cfg: dict[str, Any], dataset: str | None, split: str, download: bool):
     """The dataset a trace runs over: an explicit one, or the checkpoint's own (its 'val' split by id)."""
-    from .data import open_dataset
+    from .data import locate_dataset, open_dataset
 
     data = cfg.get("data", {})
     if split == "val":
-        src = dataset or data.get("root") or data.get("dataset")
+        found = locate_dataset(data.get("root"))
+        src = dataset or (str(found) if found else data.get("dataset"))
         if not src:
             raise METError("this checkpoint records no dataset; pass --dataset.")
         ds = open_dataset(src, split=data.get("split", "train"), download=download)

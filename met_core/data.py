@@ -105,6 +105,20 @@ class ImageDataset(torch.utils.data.Dataset):
                             lambda j, g=self.get_image, m=idx: g(m[j]), self.transform)
 
 
+def locate_dataset(recorded: str | None, override: str | None = None) -> Path | None:
+    """Where a recorded dataset folder is on this machine: an explicit override, $MET_DATASET_ROOT, the
+    recorded path, or the same sub-path under this repository's ../shared/datasets. None if nowhere."""
+    recorded = recorded or ""
+    candidates = [override, os.environ.get("MET_DATASET_ROOT"), recorded]
+    if "datasets/" in recorded:
+        repo = Path(__file__).resolve().parents[1]
+        candidates.append(str(repo.parent / "shared" / "datasets" / recorded.split("datasets/", 1)[1]))
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    return None
+
+
 def open_dataset(spec: str, split: str = "train", download: bool = True, data_root: str | None = None) -> ImageDataset:
     """A folder path (ImageFolder layout `<class>/<file>`) or a torchvision dataset name."""
     if spec.lower() in TORCHVISION_DATASETS:

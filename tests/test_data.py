@@ -78,3 +78,16 @@ def test_exif_orientation_and_animation(tmp_path):
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     first = load_image(tmp_path / "anim.gif")
     assert first.getpixel((0, 0))[0] > 200 and first.getpixel((0, 0))[2] < 50  # the first (red) frame
+
+
+def test_locate_dataset_falls_back_to_shared(tmp_path, monkeypatch):
+    from met_core.data import locate_dataset
+
+    monkeypatch.delenv("MET_DATASET_ROOT", raising=False)
+    moved = "/some/other/machine/shared/datasets/cifar10/test"  # as recorded on the machine that built a trace
+    assert locate_dataset(moved).resolve() == (HYMENOPTERA.parent / "cifar10" / "test").resolve()
+    assert locate_dataset(moved, override=str(tmp_path)) == tmp_path
+    monkeypatch.setenv("MET_DATASET_ROOT", str(HYMENOPTERA))
+    assert locate_dataset(moved) == HYMENOPTERA
+    monkeypatch.delenv("MET_DATASET_ROOT")
+    assert locate_dataset("/nowhere/at/all") is None
