@@ -84,11 +84,13 @@ class METModel(nn.Module):
         return x
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Head input: the frozen final norm, then the CLS token or the mean of patch tokens."""
-        x = self.backbone.norm(x)
+        """Head input: the frozen final norm, then the CLS token or the mean of patch tokens.
+
+        LayerNorm acts per token, so for the CLS input only that token is normalised.
+        """
         if self.cfg.head_input == "cls":
-            return x[:, 0]
-        return x[:, self.backbone.num_prefix_tokens:].mean(dim=1)
+            return self.backbone.norm(x[:, 0])
+        return self.backbone.norm(x)[:, self.backbone.num_prefix_tokens:].mean(dim=1)
 
     # --- timm-style API ---------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
