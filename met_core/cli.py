@@ -129,7 +129,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def dataset_for_checkpoint(cfg: dict[str, Any], dataset: str | None, split: str, download: bool):
     """The dataset a trace runs over: an explicit one, or the checkpoint's own (its 'val' split by id)."""
-    from .data import locate_dataset, open_dataset
+    from .data import open_dataset
+    from .paths import locate_dataset
 
     data = cfg.get("data", {})
     if split == "val":

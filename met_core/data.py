@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision import transforms
 
 from .errors import METError
+from .paths import cache_dir
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -105,20 +106,6 @@ class ImageDataset(torch.utils.data.Dataset):
                             lambda j, g=self.get_image, m=idx: g(m[j]), self.transform)
 
 
-def locate_dataset(recorded: str | None, override: str | None = None) -> Path | None:
-    """Where a recorded dataset folder is on this machine: an explicit override, $MET_DATASET_ROOT, the
-    recorded path, or the same sub-path under this repository's ../shared/datasets. None if nowhere."""
-    recorded = recorded or ""
-    candidates = [override, os.environ.get("MET_DATASET_ROOT"), recorded]
-    if "datasets/" in recorded:
-        repo = Path(__file__).resolve().parents[1]
-        candidates.append(str(repo.parent / "shared" / "datasets" / recorded.split("datasets/", 1)[1]))
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c)
-    return None
-
-
 def open_dataset(spec: str, split: str = "train", download: bool = True, data_root: str | None = None) -> ImageDataset:
     """A folder path (ImageFolder layout `<class>/<file>`) or a torchvision dataset name."""
     if spec.lower() in TORCHVISION_DATASETS:
@@ -153,8 +140,6 @@ def image_folder(root: Path) -> ImageDataset:
 
 def _torchvision_dataset(name: str, split: str, download: bool, data_root: str | None) -> ImageDataset:
     import torchvision.datasets as tvd
-
-    from .backbones import cache_dir
 
     cls_name, train_kw, test_kw = TORCHVISION_DATASETS[name]
     root = Path(data_root) if data_root else cache_dir() / "datasets"

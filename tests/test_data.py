@@ -81,7 +81,7 @@ def test_exif_orientation_and_animation(tmp_path):
 
 
 def test_locate_dataset_falls_back_to_shared(tmp_path, monkeypatch):
-    from met_core.data import locate_dataset
+    from met_core.paths import locate_dataset
 
     monkeypatch.delenv("MET_DATASET_ROOT", raising=False)
     moved = "/some/other/machine/shared/datasets/cifar10/test"  # as recorded on the machine that built a trace

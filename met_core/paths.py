@@ -1,0 +1,29 @@
+"""Where things live on this machine: the cache, and the dataset folders that traces and checkpoints record.
+
+No torch here: the app's first page uses these without loading any model code.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Where converted weights (and torchvision downloads) live: $MET_CACHE_DIR or ~/.cache/met_explorer."""
+    root = os.environ.get("MET_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "met_explorer")
+    return Path(root)
+
+
+def locate_dataset(recorded: str | None, override: str | None = None) -> Path | None:
+    """Where a recorded dataset folder is on this machine: an explicit override, $MET_DATASET_ROOT, the
+    recorded path, or the same sub-path under this repository's ../shared/datasets. None if nowhere."""
+    recorded = recorded or ""
+    candidates = [override, os.environ.get("MET_DATASET_ROOT"), recorded]
+    if "datasets/" in recorded:
+        repo = Path(__file__).resolve().parents[1]
+        candidates.append(str(repo.parent / "shared" / "datasets" / recorded.split("datasets/", 1)[1]))
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    return None
