@@ -11,7 +11,7 @@ from typing import Any
 
 import streamlit as st
 
-from met_core.calibration import apply, calibrate_budget, sweep
+from met_core.calibration import apply, calibrate_budget, sweep_applied
 from met_core.paths import locate_dataset
 from met_core.errors import METError
 from met_core.io import checkpoint_hash, load_checkpoint, read_config
@@ -101,13 +101,7 @@ def traces_of(ckpt: Path) -> tuple[tuple[Trace, TraceArrays], tuple[Trace, Trace
 def sweep_table(ckpt: str, policy: str) -> list[dict[str, Any]]:
     """Every candidate operating point chosen on validation, measured on test (Pareto front marked)."""
     (_, test), val = traces_of(Path(ckpt))
-    basis = val[1] if val else test
-    rows = []
-    for p in sweep(basis, policy):
-        r = apply(test, p, policy)
-        rows.append({"val_gmacs": p.gmacs, "val_accuracy": p.accuracy, "gmacs": r["gmacs"], "accuracy": r["accuracy"],
-                     "pareto": p.pareto, "source": p.source, "thresholds": p.thresholds})
-    return rows
+    return sweep_applied(val[1] if val else test, test, policy)
 
 
 @st.cache_data(show_spinner=False)

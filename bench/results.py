@@ -15,7 +15,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from met_core.calibration import apply, calibrate_accuracy_loss, calibrate_budget, sweep  # noqa: E402
+from met_core.calibration import apply, calibrate_accuracy_loss, calibrate_budget, sweep_applied  # noqa: E402
 from met_core.errors import METError  # noqa: E402
 from met_core.flops import MAC_NOTE  # noqa: E402
 from met_core.geometry import knn_accuracy, silhouette  # noqa: E402
@@ -106,7 +106,8 @@ def main() -> int:
     if "cifar10-met" in models:
         met = models["cifar10-met"]
         a, v = met["A"], met["V"]
-        curve = [apply(a, p) for p in sweep(v) if p.pareto] if v else []
+        curve = ([{"gmacs": r["test_gmacs"], "accuracy": r["test_accuracy"]} for r in sweep_applied(v, a) if r["pareto"]]
+                 if v else [])
         # every image at exit k is an operating point too (no thresholds needed)
         curve += [{"gmacs": g, "accuracy": acc} for g, acc in zip(a.gmacs, exit_accuracy_all(a))]
         lines += ["## The ablation ladder at equal GMACs", "",

@@ -95,6 +95,16 @@ def sweep(arrays: TraceArrays, policy: str = "max-softmax", n_q: int = 41, n_glo
     return points
 
 
+def sweep_applied(val: TraceArrays, test: TraceArrays, policy: str = "max-softmax") -> list[dict[str, Any]]:
+    """Every candidate chosen on `val` with its validation figures and the same thresholds measured on `test`."""
+    rows = []
+    for p in sweep(val, policy):
+        r = whatif(test, p.thresholds, policy)
+        rows.append({"thresholds": p.thresholds, "source": p.source, "pareto": p.pareto, "val_accuracy": p.accuracy,
+                     "val_gmacs": p.gmacs, "test_accuracy": r["accuracy"], "test_gmacs": r["gmacs"]})
+    return rows
+
+
 def calibrate_budget(val: TraceArrays, budget: float, policy: str = "max-softmax") -> OperatingPoint:
     """Most accurate validation point whose mean cost is at most `budget` x the last exit's GMACs."""
     if not np.isfinite(budget) or budget <= 0:

@@ -235,7 +235,7 @@ def cmd_whatif(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    from .calibration import apply, calibrate_accuracy_loss, calibrate_budget, sweep
+    from .calibration import apply, calibrate_accuracy_loss, calibrate_budget, sweep_applied
     from .traces import load_trace
     from .whatif import TraceArrays
 
@@ -245,14 +245,10 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         raise METError(f"{args.trace} and {args.apply} come from different checkpoints; calibrate and apply on traces of one model.")
     val, test = TraceArrays.from_trace(val_t), TraceArrays.from_trace(test_t)
     if args.sweep:
-        pts = sweep(val, args.policy)
-        rows = []
-        for p in pts:
-            r = apply(test, p, args.policy)
-            rows.append({**p.as_dict(), "test_accuracy": r["accuracy"], "test_gmacs": r["gmacs"]})
+        rows = sweep_applied(val, test, args.policy)
         _emit(args, rows, ["val_gmacs,val_accuracy,test_gmacs,test_accuracy,pareto,source"] + [
-            f"{r['gmacs']:.4f},{r['accuracy']:.4f},{r['test_gmacs']:.4f},{r['test_accuracy']:.4f},{int(r['pareto'])},{r['source']}"
-            for r in rows])
+            f"{r['val_gmacs']:.4f},{r['val_accuracy']:.4f},{r['test_gmacs']:.4f},{r['test_accuracy']:.4f},"
+            f"{int(r['pareto'])},{r['source']}" for r in rows])
         return
     if (args.budget is None) == (args.max_loss is None):
         raise METError("give exactly one of --budget F (fraction of the last exit's GMACs), --max-loss D, or --sweep.")

@@ -49,6 +49,21 @@ def exits_for(arrays: TraceArrays, thresholds: float | Sequence[float], policy: 
     return exit_index(arrays.score(pol), as_thresholds(thresholds, arrays.num_exits), pol)
 
 
+@dataclass
+class Outcomes:
+    """Per sample under an exit rule: the exit it leaves at, its prediction there, whether that is right."""
+
+    exits: np.ndarray
+    pred: np.ndarray
+    correct: np.ndarray
+
+
+def outcomes(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str = "max-softmax") -> Outcomes:
+    ex = exits_for(arrays, thresholds, policy)
+    rows = np.arange(len(ex))
+    return Outcomes(ex, arrays.pred[rows, ex], arrays.correct[rows, ex])
+
+
 def whatif(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str = "max-softmax",
            detail: bool = False) -> dict[str, Any]:
     """Accuracy, mean GMACs, speed-up over the last exit, exit shares and per-exit accuracy of leavers.
@@ -56,10 +71,9 @@ def whatif(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str
     `detail` adds per-class accuracy and the confusion matrix (rows: true class, columns: predicted).
     """
     t = as_thresholds(thresholds, arrays.num_exits)
-    ex = exits_for(arrays, t, policy)
+    o = outcomes(arrays, t, policy)
+    ex, correct = o.exits, o.correct
     n, k = arrays.pred.shape
-    rows = np.arange(n)
-    correct = arrays.correct[rows, ex]
     counts = np.bincount(ex, minlength=k)
     right = np.bincount(ex, weights=correct, minlength=k)
     gm = float(arrays.gmacs[ex].mean())
@@ -77,8 +91,7 @@ def whatif(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str
     }
     if detail:
         c = arrays.num_classes
-        pred = arrays.pred[rows, ex]
-        conf = np.bincount(arrays.labels * c + pred, minlength=c * c).reshape(c, c)
+        conf = np.bincount(arrays.labels * c + o.pred, minlength=c * c).reshape(c, c)
         per_class_n = conf.sum(1)
         out["per_class_accuracy"] = [float(conf[i, i] / m) if m else None for i, m in enumerate(per_class_n)]
         out["confusion"] = conf.tolist()

@@ -141,3 +141,14 @@ def test_properties_on_the_real_trace(real_trace):
     assert all(x <= y + 1e-12 for x, y in zip(g, g[1:]))
     for b in (0.3, 0.5, 0.75, 1.0):
         assert calibrate_budget(a, b).gmacs <= b * a.gmacs[-1] + 1e-9
+
+
+def test_sweep_applied_measures_validation_thresholds_on_test(real_trace):
+    from met_core.calibration import sweep_applied
+
+    a = TraceArrays.from_trace(load_trace(real_trace))
+    rows = sweep_applied(a, a)  # the same trace on both sides: test figures must equal validation figures
+    assert rows and all(r["test_gmacs"] == pytest.approx(r["val_gmacs"]) for r in rows)
+    assert all(r["test_accuracy"] == pytest.approx(r["val_accuracy"]) for r in rows)
+    csv = run_cli("calibrate", "--trace", str(real_trace), "--sweep").stdout.splitlines()
+    assert csv[0] == "val_gmacs,val_accuracy,test_gmacs,test_accuracy,pareto,source" and len(csv) == len(rows) + 1

@@ -9,7 +9,7 @@ from app import state
 from met_core.data import load_image
 from met_core.errors import METError
 from met_core.geometry import aligned_umap, knn_accuracy, silhouette
-from met_core.whatif import exits_for
+from met_core.whatif import outcomes
 
 ckpt = state.current()
 (trace, arrays), _ = state.traces_of(ckpt)
@@ -58,8 +58,8 @@ fig = make_subplots(1, 2, shared_xaxes=True, shared_yaxes=True,
                                     for j, n in enumerate(names)])
 for j, ck in enumerate([ckpt, other]):
     (_, arr), _ = state.traces_of(ck)
-    ex = exits_for(arr, thresholds, policy)[rows]
-    corr = arr.correct[rows, ex]
+    o = outcomes(arr, thresholds, policy)
+    ex, corr = o.exits[rows], o.correct[rows]
     values = {"class": np.asarray(trace.class_names)[arr.labels[rows]],
               "correct": np.where(corr, "correct", "wrong"), "exit taken": np.char.add("exit ", (ex + 1).astype(str))}[color_by]
     for v in np.unique(values):
@@ -79,11 +79,12 @@ picked = sorted({int(p["customdata"]) for p in (event.selection.points if event 
 if picked:
     st.subheader(f"{len(picked)} selected samples")
     lab = arrays.labels[picked]
-    ex = exits_for(arrays, thresholds, policy)[picked]
-    st.write(f"accuracy at their exits ({names[0]}): {100 * arrays.correct[picked, ex].mean():.1f}%; "
+    o = outcomes(arrays, thresholds, policy)
+    ex, corr = o.exits[picked], o.correct[picked]
+    st.write(f"accuracy at their exits ({names[0]}): {100 * corr.mean():.1f}%; "
              f"classes: " + ", ".join(f"{trace.class_names[c]} {n}" for c, n in zip(*np.unique(lab, return_counts=True))))
     st.dataframe(pd.DataFrame({"id": trace.ids[picked], "class": np.asarray(trace.class_names)[lab], "exit": ex + 1,
-                               "correct": arrays.correct[picked, ex]}), hide_index=True)
+                               "correct": corr}), hide_index=True)
     root = state.dataset_root(trace)
     if root is not None:
         cols = st.columns(8)

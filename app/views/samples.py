@@ -11,7 +11,7 @@ from app import state
 from met_core.data import IMAGE_EXTENSIONS, load_image
 from met_core.errors import METError
 from met_core.inference import predict_images
-from met_core.whatif import exits_for
+from met_core.whatif import outcomes
 
 MAX_UPLOADS = 32
 GRID = 24
@@ -28,10 +28,8 @@ with st.sidebar:
                   placeholder=trace.meta.get("dataset_root", ""),
                   help="Where the images of this trace are; also settable with $MET_DATASET_ROOT.")
 root = state.dataset_root(trace)
-ex = exits_for(arrays, thresholds, policy)
-rows = np.arange(len(ex))
-pred = arrays.pred[rows, ex]
-correct = pred == arrays.labels
+out = outcomes(arrays, thresholds, policy)
+ex, pred, correct = out.exits, out.pred, out.correct
 
 tab_browse, tab_upload = st.tabs(["Browse the test set", "Upload images"])
 with tab_browse:

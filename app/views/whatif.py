@@ -101,15 +101,16 @@ def live() -> None:
 
 def curve_figure(r: dict, thresholds) -> go.Figure:
     rows = pd.DataFrame(state.sweep_table(str(ckpt), policy if policy != "patience" else "max-softmax"))
-    front = rows[rows.pareto].sort_values("gmacs")
+    front = rows[rows.pareto].sort_values("test_gmacs")
     fig = go.Figure()
-    fig.add_scatter(x=rows.gmacs, y=rows.accuracy, mode="markers", name="candidate thresholds", marker=dict(size=4, color="#bbb"))
-    fig.add_scatter(x=front.gmacs, y=front.accuracy, mode="lines+markers", name=f"{state.label(ckpt)} (Pareto on validation)")
+    fig.add_scatter(x=rows.test_gmacs, y=rows.test_accuracy, mode="markers", name="candidate thresholds",
+                    marker=dict(size=4, color="#bbb"))
+    fig.add_scatter(x=front.test_gmacs, y=front.test_accuracy, mode="lines+markers", name=f"{state.label(ckpt)} (Pareto on validation)")
     if compare is not None:
         (_, arr_b), _ = state.traces_of(compare)
         rows_b = pd.DataFrame(state.sweep_table(str(compare), "max-softmax" if policy == "patience" else policy))
-        fb = rows_b[rows_b.pareto].sort_values("gmacs")
-        fig.add_scatter(x=fb.gmacs, y=fb.accuracy, mode="lines", name=state.label(compare), line=dict(dash="dash"))
+        fb = rows_b[rows_b.pareto].sort_values("test_gmacs")
+        fig.add_scatter(x=fb.test_gmacs, y=fb.test_accuracy, mode="lines", name=state.label(compare), line=dict(dash="dash"))
         rb = whatif(arr_b, thresholds, policy)
         fig.add_scatter(x=[rb["gmacs"]], y=[rb["accuracy"]], mode="markers", name=f"{state.label(compare)} at this threshold",
                         marker=dict(size=12, symbol="diamond"))
