@@ -69,6 +69,16 @@ def card(path: str) -> dict[str, Any]:
     return {"config": cfg, "metrics": metrics}
 
 
+@st.cache_data(show_spinner=False)
+def _hash(path: str, mtimes: tuple[float, ...]) -> str:
+    return checkpoint_hash(path)
+
+
+def checkpoint_sha256(ckpt: Path) -> str:
+    """The checkpoint's hash, computed once per version of its files (not on every slider move)."""
+    return _hash(str(ckpt), tuple((ckpt / f).stat().st_mtime for f in ("config.json", "model.safetensors")))
+
+
 @st.cache_resource(show_spinner="Loading the model (backbone and adapters)...")
 def model(path: str):
     """One model object per checkpoint, shared by every session (inference only, under no_grad)."""
@@ -92,7 +102,7 @@ def traces_of(ckpt: Path) -> tuple[tuple[Trace, TraceArrays], tuple[Trace, Trace
         v = trace(str(ckpt / "val_trace.npz")) if (ckpt / "val_trace.npz").is_file() else None
     except METError as e:
         fail(str(e))
-    if t[0].meta.get("checkpoint_sha256") not in (None, checkpoint_hash(ckpt)):
+    if t[0].meta.get("checkpoint_sha256") not in (None, checkpoint_sha256(ckpt)):
         fail(f"{test} was made by another model than {label(ckpt)}; re-create the trace.")
     return t, v
 

@@ -8,7 +8,6 @@ import streamlit as st
 
 from app import state
 from met_core.flops import MAC_NOTE
-from met_core.io import checkpoint_hash
 from met_core.policies import POLICIES
 from met_core.traces import SIMULATED_NOTE
 from met_core.whatif import exit_accuracy_all, whatif
@@ -23,6 +22,7 @@ st.caption(f"Every number on this page is **{SIMULATED_NOTE}** of {state.label(c
 c1, c2 = st.columns([2, 3])
 policy = c1.radio("Exit policy", list(POLICIES), horizontal=True, key="policy",
                   help="; ".join(f"**{p}**: {v.help}" for p, v in POLICIES.items()))
+cal_policy = "max-softmax" if policy == "patience" else policy  # patience has no continuous score to calibrate
 others = [p for p in state.checkpoints() if p != ckpt and (p / "test_trace.npz").is_file()
           and state.card(str(p))["config"]["model"]["num_classes"] == arrays.num_classes]
 default_cmp = next((i + 1 for i, p in enumerate(others) if p.name == f"{ckpt.name}-nogr"), 0)
@@ -100,7 +100,7 @@ def live() -> None:
 
 
 def curve_figure(r: dict, thresholds) -> go.Figure:
-    rows = pd.DataFrame(state.sweep_table(str(ckpt), policy if policy != "patience" else "max-softmax"))
+    rows = pd.DataFrame(state.sweep_table(str(ckpt), cal_policy))
     front = rows[rows.pareto].sort_values("test_gmacs")
     fig = go.Figure()
     fig.add_scatter(x=rows.test_gmacs, y=rows.test_accuracy, mode="markers", name="candidate thresholds",
@@ -108,7 +108,7 @@ def curve_figure(r: dict, thresholds) -> go.Figure:
     fig.add_scatter(x=front.test_gmacs, y=front.test_accuracy, mode="lines+markers", name=f"{state.label(ckpt)} (Pareto on validation)")
     if compare is not None:
         (_, arr_b), _ = state.traces_of(compare)
-        rows_b = pd.DataFrame(state.sweep_table(str(compare), "max-softmax" if policy == "patience" else policy))
+        rows_b = pd.DataFrame(state.sweep_table(str(compare), cal_policy))
         fb = rows_b[rows_b.pareto].sort_values("test_gmacs")
         fig.add_scatter(x=fb.test_gmacs, y=fb.test_accuracy, mode="lines", name=state.label(compare), line=dict(dash="dash"))
         rb = whatif(arr_b, thresholds, policy)
@@ -116,7 +116,7 @@ def curve_figure(r: dict, thresholds) -> go.Figure:
                         marker=dict(size=12, symbol="diamond"))
     for name, pts in state.ladder_points(str(ckpt)).items():
         fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=name, marker=dict(symbol="x", size=9))
-    for b, p in state.budget_presets(str(ckpt), "max-softmax" if policy == "patience" else policy).items():
+    for b, p in state.budget_presets(str(ckpt), cal_policy).items():
         if "error" in p:
             continue
         fig.add_scatter(x=[p["gmacs"]], y=[p["accuracy"]], mode="markers+text", text=[f"{b:.0%}"], textposition="top center",
@@ -130,10 +130,10 @@ def curve_figure(r: dict, thresholds) -> go.Figure:
 
 def export(r: dict) -> None:
     c1, c2, c3 = st.columns(3)
-    rows = pd.DataFrame(state.sweep_table(str(ckpt), "max-softmax" if policy == "patience" else policy))
+    rows = pd.DataFrame(state.sweep_table(str(ckpt), cal_policy))
     rows["thresholds"] = rows.thresholds.map(json.dumps)
     c1.download_button("Sweep as CSV", rows.to_csv(index=False), f"{ckpt.name}-sweep.csv", "text/csv")
-    payload = {"checkpoint": state.label(ckpt), "checkpoint_sha256": checkpoint_hash(ckpt), "policy": policy,
+    payload = {"checkpoint": state.label(ckpt), "checkpoint_sha256": state.checkpoint_sha256(ckpt), "policy": policy,
                "thresholds": r["thresholds"], "simulated": {k_: r[k_] for k_ in ("accuracy", "gmacs", "speedup", "exit_fractions")},
                "note": SIMULATED_NOTE}
     c2.download_button("Thresholds as JSON", json.dumps(payload, indent=2), f"{ckpt.name}-thresholds.json", "application/json")
