@@ -115,6 +115,12 @@ def cmd_train(args: argparse.Namespace) -> None:
                           "crop": f"center {mcfg.img_size}", "mean": mcfg.mean, "std": mcfg.std, "mode": "RGB"},
     }
     out = Path(args.out)
+    if mcfg.weights not in ("default", "none"):  # a file: recorded relative to the folder when it lies inside
+        w, folder = Path(mcfg.weights).resolve(), out.resolve()
+        mcfg.weights = str(w.relative_to(folder)) if w.is_relative_to(folder) else str(w)
+        if not w.is_relative_to(folder):
+            log(f"note: the backbone weights {w} lie outside {out}; loading this checkpoint needs --weights {w} "
+                "(a config never leads MET out of its folder), or copy the file into the folder.")
     save_checkpoint(out, model, record, metrics)
     val = metrics["val_accuracy"] or []
     _emit(args, {"out": str(out), **{k: v for k, v in metrics.items() if k != "history"}}, [
@@ -156,7 +162,7 @@ def cmd_trace(args: argparse.Namespace) -> None:
     from .io import checkpoint_hash, load_checkpoint
     from .traces import SIMULATED_NOTE, run_trace, save_trace
 
-    model, cfg = load_checkpoint(args.checkpoint)
+    model, cfg = load_checkpoint(args.checkpoint, args.weights)
     ds = dataset_for_checkpoint(cfg, args.dataset, args.split, not args.no_download)
     if list(ds.class_names) != list(model.cfg.class_names):
         raise METError(f"the dataset's classes {ds.class_names[:5]}... differ from the checkpoint's "
@@ -187,7 +193,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     from .flops import cost_breakdown, exit_gmacs
     from .io import load_checkpoint
 
-    model, cfg = load_checkpoint(args.checkpoint)
+    model, cfg = load_checkpoint(args.checkpoint, args.weights)
     gm = exit_gmacs(model)
     n = model.num_parameters()
     cfg_small = {k: v for k, v in cfg.items() if k != "data"}
@@ -265,7 +271,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     if len(args.images) > args.max_files:
         raise METError(f"{len(args.images)} files given; at most {args.max_files} at once (raise --max-files).")
-    model, _ = load_checkpoint(args.checkpoint)
+    model, _ = load_checkpoint(args.checkpoint, args.weights)
     res = predict_files(model, args.images, _thresholds(args), args.policy)
     lines = [f"{r['file']}: error: {r['error']}" if "error" in r else
              f"{r['file']}: {r['class']} at exit {r['exit'] + 1}/{model.num_exits}, confidence {r['confidence']:.3f}, "
@@ -284,7 +290,7 @@ def cmd_bench_exit(args: argparse.Namespace) -> None:
     from .io import load_checkpoint
     from .train import materialize
 
-    model, _ = load_checkpoint(args.checkpoint)
+    model, _ = load_checkpoint(args.checkpoint, args.weights)
     ds = open_dataset(args.dataset, split=args.split, download=not args.no_download)
     if args.limit and args.limit < len(ds):
         ds = ds.subset(np.sort(np.random.default_rng(args.seed).choice(len(ds), args.limit, replace=False)))
@@ -303,6 +309,12 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+def add_checkpoint_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--checkpoint", required=True, type=existing_path, help="checkpoint folder")
+    s.add_argument("--weights", help="backbone weights to use instead of the recorded source: 'default' or a "
+                   ".safetensors file (needed when the checkpoint was trained on a file outside its folder)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m met_core", description="Multiple-Exit Tuning for timm ViTs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -316,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("trace", help="run a checkpoint over a dataset split and store every exit's outputs")
-    r.add_argument("--checkpoint", required=True, type=existing_path)
+    add_checkpoint_args(r)
     r.add_argument("--dataset", help="folder or dataset name (default: the checkpoint's, with --split val)")
     r.add_argument("--split", default="test", help="'test', 'train', or 'val' (the checkpoint's own validation ids)")
     r.add_argument("--out", required=True, help="trace file to write (.npz)")
@@ -327,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_trace)
 
     i = sub.add_parser("info", help="config, per-exit GMACs and parameter counts of a checkpoint")
-    i.add_argument("--checkpoint", required=True, type=existing_path)
+    add_checkpoint_args(i)
     i.set_defaults(func=cmd_info)
 
     def add_rule(s: argparse.ArgumentParser) -> None:
@@ -354,14 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_calibrate)
 
     pr = sub.add_parser("predict", help="real early-exit prediction on image files")
-    pr.add_argument("--checkpoint", required=True, type=existing_path)
+    add_checkpoint_args(pr)
     pr.add_argument("images", nargs="+", help="image files")
     pr.add_argument("--max-files", type=int, default=256, help="refuse more files than this at once")
     add_rule(pr)
     pr.set_defaults(func=cmd_predict)
 
     b = sub.add_parser("bench-exit", help="measure real batched early exit against running every image to the last exit")
-    b.add_argument("--checkpoint", required=True, type=existing_path)
+    add_checkpoint_args(b)
     b.add_argument("--dataset", required=True)
     b.add_argument("--split", default="test")
     b.add_argument("--batch", type=int, default=64)

@@ -13,7 +13,7 @@ from .errors import METError
 
 SharingScope = Literal["site", "global"]
 DiagonalMode = Literal["stage", "per-exit-path"]
-HeadInput = Literal["cls", "mean"]
+HeadInput = Literal["cls", "mean", "cls+mean"]
 GraphRegKind = Literal["label", "relational", "knn"]
 SITES_PER_BLOCK = 2  # E-adapter sites per block: before attention, before MLP
 
@@ -44,7 +44,9 @@ class METConfig:
     exit_diagonals: bool = _f(True, "Exit-specific diagonal g_k in the bottleneck. False: all exits share the projections unscaled.")
     diagonal_mode: DiagonalMode = _f("stage", "'stage': blocks of stage k use g_k (single path, no recompute); "
                                      "'per-exit-path': exit k uses g_k in all blocks up to it (continuing images recompute).")
-    head_input: HeadInput = _f("cls", "Head input: 'cls' token after the frozen final norm, or 'mean' of patch tokens.")
+    head_input: HeadInput = _f("cls", "Head input after the frozen final norm: the 'cls' token, the 'mean' of patch "
+                               "tokens, or 'cls+mean' (both concatenated, 2D wide: DINOv2's linear-evaluation input, "
+                               "much stronger at early exits).")
     mean: list[float] = _f([0.485, 0.456, 0.406], "Per-channel normalisation mean.")
     std: list[float] = _f([0.229, 0.224, 0.225], "Per-channel normalisation std.")
 
@@ -60,7 +62,7 @@ class METConfig:
             raise METError(f"{len(self.class_names)} class names given for {self.num_classes} classes.")
         if self.adapter_dim < 1:
             raise METError(f"adapter_dim must be positive, got {self.adapter_dim}.")
-        _check_literals(self)
+        _check_types(self)
 
 
 @dataclass
@@ -85,12 +87,31 @@ class TrainConfig:
     bf16: bool = _f(False, "Use bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX).")
 
 
-def _check_literals(cfg: Any) -> None:
+def _fits(value: Any, hint: Any) -> bool:
+    """Does a JSON value fit a field's type hint (bool is not a number; an int is a float)?"""
+    origin = get_origin(hint)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in get_args(hint))
+    if origin is list:
+        (item,) = get_args(hint)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _check_types(cfg: Any, what: str = "config") -> None:
     hints = get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
-        hint = hints[f.name]
-        if get_origin(hint) is Literal and getattr(cfg, f.name) not in get_args(hint):
-            raise METError(f"{f.name} must be one of {get_args(hint)}, got {getattr(cfg, f.name)!r}.")
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        if _fits(value, hint):
+            continue
+        if get_origin(hint) is Literal:
+            raise METError(f"{what}: {f.name} must be one of {get_args(hint)}, got {value!r}.")
+        name = getattr(hint, "__name__", str(hint)) if get_origin(hint) is None else str(hint).replace("typing.", "")
+        raise METError(f"{what}: {f.name} must be a finite {name}, got {str(value)[:60]!r}.")
 
 
 def config_from_dict(cls: type, data: dict[str, Any], what: str = "config") -> Any:
@@ -105,7 +126,7 @@ def config_from_dict(cls: type, data: dict[str, Any], what: str = "config") -> A
         cfg = cls(**data)
     except TypeError as e:
         raise METError(f"{what} is invalid: {e}.") from None
-    _check_literals(cfg)
+    _check_types(cfg, what)
     return cfg
 
 

@@ -67,7 +67,9 @@ def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None, m
                 raise METError(f"{name} is {w}x{h} pixels, over the limit of {max_pixels:,}; downscale it first.")
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except Image.DecompressionBombError as e:  # PIL's own guard, hit when max_pixels is above its limit
+        raise METError(f"{name} is refused as a decompression bomb ({e}); downscale it first.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         reason = str(e).replace(repr(source), repr(name))  # uploads: the file name, not a BytesIO repr
         raise METError(f"{name} is not a readable image ({type(e).__name__}: {reason}); remove or replace it.") from None
 

@@ -34,7 +34,7 @@ def cost_breakdown(model: METModel) -> dict[str, int]:
         "patch_embed": grid * in_ch * kh * kw * b.embed_dim,
         "block": vit_block_macs(tokens, b.embed_dim, b.blocks[0].mlp.fc1.out_features),
         "adapters_per_block": adapter,
-        "head": b.embed_dim * model.cfg.num_classes,
+        "head": model.feature_dim * model.cfg.num_classes,
     }
 
 

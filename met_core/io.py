@@ -70,19 +70,40 @@ def check_checkpoint_path(path: Path) -> Path:
     return path
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    """The checkpoint's config.json, validated: format, and a model section that builds a METConfig."""
+def read_config(path: Path, own_weights: bool = False) -> dict[str, Any]:
+    """The checkpoint's config.json, validated: format, a model section that builds a METConfig, and no
+    weight path out of the folder (unless the caller brings its own weights)."""
     cfg = read_json(check_checkpoint_path(path) / "config.json", "the checkpoint's config")
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise METError(f"{path / 'config.json'} is not a MET checkpoint config (format must be '{FORMAT}').")
     if "model" not in cfg:
         raise METError(f"{path / 'config.json'} has no 'model' section; the checkpoint is incomplete.")
-    config_from_dict(METConfig, cfg["model"], what=f"{path / 'config.json'} 'model' section").validate()
+    mcfg = config_from_dict(METConfig, cfg["model"], what=f"{path / 'config.json'} 'model' section")
+    mcfg.validate()
+    if not own_weights:
+        weights_path(path, mcfg.weights)
     return cfg
 
 
+def weights_path(path: Path, weights: str) -> str:
+    """The recorded backbone weight source; a file must lie inside the checkpoint folder.
+
+    A config is untrusted input: following its paths would let a stranger's checkpoint read any file.
+    """
+    if weights in ("default", "none"):
+        return weights
+    folder = path.resolve()
+    target = (folder / weights).resolve()
+    if not target.is_relative_to(folder):
+        raise METError(f"{path / 'config.json'} points the backbone weights at {weights}, outside the checkpoint "
+                       "folder; MET follows no path out of a checkpoint: copy the file into the folder and name it "
+                       "there, or pass the weights yourself (--weights FILE).")
+    return str(target)
+
+
 def load_checkpoint(path: str | Path, weights: str | None = None) -> tuple[METModel, dict[str, Any]]:
-    """Rebuild a trained model from its folder. `weights` overrides the recorded backbone weight source."""
+    """Rebuild a trained model from its folder. `weights` (the caller's own choice, so trusted) overrides
+    the recorded backbone weight source."""
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -91,9 +112,9 @@ def load_checkpoint(path: str | Path, weights: str | None = None) -> tuple[METMo
     from .model import METModel
 
     path = Path(path)
-    cfg = read_config(path)
+    cfg = read_config(path, own_weights=weights is not None)
     mcfg: METConfig = config_from_dict(METConfig, cfg["model"])
-    backbone, digest = create_backbone(mcfg.backbone, mcfg.img_size, weights or mcfg.weights)
+    backbone, digest = create_backbone(mcfg.backbone, mcfg.img_size, weights or weights_path(path, mcfg.weights))
     if mcfg.weights_sha256 and digest and digest != mcfg.weights_sha256:
         raise METError(f"checkpoint {path} was trained on other backbone weights (sha256 {mcfg.weights_sha256[:12]}..., "
                        f"loaded {digest[:12]}...); use the weights it was trained with.")

@@ -34,7 +34,8 @@ class METModel(nn.Module):
         dim = backbone.embed_dim
         self.adapters = (EAdapters(self.depth, dim, len(cfg.exits), cfg.adapter_dim, cfg.adapter_scale,
                                    cfg.sharing, cfg.exit_diagonals) if cfg.adapters else None)
-        self.heads = nn.ModuleList(nn.Linear(dim, cfg.num_classes) for _ in cfg.exits)
+        self.feature_dim = 2 * dim if cfg.head_input == "cls+mean" else dim
+        self.heads = nn.ModuleList(nn.Linear(self.feature_dim, cfg.num_classes) for _ in cfg.exits)
         starts = [0] + list(cfg.exits[:-1])
         self.stages = [range(s, e) for s, e in zip(starts, cfg.exits)]  # 0-based block indices per exit
 
@@ -84,13 +85,15 @@ class METModel(nn.Module):
         return x
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Head input: the frozen final norm, then the CLS token or the mean of patch tokens.
+        """Head input: the frozen final norm, then the CLS token, the mean of patch tokens, or both.
 
         LayerNorm acts per token, so for the CLS input only that token is normalised.
         """
         if self.cfg.head_input == "cls":
             return self.backbone.norm(x[:, 0])
-        return self.backbone.norm(x)[:, self.backbone.num_prefix_tokens:].mean(dim=1)
+        x = self.backbone.norm(x)
+        mean = x[:, self.backbone.num_prefix_tokens:].mean(dim=1)
+        return mean if self.cfg.head_input == "mean" else torch.cat([x[:, 0], mean], dim=-1)
 
     # --- timm-style API ---------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:

@@ -13,8 +13,10 @@ A trace is a NumPy `.npz` read with `allow_pickle=False`. Arrays (N samples, K e
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,9 +56,17 @@ class Trace:
 
     def validate(self, source: str = "trace") -> "Trace":
         """One sentence per inconsistency: shapes, lengths, finiteness, emptiness."""
+        kinds = {"logits": "f", "labels": "iu", "gmacs": "fiu", "feature_index": "iu", "features": "f", "ids": "U"}
+        for name, kind in kinds.items():
+            arr = getattr(self, name)
+            if not isinstance(arr, np.ndarray) or arr.dtype.kind not in kind:
+                raise METError(f"{source}: {name} has type {getattr(arr, 'dtype', type(arr).__name__)}; the file is "
+                               "not a MET trace or is damaged: re-create it.")
+        for name, ndim in (("logits", 3), ("labels", 1), ("ids", 1), ("gmacs", 1), ("feature_index", 1), ("features", 3)):
+            if getattr(self, name).ndim != ndim:
+                raise METError(f"{source}: {name} must have {ndim} dimension(s), got shape {getattr(self, name).shape}; "
+                               "re-create the trace.")
         n = len(self.labels)
-        if self.logits.ndim != 3:
-            raise METError(f"{source}: logits must be (samples, exits, classes), got shape {self.logits.shape}.")
         if n == 0 or self.logits.shape[0] == 0:
             raise METError(f"{source} is empty (no samples); re-run `python -m met_core trace` on a non-empty dataset.")
         if self.logits.shape[0] != n or len(self.ids) != n:
@@ -66,13 +76,32 @@ class Trace:
             raise METError(f"{source} has {len(self.gmacs)} GMACs entries for {self.num_exits} exits; re-create it.")
         if len(self.class_names) != self.logits.shape[2]:
             raise METError(f"{source} has {len(self.class_names)} class names for {self.logits.shape[2]} classes.")
+        if self.logits.shape[1] == 0 or self.logits.shape[2] < 2:
+            raise METError(f"{source} has {self.logits.shape[1]} exits and {self.logits.shape[2]} classes; re-create it.")
+        if not (np.isfinite(self.gmacs).all() and (self.gmacs > 0).all() and (np.diff(self.gmacs) > 0).all()):
+            raise METError(f"{source} has GMACs {self.gmacs.tolist()}: they must be positive and increase with the "
+                           "exit; re-create the trace.")
         if not np.isfinite(self.logits).all():
             raise METError(f"{source} contains NaN or inf logits; the model or the file is broken: re-create the trace.")
         if ((self.labels < 0) | (self.labels >= self.logits.shape[2])).any():
             raise METError(f"{source} has labels outside 0..{self.logits.shape[2] - 1}.")
-        if len(self.feature_index) and (self.feature_index.max() >= n or self.features.shape[1] != len(self.feature_index)):
+        if (self.features.shape[1] != len(self.feature_index)
+                or (len(self.feature_index) and (self.feature_index.min() < 0 or self.feature_index.max() >= n
+                                                 or self.features.shape[0] != self.num_exits))):
             raise METError(f"{source} has a feature subset that does not fit its samples; re-create it.")
+        if len(self.feature_index) and not np.isfinite(self.features).all():
+            raise METError(f"{source} contains NaN or inf features; re-create the trace.")
+        bad = next((i for i in self.ids if not _safe_id(str(i))), None)
+        if bad is not None:
+            raise METError(f"{source} has the sample id {bad[:80]!r}, which leaves the dataset folder (absolute or "
+                           "'..'); a trace only names files inside its dataset: re-create it.")
         return self
+
+
+def _safe_id(sample_id: str) -> bool:
+    """Sample ids are paths relative to the dataset root; none may climb out of it."""
+    p = PurePath(sample_id.replace("\\", "/"))
+    return bool(sample_id) and not p.is_absolute() and ".." not in p.parts and "\x00" not in sample_id
 
 
 def save_trace(path: str | Path, trace: Trace) -> None:
@@ -92,6 +121,8 @@ def load_trace(path: str | Path) -> Trace:
     path = Path(path)
     if not path.is_file():
         raise METError(f"trace file {path} does not exist; create one with `python -m met_core trace`.")
+    if not zipfile.is_zipfile(path):
+        raise METError(f"{path} is not a trace file (a .npz archive written by `python -m met_core trace`).")
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in REQUIRED if k not in z.files]
@@ -104,14 +135,18 @@ def load_trace(path: str | Path) -> Trace:
         if "pickle" in str(e).lower():
             raise METError(f"{path} holds pickled objects; MET never unpickles: re-create the trace.") from None
         raise METError(f"{path} is not a readable trace ({e}).") from None
-    except (OSError, EOFError, KeyError) as e:
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
         raise METError(f"{path} is not a readable trace file ({type(e).__name__}); re-create it.") from None
     try:
-        meta = json.loads(str(arrays["meta"]))
-    except json.JSONDecodeError:
-        raise METError(f"{path} has unreadable metadata; re-create the trace.") from None
+        meta = json.loads(str(arrays["meta"])) if arrays["meta"].dtype.kind == "U" and arrays["meta"].ndim == 0 else None
+    except (json.JSONDecodeError, RecursionError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise METError(f"{path} has unreadable metadata; re-create the trace.")
     if meta.get("format") != FORMAT:
         raise METError(f"{path} has format {meta.get('format')!r}, expected '{FORMAT}'.")
+    if arrays["class_names"].ndim != 1 or arrays["class_names"].dtype.kind != "U":
+        raise METError(f"{path} has no list of class names; re-create the trace.")
     return Trace(arrays["logits"], arrays["labels"], arrays["ids"], arrays["gmacs"],
                  [str(c) for c in arrays["class_names"]], arrays["feature_index"], arrays["features"],
                  meta).validate(str(path))
@@ -129,7 +164,7 @@ def run_trace(model: METModel, ds: ImageDataset, gmacs: list[float], meta: dict[
     feat_idx = np.sort(rng.choice(n, size=min(features, n), replace=False)) if features > 0 else np.zeros(0, np.int64)
     slot = np.full(n, -1)
     slot[feat_idx] = np.arange(len(feat_idx))
-    k, c, d = model.num_exits, model.cfg.num_classes, model.backbone.embed_dim
+    k, c, d = model.num_exits, model.cfg.num_classes, model.feature_dim
     logits = np.zeros((n, k, c), np.float16)
     feats = np.zeros((k, len(feat_idx), d), np.float16)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)

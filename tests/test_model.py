@@ -10,7 +10,7 @@ from met_core.model import METModel
 from .conftest import tiny_vit
 
 VARIANTS = [dict(sharing=s, diagonal_mode=d, head_input=h)
-            for s, d, h in itertools.product(["site", "global"], ["stage", "per-exit-path"], ["cls", "mean"])]
+            for s, d, h in itertools.product(["site", "global"], ["stage", "per-exit-path"], ["cls", "mean", "cls+mean"])]
 
 
 def _tiny(**kw) -> METModel:
@@ -25,7 +25,7 @@ def test_shapes_and_finite(kw):
     logits = model(x)
     assert logits.shape == (3, 3, 5) and torch.isfinite(logits).all()
     feats = model.forward_features(x, upto=1)
-    assert len(feats) == 2 and feats[0].shape == (3, 32)
+    assert len(feats) == 2 and feats[0].shape == (3, model.feature_dim) == (3, 64 if kw.get("head_input") == "cls+mean" else 32)
 
 
 @pytest.mark.parametrize("sharing,pairs", [("site", 8), ("global", 1)])
