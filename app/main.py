@@ -17,6 +17,7 @@ PAGES = [
     st.Page("views/representations.py", title="Representations", url_path="representations"),
     st.Page("views/models.py", title="Models", url_path="models"),
 ]
+state.keep_widget_state()
 nav = st.navigation(PAGES)
 with st.sidebar:
     st.caption(f"Model: **{state.label(state.current())}** (change it on the Models page)")

@@ -13,6 +13,7 @@ import streamlit as st
 
 from met_core.calibration import apply, calibrate_budget, sweep_applied
 from met_core.paths import locate_dataset
+from met_core.policies import POLICIES
 from met_core.errors import METError
 from met_core.io import checkpoint_hash, load_checkpoint, read_config
 from met_core.traces import Trace, load_trace
@@ -22,6 +23,19 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = Path(os.environ.get("MET_CHECKPOINTS", ROOT / "checkpoints"))
 DEFAULT = "cifar10-met"
 BUDGETS = (0.25, 0.5, 0.75)
+
+
+# Streamlit drops a widget's value when its page is not shown; these survive a visit to another page.
+KEPT_WIDGETS = ("policy", "mode", "compare", "f_exit", "f_correct", "f_class", "f_page", "dataset_root_override",
+                "rep_other", "rep_exit", "rep_color", "model_choice", "new_ckpt")
+KEPT_PREFIXES = tuple(f"{kind}{p}" for kind in "gt" for p in POLICIES)  # global / per-exit threshold sliders
+
+
+def keep_widget_state() -> None:
+    """Re-assign the kept widget values every run (Streamlit's documented way to stop their clean-up)."""
+    for k in list(st.session_state.keys()):
+        if k in KEPT_WIDGETS or k.startswith(KEPT_PREFIXES):
+            st.session_state[k] = st.session_state[k]
 
 
 def discover(root: Path = CHECKPOINTS) -> list[Path]:

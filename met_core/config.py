@@ -6,6 +6,7 @@ core); `TrainConfig` is the recipe. The [ours] choices of the method page are th
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -110,8 +111,25 @@ def _check_types(cfg: Any, what: str = "config") -> None:
             continue
         if get_origin(hint) is Literal:
             raise METError(f"{what}: {f.name} must be one of {get_args(hint)}, got {value!r}.")
-        name = getattr(hint, "__name__", str(hint)) if get_origin(hint) is None else str(hint).replace("typing.", "")
-        raise METError(f"{what}: {f.name} must be a finite {name}, got {str(value)[:60]!r}.")
+        shown = json.dumps(value)[:60] if _jsonable(value) else repr(value)[:60]
+        raise METError(f"{what}: {f.name} must be {_describe(hint)}, got {shown}.")
+
+
+_NAMES = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
+
+
+def _describe(hint: Any) -> str:
+    if get_origin(hint) is list:
+        return "a list of " + _NAMES[get_args(hint)[0]].split(" ", 1)[1] + "s"
+    return _NAMES.get(hint, str(hint))
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def config_from_dict(cls: type, data: dict[str, Any], what: str = "config") -> Any:

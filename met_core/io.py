@@ -101,6 +101,24 @@ def weights_path(path: Path, weights: str) -> str:
     return str(target)
 
 
+def inspect_checkpoint(path: Path) -> dict[str, Any]:
+    """Cheap checks before a folder is offered anywhere: the config, and a readable safetensors header
+    with finite-size tensors only (no backbone is built, no weights are read)."""
+    from safetensors import SafetensorError, safe_open
+
+    cfg = read_config(path)
+    st = path / "model.safetensors"
+    if not st.is_file():
+        raise METError(f"{st} is missing; the checkpoint is incomplete.")
+    try:
+        with safe_open(str(st), framework="pt") as f:
+            if not list(f.keys()):
+                raise METError(f"{st} holds no tensors; the checkpoint is incomplete.")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise METError(f"{st} is corrupted or truncated ({e}); re-train or re-download the checkpoint.") from None
+    return cfg
+
+
 def load_checkpoint(path: str | Path, weights: str | None = None) -> tuple[METModel, dict[str, Any]]:
     """Rebuild a trained model from its folder. `weights` (the caller's own choice, so trusted) overrides
     the recorded backbone weight source."""

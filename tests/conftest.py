@@ -50,3 +50,38 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     run_cli("train", "--dataset", str(CIFAR_TRAIN), "--per-class", "4", "--val-fraction", "0.5",
             "--img-size", "56", "--epochs", "1", "--batch-size", "20", "--out", str(out), "--quiet")
     return out
+
+
+def make_hostile_images(folder: Path) -> dict[str, bool]:
+    """The files a room of phones uploads, built from a real photo: name -> should it be answered."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    src = next((HYMENOPTERA / "val" / "bees").glob("*.jpg"))
+    photo = Image.open(src).convert("RGB")
+    data = src.read_bytes()
+    (folder / "zero-byte.jpg").write_bytes(b"")
+    (folder / "text-renamed.jpg").write_text("these are lecture notes, not a photo\n")
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    import numpy as np
+    Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257).save(folder / "sixteen-bit.png")
+    photo.convert("CMYK").save(folder / "cmyk.jpg")
+    pal = photo.quantize(64)
+    pal.info["transparency"] = 0
+    pal.save(folder / "palette-transparent.png", transparency=0)
+    frames = [photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).convert("L").convert("RGB")]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated by 90 degrees
+    photo.save(folder / "exif-rotated.jpg", exif=exif)
+    photo.resize((1, 1)).save(folder / "one-pixel.png")
+    Image.new("1", (20000, 20000)).save(folder / "bomb-400-megapixels.png")  # 49 KB on disk
+    return {"zero-byte.jpg": False, "text-renamed.jpg": False, "truncated.jpg": False, "sixteen-bit.png": True,
+            "cmyk.jpg": True, "palette-transparent.png": True, "animated.gif": True, "exif-rotated.jpg": True,
+            "one-pixel.png": True, "bomb-400-megapixels.png": False}
+
+
+@pytest.fixture(scope="session")
+def hostile_images(tmp_path_factory) -> tuple[Path, dict[str, bool]]:
+    folder = tmp_path_factory.mktemp("hostile")
+    return folder, make_hostile_images(folder)

@@ -79,9 +79,8 @@ def test_upload_of_a_real_photo_yields_a_prediction():
     at.file_uploader(key="uploads").set_value([(photo.name, photo.read_bytes(), "image/jpeg"),
                                                ("broken.jpg", b"not an image", "image/jpeg")]).run()
     assert not at.exception
-    assert len(at.dataframe) == 1  # the upload table (AppTest does not expose dataframe keys)
-    table = at.dataframe[0].value
-    assert list(table["file"]) == [photo.name] and table["class"][0] in ("ants", "bees")
+    table = at.table[0].value
+    assert list(table.index) == [photo.name] and table["class"].iloc[0] in ("ants", "bees")
     assert any("broken.jpg is not a readable image" in e.value and "BytesIO" not in e.value for e in at.error)
 
 
@@ -106,3 +105,89 @@ def test_measure_button_runs_the_real_early_exit():
     at.button(key="measure").click().run(timeout=300)
     assert not at.exception
     assert any("Real early exit: measured speed-up" in s.value for s in at.success), [e.value for e in at.error]
+
+
+def test_hostile_uploads_each_get_their_own_message_and_state_is_kept(hostile_images):
+    folder, expected = hostile_images
+    at = app(checkpoint=str(CKPT / "hymenoptera-met"))
+    at.slider(key="gmax-softmax").set_value(0.9).run()
+    at.switch_page("views/samples.py").run()
+    at.file_uploader(key="uploads").set_value([(n, (folder / n).read_bytes(), "image/png") for n in sorted(expected)]).run()
+    assert not at.exception
+    assert sorted(at.table[0].value.index) == sorted(n for n, good in expected.items() if good)
+    errors = [e.value for e in at.error]
+    for bad in (n for n, good in expected.items() if not good):
+        assert sum(e.startswith(bad + " ") for e in errors) == 1, (bad, errors)
+    assert all("\n" not in e and "Traceback" not in e for e in errors)
+    assert set(at.session_state["whatif_thresholds"]) == {0.9} and at.session_state["checkpoint"].endswith("hymenoptera-met")
+    at.switch_page("views/whatif.py").run()
+    assert not at.exception and at.slider(key="gmax-softmax").value == 0.9
+
+
+def test_dozens_of_uploads_are_capped_with_a_message():
+    photos = sorted((HYMENOPTERA / "val" / "ants").glob("*.jpg"))[:40]
+    at = app("views/samples.py", checkpoint=str(CKPT / "hymenoptera-met"))
+    at.file_uploader(key="uploads").set_value([(p.name, p.read_bytes(), "image/jpeg") for p in photos]).run()
+    assert not at.exception
+    assert any("40 files uploaded; only the first 32 are answered" in w.value for w in at.warning)
+    assert len(at.table[0].value) == 32
+
+
+def _hostile_checkpoint(tmp_path, kind: str):
+    """A copy of the shipped ants/bees checkpoint, damaged one way; returns the path the user types."""
+    import json
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from met_core.traces import load_trace, save_trace
+
+    d = tmp_path / kind
+    shutil.copytree(CKPT / "hymenoptera-met", d)
+    cfg = json.loads((d / "config.json").read_text())
+    if kind == "not-json":
+        (d / "config.json").write_text("{'model': oops")
+    elif kind == "missing-keys":
+        (d / "config.json").write_text(json.dumps({"format": cfg["format"]}))
+    elif kind == "pickle":
+        torch.save({"state": 1}, d / "model.pt")
+        return d / "model.pt"
+    elif kind == "weights-outside":
+        cfg["model"]["weights"] = "/etc/passwd"
+        (d / "config.json").write_text(json.dumps(cfg))
+    elif kind == "truncated-weights":
+        (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:2000])
+    elif kind == "nan-trace":
+        t = load_trace(d / "test_trace.npz")
+        t.logits = t.logits.copy()
+        t.logits[3, 1, 0] = np.nan
+        save_trace(d / "test_trace.npz", t)
+    elif kind == "other-models-trace":
+        (d / "config.json").write_text(json.dumps(cfg, indent=1))  # same model, other bytes: another hash
+    return d
+
+
+HOSTILE_CHECKPOINTS = {"not-json": "not valid JSON", "missing-keys": "no 'model' section",
+                       "pickle": "never unpickles", "weights-outside": "outside the checkpoint folder",
+                       "truncated-weights": "corrupted or truncated", "nan-trace": "NaN or inf",
+                       "other-models-trace": "made by another model"}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_CHECKPOINTS))
+def test_hostile_checkpoint_folders_get_one_sentence_and_keep_state(tmp_path, kind):
+    path = _hostile_checkpoint(tmp_path, kind)
+    at = app()
+    at.slider(key="gmax-softmax").set_value(0.7).run()
+    at.switch_page("views/models.py").run()
+    at.text_input(key="new_ckpt").set_value(str(path)).run()
+    at.button(key="add_ckpt").click().run()
+    assert not at.exception
+    if kind in ("nan-trace", "other-models-trace"):  # the folder itself is sound: it is added, its trace refused
+        choice = next(o for o in at.radio(key="model_choice").options if str(path) in str(o))
+        at.radio(key="model_choice").set_value(choice).run()
+        at.switch_page("views/whatif.py").run()
+        assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and HOSTILE_CHECKPOINTS[kind] in errors[0] and "\n" not in errors[0], errors
+    assert at.session_state["gmax-softmax"] == 0.7

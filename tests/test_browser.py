@@ -31,13 +31,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
+def start_server(env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`streamlit run app/main.py` on a free port; returns (process, url) once it answers."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
                              "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
                              "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -51,13 +51,18 @@ def server():
         pytest.fail("streamlit did not start within 60 s")
     warm = urllib.request.urlopen(url, timeout=30).read()  # first page load registers the pages
     assert warm
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, url = start_server()
     yield url
     proc.terminate()
     proc.wait(10)
 
 
-@pytest.fixture(scope="module")
-def browser():
+def make_browser(profile: Path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -67,10 +72,16 @@ def browser():
               "--disable-background-networking", "--disable-component-update", "--disable-sync",
               "--window-size=1500,1100", "--disable-dev-shm-usage"):
         opts.add_argument(a)
-    opts.add_argument(f"--user-data-dir={ARTIFACTS.parent / 'chrome-profile'}")
+    opts.add_argument(f"--user-data-dir={profile}")
     drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    drv.set_page_load_timeout(60)
+    drv.set_page_load_timeout(120)
+    return drv
+
+
+@pytest.fixture(scope="module")
+def browser():
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    drv = make_browser(ARTIFACTS.parent / "chrome-profile")
     yield drv
     drv.quit()
 

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app import state
 from met_core.errors import METError
-from met_core.io import read_config
+from met_core.io import inspect_checkpoint
 
 st.title("Models")
 rows = []
@@ -37,7 +37,7 @@ st.subheader("Add a checkpoint folder")
 new = st.text_input("Folder with config.json and model.safetensors", key="new_ckpt")
 if st.button("Add", key="add_ckpt") and new:
     try:
-        read_config(Path(new).expanduser())
+        inspect_checkpoint(Path(new).expanduser())
     except METError as e:
         st.error(str(e))
     else:
