@@ -1,11 +1,12 @@
 """Frozen linear probe (logistic regression on the frozen head inputs at each exit) versus a MET checkpoint.
 
     python bench/linear_probe.py [--checkpoint checkpoints/cifar10-met] [--test ../shared/datasets/cifar10/test]
+    python bench/linear_probe.py --select    # the head-input choice, made on the validation split only
 
-Trains scikit-learn's LogisticRegression on the frozen backbone's head inputs (CLS after the final
-norm, exactly what MET's heads see, no adapters) of the checkpoint's own training ids (800) and of all
-its sub-sampled images (train + validation, 1,000), tests on the full test split, and compares with
-the checkpoint's test trace. PASS when MET is above both probes at every exit.
+Trains scikit-learn's LogisticRegression on the frozen backbone's features after the final norm (no
+adapters): MET's own head input, and the CLS token (the probe issue #2 quotes), on the checkpoint's own
+training ids (800) and on all its sub-sampled images (train + validation, 1,000); tests on the full
+test split and compares with the checkpoint's test trace. PASS when MET is above every probe at every exit.
 """
 from __future__ import annotations
 
@@ -34,14 +35,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "cifar10-met"))
     ap.add_argument("--test", default=str(ROOT.parent / "shared" / "datasets" / "cifar10" / "test"))
+    ap.add_argument("--select", action="store_true",
+                    help="choose the head input on the validation split instead: probes of each input trained on the "
+                         "800 training ids, scored on the 200 validation ids (the test split is not read)")
     args = ap.parse_args()
     from sklearn.linear_model import LogisticRegression
 
     ck = Path(args.checkpoint)
     cfg = json.loads((ck / "config.json").read_text())
-    mcfg = dataclasses.replace(config_from_dict(METConfig, cfg["model"]), adapters=False)
+    mcfg = config_from_dict(METConfig, cfg["model"])
+    # one frozen pass gives both inputs: 'cls+mean' features are [CLS | mean of patch tokens]
+    pcfg = dataclasses.replace(mcfg, adapters=False, head_input="cls+mean")
     backbone, _ = create_backbone(mcfg.backbone, mcfg.img_size, mcfg.weights)
-    probe = METModel(backbone, mcfg)
+    probe = METModel(backbone, pcfg)
+    dim = backbone.embed_dim
+    columns = {"cls": slice(0, dim), "mean": slice(dim, 2 * dim), "cls+mean": slice(0, 2 * dim)}
     tf = make_transform(mcfg.img_size, mcfg.mean, mcfg.std)
     root = locate_dataset(cfg["data"]["root"])
     if root is None:
@@ -49,30 +57,41 @@ def main() -> int:
         return 1
     train_all = open_dataset(str(root))
     where = {s: i for i, s in enumerate(train_all.ids)}
-    test = open_dataset(args.test)
     t0 = time.perf_counter()
     feats = {}
-    for name, ds in (("train", train_all.subset([where[s] for s in cfg["data"]["train_ids"]])),
-                     ("val", train_all.subset([where[s] for s in cfg["data"]["val_ids"]])), ("test", test)):
+    splits = [("train", train_all.subset([where[s] for s in cfg["data"]["train_ids"]])),
+              ("val", train_all.subset([where[s] for s in cfg["data"]["val_ids"]]))]
+    for name, ds in splits if args.select else splits + [("test", open_dataset(args.test))]:
         ds.transform = tf
         x, y = materialize(ds, f"decode {name}")
         feats[name] = ([f.numpy() for f in head_inputs(probe, x)], y.numpy())
         del x
     print(f"frozen features: {time.perf_counter() - t0:.0f} s")
+    if args.select:
+        for k in range(probe.num_exits):
+            accs = {kind: LogisticRegression(max_iter=3000).fit(feats["train"][0][k][:, col], feats["train"][1])
+                    .score(feats["val"][0][k][:, col], feats["val"][1]) for kind, col in columns.items()}
+            print(f"exit {k + 1} (block {mcfg.exits[k]}), validation accuracy of an 800-image probe: "
+                  + ", ".join(f"{kind} {100 * a:.1f}%" for kind, a in accs.items()))
+        return 0
     met = exit_accuracy_all(TraceArrays.from_trace(load_trace(ck / "test_trace.npz")))
     rows, ok = [], True
+    kinds = list(dict.fromkeys([mcfg.head_input, "cls"]))  # MET's own head input, and the CLS token
     for k in range(probe.num_exits):
-        accs = []
-        for use in (("train",), ("train", "val")):
-            xs = np.concatenate([feats[u][0][k] for u in use])
-            ys = np.concatenate([feats[u][1] for u in use])
-            clf = LogisticRegression(max_iter=3000).fit(xs, ys)
-            accs.append(float(clf.score(feats["test"][0][k], feats["test"][1])))
-        ok &= met[k] > max(accs)
-        rows.append({"exit": k + 1, "block": mcfg.exits[k], "probe_800": accs[0], "probe_1000": accs[1], "met": met[k]})
-        print(f"exit {k + 1} (block {mcfg.exits[k]}): logistic-regression probe {100 * accs[0]:.2f}% (800 images) / "
-              f"{100 * accs[1]:.2f}% (1,000 images); MET {100 * met[k]:.2f}% "
-              f"({100 * (met[k] - max(accs)):+.2f} pt)")
+        row = {"exit": k + 1, "block": mcfg.exits[k], "met": met[k]}
+        for kind in kinds:
+            col = columns[kind]
+            for use in (("train",), ("train", "val")):
+                xs = np.concatenate([feats[u][0][k][:, col] for u in use])
+                ys = np.concatenate([feats[u][1] for u in use])
+                clf = LogisticRegression(max_iter=3000).fit(xs, ys)
+                acc = float(clf.score(feats["test"][0][k][:, col], feats["test"][1]))
+                row[f"probe_{kind}_{len(ys)}"] = acc
+                ok &= met[k] > acc
+        rows.append(row)
+        print(f"exit {k + 1} (block {mcfg.exits[k]}): MET {100 * met[k]:.2f}%; logistic-regression probes "
+              + ", ".join(f"{name.removeprefix('probe_').replace('_', ', ')} images {100 * v:.2f}% ({100 * (met[k] - v):+.2f} pt)"
+                          for name, v in row.items() if name.startswith("probe_")))
     (ck / "linear_probe.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1

@@ -50,7 +50,7 @@ def model_section(name: str, m: dict) -> list[str]:
     out = [f"### {name}", "",
            f"- test images: {len(a.labels):,}; trainable parameters: {met['trainable_parameters']:,} "
            f"({100 * met['trainable_share']:.2f}% of the frozen backbone); training time: {met['train_time_s']:.0f} s "
-           f"on {met.get('torch_threads', '?')} CPU threads",
+           f"on {met.get('torch_threads', '?')} CPU threads; head input: `{m['config']['model']['head_input']}`",
            "", "| exit | block | GMACs | test accuracy (all images at this exit) |", "|---|---|---|---|"]
     for k, (g, ac) in enumerate(zip(a.gmacs, acc)):
         out.append(f"| {k + 1} | {m['config']['model']['exits'][k]} | {g:.3f} | {pct(ac)} |")
@@ -110,7 +110,14 @@ def main() -> int:
                  if v else [])
         # every image at exit k is an operating point too (no thresholds needed)
         curve += [{"gmacs": g, "accuracy": acc} for g, acc in zip(a.gmacs, exit_accuracy_all(a))]
-        lines += ["## The ablation ladder at equal GMACs", "",
+        inputs = {n: mm["config"]["model"]["head_input"] for n, mm in models.items() if n.startswith(("cifar10", "baselines"))}
+        odd = sorted(n for n, h in inputs.items() if h != met["config"]["model"]["head_input"])
+        lines += ["## The ablation ladder at equal GMACs", ""]
+        if odd:
+            lines += [f"**Not yet like for like:** {', '.join(odd)} still use head input "
+                      f"`{inputs[odd[0]]}`, MET `{met['config']['model']['head_input']}`; rebuild them with "
+                      "`python bench/rebuild_checkpoints.py --only ...`.", ""]
+        lines += [
                   "For every exit of every rung: its test accuracy, and MET's best test accuracy at no more mean GMACs "
                   "(MET's operating points: the Pareto front chosen on validation, and every image at one exit).", "",
                   "| rung | exit | GMACs | rung accuracy | MET at <= these GMACs | MET ahead by (pt) | MET at the same exit block |",
@@ -133,14 +140,15 @@ def main() -> int:
         lp = met["dir"] / "linear_probe.json"
         if lp.is_file():
             rows = json.loads(lp.read_text())
-            lines += ["Against a scikit-learn logistic-regression probe on the same frozen head inputs "
-                      "(`python bench/linear_probe.py`, tested on all 10,000 test images):", "",
-                      "| exit | probe, 800 train images (MET's) | probe, 1,000 images (train + val) | MET | MET minus the better probe (pt) |",
-                      "|---|---|---|---|---|"]
+            probes = [k for k in rows[0] if k.startswith("probe_")]
+            lines += ["Against scikit-learn logistic-regression probes on frozen features (`python bench/linear_probe.py`, "
+                      "tested on all 10,000 test images; column = probe input, training images):", "",
+                      "| exit | " + " | ".join(k.removeprefix("probe_").replace("_", ", ") for k in probes)
+                      + " | MET | MET minus the best probe (pt) |", "|---|" + "---|" * (len(probes) + 2)]
             for r in rows:
-                best = max(r["probe_800"], r["probe_1000"])
-                lines.append(f"| {r['exit']} | {pct(r['probe_800'])} | {pct(r['probe_1000'])} | {pct(r['met'])} | "
-                             f"{100 * (r['met'] - best):+.2f} |")
+                best = max(r[k] for k in probes)
+                lines.append(f"| {r['exit']} | " + " | ".join(pct(r[k]) for k in probes)
+                             + f" | {pct(r['met'])} | {100 * (r['met'] - best):+.2f} |")
             lines.append("")
         if "baselines/cifar10-linear-probe" in models:
             probe = exit_accuracy_all(models["baselines/cifar10-linear-probe"]["A"])

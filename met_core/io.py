@@ -37,7 +37,7 @@ def read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise METError(f"{path} is not valid JSON ({e}); restore it from the original {what}.") from None
+        raise METError(f"{path} is not valid JSON ({e}); restore {what} from its original.") from None
 
 
 def write_json(path: Path, data: Any) -> None:
