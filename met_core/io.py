@@ -9,7 +9,7 @@ import hashlib
 import json
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from .config import METConfig, config_from_dict
 from .errors import METError
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .model import METModel
 
 FORMAT = "met-checkpoint/1"
+T = TypeVar("T")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 
@@ -101,21 +102,32 @@ def weights_path(path: Path, weights: str) -> str:
     return str(target)
 
 
-def inspect_checkpoint(path: Path) -> dict[str, Any]:
-    """Cheap checks before a folder is offered anywhere: the config, and a readable safetensors header
-    with finite-size tensors only (no backbone is built, no weights are read)."""
-    from safetensors import SafetensorError, safe_open
+def _read_safetensors(path: Path, read: Callable[[str], T]) -> T:
+    """`read` applied to the folder's model.safetensors, with one-sentence errors for a missing or damaged file."""
+    from safetensors import SafetensorError
 
-    cfg = read_config(path)
     st = path / "model.safetensors"
     if not st.is_file():
         raise METError(f"{st} is missing; the checkpoint is incomplete.")
     try:
-        with safe_open(str(st), framework="pt") as f:
-            if not list(f.keys()):
-                raise METError(f"{st} holds no tensors; the checkpoint is incomplete.")
+        return read(str(st))
     except (SafetensorError, OSError, ValueError) as e:
         raise METError(f"{st} is corrupted or truncated ({e}); re-train or re-download the checkpoint.") from None
+
+
+def _tensor_names(file: str) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(file, framework="pt") as f:
+        return list(f.keys())
+
+
+def inspect_checkpoint(path: Path) -> dict[str, Any]:
+    """Cheap checks before a folder is offered anywhere: the config, and a readable safetensors header
+    (no backbone is built, no weights are read)."""
+    cfg = read_config(path)
+    if not _read_safetensors(path, _tensor_names):
+        raise METError(f"{path / 'model.safetensors'} holds no tensors; the checkpoint is incomplete.")
     return cfg
 
 
@@ -123,7 +135,6 @@ def load_checkpoint(path: str | Path, weights: str | None = None) -> tuple[METMo
     """Rebuild a trained model from its folder. `weights` (the caller's own choice, so trusted) overrides
     the recorded backbone weight source."""
     import torch
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from .backbones import create_backbone
@@ -138,12 +149,7 @@ def load_checkpoint(path: str | Path, weights: str | None = None) -> tuple[METMo
                        f"loaded {digest[:12]}...); use the weights it was trained with.")
     model = METModel(backbone, mcfg)
     st = path / "model.safetensors"
-    if not st.is_file():
-        raise METError(f"{st} is missing; the checkpoint is incomplete.")
-    try:
-        state = load_file(str(st))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise METError(f"{st} is corrupted or truncated ({e}); re-train or re-download the checkpoint.") from None
+    state = _read_safetensors(path, load_file)
     expected = model.trainable_state_dict()
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     bad = [k for k in expected if k in state and state[k].shape != expected[k].shape]
