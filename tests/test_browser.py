@@ -136,8 +136,12 @@ def test_slider_moves_the_numbers(server, browser):
 def test_upload_a_real_photo(server, browser):
     browser.get(f"{server}/samples")
     wait_text(browser, "images match")
+    from selenium.webdriver.support.ui import WebDriverWait
+
     browser.find_element("xpath", "//*[@role='tab' and contains(., 'Upload images')]").click()
     photo = next((HYMENOPTERA / "val" / "ants").glob("*.jpg"))
+    # the tab's uploader renders after the click: wait for it instead of racing it
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements("css selector", 'input[type="file"]'))
     browser.find_element("css selector", 'input[type="file"]').send_keys(str(photo))
     wait_text(browser, "Real early exit on 1 image(s)", timeout=180)
     no_exception(browser)
