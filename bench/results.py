@@ -15,7 +15,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from met_core.calibration import apply, calibrate_accuracy_loss, calibrate_budget, sweep_applied  # noqa: E402
+from met_core.calibration import (CALIBRATABLE, apply, calibrate_accuracy_loss, calibrate_budget,  # noqa: E402
+                                  sweep_applied, threshold_grid)
 from met_core.errors import METError  # noqa: E402
 from met_core.flops import MAC_NOTE  # noqa: E402
 from met_core.geometry import knn_accuracy, silhouette  # noqa: E402
@@ -70,6 +71,36 @@ def model_section(name: str, m: dict) -> list[str]:
                    f"{r['gmacs'] / a.gmacs[-1]:.0%} | " + " / ".join(f"{100 * f:.0f}%" for f in r["exit_fractions"]) + " |")
         m["within_half_point"] = r
     return out + [""]
+
+
+def ceiling_section(a: TraceArrays, levels: int = 81) -> list[str]:
+    """Per-exit thresholds chosen on the test trace itself: what no calibration of this model could beat."""
+    last, g_last = exit_accuracy_all(a)[-1], a.gmacs[-1]
+    grids = {pol: threshold_grid(a, pol, levels) for pol in CALIBRATABLE}
+    agree = [(a.pred[:, k] == a.pred[:, -1]).mean() for k in range(a.num_exits - 1)]
+    out = ["## Ceiling: thresholds chosen on the test split itself", "",
+           f"Every per-exit threshold vector on a grid of {levels} score quantiles per exit "
+           f"plus 'nobody leaves here' (up to {levels + 1}^{a.num_exits - 1} rules), scored on the test trace it is chosen on "
+           "(`met_core.calibration.threshold_grid`). This bounds what any threshold calibration of this model, with "
+           "either score, could reach; "
+           "it is not a result, and nothing in this project is chosen with it.", "",
+           "| on test, best rule | " + " | ".join(f"{p}: test accuracy (pt below the last exit)" for p in grids) + " |",
+           "|---|" + "---|" * len(grids)]
+    for b in (0.5, 0.6, 0.75):
+        cells = []
+        for grid in grids.values():
+            ok = grid[grid[:, 1] <= b * g_last + 1e-12, 0]
+            cells.append(f"{pct(ok.max())} ({100 * (last - ok.max()):.2f})" if ok.size else "not reachable")
+        out.append(f"| at <= {b:.0%} of the last exit's GMACs | " + " | ".join(cells) + " |")
+    cells = []
+    for grid in grids.values():
+        ok = grid[grid[:, 0] >= last - 0.005 - 1e-12]
+        cells.append(f"{ok[:, 1].min() / g_last:.0%} of the GMACs")
+    out += ["| cheapest within 0.5 pt of the last exit | " + " | ".join(cells) + " |", "",
+            "An early answer is free only where it equals the last exit's. Share of test images on which each early "
+            "exit predicts the same class as the last exit: "
+            + "; ".join(f"exit {k + 1}: {100 * x:.1f} %" for k, x in enumerate(agree)) + ".", ""]
+    return out
 
 
 def best_at(points: list, gmacs: float) -> float | None:
@@ -172,6 +203,8 @@ def main() -> int:
                 lines.append(f"| {k + 1} | {pct(acc_a[k])} | {pct(acc_b[k])} | {pct(knn_accuracy(fa, y))} | "
                              f"{pct(knn_accuracy(fb, y))} | {silhouette(fa, y):.3f} | {silhouette(fb, y):.3f} |")
             lines.append("")
+        if a.num_exits > 1:
+            lines += ceiling_section(a)
         r = met.get("within_half_point")
         if r is not None:
             lines += ["## Against the published early-exit results", "",

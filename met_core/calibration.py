@@ -131,3 +131,42 @@ def apply(test: TraceArrays, point: OperatingPoint, policy: str = "max-softmax")
     out = whatif(test, point.thresholds, policy)
     out["calibrated_on_validation"] = {"accuracy": point.accuracy, "gmacs": point.gmacs, "source": point.source}
     return out
+
+
+def threshold_grid(arrays: TraceArrays, policy: str = "max-softmax", levels: int = 41) -> np.ndarray:
+    """(accuracy, mean GMACs) of every per-exit threshold vector on a grid of `levels` score quantiles per exit.
+
+    Chosen on the trace it is scored on, its best point at a budget bounds what any per-exit thresholds
+    of this policy could reach there (to the grid's resolution): a ceiling for calibration, never a choice.
+    The last early exit is vectorised, so the cost is levels^(K-2) passes over the images.
+    """
+    pol = get_policy(policy)
+    if policy not in CALIBRATABLE:
+        raise METError(f"the threshold grid needs a continuous score; use one of {', '.join(CALIBRATABLE)}.")
+    if levels < 2:
+        raise METError(f"the threshold grid needs at least 2 levels per exit, got {levels}.")
+    s = arrays.score(pol) if pol.higher_is_confident else -arrays.score(pol)
+    n, k = s.shape
+    if k < 2:
+        return np.array([[arrays.correct[:, 0].mean(), arrays.gmacs[0]]])
+    # thresholds per early exit: score quantiles, plus +inf (nobody leaves there)
+    grids = [np.append(np.unique(np.quantile(s[:, j], np.linspace(0, 1, levels))), np.inf) for j in range(k - 1)]
+    correct, g = arrays.correct, arrays.gmacs
+    rows: list[np.ndarray] = []
+
+    def walk(j: int, remaining: np.ndarray, n_correct: float, cost: float) -> None:
+        if j == k - 2:  # the last early exit: all its thresholds at once
+            sr = s[remaining, j][:, None] >= grids[j][None, :]
+            leave_ok = (sr & correct[remaining, j][:, None]).sum(0)
+            stay_ok = (~sr & correct[remaining, -1][:, None]).sum(0)
+            n_leave = sr.sum(0)
+            acc = (n_correct + leave_ok + stay_ok) / n
+            gm = (cost + n_leave * g[j] + (remaining.sum() - n_leave) * g[-1]) / n
+            rows.append(np.stack([acc, gm], 1))
+            return
+        for t in grids[j]:
+            leave = remaining & (s[:, j] >= t)
+            walk(j + 1, remaining & ~leave, n_correct + correct[leave, j].sum(), cost + leave.sum() * g[j])
+
+    walk(0, np.ones(n, dtype=bool), 0.0, 0.0)
+    return np.concatenate(rows)

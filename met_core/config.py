@@ -81,11 +81,22 @@ class TrainConfig:
     graph_reg_kind: GraphRegKind = _f("label", "Graph: 'label' (same-class pairs), 'relational' (match the "
                                       "last exit's similarity matrix) or 'knn' (kNN graph of the last exit).")
     knn_k: int = _f(5, "Neighbours per sample for the 'knn' graph.")
+    distill: float = _f(0.0, "Weight of self-distillation at early exits: KL from the last exit's softened, detached "
+                        "prediction (0 disables it) [ours, not in the paper].")
+    distill_temperature: float = _f(3.0, "Softmax temperature T of self-distillation (the term is scaled by T^2).")
     classes_per_batch: int = _f(0, "P of the class-balanced P x M sampler used with graph regularisation; 0 = all classes.")
     per_class: int = _f(0, "Training images per class taken from the dataset (VTAB-1k style); 0 = all.")
     val_fraction: float = _f(0.2, "Share of the sub-sampled images held out for validation (800/200 for 1,000).")
     seed: int = _f(0, "Seed for sub-sampling, splits, initialisation and batch order.")
     bf16: bool = _f(False, "Use bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX).")
+
+    def __post_init__(self) -> None:
+        _check_types(self, "training config")
+        for name in ("graph_reg", "distill"):
+            if getattr(self, name) < 0:
+                raise METError(f"{name} must be 0 (off) or positive, got {getattr(self, name)}.")
+        if self.distill_temperature <= 0:
+            raise METError(f"distill_temperature must be positive, got {self.distill_temperature}.")
 
 
 def _fits(value: Any, hint: Any) -> bool:

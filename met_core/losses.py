@@ -1,4 +1,5 @@
-"""Training losses: per-exit cross-entropy and the graph regularisers of early-exit features.
+"""Training losses: per-exit cross-entropy, the graph regularisers of early-exit features, and
+optional self-distillation of early exits from the last one.
 
 Each regulariser takes the head inputs `z` of one early exit, the labels, and the last exit's
 features `ref` (used detached by the 'relational' and 'knn' graphs), and returns a scalar.
@@ -52,9 +53,25 @@ GRAPH_REGULARIZERS: dict[str, GraphReg] = {
 }
 
 
+def self_distillation(logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """sum_{k<K} T^2 KL(softmax(last / T) || softmax(exit_k / T)), the last exit detached.
+
+    Teaching early exits to agree with the last one is what makes exiting early cheap in accuracy:
+    an early answer costs nothing where it equals the answer the full network would give.
+    """
+    teacher = F.log_softmax(logits[-1].detach().float() / temperature, dim=-1)
+    kl = [F.kl_div(F.log_softmax(lg.float() / temperature, dim=-1), teacher, log_target=True, reduction="batchmean")
+          for lg in logits[:-1]]
+    return temperature ** 2 * torch.stack(kl).sum()
+
+
 def met_loss(logits: list[torch.Tensor], feats: list[torch.Tensor], y: torch.Tensor,
-             graph_reg: float = 0.1, kind: str = "label", knn_k: int = 5) -> tuple[torch.Tensor, dict[str, float]]:
-    """sum_k CE(exit k) + lambda * sum_{k<K} GR(z_k), equal exit weights. Returns (loss, parts for logging)."""
+             graph_reg: float = 0.1, kind: str = "label", knn_k: int = 5,
+             distill: float = 0.0, temperature: float = 3.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """sum_k CE(exit k) + lambda * sum_{k<K} GR(z_k) [+ distill * KD], equal exit weights.
+
+    Returns (loss, parts for logging).
+    """
     ce = torch.stack([F.cross_entropy(lg.float(), y) for lg in logits]).sum()
     parts = {"ce": float(ce.detach())}
     loss = ce
@@ -63,4 +80,8 @@ def met_loss(logits: list[torch.Tensor], feats: list[torch.Tensor], y: torch.Ten
         gr = torch.stack([reg(z, y, feats[-1], knn_k) for z in feats[:-1]]).sum()
         loss = loss + graph_reg * gr
         parts["gr"] = float(gr.detach())
+    if distill > 0 and len(logits) > 1:
+        kd = self_distillation(logits, temperature)
+        loss = loss + distill * kd
+        parts["kd"] = float(kd.detach())
     return loss, parts

@@ -122,7 +122,8 @@ def fit(model: METModel, train_ds: ImageDataset, val_ds: ImageDataset | None, tc
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tcfg.bf16):
                 feats = [f[idx_t] for f in f_tr] if fixed_features else model.forward_features(xb)
                 logits = model.forward_head(feats)
-                loss, parts = met_loss(logits, feats, yb, tcfg.graph_reg, tcfg.graph_reg_kind, tcfg.knn_k)
+                loss, parts = met_loss(logits, feats, yb, tcfg.graph_reg, tcfg.graph_reg_kind, tcfg.knn_k,
+                                         tcfg.distill, tcfg.distill_temperature)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1}; lower --lr.")
             opt.zero_grad(set_to_none=True)

@@ -135,3 +135,14 @@ def test_traces_with_hostile_contents(tmp_path):
     torch.save({"logits": 1}, tmp_path / "trace.npz")  # a pickle wearing the trace's name
     with pytest.raises(METError, match="not a (MET )?trace"):
         load_trace(tmp_path / "trace.npz")
+
+
+@pytest.mark.parametrize("flag,value,sentence", [
+    ("--distill", "-1", "error: distill must be 0 (off) or positive, got -1.0."),
+    ("--distill-temperature", "0", "error: distill_temperature must be positive, got 0.0."),
+])
+def test_cli_train_refuses_a_bad_recipe_in_one_sentence(tmp_path, flag, value, sentence):
+    proc = run_cli("train", "--backbone", "vit_tiny_patch16_224", "--weights", "none", "--dataset", str(HYM.parent),
+                   "--out", str(tmp_path / "out"), flag, value, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == sentence, proc.stderr
+    assert not (tmp_path / "out").exists()

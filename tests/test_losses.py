@@ -1,6 +1,6 @@
 import torch
 
-from met_core.losses import GRAPH_REGULARIZERS, knn_graph, label_graph, met_loss, relational_graph
+from met_core.losses import GRAPH_REGULARIZERS, knn_graph, label_graph, met_loss, relational_graph, self_distillation
 
 
 def test_label_graph_is_mean_same_class_distance():
@@ -37,3 +37,18 @@ def test_met_loss_sums_exits_and_regularises_only_early_ones():
     loss, _ = met_loss([lg.detach() for lg in logits], feats, y, graph_reg=1.0)
     loss.backward()
     assert feats[-1].grad is None or feats[-1].grad.abs().sum() > 0
+
+
+def test_self_distillation_pulls_early_exits_to_the_last_and_never_moves_the_last():
+    torch.manual_seed(0)
+    last = torch.randn(8, 5, requires_grad=True)
+    assert self_distillation([last.detach().clone(), last], 3.0).item() < 1e-6  # agreeing exits: no loss
+    early = torch.randn(8, 5, requires_grad=True)
+    kd = self_distillation([early, last], 3.0)
+    kd.backward()
+    assert kd.item() > 0 and early.grad.abs().sum() > 0
+    assert last.grad is None  # the teacher is detached
+    y = torch.zeros(8, dtype=torch.long)
+    loss, parts = met_loss([early, last], [early, last], y, graph_reg=0.0, distill=0.5, temperature=3.0)
+    assert set(parts) == {"ce", "kd"} and torch.isclose(torch.tensor(parts["kd"]), kd.detach())
+    assert "kd" not in met_loss([early, last], [early, last], y, graph_reg=0.0)[1]

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from met_core.calibration import apply, calibrate_accuracy_loss, calibrate_budget, sweep, thresholds_for_shares
+from met_core.calibration import (apply, calibrate_accuracy_loss, calibrate_budget, sweep, threshold_grid,
+                                  thresholds_for_shares)
 from met_core.errors import METError
 from met_core.traces import Trace, load_trace
 from met_core.whatif import TraceArrays, whatif
@@ -152,3 +153,17 @@ def test_sweep_applied_measures_validation_thresholds_on_test(real_trace):
     assert all(r["test_accuracy"] == pytest.approx(r["val_accuracy"]) for r in rows)
     csv = run_cli("calibrate", "--trace", str(real_trace), "--sweep").stdout.splitlines()
     assert csv[0] == "val_gmacs,val_accuracy,test_gmacs,test_accuracy,pareto,source" and len(csv) == len(rows) + 1
+
+
+@pytest.mark.parametrize("policy", ["max-softmax", "entropy"])
+def test_an_exhaustive_threshold_grid_bounds_every_calibration(policy):
+    """With a threshold between every pair of scores the grid holds every per-exit rule, so no sweep point beats it."""
+    a = synthetic(3, n=40, k=3)
+    grid = threshold_grid(a, policy, levels=401)
+    for p in sweep(a, policy):
+        assert grid[grid[:, 1] <= p.gmacs + 1e-12, 0].max() >= p.accuracy - 1e-12
+    corners = {(round(acc, 9), round(g, 9)) for acc, g in grid}
+    assert (round(a.correct[:, -1].mean(), 9), round(a.gmacs[-1], 9)) in corners  # nobody leaves early
+    assert (round(a.correct[:, 0].mean(), 9), round(a.gmacs[0], 9)) in corners  # everybody leaves at exit 1
+    with pytest.raises(METError, match="continuous score"):
+        threshold_grid(a, "patience")
