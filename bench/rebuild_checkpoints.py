@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets"
 CIFAR = ["--dataset", str(DATA / "cifar10" / "train"), "--per-class", "100", "--val-fraction", "0.2",
          "--head-input", "cls+mean"]  # chosen on the validation split: README, "Recipe choices"
-COMMON = ["--backbone", "dinov2_s14_imgfocus", "--img-size", "112", "--epochs", "30", "--seed", "0"]
+COMMON = ["--backbone", "dinov2_s14_imgfocus", "--img-size", "112", "--epochs", "30"]
 
 # name -> (train flags, test dataset, features stored in the test trace)
 MODELS: dict[str, tuple[list[str], Path, int]] = {
@@ -32,6 +32,9 @@ MODELS: dict[str, tuple[list[str], Path, int]] = {
     "baselines/cifar10-no-diagonals": (CIFAR + ["--no-exit-diagonals", "--graph-reg", "0"], DATA / "cifar10" / "test", 0),
     "hymenoptera-met": (["--dataset", str(DATA / "hymenoptera" / "train"), "--val-fraction", "0.2", "--graph-reg", "0.1"],
                         DATA / "hymenoptera" / "val", 2000),
+    # the GR comparison again with another seed (another 1,000 images, split, init and batch order)
+    "seeds/cifar10-met-seed1": (CIFAR + ["--graph-reg", "0.1", "--seed", "1"], DATA / "cifar10" / "test", 0),
+    "seeds/cifar10-met-nogr-seed1": (CIFAR + ["--graph-reg", "0", "--seed", "1"], DATA / "cifar10" / "test", 0),
 }
 
 
@@ -58,7 +61,8 @@ def main() -> int:
         if args.reuse and (d / "model.safetensors").is_file():
             t = {"train_s": json.loads((d / "metrics.json").read_text())["train_time_s"]}
         else:
-            t = {"train_s": run(py + ["train", *COMMON, *flags, "--out", str(d), "--quiet"])}
+            seed = [] if "--seed" in flags else ["--seed", "0"]
+            t = {"train_s": run(py + ["train", *COMMON, *seed, *flags, "--out", str(d), "--quiet"])}
         t["val_trace_s"] = run(py + ["trace", "--checkpoint", str(d), "--split", "val", "--out", str(d / "val_trace.npz"),
                                      "--features", "0", "--quiet"])
         t["test_trace_s"] = run(py + ["trace", "--checkpoint", str(d), "--dataset", str(test_set),

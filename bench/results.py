@@ -16,7 +16,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from met_core.calibration import (CALIBRATABLE, apply, calibrate_accuracy_loss, calibrate_budget,  # noqa: E402
-                                  sweep_applied, threshold_grid)
+                                  agreement_oracle, sweep_applied, threshold_grid)
 from met_core.errors import METError  # noqa: E402
 from met_core.flops import MAC_NOTE  # noqa: E402
 from met_core.geometry import knn_accuracy, silhouette  # noqa: E402
@@ -82,7 +82,7 @@ def ceiling_section(a: TraceArrays, levels: int = 81) -> list[str]:
            f"Every per-exit threshold vector on a grid of {levels} score quantiles per exit "
            f"plus 'nobody leaves here' (up to {levels + 1}^{a.num_exits - 1} rules), scored on the test trace it is chosen on "
            "(`met_core.calibration.threshold_grid`). This bounds what any threshold calibration of this model, with "
-           "either score, could reach; "
+           f"either score, could reach (to the grid's resolution, 1/{levels} of the images per exit); "
            "it is not a result, and nothing in this project is chosen with it.", "",
            "| on test, best rule | " + " | ".join(f"{p}: test accuracy (pt below the last exit)" for p in grids) + " |",
            "|---|" + "---|" * len(grids)]
@@ -99,7 +99,43 @@ def ceiling_section(a: TraceArrays, levels: int = 81) -> list[str]:
     out += ["| cheapest within 0.5 pt of the last exit | " + " | ".join(cells) + " |", "",
             "An early answer is free only where it equals the last exit's. Share of test images on which each early "
             "exit predicts the same class as the last exit: "
-            + "; ".join(f"exit {k + 1}: {100 * x:.1f} %" for k, x in enumerate(agree)) + ".", ""]
+            + "; ".join(f"exit {k + 1}: {100 * x:.1f} %" for k, x in enumerate(agree)) + ". "
+            f"A rule that knew which early answers those are would keep the last exit's {pct(last)} % at "
+            f"{agreement_oracle(a)[1] / g_last:.0%} of its GMACs (`met_core.calibration.agreement_oracle`); the gap "
+            "between that and the ceiling above is what a better confidence signal could win.", ""]
+    return out
+
+
+def seeds_section(models: dict) -> list[str]:
+    """MET with and without GR at every seed shipped (seed 0 is the main pair): is the GR effect above seed noise?"""
+    pairs = {0: ("cifar10-met", "cifar10-met-nogr")}
+    for name in models:
+        if name.startswith("seeds/cifar10-met-seed"):
+            seed = int(name.rsplit("seed", 1)[1])
+            pairs[seed] = (name, f"seeds/cifar10-met-nogr-seed{seed}")
+    pairs = {s: p for s, p in sorted(pairs.items()) if all(n in models for n in p)}
+    if len(pairs) < 2:
+        return []
+    out = ["Across seeds (each seed draws its own 1,000 images, split, initialisation and batch order; "
+           "`checkpoints/seeds/`), test accuracy per exit, and MET's operating point at a 60 % budget chosen on "
+           "that seed's validation trace:", "",
+           "| seed | MET | without GR | GR effect (pt) | MET at a 60 % budget | MET, cheapest point within 0.5 pt on validation, on test |",
+           "|---|---|---|---|---|---|"]
+    effects = []
+    for seed, (with_gr, without) in pairs.items():
+        a, b = exit_accuracy_all(models[with_gr]["A"]), exit_accuracy_all(models[without]["A"])
+        effects.append(np.subtract(a, b))
+        test, val = models[with_gr]["A"], models[with_gr]["V"]
+        r60 = apply(test, calibrate_budget(val, 0.6))
+        rl = apply(test, calibrate_accuracy_loss(val, 0.005))
+        out.append(f"| {seed} | " + " / ".join(pct(x) for x in a) + " | " + " / ".join(pct(x) for x in b) + " | "
+                   + " / ".join(f"{100 * x:+.2f}" for x in effects[-1]) + f" | {pct(r60['accuracy'])} "
+                   f"({r60['gmacs'] / test.gmacs[-1]:.0%}) | {pct(rl['accuracy'])} at {rl['gmacs'] / test.gmacs[-1]:.0%} "
+                   f"(last exit {pct(a[-1])}) |")
+    e = np.array(effects)
+    out += ["", "Mean GR effect over the seeds per exit: " + " / ".join(f"{100 * x:+.2f}" for x in e.mean(0))
+            + " pt; smallest and largest: " + " / ".join(f"{100 * lo:+.2f} to {100 * hi:+.2f}" for lo, hi in
+                                                      zip(e.min(0), e.max(0))) + " pt.", ""]
     return out
 
 
@@ -132,7 +168,8 @@ def main() -> int:
                   "2.7 s per step alone, 420 steps: about 19 min).", ""]
     lines += ["## Per model", ""]
     for name, m in models.items():
-        lines += model_section(name, m)
+        if not name.startswith("seeds/"):  # summarised in their own table below
+            lines += model_section(name, m)
 
     if "cifar10-met" in models:
         met = models["cifar10-met"]
@@ -203,6 +240,7 @@ def main() -> int:
                 lines.append(f"| {k + 1} | {pct(acc_a[k])} | {pct(acc_b[k])} | {pct(knn_accuracy(fa, y))} | "
                              f"{pct(knn_accuracy(fb, y))} | {silhouette(fa, y):.3f} | {silhouette(fb, y):.3f} |")
             lines.append("")
+            lines += seeds_section(models)
         if a.num_exits > 1:
             lines += ceiling_section(a)
         r = met.get("within_half_point")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from met_core.calibration import (apply, calibrate_accuracy_loss, calibrate_budget, sweep, threshold_grid,
+from met_core.calibration import (agreement_oracle, apply, calibrate_accuracy_loss, calibrate_budget, sweep, threshold_grid,
                                   thresholds_for_shares)
 from met_core.errors import METError
 from met_core.traces import Trace, load_trace
@@ -167,3 +167,11 @@ def test_an_exhaustive_threshold_grid_bounds_every_calibration(policy):
     assert (round(a.correct[:, 0].mean(), 9), round(a.gmacs[0], 9)) in corners  # everybody leaves at exit 1
     with pytest.raises(METError, match="continuous score"):
         threshold_grid(a, "patience")
+
+
+def test_the_agreement_oracle_by_hand():
+    """Each image leaves at the first exit that already gives the last exit's answer."""
+    pred = np.array([[5, 5, 5], [1, 2, 2], [0, 1, 2]])  # leaves at exit 1, 2 and 3
+    labels = np.array([5, 2, 0])
+    a = TraceArrays(pred, pred == labels[:, None], labels, np.array([1.0, 2.0, 3.0]), 6, np.full((3, 3, 6), 1 / 6))
+    assert agreement_oracle(a) == (pytest.approx(2 / 3), pytest.approx(2.0))
