@@ -32,9 +32,9 @@ MODELS: dict[str, tuple[list[str], Path, int]] = {
     "baselines/cifar10-no-diagonals": (CIFAR + ["--no-exit-diagonals", "--graph-reg", "0"], DATA / "cifar10" / "test", 0),
     "hymenoptera-met": (["--dataset", str(DATA / "hymenoptera" / "train"), "--val-fraction", "0.2", "--graph-reg", "0.1"],
                         DATA / "hymenoptera" / "val", 2000),
-    # the GR comparison again with another seed (another 1,000 images, split, init and batch order)
-    "seeds/cifar10-met-seed1": (CIFAR + ["--graph-reg", "0.1", "--seed", "1"], DATA / "cifar10" / "test", 0),
-    "seeds/cifar10-met-nogr-seed1": (CIFAR + ["--graph-reg", "0", "--seed", "1"], DATA / "cifar10" / "test", 0),
+    # the GR comparison again at other seeds (other 1,000 images, split, init and batch order)
+    **{f"seeds/cifar10-met{tag}-seed{seed}": (CIFAR + ["--graph-reg", gr, "--seed", str(seed)], DATA / "cifar10" / "test", 0)
+       for seed in (1, 2) for tag, gr in (("", "0.1"), ("-nogr", "0"))},
 }
 
 
