@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import METError
-from .policies import get_policy
+from .policies import Policy, get_policy
 from .whatif import TraceArrays, whatif
 
 CALIBRATABLE = ("max-softmax", "entropy")
@@ -32,16 +32,21 @@ class OperatingPoint:
         return dict(self.__dict__)
 
 
+def _oriented_score(arrays: TraceArrays, policy: str, what: str) -> tuple[Policy, np.ndarray]:
+    """The policy and its (N, K) score turned so that higher = more confident; continuous scores only."""
+    pol = get_policy(policy)
+    if policy not in CALIBRATABLE:
+        raise METError(f"{what} needs a continuous score; use one of {', '.join(CALIBRATABLE)}, not '{policy}'.")
+    return pol, arrays.score(pol) if pol.higher_is_confident else -arrays.score(pol)
+
+
 def thresholds_for_shares(arrays: TraceArrays, shares: np.ndarray, policy: str = "max-softmax") -> list[float | None]:
     """Per-exit thresholds under which about `shares[k]` of all images leave at exit k (ties may add a few).
 
     Exits are filled in order; at exit k the most confident of the images still running leave.
     The last exit's threshold is None: it always answers.
     """
-    pol = get_policy(policy)
-    if policy not in CALIBRATABLE:
-        raise METError(f"calibration needs a continuous score; use one of {', '.join(CALIBRATABLE)}, not '{policy}'.")
-    s = arrays.score(pol) if pol.higher_is_confident else -arrays.score(pol)
+    pol, s = _oriented_score(arrays, policy, "calibration")
     n, k = s.shape
     remaining = np.ones(n, dtype=bool)
     out: list[float | None] = []
@@ -70,15 +75,12 @@ def geometric_shares(q: float, k: int) -> np.ndarray:
 
 def sweep(arrays: TraceArrays, policy: str = "max-softmax", n_q: int = 41, n_global: int = 41) -> list[OperatingPoint]:
     """Candidate operating points sorted by GMACs, with the Pareto front marked (no point is cheaper and better)."""
-    get_policy(policy)
-    if policy not in CALIBRATABLE:
-        raise METError(f"calibration needs a continuous score; use one of {', '.join(CALIBRATABLE)}, not '{policy}'.")
+    pol, _ = _oriented_score(arrays, policy, "calibration")
     k = arrays.num_exits
     cands: list[tuple[list[float | None], str]] = []
     for q in np.concatenate([[0.0], np.logspace(-2, 2, n_q)]):
         cands.append((thresholds_for_shares(arrays, geometric_shares(q, k) if q > 0 else np.eye(k)[0], policy),
                       f"geometric q={q:.4g}"))
-    pol = get_policy(policy)
     scores = arrays.score(pol)[:, :-1].ravel()
     for t in np.unique(np.quantile(scores, np.linspace(0, 1, n_global))):
         cands.append(([float(t)] * (k - 1) + [None], f"global {t:.4g}"))
@@ -140,12 +142,9 @@ def threshold_grid(arrays: TraceArrays, policy: str = "max-softmax", levels: int
     of this policy could reach there (to the grid's resolution): a ceiling for calibration, never a choice.
     The last early exit is vectorised, so the cost is levels^(K-2) passes over the images.
     """
-    pol = get_policy(policy)
-    if policy not in CALIBRATABLE:
-        raise METError(f"the threshold grid needs a continuous score; use one of {', '.join(CALIBRATABLE)}.")
+    _, s = _oriented_score(arrays, policy, "the threshold grid")
     if levels < 2:
         raise METError(f"the threshold grid needs at least 2 levels per exit, got {levels}.")
-    s = arrays.score(pol) if pol.higher_is_confident else -arrays.score(pol)
     n, k = s.shape
     if k < 2:
         return np.array([[arrays.correct[:, 0].mean(), arrays.gmacs[0]]])

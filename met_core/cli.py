@@ -85,6 +85,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .train import fit, seed_everything
 
     tcfg: TrainConfig = dataclass_from_args(TrainConfig, args)
+    tcfg.validate()  # before any data is read
     seed_everything(tcfg.seed)
     ds = open_dataset(args.dataset, split=args.split, download=not args.no_download)
     train_idx, val_idx = subsample_split(ds.labels, tcfg.per_class, tcfg.val_fraction, tcfg.seed)

@@ -90,8 +90,8 @@ class TrainConfig:
     seed: int = _f(0, "Seed for sub-sampling, splits, initialisation and batch order.")
     bf16: bool = _f(False, "Use bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX).")
 
-    def __post_init__(self) -> None:
-        _check_types(self, "training config")
+    def validate(self) -> None:
+        """Raise METError with one sentence if a weight is out of range (types are checked on load)."""
         for name in ("graph_reg", "distill"):
             if getattr(self, name) < 0:
                 raise METError(f"{name} must be 0 (off) or positive, got {getattr(self, name)}.")

@@ -80,6 +80,7 @@ def evaluate(model: METModel, feats: list[torch.Tensor], y: torch.Tensor) -> lis
 def fit(model: METModel, train_ds: ImageDataset, val_ds: ImageDataset | None, tcfg: TrainConfig,
         progress: bool = True) -> dict[str, Any]:
     """Train the adapters and heads; returns metrics (per-exit validation accuracy, time, history)."""
+    tcfg.validate()
     seed_everything(tcfg.seed)
     rng = np.random.default_rng(tcfg.seed)
     t0 = time.perf_counter()
