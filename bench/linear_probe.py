@@ -2,6 +2,7 @@
 
     python bench/linear_probe.py [--checkpoint checkpoints/cifar10-met] [--test ../shared/datasets/cifar10/test]
     python bench/linear_probe.py --select    # the head-input choice, made on the validation split only
+    python bench/linear_probe.py --select --img-size 224    # the same probes at another input size
 
 Trains scikit-learn's LogisticRegression on the frozen backbone's features after the final norm (no
 adapters): MET's own head input, and the CLS token (the probe issue #2 quotes), on the checkpoint's own
@@ -38,12 +39,16 @@ def main() -> int:
     ap.add_argument("--select", action="store_true",
                     help="choose the head input on the validation split instead: probes of each input trained on the "
                          "800 training ids, scored on the 200 validation ids (the test split is not read)")
+    ap.add_argument("--img-size", type=int, default=None,
+                    help="input size of the probed backbone (default: the checkpoint's); MET's figures stay its own")
     args = ap.parse_args()
     from sklearn.linear_model import LogisticRegression
 
     ck = Path(args.checkpoint)
     cfg = json.loads((ck / "config.json").read_text())
     mcfg = config_from_dict(METConfig, cfg["model"])
+    if args.img_size is not None:
+        mcfg = dataclasses.replace(mcfg, img_size=args.img_size)
     # one frozen pass gives both inputs: 'cls+mean' features are [CLS | mean of patch tokens]
     pcfg = dataclasses.replace(mcfg, adapters=False, head_input="cls+mean")
     backbone, _ = create_backbone(mcfg.backbone, mcfg.img_size, mcfg.weights)
