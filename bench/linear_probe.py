@@ -40,8 +40,11 @@ def main() -> int:
                     help="choose the head input on the validation split instead: probes of each input trained on the "
                          "800 training ids, scored on the 200 validation ids (the test split is not read)")
     ap.add_argument("--img-size", type=int, default=None,
-                    help="input size of the probed backbone (default: the checkpoint's); MET's figures stay its own")
+                    help="with --select: probe the backbone at this input size instead of the checkpoint's")
     args = ap.parse_args()
+    if args.img_size is not None and not args.select:
+        ap.error("--img-size goes with --select: the comparison with MET's test trace (and the linear_probe.json "
+                 "that RESULTS.md reads) must use the checkpoint's own input size.")
     from sklearn.linear_model import LogisticRegression
 
     ck = Path(args.checkpoint)
