@@ -11,13 +11,23 @@ from typing import Any
 
 import streamlit as st
 
-from met_core.calibration import apply, calibrate_budget, sweep_applied
-from met_core.paths import locate_dataset
-from met_core.policies import POLICIES
+from met_core.calibration import AppliedPoint, apply, calibrate_budget, sweep_applied
+from met_core.checkpoint import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    TEST_TRACE_FILE,
+    VAL_TRACE_FILE,
+    WEIGHTS_FILE,
+    checkpoint_hash,
+    load_checkpoint,
+    read_config,
+)
 from met_core.errors import METError
-from met_core.io import checkpoint_hash, load_checkpoint, read_config
+from met_core.paths import locate_dataset
+from met_core.policies import get_policy
+from met_core.summary import ModelSummary
 from met_core.traces import Trace, load_trace
-from met_core.whatif import TraceArrays
+from met_core.whatif import TraceArrays, WhatIfResult
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = Path(os.environ.get("MET_CHECKPOINTS", ROOT / "checkpoints"))
@@ -25,22 +35,23 @@ DEFAULT = "cifar10-met"
 BUDGETS = (0.25, 0.5, 0.75)
 
 
-# Streamlit drops a widget's value when its page is not shown; these survive a visit to another page.
-KEPT_WIDGETS = ("policy", "mode", "compare", "f_exit", "f_correct", "f_class", "f_page", "dataset_root_override",
-                "rep_other", "rep_exit", "rep_color", "model_choice", "new_ckpt")
-KEPT_PREFIXES = tuple(f"{kind}{p}" for kind in "gt" for p in POLICIES)  # global / per-exit threshold sliders
+def kept(key: str) -> str:
+    """A widget key whose value survives a visit to another page: Streamlit drops a widget's value when its
+    page is not shown, so the keys named here (where the widget is created) are re-assigned every run."""
+    st.session_state.setdefault("_kept_keys", set()).add(key)
+    return key
 
 
 def keep_widget_state() -> None:
     """Re-assign the kept widget values every run (Streamlit's documented way to stop their clean-up)."""
-    for k in list(st.session_state.keys()):
-        if k in KEPT_WIDGETS or k.startswith(KEPT_PREFIXES):
+    for k in st.session_state.get("_kept_keys", set()):
+        if k in st.session_state:
             st.session_state[k] = st.session_state[k]
 
 
 def discover(root: Path = CHECKPOINTS) -> list[Path]:
     """Checkpoint folders under `root` (any depth), the default first."""
-    found = sorted(p.parent for p in root.glob("**/config.json"))
+    found = sorted(p.parent for p in root.glob(f"**/{CONFIG_FILE}"))
     return sorted(found, key=lambda p: (p.name != DEFAULT, str(p)))
 
 
@@ -61,6 +72,19 @@ def current() -> Path:
     return found[0]
 
 
+def default_thresholds(policy: str) -> float:
+    """Before the what-if page has been opened: the policy's own default threshold."""
+    return float(get_policy(policy).default_threshold)
+
+
+def has_test_trace(ckpt: Path) -> bool:
+    return (ckpt / TEST_TRACE_FILE).is_file()
+
+
+def test_trace_path(ckpt: Path) -> str:
+    return str(ckpt / TEST_TRACE_FILE)
+
+
 def label(path: Path) -> str:
     try:
         return str(path.relative_to(CHECKPOINTS))
@@ -78,9 +102,15 @@ def fail(message: str) -> None:
 def card(path: str) -> dict[str, Any]:
     """config.json (validated) and metrics.json of a checkpoint, without loading any weights."""
     cfg = read_config(Path(path))
-    m = Path(path) / "metrics.json"
+    m = Path(path) / METRICS_FILE
     metrics = json.loads(m.read_text()) if m.is_file() else {}
     return {"config": cfg, "metrics": metrics}
+
+
+def summary(path: Path) -> ModelSummary:
+    """The model card of a checkpoint (met_core builds it; the CLI's `info` shows the same)."""
+    c = card(str(path))
+    return ModelSummary.build(label(path), c["config"], c["metrics"])
 
 
 @st.cache_data(show_spinner=False)
@@ -90,7 +120,7 @@ def _hash(path: str, mtimes: tuple[float, ...]) -> str:
 
 def checkpoint_sha256(ckpt: Path) -> str:
     """The checkpoint's hash, computed once per version of its files (not on every slider move)."""
-    return _hash(str(ckpt), tuple((ckpt / f).stat().st_mtime for f in ("config.json", "model.safetensors")))
+    return _hash(str(ckpt), tuple((ckpt / f).stat().st_mtime for f in (CONFIG_FILE, WEIGHTS_FILE)))
 
 
 @st.cache_resource(show_spinner="Loading the model (backbone and adapters)...")
@@ -107,13 +137,13 @@ def trace(path: str) -> tuple[Trace, TraceArrays]:
 
 def traces_of(ckpt: Path) -> tuple[tuple[Trace, TraceArrays], tuple[Trace, TraceArrays] | None]:
     """(test trace, validation trace or None) of a checkpoint, with one-sentence errors."""
-    test = ckpt / "test_trace.npz"
+    test = ckpt / TEST_TRACE_FILE
     if not test.is_file():
         fail(f"{label(ckpt)} has no test_trace.npz; create it with `python -m met_core trace --checkpoint {ckpt} "
              f"--dataset DATA --out {test}`.")
     try:
         t = trace(str(test))
-        v = trace(str(ckpt / "val_trace.npz")) if (ckpt / "val_trace.npz").is_file() else None
+        v = trace(str(ckpt / VAL_TRACE_FILE)) if (ckpt / VAL_TRACE_FILE).is_file() else None
     except METError as e:
         fail(str(e))
     if t[0].meta.get("checkpoint_sha256") not in (None, checkpoint_sha256(ckpt)):
@@ -122,25 +152,24 @@ def traces_of(ckpt: Path) -> tuple[tuple[Trace, TraceArrays], tuple[Trace, Trace
 
 
 @st.cache_data(show_spinner="Sweeping operating points on the validation trace...")
-def sweep_table(ckpt: str, policy: str) -> list[dict[str, Any]]:
+def sweep_table(ckpt: str, policy: str) -> list[AppliedPoint]:
     """Every candidate operating point chosen on validation, measured on test (Pareto front marked)."""
     (_, test), val = traces_of(Path(ckpt))
     return sweep_applied(val[1] if val else test, test, policy)
 
 
 @st.cache_data(show_spinner=False)
-def budget_presets(ckpt: str, policy: str) -> dict[float, dict[str, Any]]:
-    """Calibrated per-exit thresholds for 25 / 50 / 75 % of the last exit's GMACs (chosen on validation)."""
+def budget_presets(ckpt: str, policy: str) -> dict[float, WhatIfResult | str]:
+    """Calibrated per-exit thresholds for 25 / 50 / 75 % of the last exit's GMACs (chosen on validation) and
+    what they give on test; or the sentence saying why a budget cannot be met (shown on a disabled button)."""
     (_, test), val = traces_of(Path(ckpt))
     basis = val[1] if val else test
-    out = {}
+    out: dict[float, WhatIfResult | str] = {}
     for b in BUDGETS:
         try:
-            p = calibrate_budget(basis, b, policy)
+            out[b] = apply(test, calibrate_budget(basis, b, policy), policy).measured
         except METError as e:
-            out[b] = {"error": str(e)}  # e.g. below the first exit's cost: shown, disabled, with the reason
-            continue
-        out[b] = {"thresholds": p.thresholds, **{k: v for k, v in apply(test, p, policy).items() if k != "thresholds"}}
+            out[b] = str(e)
     return out
 
 
@@ -156,7 +185,7 @@ def ladder_points(ckpt: str) -> dict[str, list[tuple[float, float]]]:
 
     out = {}
     base = CHECKPOINTS / "baselines"
-    for p in sorted(base.glob("*/test_trace.npz")) if base.is_dir() else []:
+    for p in sorted(base.glob(f"*/{TEST_TRACE_FILE}")) if base.is_dir() else []:
         try:
             t, a = trace(str(p))
         except METError:

@@ -18,10 +18,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from met_core.data import make_transform, open_dataset  # noqa: E402
+from met_core.checkpoint import load_checkpoint  # noqa: E402
+from met_core.data import decode_all, make_transform, open_dataset  # noqa: E402
 from met_core.inference import early_exit, measure_speedup  # noqa: E402
-from met_core.io import load_checkpoint  # noqa: E402
-from met_core.train import materialize  # noqa: E402
 
 GOAL = 0.85
 
@@ -38,7 +37,7 @@ def main() -> int:
     ds = open_dataset(args.dataset, split="test")
     ds = ds.subset(np.sort(np.random.default_rng(0).choice(len(ds), min(args.images, len(ds)), replace=False)))
     ds.transform = make_transform(model.cfg.img_size, model.cfg.mean, model.cfg.std)
-    x, _ = materialize(ds, "decode", progress=False)
+    x, _ = decode_all(ds, "decode", progress=False)
     threshold = None
     for t in (0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3):
         if (early_exit(model, x, t).exits < model.num_exits - 1).mean() >= 0.5:
@@ -48,11 +47,11 @@ def main() -> int:
         print("FAIL: no threshold lets half of the images exit early")
         return 1
     r = measure_speedup(model, x, threshold, batch_size=64, repeats=args.repeats)
-    ratio = r["measured_speedup"] / r["predicted_speedup"]
+    ratio = r.measured_speedup / r.predicted_speedup
     print(json.dumps(r, indent=2))
-    print(f"threshold {threshold}: {100 * r['early_exit_share']:.1f}% exit early; predicted {r['predicted_speedup']:.2f}x, "
-          f"measured {r['measured_speedup']:.2f}x, ratio {ratio:.2f} (goal >= {GOAL})")
-    ok = ratio >= GOAL and r["early_exit_share"] >= 0.5
+    print(f"threshold {threshold}: {100 * r.early_exit_share:.1f}% exit early; predicted {r.predicted_speedup:.2f}x, "
+          f"measured {r.measured_speedup:.2f}x, ratio {ratio:.2f} (goal >= {GOAL})")
+    ok = ratio >= GOAL and r.early_exit_share >= 0.5
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

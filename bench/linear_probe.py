@@ -24,11 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from met_core.backbones import create_backbone  # noqa: E402
 from met_core.config import METConfig, config_from_dict  # noqa: E402
-from met_core.data import make_transform, open_dataset  # noqa: E402
-from met_core.paths import locate_dataset  # noqa: E402
+from met_core.data import (  # noqa: E402
+    decode_all,  # noqa: E402
+    make_transform,
+    open_dataset,
+)
+from met_core.inference import head_inputs  # noqa: E402
 from met_core.model import METModel  # noqa: E402
+from met_core.paths import locate_dataset  # noqa: E402
 from met_core.traces import load_trace  # noqa: E402
-from met_core.train import head_inputs, materialize  # noqa: E402
 from met_core.whatif import TraceArrays, exit_accuracy_all  # noqa: E402
 
 
@@ -71,7 +75,7 @@ def main() -> int:
               ("val", train_all.subset([where[s] for s in cfg["data"]["val_ids"]]))]
     for name, ds in splits if args.select else splits + [("test", open_dataset(args.test))]:
         ds.transform = tf
-        x, y = materialize(ds, f"decode {name}")
+        x, y = decode_all(ds, f"decode {name}")
         feats[name] = ([f.numpy() for f in head_inputs(probe, x)], y.numpy())
         del x
     print(f"frozen features: {time.perf_counter() - t0:.0f} s")
@@ -97,9 +101,14 @@ def main() -> int:
                 row[f"probe_{kind}_{len(ys)}"] = acc
                 ok &= met[k] > acc
         rows.append(row)
-        print(f"exit {k + 1} (block {mcfg.exits[k]}): MET {100 * met[k]:.2f}%; logistic-regression probes "
-              + ", ".join(f"{name.removeprefix('probe_').replace('_', ', ')} images {100 * v:.2f}% ({100 * (met[k] - v):+.2f} pt)"
-                          for name, v in row.items() if name.startswith("probe_")))
+        print(
+            f"exit {k + 1} (block {mcfg.exits[k]}): MET {100 * met[k]:.2f}%; logistic-regression probes "
+            + ", ".join(
+                f"{name.removeprefix('probe_').replace('_', ', ')} images {100 * v:.2f}% ({100 * (met[k] - v):+.2f} pt)"
+                for name, v in row.items()
+                if name.startswith("probe_")
+            )
+        )
     (ck / "linear_probe.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1

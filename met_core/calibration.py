@@ -7,20 +7,20 @@ Pareto front, the best point within a cost budget, and the cheapest point within
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from .errors import METError
-from .policies import Policy, get_policy
-from .whatif import TraceArrays, whatif
-
-CALIBRATABLE = ("max-softmax", "entropy")
+from .policies import CALIBRATABLE, Policy, get_policy
+from .whatif import TraceArrays, WhatIfResult, whatif
 
 
 @dataclass
 class OperatingPoint:
+    """Per-exit thresholds and what they give on the trace they were chosen on."""
+
     thresholds: list[float | None]
     accuracy: float
     gmacs: float
@@ -28,14 +28,42 @@ class OperatingPoint:
     source: str
     pareto: bool = False
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AppliedPoint:
+    """A candidate chosen on a validation trace, with its validation figures and the same thresholds on test."""
+
+    thresholds: list[float | None]
+    source: str
+    pareto: bool
+    val_accuracy: float
+    val_gmacs: float
+    test_accuracy: float
+    test_gmacs: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Calibrated:
+    """Thresholds chosen on one trace (`point`) and measured on another (`measured`)."""
+
+    point: OperatingPoint
+    measured: WhatIfResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.measured.to_dict(), "calibrated_on_validation": {
+            "accuracy": self.point.accuracy, "gmacs": self.point.gmacs, "source": self.point.source}}
 
 
 def _oriented_score(arrays: TraceArrays, policy: str, what: str) -> tuple[Policy, np.ndarray]:
     """The policy and its (N, K) score turned so that higher = more confident; continuous scores only."""
     pol = get_policy(policy)
-    if policy not in CALIBRATABLE:
+    if not pol.calibratable:
         raise METError(f"{what} needs a continuous score; use one of {', '.join(CALIBRATABLE)}, not '{policy}'.")
     return pol, arrays.score(pol) if pol.higher_is_confident else -arrays.score(pol)
 
@@ -88,7 +116,7 @@ def sweep(arrays: TraceArrays, policy: str = "max-softmax", n_q: int = 41, n_glo
     points = []
     for th, src in cands:
         r = whatif(arrays, th, policy)
-        points.append(OperatingPoint(th, r["accuracy"], r["gmacs"], r["exit_fractions"], src))
+        points.append(OperatingPoint(th, r.accuracy, r.gmacs, r.exit_fractions, src))
     points.sort(key=lambda p: (p.gmacs, -p.accuracy))
     best = -1.0
     for p in points:
@@ -97,13 +125,12 @@ def sweep(arrays: TraceArrays, policy: str = "max-softmax", n_q: int = 41, n_glo
     return points
 
 
-def sweep_applied(val: TraceArrays, test: TraceArrays, policy: str = "max-softmax") -> list[dict[str, Any]]:
+def sweep_applied(val: TraceArrays, test: TraceArrays, policy: str = "max-softmax") -> list[AppliedPoint]:
     """Every candidate chosen on `val` with its validation figures and the same thresholds measured on `test`."""
     rows = []
     for p in sweep(val, policy):
         r = whatif(test, p.thresholds, policy)
-        rows.append({"thresholds": p.thresholds, "source": p.source, "pareto": p.pareto, "val_accuracy": p.accuracy,
-                     "val_gmacs": p.gmacs, "test_accuracy": r["accuracy"], "test_gmacs": r["gmacs"]})
+        rows.append(AppliedPoint(p.thresholds, p.source, p.pareto, p.accuracy, p.gmacs, r.accuracy, r.gmacs))
     return rows
 
 
@@ -128,11 +155,9 @@ def calibrate_accuracy_loss(val: TraceArrays, max_loss: float, policy: str = "ma
     return min(ok, key=lambda p: (p.gmacs, -p.accuracy))
 
 
-def apply(test: TraceArrays, point: OperatingPoint, policy: str = "max-softmax") -> dict[str, Any]:
+def apply(test: TraceArrays, point: OperatingPoint, policy: str = "max-softmax") -> Calibrated:
     """The what-if of calibrated thresholds on another (test) trace, with what they were chosen for."""
-    out = whatif(test, point.thresholds, policy)
-    out["calibrated_on_validation"] = {"accuracy": point.accuracy, "gmacs": point.gmacs, "source": point.source}
-    return out
+    return Calibrated(point, whatif(test, point.thresholds, policy))
 
 
 def threshold_grid(arrays: TraceArrays, policy: str = "max-softmax", levels: int = 41) -> np.ndarray:

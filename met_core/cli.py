@@ -1,4 +1,4 @@
-"""`python -m met_core SUBCOMMAND`: train, trace, info, whatif, calibrate, predict, bench-exit.
+"""`met SUBCOMMAND` (or `python -m met_core`): train, trace, info, whatif, calibrate, predict, bench-exit.
 
 User errors (METError, missing paths, bad files) print one line `error: ...` and exit with code 2;
 no tracebacks. `--json` prints a machine-readable result on stdout; progress goes to stderr.
@@ -8,15 +8,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, get_args, get_origin, get_type_hints
 
 import numpy as np
 
-from .config import METConfig, TrainConfig, config_from_dict
+from .config import METConfig, RuntimeConfig, TrainConfig, config_from_dict
 from .errors import METError
 from .flops import MAC_NOTE
+
+if TYPE_CHECKING:
+    from .data import ImageDataset
+    from .distributed import DistContext
+    from .whatif import WhatIfResult
 
 # fields that the CLI derives instead of taking as flags
 DERIVED = {"num_classes", "class_names", "weights_sha256"}
@@ -27,16 +34,21 @@ def _list_parser(item: type) -> Callable[[str], list]:
         try:
             return [item(v) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {item.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {item.__name__}, got {text!r}"
+            ) from None
+
     return parse
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
-    """One flag per dataclass field, typed, with the field's help string and default."""
+def add_dataclass_args(
+    parser: argparse.ArgumentParser, cls: type, title: str, only: Sequence[str] | None = None
+) -> None:
+    """One flag per dataclass field (or the `only` ones), typed, with the field's help string and default."""
     group = parser.add_argument_group(title)
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in DERIVED:
+        if f.name in DERIVED or (only is not None and f.name not in only):
             continue
         flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -44,8 +56,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str) -
         if hint is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif get_origin(hint) is list:
-            group.add_argument(flag, dest=f.name, type=_list_parser(get_args(hint)[0]), default=None, help=help_,
-                               metavar="A,B,...")
+            group.add_argument(
+                flag, dest=f.name, type=_list_parser(get_args(hint)[0]), default=None, help=help_, metavar="A,B,..."
+            )
         elif get_origin(hint) is not None and get_args(hint) and all(isinstance(a, str) for a in get_args(hint)):
             group.add_argument(flag, dest=f.name, choices=get_args(hint), default=None, help=help_)
         else:
@@ -53,8 +66,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str) -
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-              if getattr(args, f.name, None) is not None}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
     return config_from_dict(cls, {**values, **extra})
 
 
@@ -74,22 +86,46 @@ def _emit(args: argparse.Namespace, result: Any, lines: Sequence[str]) -> None:
 
 # --- train -----------------------------------------------------------------------------------------
 
+
+def runtime_setup(args: argparse.Namespace) -> tuple[RuntimeConfig, DistContext, Any]:
+    """The run's RuntimeConfig, its place in a torchrun job, and its device (one sentence if there is none)."""
+    from .devices import resolve_device
+    from .distributed import init_distributed
+
+    runtime: RuntimeConfig = dataclass_from_args(RuntimeConfig, args)
+    runtime.validate()
+    ctx = init_distributed(resolve_device(runtime.device).type)
+    return runtime, ctx, resolve_device(runtime.device, ctx.local_rank)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
-    from .backbones import create_backbone
-    from .data import make_transform, open_dataset, subsample_split
+    from .backbones import backbone_entry, create_backbone
+    from .checkpoint import save_checkpoint
+    from .data import open_dataset, preprocessing_record, subsample_split, transform_for
+    from .devices import device_name
+    from .distributed import shutdown
     from .flops import exit_gmacs
-    from .io import save_checkpoint
     from .model import METModel
     from .train import fit, seed_everything
 
     tcfg: TrainConfig = dataclass_from_args(TrainConfig, args)
     tcfg.validate()  # before any data is read
+    runtime, ctx, device = runtime_setup(args)
     seed_everything(tcfg.seed)
-    ds = open_dataset(args.dataset, split=args.split, download=not args.no_download)
+    ds = open_dataset(args.dataset, split=args.split, download=not args.no_download, data_root=args.data_root)
     train_idx, val_idx = subsample_split(ds.labels, tcfg.per_class, tcfg.val_fraction, tcfg.seed)
-    base = dataclass_from_args(METConfig, args, num_classes=len(ds.class_names), class_names=ds.class_names)
+    backbone_name = args.backbone or METConfig.backbone
+    pre = backbone_entry(backbone_name).preprocessing  # the backbone's own unless given
+    own = {"mean": list(pre.mean), "std": list(pre.std), "interpolation": pre.interpolation}
+    base = dataclass_from_args(
+        METConfig,
+        args,
+        num_classes=len(ds.class_names),
+        class_names=ds.class_names,
+        **{k: v for k, v in own.items() if getattr(args, k, None) is None},
+    )
     backbone, digest = create_backbone(base.backbone, base.img_size, base.weights)
     depth = len(backbone.blocks)
     if getattr(args, "exits", None) is None:
@@ -99,42 +135,68 @@ def cmd_train(args: argparse.Namespace) -> None:
     torch.manual_seed(tcfg.seed)
     model = METModel(backbone, mcfg)
     n = model.num_parameters()
-    log(f"trainable parameters: {n['trainable']:,} ({100 * n['trainable'] / n['frozen']:.2f}% of the "
-        f"{n['frozen']:,} frozen backbone parameters)")
-    ds.transform = make_transform(mcfg.img_size, mcfg.mean, mcfg.std)
+    log(
+        f"trainable parameters: {n['trainable']:,} ({100 * n['trainable'] / n['frozen']:.2f}% of the "
+        f"{n['frozen']:,} frozen backbone parameters)"
+    )
     train_ds, val_ds = ds.subset(train_idx), ds.subset(val_idx)
+    train_ds.transform, val_ds.transform = transform_for(mcfg, tcfg.augment), transform_for(mcfg)
     log(f"data: {len(train_ds)} train / {len(val_ds)} val images, {mcfg.num_classes} classes from {ds.root}")
-    metrics = fit(model, train_ds, val_ds, tcfg, progress=not args.quiet)
+    log(f"device: {device_name(device)}, precision {runtime.precision}, {ctx.world_size} process(es)")
+    metrics = fit(model, train_ds, val_ds, tcfg, runtime, ctx, progress=not args.quiet and ctx.is_main, log=log)
+    if not ctx.is_main:
+        shutdown(ctx)
+        return
     gm = exit_gmacs(model)
-    metrics.update({"exit_gmacs": gm, "mac_note": MAC_NOTE})
     record = {
         "train": dataclasses.asdict(tcfg),
-        "data": {"dataset": args.dataset, "root": ds.root, "split": args.split,
-                 "train_ids": [train_ds.ids[i] for i in range(len(train_ds))],
-                 "val_ids": [val_ds.ids[i] for i in range(len(val_ds))]},
-        "preprocessing": {"resize_short_side": mcfg.img_size, "interpolation": "bicubic",
-                          "crop": f"center {mcfg.img_size}", "mean": mcfg.mean, "std": mcfg.std, "mode": "RGB"},
+        "runtime": {
+            **dataclasses.asdict(runtime),
+            "device": str(device),
+            "device_name": device_name(device),
+            "world_size": ctx.world_size,
+        },
+        "data": {
+            "dataset": args.dataset,
+            "root": ds.root,
+            "split": args.split,
+            "train_ids": list(train_ds.ids),
+            "val_ids": list(val_ds.ids),
+        },
+        "preprocessing": preprocessing_record(mcfg),
     }
     out = Path(args.out)
     if mcfg.weights not in ("default", "none"):  # a file: recorded relative to the folder when it lies inside
         w, folder = Path(mcfg.weights).resolve(), out.resolve()
         mcfg.weights = str(w.relative_to(folder)) if w.is_relative_to(folder) else str(w)
         if not w.is_relative_to(folder):
-            log(f"note: the backbone weights {w} lie outside {out}; loading this checkpoint needs --weights {w} "
-                "(a config never leads MET out of its folder), or copy the file into the folder.")
-    save_checkpoint(out, model, record, metrics)
-    val = metrics["val_accuracy"] or []
-    _emit(args, {"out": str(out), **{k: v for k, v in metrics.items() if k != "history"}}, [
-        f"saved {out}/config.json, model.safetensors, metrics.json",
-        f"validation accuracy per exit: {' / '.join(f'{100 * a:.1f}%' for a in val)}",
-        f"GMACs per exit ({MAC_NOTE}): {' / '.join(f'{g:.3f}' for g in gm)}",
-        f"training time: {metrics['train_time_s']:.0f} s",
-    ])
+            log(
+                f"note: the backbone weights {w} lie outside {out}; loading this checkpoint needs --weights {w} "
+                "(a config never leads MET out of its folder), or copy the file into the folder."
+            )
+    result = {**metrics.to_dict(), "exit_gmacs": gm, "mac_note": MAC_NOTE}
+    save_checkpoint(out, model, record, result)
+    shutdown(ctx)
+    val = metrics.val_accuracy or []
+    _emit(
+        args,
+        {"out": str(out), **{k: v for k, v in result.items() if k != "history"}},
+        [
+            f"saved {out}/config.json, model.safetensors, metrics.json",
+            f"validation accuracy per exit: {' / '.join(f'{100 * a:.1f}%' for a in val)}",
+            f"GMACs per exit ({MAC_NOTE}): {' / '.join(f'{g:.3f}' for g in gm)}",
+            f"training time: {metrics.train_time_s:.0f} s ({metrics.data_path} data path); "
+            f"peak memory (RSS, with loader workers): {metrics.peak_rss_gb:.2f} GB",
+        ],
+    )
 
 
 # --- trace -----------------------------------------------------------------------------------------
 
-def dataset_for_checkpoint(cfg: dict[str, Any], dataset: str | None, split: str, download: bool):
+
+def dataset_for_checkpoint(
+    cfg: dict[str, Any], dataset: str | None, split: str, download: bool, data_root: str | None = None
+) -> ImageDataset:
     """The dataset a trace runs over: an explicit one, or the checkpoint's own (its 'val' split by id)."""
     from .data import open_dataset
     from .paths import locate_dataset
@@ -145,90 +207,147 @@ def dataset_for_checkpoint(cfg: dict[str, Any], dataset: str | None, split: str,
         src = dataset or (str(found) if found else data.get("dataset"))
         if not src:
             raise METError("this checkpoint records no dataset; pass --dataset.")
-        ds = open_dataset(src, split=data.get("split", "train"), download=download)
+        ds = open_dataset(src, split=data.get("split", "train"), download=download, data_root=data_root)
         where = {sid: i for i, sid in enumerate(ds.ids)}
         missing = [s for s in data.get("val_ids", []) if s not in where]
         if missing or not data.get("val_ids"):
-            raise METError(f"the checkpoint's validation images are not all in {src} "
-                           f"({len(missing)} missing); pass the dataset it was trained on.")
+            raise METError(
+                f"the checkpoint's validation images are not all in {src} "
+                f"({len(missing)} missing); pass the dataset it was trained on."
+            )
         return ds.subset([where[s] for s in data["val_ids"]])
     if not dataset:
-        raise METError("pass --dataset (a folder or a dataset name), or --split val for the checkpoint's validation split.")
-    return open_dataset(dataset, split=split, download=download)
+        raise METError(
+            "pass --dataset (a folder or a dataset name), or --split val for the checkpoint's validation split."
+        )
+    return open_dataset(dataset, split=split, download=download, data_root=data_root)
 
 
 def cmd_trace(args: argparse.Namespace) -> None:
-    from .data import make_transform
+    from .checkpoint import checkpoint_hash, load_checkpoint
+    from .data import transform_for
+    from .distributed import shutdown
     from .flops import exit_gmacs
-    from .io import checkpoint_hash, load_checkpoint
     from .traces import SIMULATED_NOTE, run_trace, save_trace
 
-    model, cfg = load_checkpoint(args.checkpoint, args.weights)
-    ds = dataset_for_checkpoint(cfg, args.dataset, args.split, not args.no_download)
+    runtime, ctx, device = runtime_setup(args)
+    model, cfg = load_checkpoint(args.checkpoint, args.weights, device)
+    ds = dataset_for_checkpoint(cfg, args.dataset, args.split, not args.no_download, args.data_root)
     if list(ds.class_names) != list(model.cfg.class_names):
-        raise METError(f"the dataset's classes {ds.class_names[:5]}... differ from the checkpoint's "
-                       f"{model.cfg.class_names[:5]}...; trace a dataset with the same classes.")
+        raise METError(
+            f"the dataset's classes {ds.class_names[:5]}... differ from the checkpoint's "
+            f"{model.cfg.class_names[:5]}...; trace a dataset with the same classes."
+        )
     if args.limit and args.limit < len(ds):
         rng = np.random.default_rng(args.seed)
         ds = ds.subset(np.sort(rng.choice(len(ds), size=args.limit, replace=False)))
-    ds.transform = make_transform(model.cfg.img_size, model.cfg.mean, model.cfg.std)
+    ds.transform = transform_for(model.cfg)
     gm = exit_gmacs(model)
-    meta = {"checkpoint": Path(args.checkpoint).name, "checkpoint_sha256": checkpoint_hash(args.checkpoint),
-            "dataset": args.dataset or cfg.get("data", {}).get("dataset"), "dataset_root": ds.root,
-            "split": args.split, "exits": model.cfg.exits, "mac_note": MAC_NOTE, "note": SIMULATED_NOTE}
-    trace = run_trace(model, ds, gm, meta, batch_size=args.batch_size, features=args.features,
-                      seed=args.seed, progress=not args.quiet)
+    meta = {
+        "checkpoint": Path(args.checkpoint).name,
+        "checkpoint_sha256": checkpoint_hash(args.checkpoint),
+        "dataset": args.dataset or cfg.get("data", {}).get("dataset"),
+        "dataset_root": ds.root,
+        "split": args.split,
+        "exits": model.cfg.exits,
+        "mac_note": MAC_NOTE,
+        "note": SIMULATED_NOTE,
+    }
+    trace = run_trace(
+        model,
+        ds,
+        gm,
+        meta,
+        batch_size=args.batch_size,
+        features=args.features,
+        seed=args.seed,
+        progress=not args.quiet and ctx.is_main,
+        precision=runtime.precision,
+        workers=runtime.workers,
+        ctx=ctx,
+    )
+    shutdown(ctx)
+    if trace is None:  # not the main process: it has nothing to write
+        return
     save_trace(args.out, trace)
     acc = (trace.logits.argmax(-1) == trace.labels[:, None]).mean(0)
-    _emit(args, {"out": str(args.out), "samples": len(trace.labels), "exit_accuracy": acc.tolist(),
-                 "gmacs": gm, "features": int(len(trace.feature_index)), "mac_note": MAC_NOTE}, [
-        f"saved {args.out}: {len(trace.labels)} samples, features for {len(trace.feature_index)}",
-        f"accuracy per exit: {' / '.join(f'{100 * a:.2f}%' for a in acc)}",
-        f"GMACs per exit ({MAC_NOTE}): {' / '.join(f'{g:.3f}' for g in gm)}",
-    ])
+    _emit(
+        args,
+        {
+            "out": str(args.out),
+            "samples": len(trace.labels),
+            "exit_accuracy": acc.tolist(),
+            "gmacs": gm,
+            "features": int(len(trace.feature_index)),
+            "mac_note": MAC_NOTE,
+        },
+        [
+            f"saved {args.out}: {len(trace.labels)} samples, features for {len(trace.feature_index)}",
+            f"accuracy per exit: {' / '.join(f'{100 * a:.2f}%' for a in acc)}",
+            f"GMACs per exit ({MAC_NOTE}): {' / '.join(f'{g:.3f}' for g in gm)}",
+        ],
+    )
 
 
 # --- info ------------------------------------------------------------------------------------------
 
+
 def cmd_info(args: argparse.Namespace) -> None:
+    from .checkpoint import METRICS_FILE, load_checkpoint, read_json
     from .flops import cost_breakdown, exit_gmacs
-    from .io import load_checkpoint
+    from .summary import ModelSummary
 
     model, cfg = load_checkpoint(args.checkpoint, args.weights)
-    gm = exit_gmacs(model)
+    metrics_path = Path(args.checkpoint) / METRICS_FILE
+    metrics = read_json(metrics_path, "the checkpoint's metrics") if metrics_path.is_file() else {}
     n = model.num_parameters()
+    summary = ModelSummary.build(
+        Path(args.checkpoint).name, cfg, metrics if isinstance(metrics, dict) else {}, exit_gmacs(model), n
+    )
     cfg_small = {k: v for k, v in cfg.items() if k != "data"}
     cfg_small["data"] = {k: (f"{len(v)} ids" if k.endswith("_ids") else v) for k, v in cfg.get("data", {}).items()}
-    result = {"config": cfg_small, "exit_gmacs": gm, "mac_note": MAC_NOTE, "parameters": n,
-              "trainable_share": n["trainable"] / n["frozen"], "cost_breakdown_macs": cost_breakdown(model)}
-    m = model.cfg
-    _emit(args, result, [
-        f"backbone: {m.backbone} at {m.img_size} px, weights {m.weights} (sha256 {m.weights_sha256[:12]}...)",
-        f"exits after blocks {m.exits}; {m.num_classes} classes",
-        f"adapters: {'r=' + str(m.adapter_dim) + ', sharing ' + m.sharing + ', diagonals ' + (m.diagonal_mode if m.exit_diagonals else 'off') if m.adapters else 'none (linear probes)'}",
-        f"GMACs per exit ({MAC_NOTE}): {' / '.join(f'{g:.3f}' for g in gm)}",
-        f"parameters: {n['trainable']:,} trainable, {n['frozen']:,} frozen ({100 * n['trainable'] / n['frozen']:.2f}%)",
-    ])
+    result = {
+        "config": cfg_small,
+        "exit_gmacs": summary.exit_gmacs,
+        "mac_note": MAC_NOTE,
+        "parameters": n,
+        "trainable_share": summary.trainable_share,
+        "cost_breakdown_macs": cost_breakdown(model),
+        "summary": summary.to_dict(),
+    }
+    _emit(args, result, [f"{k}: {v}" for k, v in summary.card()])
 
 
 # --- early exit: whatif, calibrate, predict, bench-exit ---------------------------------------------
 
-def _thresholds(args: argparse.Namespace) -> float | list[float]:
-    if args.thresholds is not None:
-        return args.thresholds
-    if args.threshold is not None:
-        return args.threshold
+
+def _rule(args: argparse.Namespace, sha256: str | None = None) -> tuple[str, float | list[float | None]]:
+    """(policy, thresholds) from --rule FILE, --thresholds, --threshold, or the policy's default."""
     from .policies import get_policy
-    return get_policy(args.policy).default_threshold
+
+    if args.rule is not None:
+        if args.threshold is not None or args.thresholds is not None:
+            raise METError("give --rule FILE or --threshold/--thresholds, not both.")
+        from .exit_rule import read_exit_rule
+
+        rule = read_exit_rule(args.rule)
+        if sha256:
+            rule.check_checkpoint(sha256, str(args.rule))
+        return rule.policy, rule.thresholds
+    if args.thresholds is not None:
+        return args.policy, args.thresholds
+    if args.threshold is not None:
+        return args.policy, args.threshold
+    return args.policy, get_policy(args.policy).default_threshold
 
 
-def _whatif_lines(r: dict[str, Any]) -> list[str]:
+def _whatif_lines(r: WhatIfResult) -> list[str]:
     return [
-        f"accuracy {100 * r['accuracy']:.2f}% (last exit {100 * r['last_exit_accuracy']:.2f}%), "
-        f"{r['gmacs']:.3f} GMACs, speed-up {r['speedup']:.2f}x over the last exit ({r['note']}; {MAC_NOTE})",
-        "leaving at each exit: " + " / ".join(f"{100 * f:.1f}%" for f in r["exit_fractions"]),
-        "accuracy of leavers: " + " / ".join("-" if a is None else f"{100 * a:.1f}%" for a in r["exit_accuracy"]),
-        "thresholds: " + ", ".join("last" if t is None else f"{t:.4g}" for t in r["thresholds"]),
+        f"accuracy {100 * r.accuracy:.2f}% (last exit {100 * r.last_exit_accuracy:.2f}%), "
+        f"{r.gmacs:.3f} GMACs, speed-up {r.speedup:.2f}x over the last exit ({r.note}; {MAC_NOTE})",
+        "leaving at each exit: " + " / ".join(f"{100 * f:.1f}%" for f in r.exit_fractions),
+        "accuracy of leavers: " + " / ".join("-" if a is None else f"{100 * a:.1f}%" for a in r.exit_accuracy),
+        "thresholds: " + ", ".join("last" if t is None else f"{t:.4g}" for t in r.thresholds),
     ]
 
 
@@ -236,9 +355,10 @@ def cmd_whatif(args: argparse.Namespace) -> None:
     from .traces import load_trace
     from .whatif import TraceArrays, whatif
 
-    arrays = TraceArrays.from_trace(load_trace(args.trace))
-    r = whatif(arrays, _thresholds(args), args.policy, detail=args.detail)
-    _emit(args, r, _whatif_lines(r))
+    trace = load_trace(args.trace)
+    policy, thresholds = _rule(args, trace.meta.get("checkpoint_sha256"))
+    r = whatif(TraceArrays.from_trace(trace), thresholds, policy, detail=args.detail)
+    _emit(args, r.to_dict(), _whatif_lines(r))
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
@@ -248,84 +368,157 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     val_t = load_trace(args.trace)
     test_t = load_trace(args.apply) if args.apply else val_t
-    if val_t.meta.get("checkpoint_sha256") != test_t.meta.get("checkpoint_sha256") or val_t.num_exits != test_t.num_exits:
-        raise METError(f"{args.trace} and {args.apply} come from different checkpoints; calibrate and apply on traces of one model.")
+    if (
+        val_t.meta.get("checkpoint_sha256") != test_t.meta.get("checkpoint_sha256")
+        or val_t.num_exits != test_t.num_exits
+    ):
+        raise METError(
+            f"{args.trace} and {args.apply} come from different checkpoints; calibrate and apply on "
+            "traces of one model."
+        )
     val, test = TraceArrays.from_trace(val_t), TraceArrays.from_trace(test_t)
     if args.sweep:
         rows = sweep_applied(val, test, args.policy)
-        _emit(args, rows, ["val_gmacs,val_accuracy,test_gmacs,test_accuracy,pareto,source"] + [
-            f"{r['val_gmacs']:.4f},{r['val_accuracy']:.4f},{r['test_gmacs']:.4f},{r['test_accuracy']:.4f},"
-            f"{int(r['pareto'])},{r['source']}" for r in rows])
+        _emit(
+            args,
+            [r.to_dict() for r in rows],
+            ["val_gmacs,val_accuracy,test_gmacs,test_accuracy,pareto,source"]
+            + [
+                f"{r.val_gmacs:.4f},{r.val_accuracy:.4f},{r.test_gmacs:.4f},{r.test_accuracy:.4f},{int(r.pareto)},{r.source}"
+                for r in rows
+            ],
+        )
         return
     if (args.budget is None) == (args.max_loss is None):
         raise METError("give exactly one of --budget F (fraction of the last exit's GMACs), --max-loss D, or --sweep.")
-    point = (calibrate_budget(val, args.budget, args.policy) if args.budget is not None
-             else calibrate_accuracy_loss(val, args.max_loss, args.policy))
+    point = (
+        calibrate_budget(val, args.budget, args.policy)
+        if args.budget is not None
+        else calibrate_accuracy_loss(val, args.max_loss, args.policy)
+    )
     r = apply(test, point, args.policy)
     where = "test" if args.apply else "validation"
-    _emit(args, r, [f"measured on the {where} trace:"] + _whatif_lines(r))
+    _emit(args, r.to_dict(), [f"measured on the {where} trace:"] + _whatif_lines(r.measured))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from .checkpoint import checkpoint_hash, load_checkpoint
     from .inference import predict_files
-    from .io import load_checkpoint
 
     if len(args.images) > args.max_files:
         raise METError(f"{len(args.images)} files given; at most {args.max_files} at once (raise --max-files).")
-    model, _ = load_checkpoint(args.checkpoint, args.weights)
-    res = predict_files(model, args.images, _thresholds(args), args.policy)
-    lines = [f"{r['file']}: error: {r['error']}" if "error" in r else
-             f"{r['file']}: {r['class']} at exit {r['exit'] + 1}/{model.num_exits}, confidence {r['confidence']:.3f}, "
-             f"{r['gmacs']:.3f} of {r['gmacs_full']:.3f} GMACs" for r in res]
-    if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        print("\n".join(lines))
+    runtime, _, device = runtime_setup(args)
+    policy, thresholds = _rule(args, checkpoint_hash(args.checkpoint) if args.rule else None)
+    model, _ = load_checkpoint(args.checkpoint, args.weights, device)
+    res = predict_files(model, args.images, thresholds, policy, precision=runtime.precision)
+    lines = [
+        f"{r.file}: error: {r.error}"
+        if r.error
+        else f"{r.file}: {r.class_name} at exit {r.exit + 1}/{model.num_exits}, confidence {r.confidence:.3f}, "
+        f"{r.gmacs:.3f} of {r.gmacs_full:.3f} GMACs"
+        for r in res
+    ]
+    _emit(args, [r.to_dict() for r in res], lines)
 
 
 def cmd_bench_exit(args: argparse.Namespace) -> None:
     import torch
 
-    from .data import make_transform, open_dataset
+    from .checkpoint import checkpoint_hash, load_checkpoint
+    from .data import decode_all, open_dataset, transform_for
     from .inference import measure_speedup
-    from .io import load_checkpoint
-    from .train import materialize
 
-    model, _ = load_checkpoint(args.checkpoint, args.weights)
-    ds = open_dataset(args.dataset, split=args.split, download=not args.no_download)
+    runtime, _, device = runtime_setup(args)
+    policy, thresholds = _rule(args, checkpoint_hash(args.checkpoint) if args.rule else None)
+    model, _ = load_checkpoint(args.checkpoint, args.weights, device)
+    ds = open_dataset(args.dataset, split=args.split, download=not args.no_download, data_root=args.data_root)
     if args.limit and args.limit < len(ds):
         ds = ds.subset(np.sort(np.random.default_rng(args.seed).choice(len(ds), args.limit, replace=False)))
-    ds.transform = make_transform(model.cfg.img_size, model.cfg.mean, model.cfg.std)
-    x, _ = materialize(ds, "decode", progress=not args.quiet)
+    ds.transform = transform_for(model.cfg)
+    x, _ = decode_all(ds, "decode", progress=not args.quiet)
     torch.manual_seed(args.seed)
-    r = measure_speedup(model, x, _thresholds(args), args.policy, args.batch, args.repeats)
-    _emit(args, r, [f"real batched early exit on {r['images']} images, batch {r['batch_size']}, median of {r['repeats']}:",
-                    f"predicted speed-up {r['predicted_speedup']:.2f}x, measured {r['measured_speedup']:.2f}x "
-                    f"({100 * r['early_exit_share']:.1f}% left early)"])
+    r = measure_speedup(model, x, thresholds, policy, args.batch, args.repeats, runtime.precision)
+    _emit(
+        args,
+        r.to_dict(),
+        [
+            f"real batched early exit on {r.images} images, batch {r.batch_size}, median of {r.repeats}:",
+            f"predicted speed-up {r.predicted_speedup:.2f}x, measured {r.measured_speedup:.2f}x "
+            f"({100 * r.early_exit_share:.1f}% left early)",
+        ],
+    )
 
 
 # --- entry point -----------------------------------------------------------------------------------
 
+
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    """Progress and notes on stderr, from the main process only (torchrun starts several)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(msg, file=sys.stderr)
 
 
 def add_checkpoint_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--checkpoint", required=True, type=existing_path, help="checkpoint folder")
-    s.add_argument("--weights", help="backbone weights to use instead of the recorded source: 'default' or a "
-                   ".safetensors file (needed when the checkpoint was trained on a file outside its folder)")
+    s.add_argument(
+        "--weights",
+        help="backbone weights to use instead of the recorded source: 'default' or a "
+        ".safetensors file (needed when the checkpoint was trained on a file outside its folder)",
+    )
+
+
+def add_data_root(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--data-root",
+        help="folder holding a named torchvision dataset's files (default: "
+        "$MET_CACHE_DIR/datasets); an existing local copy is used as it is",
+    )
+
+
+def add_rule(s: argparse.ArgumentParser) -> None:
+    from .policies import DEFAULT_POLICY, POLICIES
+
+    s.add_argument("--threshold", type=float, help="one global threshold (default: the policy's default)")
+    s.add_argument(
+        "--thresholds",
+        type=_list_parser(float),
+        metavar="T1,T2,...",
+        help="per-exit thresholds (K-1 or K values; the last exit always answers)",
+    )
+    s.add_argument(
+        "--policy",
+        default=DEFAULT_POLICY,
+        choices=list(POLICIES),
+        help="; ".join(f"{k}: {v.help}" for k, v in POLICIES.items()),
+    )
+    s.add_argument(
+        "--rule",
+        metavar="FILE",
+        help="an exported exit rule (the app's 'Thresholds as JSON'): its "
+        "policy and thresholds, checked against the checkpoint",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m met_core", description="Multiple-Exit Tuning for timm ViTs.")
+    from . import __version__
+    from .policies import CALIBRATABLE, DEFAULT_POLICY
+
+    p = argparse.ArgumentParser(
+        prog="met",
+        description="Multiple-Exit Tuning for timm ViTs (also: python -m "
+        "met_core). Multi-process: torchrun --nproc_per_node N -m met_core train|trace ...",
+    )
+    p.add_argument("--version", action="version", version=f"met_core {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a MET model and write a checkpoint folder")
     t.add_argument("--dataset", required=True, help="ImageFolder path or torchvision name (cifar10, ...)")
     t.add_argument("--split", default="train", help="split to sub-sample for training (default: train)")
     t.add_argument("--out", required=True, help="checkpoint folder to write")
+    add_data_root(t)
     add_dataclass_args(t, METConfig, "model")
     add_dataclass_args(t, TrainConfig, "training")
+    add_dataclass_args(t, RuntimeConfig, "runtime")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("trace", help="run a checkpoint over a dataset split and store every exit's outputs")
@@ -337,19 +530,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--features", type=int, default=2000, help="store head inputs for a seeded subset of N samples")
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--seed", type=int, default=0)
+    add_data_root(r)
+    add_dataclass_args(r, RuntimeConfig, "runtime", only=("device", "precision", "workers"))
     r.set_defaults(func=cmd_trace)
 
     i = sub.add_parser("info", help="config, per-exit GMACs and parameter counts of a checkpoint")
     add_checkpoint_args(i)
     i.set_defaults(func=cmd_info)
-
-    def add_rule(s: argparse.ArgumentParser) -> None:
-        from .policies import POLICIES
-        s.add_argument("--threshold", type=float, help="one global threshold (default: the policy's default)")
-        s.add_argument("--thresholds", type=_list_parser(float), metavar="T1,T2,...",
-                       help="per-exit thresholds (K-1 or K values; the last exit always answers)")
-        s.add_argument("--policy", default="max-softmax", choices=list(POLICIES),
-                       help="; ".join(f"{k}: {v.help}" for k, v in POLICIES.items()))
 
     w = sub.add_parser("whatif", help="metrics of thresholds on a trace (simulated from cached exit outputs)")
     w.add_argument("--trace", required=True)
@@ -361,9 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--trace", required=True, help="validation trace the thresholds are chosen on")
     c.add_argument("--apply", help="test trace the chosen thresholds are measured on (default: the validation trace)")
     c.add_argument("--budget", type=float, help="mean cost target, a fraction of the last exit's GMACs (0.5 = half)")
-    c.add_argument("--max-loss", type=float, help="accuracy loss allowed versus the last exit, a fraction (0.005 = 0.5 point)")
-    c.add_argument("--sweep", action="store_true", help="print every candidate point (CSV, or JSON with --json), Pareto front marked")
-    c.add_argument("--policy", default="max-softmax", choices=["max-softmax", "entropy"])
+    c.add_argument(
+        "--max-loss", type=float, help="accuracy loss allowed versus the last exit, a fraction (0.005 = 0.5 point)"
+    )
+    c.add_argument(
+        "--sweep",
+        action="store_true",
+        help="print every candidate point (CSV, or JSON with --json), Pareto front marked",
+    )
+    c.add_argument("--policy", default=DEFAULT_POLICY, choices=list(CALIBRATABLE))
     c.set_defaults(func=cmd_calibrate)
 
     pr = sub.add_parser("predict", help="real early-exit prediction on image files")
@@ -371,9 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", help="image files")
     pr.add_argument("--max-files", type=int, default=256, help="refuse more files than this at once")
     add_rule(pr)
+    add_dataclass_args(pr, RuntimeConfig, "runtime", only=("device", "precision"))
     pr.set_defaults(func=cmd_predict)
 
-    b = sub.add_parser("bench-exit", help="measure real batched early exit against running every image to the last exit")
+    b = sub.add_parser(
+        "bench-exit", help="measure real batched early exit against running every image to the last exit"
+    )
     add_checkpoint_args(b)
     b.add_argument("--dataset", required=True)
     b.add_argument("--split", default="test")
@@ -381,7 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit", type=int, default=512, help="images to use (a seeded random subset)")
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--seed", type=int, default=0)
+    add_data_root(b)
     add_rule(b)
+    add_dataclass_args(b, RuntimeConfig, "runtime", only=("device", "precision"))
     b.set_defaults(func=cmd_bench_exit)
 
     for s in (t, r, i, w, c, pr, b):

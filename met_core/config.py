@@ -16,6 +16,10 @@ SharingScope = Literal["site", "global"]
 DiagonalMode = Literal["stage", "per-exit-path"]
 HeadInput = Literal["cls", "mean", "cls+mean"]
 GraphRegKind = Literal["label", "relational", "knn"]
+Interpolation = Literal["bicubic", "bilinear"]
+Augment = Literal["none", "standard"]
+Precision = Literal["fp32", "bf16", "fp16"]
+DataPath = Literal["auto", "memory", "stream"]
 SITES_PER_BLOCK = 2  # E-adapter sites per block: before attention, before MLP
 
 
@@ -42,14 +46,23 @@ class METConfig:
     adapter_scale: float = _f(1.0, "Scale s applied to the adapter output.")
     sharing: SharingScope = _f("site", "'site': one (down, up) pair per adapter site, shared by all exits; "
                                "'global': one pair for the whole network.")
-    exit_diagonals: bool = _f(True, "Exit-specific diagonal g_k in the bottleneck. False: all exits share the projections unscaled.")
-    diagonal_mode: DiagonalMode = _f("stage", "'stage': blocks of stage k use g_k (single path, no recompute); "
-                                     "'per-exit-path': exit k uses g_k in all blocks up to it (continuing images recompute).")
-    head_input: HeadInput = _f("cls", "Head input after the frozen final norm: the 'cls' token, the 'mean' of patch "
-                               "tokens, or 'cls+mean' (both concatenated, 2D wide: DINOv2's linear-evaluation input, "
-                               "much stronger at early exits).")
-    mean: list[float] = _f([0.485, 0.456, 0.406], "Per-channel normalisation mean.")
-    std: list[float] = _f([0.229, 0.224, 0.225], "Per-channel normalisation std.")
+    exit_diagonals: bool = _f(
+        True, "Exit-specific diagonal g_k in the bottleneck. False: all exits share the projections unscaled."
+    )
+    diagonal_mode: DiagonalMode = _f(
+        "stage",
+        "'stage': blocks of stage k use g_k (single path, no recompute); "
+        "'per-exit-path': exit k uses g_k in all blocks up to it (continuing images recompute).",
+    )
+    head_input: HeadInput = _f(
+        "cls",
+        "Head input after the frozen final norm: the 'cls' token, the 'mean' of patch "
+        "tokens, or 'cls+mean' (both concatenated, 2D wide: DINOv2's linear-evaluation input, "
+        "much stronger at early exits).",
+    )
+    mean: list[float] = _f([0.485, 0.456, 0.406], "Per-channel normalisation mean (train: the backbone's own).")
+    std: list[float] = _f([0.229, 0.224, 0.225], "Per-channel normalisation std (train: the backbone's own).")
+    interpolation: Interpolation = _f("bicubic", "Resize interpolation (train: the backbone's own).")
 
     def validate(self, depth: int | None = None) -> None:
         """Raise METError with one sentence if the config is inconsistent."""
@@ -73,30 +86,81 @@ class TrainConfig:
     epochs: int = _f(30, "Training epochs.")
     batch_size: int = _f(64, "Batch size.")
     lr: float = _f(1e-3, "AdamW peak learning rate of the adapters.")
-    head_lr: float = _f(3e-2, "AdamW peak learning rate of the linear heads (at 1e-3 they stay under a "
-                        "logistic-regression probe after a VTAB-1k sized run; chosen on the validation split).")
+    head_lr: float = _f(
+        3e-2,
+        "AdamW peak learning rate of the linear heads (at 1e-3 they stay under a "
+        "logistic-regression probe after a VTAB-1k sized run; chosen on the validation split).",
+    )
     weight_decay: float = _f(1e-4, "AdamW weight decay.")
     warmup_epochs: float = _f(2.0, "Linear warm-up length in epochs before the cosine decay.")
     graph_reg: float = _f(0.1, "Weight lambda of the graph regulariser on early exits (0 disables it).")
-    graph_reg_kind: GraphRegKind = _f("label", "Graph: 'label' (same-class pairs), 'relational' (match the "
-                                      "last exit's similarity matrix) or 'knn' (kNN graph of the last exit).")
+    graph_reg_kind: GraphRegKind = _f(
+        "label",
+        "Graph: 'label' (same-class pairs), 'relational' (match the "
+        "last exit's similarity matrix) or 'knn' (kNN graph of the last exit).",
+    )
     knn_k: int = _f(5, "Neighbours per sample for the 'knn' graph.")
-    distill: float = _f(0.0, "Weight of self-distillation at early exits: KL from the last exit's softened, detached "
-                        "prediction (0 disables it) [ours, not in the paper].")
+    distill: float = _f(
+        0.0,
+        "Weight of self-distillation at early exits: KL from the last exit's softened, detached "
+        "prediction (0 disables it) [ours, not in the paper].",
+    )
     distill_temperature: float = _f(3.0, "Softmax temperature T of self-distillation (the term is scaled by T^2).")
-    classes_per_batch: int = _f(0, "P of the class-balanced P x M sampler used with graph regularisation; 0 = all classes.")
+    classes_per_batch: int = _f(
+        0, "P of the class-balanced P x M sampler used with graph regularisation; 0 = all classes."
+    )
     per_class: int = _f(0, "Training images per class taken from the dataset (VTAB-1k style); 0 = all.")
     val_fraction: float = _f(0.2, "Share of the sub-sampled images held out for validation (800/200 for 1,000).")
     seed: int = _f(0, "Seed for sub-sampling, splits, initialisation and batch order.")
-    bf16: bool = _f(False, "Use bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX).")
+    augment: Augment = _f(
+        "none",
+        "Train-time augmentation: 'none' (the VTAB-1k default: resize and centre crop) or "
+        "'standard' (random-resized crop and horizontal flip; needs the streaming data path).",
+    )
 
     def validate(self) -> None:
-        """Raise METError with one sentence if a weight is out of range (types are checked on load)."""
+        """Raise METError with one sentence if a value is out of range (types are checked on load)."""
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise METError(f"{name} must be at least 1, got {getattr(self, name)}.")
         for name in ("graph_reg", "distill"):
             if getattr(self, name) < 0:
                 raise METError(f"{name} must be 0 (off) or positive, got {getattr(self, name)}.")
-        if self.distill_temperature <= 0:
-            raise METError(f"distill_temperature must be positive, got {self.distill_temperature}.")
+        for name in ("per_class", "warmup_epochs", "weight_decay", "classes_per_batch"):
+            if getattr(self, name) < 0:
+                raise METError(f"{name} must be 0 or positive, got {getattr(self, name)}.")
+        for name in ("lr", "head_lr", "distill_temperature"):
+            if getattr(self, name) <= 0:
+                raise METError(f"{name} must be positive, got {getattr(self, name)}.")
+        if not 0 <= self.val_fraction < 1:
+            raise METError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
+        if self.knn_k < 1:
+            raise METError(f"knn_k must be at least 1, got {self.knn_k}.")
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how a run executes: recorded beside the recipe, never changing what the recipe means."""
+
+    device: str = _f("auto", "'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
+    precision: Precision = _f("fp32", "'fp32', or autocast in 'bf16' or 'fp16' (fp16 adds a gradient scaler).")
+    workers: int = _f(2, "DataLoader worker processes of the streaming data path (0: load in the main process).")
+    data_path: DataPath = _f(
+        "auto",
+        "'memory': decode the images once and keep them as one tensor; 'stream': a "
+        "DataLoader reads them every epoch; 'auto': memory when no augmentation is asked for "
+        "and the decoded set fits --memory-budget-gb.",
+    )
+    memory_budget_gb: float = _f(
+        4.0, "Largest decoded training + validation set (GB, float32) that 'auto' keeps in memory."
+    )
+
+    def validate(self) -> None:
+        """Raise METError with one sentence if a value is out of range."""
+        if self.workers < 0:
+            raise METError(f"workers must be 0 or positive, got {self.workers}.")
+        if self.memory_budget_gb < 0:
+            raise METError(f"memory_budget_gb must be 0 or positive, got {self.memory_budget_gb}.")
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -108,7 +172,12 @@ def _fits(value: Any, hint: Any) -> bool:
         (item,) = get_args(hint)
         return isinstance(value, list) and all(_fits(v, item) for v in value)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+        return (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and value == value
+            and abs(value) != float("inf")
+        )
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)

@@ -6,9 +6,10 @@ integer labels, class names, and an image loader that always returns RGB.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,21 +19,45 @@ from torchvision import transforms
 from .errors import METError
 from .paths import cache_dir
 
+if TYPE_CHECKING:
+    from .config import METConfig
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
-# name -> (torchvision class, kwargs for the train split, kwargs for the test split)
-TORCHVISION_DATASETS: dict[str, tuple[str, dict, dict]] = {
-    "cifar10": ("CIFAR10", {"train": True}, {"train": False}),
-    "cifar100": ("CIFAR100", {"train": True}, {"train": False}),
-    "fashion_mnist": ("FashionMNIST", {"train": True}, {"train": False}),
-    "mnist": ("MNIST", {"train": True}, {"train": False}),
-    "svhn": ("SVHN", {"split": "train"}, {"split": "test"}),
-    "flowers102": ("Flowers102", {"split": "train"}, {"split": "test"}),
-    "oxford_pets": ("OxfordIIITPet", {"split": "trainval"}, {"split": "test"}),
-    "dtd": ("DTD", {"split": "train"}, {"split": "test"}),
-    "food101": ("Food101", {"split": "train"}, {"split": "test"}),
-    "stl10": ("STL10", {"split": "train"}, {"split": "test"}),
-    "eurosat": ("EuroSAT", {}, {}),  # one split: sub-sample it
+@dataclass(frozen=True)
+class NamedDataset:
+    """A torchvision dataset by name: its class, the keyword arguments of each split, and the files it needs
+    offline (`layout`, relative to the data root), so the offline message names exactly what to put where."""
+
+    tv_class: str
+    train_kw: dict[str, Any]
+    test_kw: dict[str, Any]
+    layout: str
+    gz_raw: tuple[str, ...] = ()  # MNIST-style .gz files in <root>/<tv_class>/raw/ that MET extracts itself
+
+
+_MNIST_RAW = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+TORCHVISION_DATASETS: dict[str, NamedDataset] = {
+    "cifar10": NamedDataset("CIFAR10", {"train": True}, {"train": False},
+                            "cifar-10-batches-py/ (cifar-10-python.tar.gz extracted: data_batch_1..5, test_batch, "
+                            "batches.meta)"),
+    "cifar100": NamedDataset("CIFAR100", {"train": True}, {"train": False},
+                             "cifar-100-python/ (cifar-100-python.tar.gz extracted: train, test, meta)"),
+    "fashion_mnist": NamedDataset("FashionMNIST", {"train": True}, {"train": False},
+                                  "FashionMNIST/raw/ with " + ", ".join(_MNIST_RAW) + " (or the same names + .gz)",
+                                  _MNIST_RAW),
+    "mnist": NamedDataset("MNIST", {"train": True}, {"train": False},
+                          "MNIST/raw/ with " + ", ".join(_MNIST_RAW) + " (or the same names + .gz)", _MNIST_RAW),
+    "svhn": NamedDataset("SVHN", {"split": "train"}, {"split": "test"}, "train_32x32.mat and test_32x32.mat"),
+    "flowers102": NamedDataset("Flowers102", {"split": "train"}, {"split": "test"},
+                               "flowers-102/ with jpg/, imagelabels.mat and setid.mat"),
+    "oxford_pets": NamedDataset("OxfordIIITPet", {"split": "trainval"}, {"split": "test"},
+                                "oxford-iiit-pet/ with images/ and annotations/"),
+    "dtd": NamedDataset("DTD", {"split": "train"}, {"split": "test"}, "dtd/dtd/ with images/, imdb/ and labels/"),
+    "food101": NamedDataset("Food101", {"split": "train"}, {"split": "test"}, "food-101/ with images/ and meta/"),
+    "stl10": NamedDataset("STL10", {"split": "train"}, {"split": "test"},
+                          "stl10_binary/ (stl10_binary.tar.gz extracted)"),
+    "eurosat": NamedDataset("EuroSAT", {}, {}, "eurosat/2750/ with one folder per class"),  # one split: sub-sample it
 }
 
 
@@ -54,7 +79,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (decompression bombs)
 
 
-def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(
+    source: str | os.PathLike | IO[bytes], name: str | None = None, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
     """Open an image (path or binary file object) as RGB: first frame of animations, EXIF orientation
     applied, size checked from the header before any pixel is decoded; one-sentence errors."""
     name = name or str(source)
@@ -71,17 +98,62 @@ def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None, m
         raise METError(f"{name} is refused as a decompression bomb ({e}); downscale it first.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         reason = str(e).replace(repr(source), repr(name))  # uploads: the file name, not a BytesIO repr
-        raise METError(f"{name} is not a readable image ({type(e).__name__}: {reason}); remove or replace it.") from None
+        raise METError(
+            f"{name} is not a readable image ({type(e).__name__}: {reason}); remove or replace it."
+        ) from None
 
 
-def make_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
-    """The preprocessing a checkpoint records: bicubic resize of the short side, centre crop, normalise."""
-    return transforms.Compose([
-        transforms.Resize(img_size, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(img_size),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
+_INTERPOLATION = {"bicubic": transforms.InterpolationMode.BICUBIC, "bilinear": transforms.InterpolationMode.BILINEAR}
+
+
+def make_transform(
+    img_size: int, mean: Sequence[float], std: Sequence[float], interpolation: str = "bicubic", augment: str = "none"
+) -> Callable:
+    """Resize the short side and centre-crop (augment 'none'), or random-resized crop and flip ('standard');
+    then to a tensor, normalised."""
+    interp = _INTERPOLATION[interpolation]
+    geometry = (
+        [transforms.RandomResizedCrop(img_size, interpolation=interp), transforms.RandomHorizontalFlip()]
+        if augment == "standard"
+        else [transforms.Resize(img_size, interpolation=interp), transforms.CenterCrop(img_size)]
+    )
+    return transforms.Compose([*geometry, transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+
+def transform_for(cfg: METConfig, augment: str = "none") -> Callable:
+    """The preprocessing a model's config records (training may add augmentation)."""
+    return make_transform(cfg.img_size, cfg.mean, cfg.std, cfg.interpolation, augment)
+
+
+def preprocessing_record(cfg: METConfig) -> dict[str, Any]:
+    """What `transform_for(cfg)` does, as the checkpoint's `preprocessing` section."""
+    return {
+        "resize_short_side": cfg.img_size,
+        "interpolation": cfg.interpolation,
+        "crop": f"center {cfg.img_size}",
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "mode": "RGB",
+    }
+
+
+def decoded_bytes(num_images: int, img_size: int) -> int:
+    """Memory that `decode_all` needs for this many images (float32, 3 channels)."""
+    return num_images * 3 * img_size * img_size * 4
+
+
+def decode_all(
+    ds: ImageDataset, desc: str, progress: bool = True, workers: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode and preprocess a dataset once into (images, labels) tensors: the fast path for small sets."""
+    from tqdm.auto import tqdm
+
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False, num_workers=workers)
+    xs, ys = [], []
+    for x, y, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        xs.append(x)
+        ys.append(y)
+    return torch.cat(xs), torch.cat(ys)
 
 
 @dataclass
@@ -102,10 +174,16 @@ class ImageDataset(torch.utils.data.Dataset):
         img = self.get_image(i)
         return (self.transform(img) if self.transform else img), int(self.labels[i]), i
 
-    def subset(self, indices: Sequence[int]) -> "ImageDataset":
+    def subset(self, indices: Sequence[int]) -> ImageDataset:
         idx = [int(i) for i in indices]
-        return ImageDataset(self.root, [self.ids[i] for i in idx], self.labels[idx], self.class_names,
-                            lambda j, g=self.get_image, m=idx: g(m[j]), self.transform)
+        return ImageDataset(
+            self.root,
+            [self.ids[i] for i in idx],
+            self.labels[idx],
+            self.class_names,
+            lambda j, g=self.get_image, m=idx: g(m[j]),
+            self.transform,
+        )
 
 
 def open_dataset(spec: str, split: str = "train", download: bool = True, data_root: str | None = None) -> ImageDataset:
@@ -136,25 +214,47 @@ def image_folder(root: Path) -> ImageDataset:
     if not ids:
         raise METError(f"{root} has class folders but no image files ({', '.join(IMAGE_EXTENSIONS)}).")
     root_s = str(root.resolve())
-    return ImageDataset(root_s, ids, np.asarray(labels, dtype=np.int64), classes,
-                        lambda i: load_image(os.path.join(root_s, ids[i])))
+    return ImageDataset(
+        root_s, ids, np.asarray(labels, dtype=np.int64), classes, lambda i: load_image(os.path.join(root_s, ids[i]))
+    )
 
 
 def _torchvision_dataset(name: str, split: str, download: bool, data_root: str | None) -> ImageDataset:
     import torchvision.datasets as tvd
 
-    cls_name, train_kw, test_kw = TORCHVISION_DATASETS[name]
+    entry = TORCHVISION_DATASETS[name]
     root = Path(data_root) if data_root else cache_dir() / "datasets"
-    kw = train_kw if split == "train" else test_kw
+    _extract_gz(root / entry.tv_class / "raw", entry.gz_raw)
+    kw = entry.train_kw if split == "train" else entry.test_kw
     try:
-        ds = getattr(tvd, cls_name)(root=str(root), download=download, **kw)
+        ds = getattr(tvd, entry.tv_class)(root=str(root), download=download, **kw)
     except Exception as e:  # network errors, missing files, checksum errors
-        raise METError(f"could not get {name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                       f"connect to the internet once or put its files under {root}.") from None
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        raise METError(f"could not get {name} ({type(e).__name__}: {first}); connect to the internet once, or put "
+                       f"its files at {root}/{entry.layout} (another folder: --data-root DIR).") from None
     labels = np.asarray(_tv_labels(ds), dtype=np.int64)
     classes = [str(c) for c in getattr(ds, "classes", sorted(set(labels.tolist())))]
     ids = [f"{name}/{split}/{i:06d}" for i in range(len(ds))]
     return ImageDataset(str(root), ids, labels, classes, lambda i: to_rgb(ds[i][0]))
+
+
+def _extract_gz(folder: Path, names: Sequence[str]) -> None:
+    """Extract `name.gz` to `name` where only the .gz is there: torchvision wants MNIST-style files extracted,
+    and would re-download a .gz whose checksum differs from its own (distribution packages recompress them)."""
+    import gzip
+    import shutil
+
+    for name in names:
+        gz, out = folder / f"{name}.gz", folder / name
+        if gz.is_file() and not out.exists():
+            tmp = out.with_suffix(".tmp")
+            try:
+                with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (OSError, EOFError) as e:
+                tmp.unlink(missing_ok=True)
+                raise METError(f"{gz} is not a readable .gz file ({type(e).__name__}); replace it.") from None
+            tmp.replace(out)
 
 
 def _tv_labels(ds) -> list[int]:
@@ -164,7 +264,9 @@ def _tv_labels(ds) -> list[int]:
     return [int(ds[i][1]) for i in range(len(ds))]
 
 
-def subsample_split(labels: np.ndarray, per_class: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def subsample_split(
+    labels: np.ndarray, per_class: int, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """VTAB-1k style: `per_class` images per class (0 = all), each class split train/val, seeded.
 
     Returns sorted (train, val) index arrays. 100 per class with val_fraction 0.2 gives 80/20 per class.

@@ -5,7 +5,7 @@ and an aligned UMAP of several feature sets of the same samples, so their pictur
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -6,79 +6,149 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any
 
 import numpy as np
 import torch
 
-from .data import load_image, make_transform
+from .data import ImageDataset, load_image, transform_for
+from .devices import autocast
 from .errors import METError
 from .flops import exit_gmacs
 from .model import EarlyExitResult, METModel
 from .policies import as_thresholds, get_policy
 
 
+@torch.no_grad()
+def head_inputs(model: METModel, data: torch.Tensor | ImageDataset, device: torch.device | None = None,
+                precision: str = "fp32", batch_size: int = 128, workers: int = 0) -> list[torch.Tensor]:
+    """Head inputs of every exit (on the CPU, float32) for a tensor of images or a dataset, batched."""
+    model.eval()
+    device = device or next(model.parameters()).device
+    if isinstance(data, torch.Tensor):
+        chunks: Any = (data[i:i + batch_size] for i in range(0, len(data), batch_size))
+    else:
+        chunks = (x for x, _, _ in torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers))
+    parts = []
+    for x in chunks:
+        with autocast(device, precision):
+            parts.append([z.float().cpu() for z in model.forward_features(x.to(device))])
+    return [torch.cat(z) for z in zip(*parts, strict=True)]
+
+
 def early_exit(model: METModel, x: torch.Tensor, thresholds: float | Sequence[float], policy: str = "max-softmax",
-               batch_size: int = 64) -> EarlyExitResult:
-    """Batched real early exit over a tensor of preprocessed images."""
+               batch_size: int = 64, precision: str = "fp32") -> EarlyExitResult:
+    """Batched real early exit over a tensor of preprocessed images, on the model's device."""
     pol = get_policy(policy)
     t = as_thresholds(thresholds, model.num_exits)
-    parts = [model.forward_early_exit(x[i:i + batch_size], t, pol) for i in range(0, len(x), batch_size)]
+    device = next(model.parameters()).device
+    parts = []
+    for i in range(0, len(x), batch_size):
+        with autocast(device, precision):
+            parts.append(model.forward_early_exit(x[i:i + batch_size].to(device), t, pol))
     return EarlyExitResult(*(np.concatenate([getattr(p, f) for p in parts])
                              for f in ("classes", "exits", "confidence", "probs")))
 
 
+@dataclass
+class Prediction:
+    """One image's real early-exit answer, or the one sentence saying why it could not be read."""
+
+    file: str
+    error: str | None = None
+    class_name: str | None = None
+    exit: int | None = None  # 0-based
+    confidence: float | None = None
+    gmacs: float | None = None
+    gmacs_full: float | None = None
+    exit_probs: list[list[float] | None] | None = None  # per exit; None beyond the exit it left at
+    seconds: float | None = None  # wall time per image of the batch it ran in
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if v is not None}
+        if "class_name" in d:
+            d["class"] = d.pop("class_name")
+        return d
+
+
 def predict_files(model: METModel, files: Sequence[str | Path], thresholds: float | Sequence[float],
-                  policy: str = "max-softmax", batch_size: int = 64) -> list[dict[str, Any]]:
-    """Per file: class, exit (0-based), confidence, GMACs and per-exit probabilities; or an error for that file alone."""
-    return predict_images(model, [(str(f), f) for f in files], thresholds, policy, batch_size)
+                  policy: str = "max-softmax", batch_size: int = 64, precision: str = "fp32") -> list[Prediction]:
+    """Per file: class, exit, confidence, GMACs and per-exit probabilities; or an error for that file alone."""
+    return predict_images(model, [(str(f), f) for f in files], thresholds, policy, batch_size, precision)
 
 
 def predict_images(model: METModel, items: Sequence[tuple[str, str | Path | IO[bytes]]],
                    thresholds: float | Sequence[float], policy: str = "max-softmax",
-                   batch_size: int = 64) -> list[dict[str, Any]]:
+                   batch_size: int = 64, precision: str = "fp32") -> list[Prediction]:
     """Like `predict_files` for (name, path or binary file object) pairs, e.g. uploads."""
-    tf = make_transform(model.cfg.img_size, model.cfg.mean, model.cfg.std)
+    tf = transform_for(model.cfg)
     gm = exit_gmacs(model)
-    results: list[dict[str, Any]] = [{"file": name} for name, _ in items]
+    results = [Prediction(name) for name, _ in items]
     good, tensors = [], []
     for i, (name, src) in enumerate(items):
         try:
             tensors.append(tf(load_image(src, name)))
             good.append(i)
         except METError as e:
-            results[i]["error"] = str(e)
+            results[i].error = str(e)
     if good:
         t0 = time.perf_counter()
-        res = early_exit(model, torch.stack(tensors), thresholds, policy, batch_size)
+        res = early_exit(model, torch.stack(tensors), thresholds, policy, batch_size, precision)
         per_image_s = (time.perf_counter() - t0) / len(good)
         names = model.cfg.class_names or [str(c) for c in range(model.cfg.num_classes)]
         for j, i in enumerate(good):
             e = int(res.exits[j])
-            results[i].update({
-                "class": names[int(res.classes[j])], "exit": e, "confidence": float(res.confidence[j]),
-                "gmacs": gm[e], "gmacs_full": gm[-1],
-                "exit_probs": [None if np.isnan(p).any() else p.tolist() for p in res.probs[j]],
-                "seconds": per_image_s,
-            })
+            r = results[i]
+            r.class_name, r.exit, r.confidence = names[int(res.classes[j])], e, float(res.confidence[j])
+            r.gmacs, r.gmacs_full, r.seconds = gm[e], gm[-1], per_image_s
+            r.exit_probs = [None if np.isnan(p).any() else p.tolist() for p in res.probs[j]]
     return results
 
 
+@dataclass
+class SpeedupResult:
+    """Real batched early exit against every image to the last exit (measured), beside the GMACs prediction."""
+
+    predicted_speedup: float
+    measured_speedup: float
+    early_exit_share: float
+    images: int
+    batch_size: int
+    repeats: int
+    policy: str
+    thresholds: list[float | None]
+    full_seconds_median: float
+    early_seconds_median: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def measure_speedup(model: METModel, x: torch.Tensor, thresholds: float | Sequence[float], policy: str = "max-softmax",
-                    batch_size: int = 64, repeats: int = 5) -> dict[str, Any]:
+                    batch_size: int = 64, repeats: int = 5, precision: str = "fp32") -> SpeedupResult:
     """Real batched early exit vs every image to the last exit: same images, same process, interleaved, median."""
     gm = np.asarray(exit_gmacs(model))
     t = as_thresholds(thresholds, model.num_exits)
     pol = get_policy(policy)
+    device = next(model.parameters()).device
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     def run_full() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, precision):
             for i in range(0, len(x), batch_size):
-                model(x[i:i + batch_size])
+                model(x[i:i + batch_size].to(device))
+        sync()
 
     def run_early() -> EarlyExitResult:
-        return early_exit(model, x, t, policy, batch_size)
+        res = early_exit(model, x, t, policy, batch_size, precision)
+        sync()
+        return res
 
     res = run_early()  # warm-up, and the exits the prediction is based on
     run_full()
@@ -86,10 +156,9 @@ def measure_speedup(model: METModel, x: torch.Tensor, thresholds: float | Sequen
     for _ in range(repeats):
         t0 = time.perf_counter(); run_full(); full_s.append(time.perf_counter() - t0)  # noqa: E702
         t0 = time.perf_counter(); run_early(); early_s.append(time.perf_counter() - t0)  # noqa: E702
-    predicted = float(gm[-1] / gm[res.exits].mean())
-    measured = statistics.median(full_s) / statistics.median(early_s)
-    return {"predicted_speedup": predicted, "measured_speedup": float(measured),
-            "early_exit_share": float((res.exits < model.num_exits - 1).mean()),
-            "images": len(x), "batch_size": batch_size, "repeats": repeats, "policy": pol.name,
-            "thresholds": [float(v) if np.isfinite(v) else None for v in t],
-            "full_seconds_median": statistics.median(full_s), "early_seconds_median": statistics.median(early_s)}
+    return SpeedupResult(
+        predicted_speedup=float(gm[-1] / gm[res.exits].mean()),
+        measured_speedup=float(statistics.median(full_s) / statistics.median(early_s)),
+        early_exit_share=float((res.exits < model.num_exits - 1).mean()), images=len(x), batch_size=batch_size,
+        repeats=repeats, policy=pol.name, thresholds=[float(v) if np.isfinite(v) else None for v in t],
+        full_seconds_median=statistics.median(full_s), early_seconds_median=statistics.median(early_s))

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from .adapters import EAdapters
 from .config import SITES_PER_BLOCK, METConfig
@@ -43,7 +43,7 @@ class METModel(nn.Module):
     def num_exits(self) -> int:
         return len(self.cfg.exits)
 
-    def train(self, mode: bool = True) -> "METModel":
+    def train(self, mode: bool = True) -> METModel:
         super().train(mode)
         self.backbone.eval()  # frozen: no dropout / drop-path, whatever the wrapper's mode
         return self
@@ -115,7 +115,7 @@ class METModel(nn.Module):
 
     # --- real early exit --------------------------------------------------------------------------
     @torch.no_grad()
-    def forward_early_exit(self, x: torch.Tensor, thresholds: "np.ndarray", policy: "Policy") -> "EarlyExitResult":
+    def forward_early_exit(self, x: torch.Tensor, thresholds: np.ndarray, policy: Policy) -> EarlyExitResult:
         """Run block by block; at each exit the images whose score passes leave the batch and stop computing.
 
         Only the images still running continue (batch compaction). Same classes and exits as
@@ -131,7 +131,7 @@ class METModel(nn.Module):
         tokens = stem
         for k in range(k_total):
             tokens = self.forward_stage(tokens if self.cfg.diagonal_mode == "stage" else stem, k)
-            p = torch.softmax(self.heads[k](self.pool(tokens)).float(), dim=-1).numpy()
+            p = torch.softmax(self.heads[k](self.pool(tokens)).float(), dim=-1).cpu().numpy()
             probs[active, k] = p
             if k == k_total - 1:
                 exit_of[active] = k
@@ -139,7 +139,7 @@ class METModel(nn.Module):
             score = policy.score(probs[active, : k + 1])[:, -1]
             leave = policy.passes(score, thresholds[k])
             exit_of[active[leave]] = k
-            keep = torch.from_numpy(~leave)
+            keep = torch.from_numpy(~leave).to(tokens.device)
             active = active[~leave]
             if active.size == 0:
                 break
@@ -152,9 +152,10 @@ class METModel(nn.Module):
 
 @dataclass
 class EarlyExitResult:
-    """Per image: predicted class, exit index, confidence, and the per-exit probabilities it computed (NaN beyond its exit)."""
+    """Per image: predicted class, exit index, confidence, and the per-exit probabilities it computed
+    (NaN beyond its exit)."""
 
-    classes: "np.ndarray"
-    exits: "np.ndarray"
-    confidence: "np.ndarray"
-    probs: "np.ndarray"
+    classes: np.ndarray
+    exits: np.ndarray
+    confidence: np.ndarray
+    probs: np.ndarray

@@ -7,8 +7,8 @@ Thresholds are one global number or one per exit (the last one is ignored).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -39,28 +39,67 @@ def patience_agreement(p: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Policy:
+    """An exit rule and what callers need to know about it, so none of them special-cases a policy by name."""
+
     name: str
     score: Callable[[np.ndarray], np.ndarray]
     higher_is_confident: bool
     help: str
     default_threshold: float
     never: float  # a threshold no sample passes (the exit is skipped)
+    calibratable: bool  # a continuous score: thresholds can be chosen for a budget or an accuracy loss
+    ui_step: float  # slider step; the range comes from `ui_range`
+    counts_exits: bool = False  # the threshold is a count of exits (its range grows with the exit count)
 
     def passes(self, score: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
         return score >= thresholds if self.higher_is_confident else score <= thresholds
 
+    def ui_range(self, num_exits: int) -> tuple[float, float]:
+        """(low, high) of a threshold control; the high end of a max-softmax slider sends all to the last exit."""
+        if self.counts_exits:
+            return 1.0, float(num_exits + 1)
+        return (0.0, 1.0 + self.ui_step) if self.higher_is_confident else (0.0, 1.0)
+
 
 POLICIES: dict[str, Policy] = {
-    "max-softmax": Policy("max-softmax", max_softmax, True,
-                          "leave when the top-1 probability reaches the threshold (0..1)", 0.8, 1.0 + 1e-6),
-    "entropy": Policy("entropy", normalized_entropy, False,
-                      "leave when the normalised entropy is at most the threshold (0..1)", 0.3, -1e-6),
-    "patience": Policy("patience", patience_agreement, True,
-                       "leave when this many consecutive exits agree (the threshold is a count)", 2, 1e9),
+    "max-softmax": Policy(
+        "max-softmax",
+        max_softmax,
+        True,
+        "leave when the top-1 probability reaches the threshold (0..1)",
+        0.8,
+        1.0 + 1e-6,
+        calibratable=True,
+        ui_step=0.01,
+    ),
+    "entropy": Policy(
+        "entropy",
+        normalized_entropy,
+        False,
+        "leave when the normalised entropy is at most the threshold (0..1)",
+        0.3,
+        -1e-6,
+        calibratable=True,
+        ui_step=0.01,
+    ),
+    "patience": Policy(
+        "patience",
+        patience_agreement,
+        True,
+        "leave when this many consecutive exits agree (the threshold is a count)",
+        2,
+        1e9,
+        calibratable=False,
+        ui_step=1.0,
+        counts_exits=True,
+    ),
 }
+CALIBRATABLE = tuple(name for name, p in POLICIES.items() if p.calibratable)
+DEFAULT_POLICY = "max-softmax"
 
 
 def get_policy(name: str) -> Policy:
+    """The registered policy, or one sentence naming the choices."""
     if name not in POLICIES:
         raise METError(f"unknown exit policy '{name}'; choose one of {', '.join(POLICIES)}.")
     return POLICIES[name]

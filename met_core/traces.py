@@ -25,6 +25,7 @@ from .errors import METError
 
 if TYPE_CHECKING:
     from .data import ImageDataset
+    from .distributed import DistContext
     from .model import METModel
 
 FORMAT = "met-trace/1"
@@ -54,7 +55,7 @@ class Trace:
         e = np.exp(z)
         return e / e.sum(-1, keepdims=True)
 
-    def validate(self, source: str = "trace") -> "Trace":
+    def validate(self, source: str = "trace") -> Trace:
         """One sentence per inconsistency: shapes, lengths, finiteness, emptiness."""
         kinds = {"logits": "f", "labels": "iu", "gmacs": "fiu", "feature_index": "iu", "features": "f", "ids": "U"}
         for name, kind in kinds.items():
@@ -62,39 +63,63 @@ class Trace:
             if not isinstance(arr, np.ndarray) or arr.dtype.kind not in kind:
                 raise METError(f"{source}: {name} has type {getattr(arr, 'dtype', type(arr).__name__)}; the file is "
                                "not a MET trace or is damaged: re-create it.")
-        for name, ndim in (("logits", 3), ("labels", 1), ("ids", 1), ("gmacs", 1), ("feature_index", 1), ("features", 3)):
+        for name, ndim in (
+            ("logits", 3),
+            ("labels", 1),
+            ("ids", 1),
+            ("gmacs", 1),
+            ("feature_index", 1),
+            ("features", 3),
+        ):
             if getattr(self, name).ndim != ndim:
-                raise METError(f"{source}: {name} must have {ndim} dimension(s), got shape {getattr(self, name).shape}; "
-                               "re-create the trace.")
+                raise METError(
+                    f"{source}: {name} must have {ndim} dimension(s), got shape {getattr(self, name).shape}; "
+                    "re-create the trace."
+                )
         n = len(self.labels)
         if n == 0 or self.logits.shape[0] == 0:
             raise METError(f"{source} is empty (no samples); re-run `python -m met_core trace` on a non-empty dataset.")
         if self.logits.shape[0] != n or len(self.ids) != n:
-            raise METError(f"{source} has mismatched lengths (logits {self.logits.shape[0]}, labels {n}, "
-                           f"ids {len(self.ids)}); it is damaged: re-create it.")
+            raise METError(
+                f"{source} has mismatched lengths (logits {self.logits.shape[0]}, labels {n}, "
+                f"ids {len(self.ids)}); it is damaged: re-create it."
+            )
         if len(self.gmacs) != self.num_exits:
             raise METError(f"{source} has {len(self.gmacs)} GMACs entries for {self.num_exits} exits; re-create it.")
         if len(self.class_names) != self.logits.shape[2]:
             raise METError(f"{source} has {len(self.class_names)} class names for {self.logits.shape[2]} classes.")
         if self.logits.shape[1] == 0 or self.logits.shape[2] < 2:
-            raise METError(f"{source} has {self.logits.shape[1]} exits and {self.logits.shape[2]} classes; re-create it.")
+            raise METError(
+                f"{source} has {self.logits.shape[1]} exits and {self.logits.shape[2]} classes; re-create it."
+            )
         if not (np.isfinite(self.gmacs).all() and (self.gmacs > 0).all() and (np.diff(self.gmacs) > 0).all()):
-            raise METError(f"{source} has GMACs {self.gmacs.tolist()}: they must be positive and increase with the "
-                           "exit; re-create the trace.")
+            raise METError(
+                f"{source} has GMACs {self.gmacs.tolist()}: they must be positive and increase with the "
+                "exit; re-create the trace."
+            )
         if not np.isfinite(self.logits).all():
-            raise METError(f"{source} contains NaN or inf logits; the model or the file is broken: re-create the trace.")
+            raise METError(
+                f"{source} contains NaN or inf logits; the model or the file is broken: re-create the trace."
+            )
         if ((self.labels < 0) | (self.labels >= self.logits.shape[2])).any():
             raise METError(f"{source} has labels outside 0..{self.logits.shape[2] - 1}.")
-        if (self.features.shape[1] != len(self.feature_index)
-                or (len(self.feature_index) and (self.feature_index.min() < 0 or self.feature_index.max() >= n
-                                                 or self.features.shape[0] != self.num_exits))):
+        if self.features.shape[1] != len(self.feature_index) or (
+            len(self.feature_index)
+            and (
+                self.feature_index.min() < 0
+                or self.feature_index.max() >= n
+                or self.features.shape[0] != self.num_exits
+            )
+        ):
             raise METError(f"{source} has a feature subset that does not fit its samples; re-create it.")
         if len(self.feature_index) and not np.isfinite(self.features).all():
             raise METError(f"{source} contains NaN or inf features; re-create the trace.")
         bad = next((i for i in self.ids if not _safe_id(str(i))), None)
         if bad is not None:
-            raise METError(f"{source} has the sample id {bad[:80]!r}, which leaves the dataset folder (absolute or "
-                           "'..'); a trace only names files inside its dataset: re-create it.")
+            raise METError(
+                f"{source} has the sample id {bad[:80]!r}, which leaves the dataset folder (absolute or "
+                "'..'); a trace only names files inside its dataset: re-create it."
+            )
         return self
 
 
@@ -108,11 +133,17 @@ def save_trace(path: str | Path, trace: Trace) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, logits=trace.logits.astype(np.float16), labels=trace.labels.astype(np.int64),
-                        ids=np.asarray(trace.ids, dtype=str), gmacs=np.asarray(trace.gmacs, dtype=np.float64),
-                        class_names=np.asarray(trace.class_names, dtype=str),
-                        feature_index=trace.feature_index.astype(np.int64), features=trace.features.astype(np.float16),
-                        meta=np.asarray(json.dumps({"format": FORMAT, **trace.meta})))
+    np.savez_compressed(
+        tmp,
+        logits=trace.logits.astype(np.float16),
+        labels=trace.labels.astype(np.int64),
+        ids=np.asarray(trace.ids, dtype=str),
+        gmacs=np.asarray(trace.gmacs, dtype=np.float64),
+        class_names=np.asarray(trace.class_names, dtype=str),
+        feature_index=trace.feature_index.astype(np.int64),
+        features=trace.features.astype(np.float16),
+        meta=np.asarray(json.dumps({"format": FORMAT, **trace.meta})),
+    )
     tmp.replace(path)
 
 
@@ -138,7 +169,9 @@ def load_trace(path: str | Path) -> Trace:
     except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
         raise METError(f"{path} is not a readable trace file ({type(e).__name__}); re-create it.") from None
     try:
-        meta = json.loads(str(arrays["meta"])) if arrays["meta"].dtype.kind == "U" and arrays["meta"].ndim == 0 else None
+        meta = (
+            json.loads(str(arrays["meta"])) if arrays["meta"].dtype.kind == "U" and arrays["meta"].ndim == 0 else None
+        )
     except (json.JSONDecodeError, RecursionError):
         meta = None
     if not isinstance(meta, dict):
@@ -147,34 +180,76 @@ def load_trace(path: str | Path) -> Trace:
         raise METError(f"{path} has format {meta.get('format')!r}, expected '{FORMAT}'.")
     if arrays["class_names"].ndim != 1 or arrays["class_names"].dtype.kind != "U":
         raise METError(f"{path} has no list of class names; re-create the trace.")
-    return Trace(arrays["logits"], arrays["labels"], arrays["ids"], arrays["gmacs"],
-                 [str(c) for c in arrays["class_names"]], arrays["feature_index"], arrays["features"],
-                 meta).validate(str(path))
+    return Trace(
+        arrays["logits"],
+        arrays["labels"],
+        arrays["ids"],
+        arrays["gmacs"],
+        [str(c) for c in arrays["class_names"]],
+        arrays["feature_index"],
+        arrays["features"],
+        meta,
+    ).validate(str(path))
 
 
-def run_trace(model: METModel, ds: ImageDataset, gmacs: list[float], meta: dict[str, Any], batch_size: int = 64,
-              features: int = 2000, seed: int = 0, progress: bool = True) -> Trace:
-    """Run every exit over `ds` once, batched; keep logits for all and head inputs for a seeded subset."""
+def run_trace(
+    model: METModel,
+    ds: ImageDataset,
+    gmacs: list[float],
+    meta: dict[str, Any],
+    batch_size: int = 64,
+    features: int = 2000,
+    seed: int = 0,
+    progress: bool = True,
+    precision: str = "fp32",
+    workers: int = 0,
+    ctx: DistContext | None = None,
+) -> Trace | None:
+    """Run every exit over `ds` once, batched, on the model's device; keep logits for all samples and head
+    inputs for a seeded subset.
+
+    Under torchrun the batches (the same ones one process would run) are dealt out to the processes in turn;
+    each fills its rows and the main process sums the disjoint parts, so its trace equals a one-process trace,
+    in the dataset's order. Other processes return None.
+    """
     import torch
     from tqdm.auto import tqdm
 
+    from .devices import autocast
+    from .distributed import DistContext, sum_across
+
+    ctx = ctx or DistContext()
     model.eval()
+    device = next(model.parameters()).device
     n = len(ds)
     rng = np.random.default_rng(seed)
     feat_idx = np.sort(rng.choice(n, size=min(features, n), replace=False)) if features > 0 else np.zeros(0, np.int64)
     slot = np.full(n, -1)
     slot[feat_idx] = np.arange(len(feat_idx))
     k, c, d = model.num_exits, model.cfg.num_classes, model.feature_dim
-    logits = np.zeros((n, k, c), np.float16)
-    feats = np.zeros((k, len(feat_idx), d), np.float16)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
-    for x, _, idx in tqdm(loader, desc="trace", disable=not progress, unit="batch"):
-        with torch.no_grad():
-            z = model.forward_features(x)
-            logits[idx.numpy()] = torch.stack(model.forward_head(z), 1).numpy()
+    logits = torch.zeros((n, k, c), dtype=torch.float32)
+    feats = torch.zeros((k, len(feat_idx), d), dtype=torch.float32)
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    mine = batches[ctx.rank :: ctx.world_size]
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=mine, num_workers=workers, pin_memory=device.type == "cuda")
+    for x, _, idx in tqdm(loader, desc="trace", disable=not progress, unit="batch", total=len(mine)):
+        with torch.no_grad(), autocast(device, precision):
+            z = model.forward_features(x.to(device, non_blocking=True))
+            logits[idx] = torch.stack(model.forward_head(z), 1).float().cpu()
         rows = slot[idx.numpy()]
         keep = rows >= 0
         if keep.any():
-            feats[:, rows[keep]] = torch.stack(z)[:, torch.from_numpy(keep)].numpy()
-    return Trace(logits, np.asarray(ds.labels), np.asarray(ds.ids, dtype=str), np.asarray(gmacs),
-                 list(ds.class_names), feat_idx, feats, meta).validate("the new trace")
+            feats[:, torch.from_numpy(rows[keep])] = torch.stack(z)[:, torch.from_numpy(keep).to(device)].float().cpu()
+    logits, feats = sum_across(logits, ctx), sum_across(feats, ctx)  # each row was written by one process only
+    if not ctx.is_main:
+        return None
+    return Trace(
+        logits.numpy().astype(np.float16),
+        np.asarray(ds.labels),
+        np.asarray(ds.ids, dtype=str),
+        np.asarray(gmacs),
+        list(ds.class_names),
+        feat_idx,
+        feats.numpy().astype(np.float16),
+        meta,
+    ).validate("the new trace")

@@ -5,8 +5,9 @@ so a slider move costs one comparison and a few bincounts over (N, K) arrays.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ class TraceArrays:
     _scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_trace(cls, trace: Trace) -> "TraceArrays":
+    def from_trace(cls, trace: Trace) -> TraceArrays:
         p = trace.probs()
         pred = p.argmax(-1)
         return cls(pred, pred == trace.labels[:, None], trace.labels, np.asarray(trace.gmacs, float),
@@ -64,11 +65,41 @@ def outcomes(arrays: TraceArrays, thresholds: float | Sequence[float], policy: s
     return Outcomes(ex, arrays.pred[rows, ex], arrays.correct[rows, ex])
 
 
+@dataclass
+class WhatIfResult:
+    """What an exit rule gives on a trace (simulated from cached exit outputs: `note` says so)."""
+
+    accuracy: float
+    gmacs: float  # mean GMACs per image
+    speedup: float  # the last exit's GMACs over the mean
+    exit_fractions: list[float]
+    exit_accuracy: list[float | None]  # accuracy of the images that leave at each exit (None: nobody leaves there)
+    thresholds: list[float | None]  # None: the last exit, which always answers
+    policy: str
+    last_exit_accuracy: float
+    last_exit_gmacs: float
+    note: str = SIMULATED_NOTE
+    per_class_accuracy: list[float | None] | None = None  # with detail=True
+    confusion: list[list[int]] | None = None  # with detail=True; rows: true class, columns: predicted
+
+    @property
+    def early_share(self) -> float:
+        """Share of images that leave before the last exit."""
+        return 1.0 - self.exit_fractions[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; the detail fields only when computed."""
+        d = asdict(self)
+        if self.confusion is None:
+            del d["per_class_accuracy"], d["confusion"]
+        return d
+
+
 def whatif(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str = "max-softmax",
-           detail: bool = False) -> dict[str, Any]:
+           detail: bool = False) -> WhatIfResult:
     """Accuracy, mean GMACs, speed-up over the last exit, exit shares and per-exit accuracy of leavers.
 
-    `detail` adds per-class accuracy and the confusion matrix (rows: true class, columns: predicted).
+    `detail` adds per-class accuracy and the confusion matrix.
     """
     t = as_thresholds(thresholds, arrays.num_exits)
     o = outcomes(arrays, t, policy)
@@ -77,24 +108,18 @@ def whatif(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str
     counts = np.bincount(ex, minlength=k)
     right = np.bincount(ex, weights=correct, minlength=k)
     gm = float(arrays.gmacs[ex].mean())
-    out: dict[str, Any] = {
-        "accuracy": float(correct.mean()),
-        "gmacs": gm,
-        "speedup": float(arrays.gmacs[-1] / gm),
-        "exit_fractions": (counts / n).tolist(),
-        "exit_accuracy": [float(r / c) if c else None for r, c in zip(right, counts)],
-        "thresholds": [float(x) if np.isfinite(x) else None for x in t],
-        "policy": policy,
-        "last_exit_accuracy": float(arrays.correct[:, -1].mean()),
-        "last_exit_gmacs": float(arrays.gmacs[-1]),
-        "note": SIMULATED_NOTE,
-    }
+    out = WhatIfResult(
+        accuracy=float(correct.mean()), gmacs=gm, speedup=float(arrays.gmacs[-1] / gm),
+        exit_fractions=(counts / n).tolist(),
+        exit_accuracy=[float(r / c) if c else None for r, c in zip(right, counts, strict=True)],
+        thresholds=[float(x) if np.isfinite(x) else None for x in t], policy=policy,
+        last_exit_accuracy=float(arrays.correct[:, -1].mean()), last_exit_gmacs=float(arrays.gmacs[-1]))
     if detail:
         c = arrays.num_classes
         conf = np.bincount(arrays.labels * c + o.pred, minlength=c * c).reshape(c, c)
         per_class_n = conf.sum(1)
-        out["per_class_accuracy"] = [float(conf[i, i] / m) if m else None for i, m in enumerate(per_class_n)]
-        out["confusion"] = conf.tolist()
+        out.per_class_accuracy = [float(conf[i, i] / m) if m else None for i, m in enumerate(per_class_n)]
+        out.confusion = conf.tolist()
     return out
 
 

@@ -35,8 +35,8 @@ def test_whatif_slider_shows_met_core_numbers():
         at.slider(key="gmax-softmax").set_value(t).run()
         assert not at.exception
         r = whatif(arrays, t)
-        assert metric(at, "Accuracy") == f"{100 * r['accuracy']:.2f}%"
-        assert metric(at, "Mean GMACs") == f"{r['gmacs']:.4f}"
+        assert metric(at, "Accuracy") == f"{100 * r.accuracy:.2f}%"
+        assert metric(at, "Mean GMACs") == f"{r.gmacs:.4f}"
     assert any("simulated from cached exit outputs" in c.value for c in at.caption)
 
 
@@ -112,14 +112,18 @@ def test_hostile_uploads_each_get_their_own_message_and_state_is_kept(hostile_im
     at = app(checkpoint=str(CKPT / "hymenoptera-met"))
     at.slider(key="gmax-softmax").set_value(0.9).run()
     at.switch_page("views/samples.py").run()
-    at.file_uploader(key="uploads").set_value([(n, (folder / n).read_bytes(), "image/png") for n in sorted(expected)]).run()
+    at.file_uploader(key="uploads").set_value(
+        [(n, (folder / n).read_bytes(), "image/png") for n in sorted(expected)]
+    ).run()
     assert not at.exception
     assert sorted(at.table[0].value.index) == sorted(n for n, good in expected.items() if good)
     errors = [e.value for e in at.error]
     for bad in (n for n, good in expected.items() if not good):
         assert sum(e.startswith(bad + " ") for e in errors) == 1, (bad, errors)
     assert all("\n" not in e and "Traceback" not in e for e in errors)
-    assert set(at.session_state["whatif_thresholds"]) == {0.9} and at.session_state["checkpoint"].endswith("hymenoptera-met")
+    assert set(at.session_state["whatif_thresholds"]) == {0.9} and at.session_state["checkpoint"].endswith(
+        "hymenoptera-met"
+    )
     at.switch_page("views/whatif.py").run()
     assert not at.exception and at.slider(key="gmax-softmax").value == 0.9
 
@@ -168,10 +172,15 @@ def _hostile_checkpoint(tmp_path, kind: str):
     return d
 
 
-HOSTILE_CHECKPOINTS = {"not-json": "not valid JSON", "missing-keys": "no 'model' section",
-                       "pickle": "never unpickles", "weights-outside": "outside the checkpoint folder",
-                       "truncated-weights": "corrupted or truncated", "nan-trace": "NaN or inf",
-                       "other-models-trace": "made by another model"}
+HOSTILE_CHECKPOINTS = {
+    "not-json": "not valid JSON",
+    "missing-keys": "no 'model' section",
+    "pickle": "never unpickles",
+    "weights-outside": "outside the checkpoint folder",
+    "truncated-weights": "corrupted or truncated",
+    "nan-trace": "NaN or inf",
+    "other-models-trace": "made by another model",
+}
 
 
 @pytest.mark.parametrize("kind", list(HOSTILE_CHECKPOINTS))

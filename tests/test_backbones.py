@@ -2,8 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from met_core.backbones import (IMGFOCUS_FINAL_NORM_OUTPUT, IMGFOCUS_ONNX_SIZE, cache_dir, create_backbone,
-                                imgfocus_onnx_path, read_state_dict)
+from met_core.backbones import (
+    IMGFOCUS_FINAL_NORM_OUTPUT,
+    IMGFOCUS_ONNX_SIZE,
+    cache_dir,
+    create_backbone,
+    imgfocus_onnx_path,
+    read_state_dict,
+)
 from met_core.data import load_image, make_transform
 from met_core.errors import METError
 
@@ -21,7 +27,9 @@ def test_imgfocus_conversion_matches_onnxruntime_on_a_real_photo():
     x = make_transform(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(img)[None]
 
     graph = onnx.load(str(imgfocus_onnx_path()))
-    graph.graph.output.append(onnx.helper.make_tensor_value_info(IMGFOCUS_FINAL_NORM_OUTPUT, onnx.TensorProto.FLOAT, None))
+    graph.graph.output.append(
+        onnx.helper.make_tensor_value_info(IMGFOCUS_FINAL_NORM_OUTPUT, onnx.TensorProto.FLOAT, None)
+    )
     sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     ref = sess.run([IMGFOCUS_FINAL_NORM_OUTPUT], {"input_image": x.numpy()})[0]
     with torch.no_grad():
@@ -51,6 +59,7 @@ def test_weight_file_errors(tmp_path):
 
 def test_local_weights_for_another_architecture_are_refused(tmp_path):
     from safetensors.torch import save_file
+
     save_file({"pos_embed": torch.zeros(1, 5, 8)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(METError, match="do not fit this backbone"):
         create_backbone("vit_small_patch14_dinov2", 56, str(tmp_path / "other.safetensors"))

@@ -16,12 +16,20 @@ import pytest
 
 from .conftest import HYMENOPTERA, ROOT
 
-CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROMIUM, DRIVER = (
+    shutil.which("chromium") or "/usr/bin/chromium",
+    shutil.which("chromedriver") or "/usr/bin/chromedriver",
+)
 ARTIFACTS = Path(os.environ.get("MET_ARTIFACTS", ROOT / "test-artifacts" / "screenshots"))
 have_browser = Path(CHROMIUM).exists() and Path(DRIVER).exists()
 pytestmark = [
-    pytest.mark.skipif(not have_browser and not os.environ.get("CI"), reason="Debian chromium + chromium-driver not installed"),
-    pytest.mark.skipif(not (ROOT / "checkpoints" / "cifar10-met" / "test_trace.npz").is_file(), reason="no shipped checkpoints"),
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not have_browser and not os.environ.get("CI"), reason="Debian chromium + chromium-driver not installed"
+    ),
+    pytest.mark.skipif(
+        not (ROOT / "checkpoints" / "cifar10-met" / "test_trace.npz").is_file(), reason="no shipped checkpoints"
+    ),
 ]
 
 
@@ -34,10 +42,29 @@ def free_port() -> int:
 def start_server(env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """`streamlit run app/main.py` on a free port; returns (process, url) once it answers."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
-                             "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "app" / "main.py"),
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -68,9 +95,18 @@ def make_browser(profile: Path):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--window-size=1500,1100", "--disable-dev-shm-usage"):
+    for a in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1500,1100",
+        "--disable-dev-shm-usage",
+    ):
         opts.add_argument(a)
     opts.add_argument(f"--user-data-dir={profile}")
     drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
@@ -88,16 +124,26 @@ def browser():
 
 def wait_text(drv, text: str, timeout: float = 90) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
+
     WebDriverWait(drv, timeout, poll_frequency=0.5).until(lambda d: text in d.find_element("tag name", "body").text)
 
 
 def no_exception(drv) -> None:
-    assert not drv.find_elements("css selector", '[data-testid="stException"]'), drv.find_element("tag name", "body").text[:2000]
+    assert not drv.find_elements("css selector", '[data-testid="stException"]'), drv.find_element(
+        "tag name", "body"
+    ).text[:2000]
 
 
-@pytest.mark.parametrize("path,text", [("how", "Model card"), ("", "Accuracy versus mean GMACs"),
-                                       ("samples", "images match"), ("representations", "kNN accuracy is"),
-                                       ("models", "Add a checkpoint folder")])
+@pytest.mark.parametrize(
+    "path,text",
+    [
+        ("how", "Model card"),
+        ("", "Accuracy versus mean GMACs"),
+        ("samples", "images match"),
+        ("representations", "kNN accuracy is"),
+        ("models", "Add a checkpoint folder"),
+    ],
+)
 def test_every_page_renders(server, browser, path, text):
     browser.get(f"{server}/{path}")
     wait_text(browser, text, timeout=180)

@@ -20,6 +20,8 @@ from .test_browser import have_browser, make_browser, metric_value, start_server
 SESSIONS = 8
 STEPS = (10, 25)  # arrow-key presses on the global threshold slider, one move after the other
 pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
     pytest.mark.skipif(not have_browser, reason="Debian chromium + chromium-driver not installed"),
     pytest.mark.skipif(not (ROOT / "checkpoints" / "hymenoptera-met" / "test_trace.npz").is_file(),
                        reason="no shipped checkpoints"),
@@ -65,7 +67,7 @@ def expected() -> dict[int, tuple[str, str, str]]:
         pressed += steps
         t = round(0.8 - 0.01 * pressed, 2)
         r = whatif(arrays, t)
-        out[steps] = (f"{t:g}", f"{100 * r['accuracy']:.2f}%", f"{r['gmacs']:.4f}")
+        out[steps] = (f"{t:g}", f"{100 * r.accuracy:.2f}%", f"{r.gmacs:.4f}")
     return out
 
 
@@ -74,8 +76,8 @@ EXPECTED: dict[int, tuple[str, str, str]] = {}
 
 def session(url: str, photos: list, profile) -> dict:
     """One user; returns what they saw: slider value and metrics per step, the upload table, any errors."""
-    from selenium.webdriver.common.keys import Keys
     from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     drv = make_browser(profile)
@@ -90,7 +92,7 @@ def session(url: str, photos: list, profile) -> dict:
                 drv.switch_to.active_element.send_keys(Keys.ARROW_LEFT)
             want = EXPECTED[steps]
             try:  # the app answers asynchronously: wait for the numbers met_core gives, then record what is shown
-                WebDriverWait(drv, 180, poll_frequency=0.5).until(lambda d: shown(d) == want)
+                WebDriverWait(drv, 180, poll_frequency=0.5).until(lambda d, w=want: shown(d) == w)
             except TimeoutException:
                 pass
             seen[f"after {steps} steps"] = shown(drv)
@@ -105,7 +107,12 @@ def session(url: str, photos: list, profile) -> dict:
         table = WebDriverWait(drv, 60).until(lambda d: d.find_elements("css selector", '[data-testid="stTable"]'))[0]
         seen["upload"] = [[c.text for c in tr.find_elements("css selector", "th, td")][:5]  # file .. GMACs, not timing
                           for tr in table.find_elements("css selector", "tbody tr")]
-        seen["errors"] += [e.text for e in drv.find_elements("css selector", '[data-testid="stException"], [data-testid="stAlertContentError"]')]
+        seen["errors"] += [
+            e.text
+            for e in drv.find_elements(
+                "css selector", '[data-testid="stException"], [data-testid="stAlertContentError"]'
+            )
+        ]
     except Exception as e:  # a session that breaks is an error to count, not a crash of the test
         seen["errors"].append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     finally:
@@ -116,7 +123,10 @@ def session(url: str, photos: list, profile) -> dict:
 def test_eight_concurrent_browser_sessions_see_what_one_session_sees(tmp_path):
     ckpts = tmp_path / "checkpoints"
     shutil.copytree(ROOT / "checkpoints" / "hymenoptera-met", ckpts / "hymenoptera-met")
-    photos = sorted((HYMENOPTERA / "val" / "bees").glob("*.jpg"))[:4] + sorted((HYMENOPTERA / "val" / "ants").glob("*.jpg"))[:2]
+    photos = (
+        sorted((HYMENOPTERA / "val" / "bees").glob("*.jpg"))[:4]
+        + sorted((HYMENOPTERA / "val" / "ants").glob("*.jpg"))[:2]
+    )
     EXPECTED.update(expected())
     proc, url = start_server({"MET_CHECKPOINTS": str(ckpts)})
     try:
@@ -135,10 +145,17 @@ def test_eight_concurrent_browser_sessions_see_what_one_session_sees(tmp_path):
         proc.wait(10)
     errors = [e for s in seen for e in s["errors"]]
     different = sum(s != alone for s in seen)
-    figures = {"sessions": SESSIONS, "requests_per_session": "page load, 2 slider moves, page switch, upload of 6 photos",
-               "requests": SESSIONS * 5, "errors": len(errors), "sessions_seeing_other_answers": different,
-               "wall_s": round(seconds, 1), "server_rss_start_mb": round(rss_start),
-               "server_peak_rss_one_session_mb": round(rss_one), "server_peak_rss_8_sessions_mb": round(rss_peak)}
+    figures = {
+        "sessions": SESSIONS,
+        "requests_per_session": "page load, 2 slider moves, page switch, upload of 6 photos",
+        "requests": SESSIONS * 5,
+        "errors": len(errors),
+        "sessions_seeing_other_answers": different,
+        "wall_s": round(seconds, 1),
+        "server_rss_start_mb": round(rss_start),
+        "server_peak_rss_one_session_mb": round(rss_one),
+        "server_peak_rss_8_sessions_mb": round(rss_peak),
+    }
     (ROOT / "test-artifacts").mkdir(exist_ok=True)
     (ROOT / "test-artifacts" / "concurrency.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(figures)

@@ -1,3 +1,7 @@
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -22,7 +26,14 @@ def test_hymenoptera_folder_every_file_loads_as_rgb():
 
 
 def test_to_rgb_handles_all_modes(tmp_path):
-    for mode, value in [("P", 3), ("L", 128), ("RGBA", (10, 20, 30, 0)), ("I;16", 40000), ("CMYK", (0, 0, 0, 0)), ("LA", (5, 5))]:
+    for mode, value in [
+        ("P", 3),
+        ("L", 128),
+        ("RGBA", (10, 20, 30, 0)),
+        ("I;16", 40000),
+        ("CMYK", (0, 0, 0, 0)),
+        ("LA", (5, 5)),
+    ]:
         path = tmp_path / f"img_{mode.replace(';', '')}.{'tif' if mode in ('I;16', 'CMYK') else 'png'}"
         Image.new(mode, (5, 4), value).save(path)
         img = load_image(path)
@@ -91,3 +102,29 @@ def test_locate_dataset_falls_back_to_shared(tmp_path, monkeypatch):
     assert locate_dataset(moved) == HYMENOPTERA
     monkeypatch.delenv("MET_DATASET_ROOT")
     assert locate_dataset("/nowhere/at/all") is None
+
+
+FASHION_DEB = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (.ci/run installs it)
+
+
+def test_offline_named_dataset_message_names_the_exact_layout(tmp_path):
+    with pytest.raises(METError) as e:
+        open_dataset("fashion_mnist", split="test", download=False, data_root=str(tmp_path))
+    msg = str(e.value)
+    assert f"{tmp_path}/FashionMNIST/raw/ with train-images-idx3-ubyte" in msg and "--data-root" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.skipif(not FASHION_DEB.is_dir() and os.environ.get("CI") != "true",
+                    reason="apt-get install dataset-fashion-mnist (CI installs it)")
+def test_fashion_mnist_idx_files_from_a_distribution_package_work_where_the_message_says(tmp_path):
+    """A new user's path: copy the original IDX .gz files where the message says; no download is tried."""
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in FASHION_DEB.glob("*.gz"):
+        shutil.copy(f, raw / f.name)
+    ds = open_dataset("fashion_mnist", split="test", download=True, data_root=str(tmp_path))
+    assert len(ds) == 10_000 and len(ds.class_names) == 10 and ds.class_names[0] == "T-shirt/top"
+    assert np.bincount(ds.labels).tolist() == [1000] * 10
+    img = ds.get_image(0)
+    assert img.mode == "RGB" and img.size == (28, 28)

@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from met_core.data import make_transform, open_dataset
+from met_core.checkpoint import load_checkpoint
+from met_core.data import decode_all, make_transform, open_dataset
 from met_core.errors import METError
 from met_core.inference import early_exit, measure_speedup, predict_files
-from met_core.io import load_checkpoint
 from met_core.policies import POLICIES, as_thresholds, exit_index
-from met_core.train import materialize
 
 from .conftest import CIFAR_TEST, HYMENOPTERA, run_cli
 
@@ -21,7 +20,7 @@ def model_and_images(tiny_checkpoint):
     ds = open_dataset(str(CIFAR_TEST))
     ds = ds.subset(np.random.default_rng(0).choice(len(ds), 70, replace=False))
     ds.transform = make_transform(model.cfg.img_size, model.cfg.mean, model.cfg.std)
-    x, _ = materialize(ds, "decode", progress=False)
+    x, _ = decode_all(ds, "decode", progress=False)
     with torch.no_grad():
         probs = torch.softmax(model(x), -1).transpose(0, 1).numpy()  # (N, K, C), every exit
     return model, x, probs
@@ -59,9 +58,9 @@ def test_predict_files_answers_good_files_and_reports_bad_ones(tiny_checkpoint, 
     bad.write_text("not an image")
     photo = next((HYMENOPTERA / "val" / "ants").iterdir())
     res = predict_files(model, [str(photo), str(bad), str(tmp_path / "gone.png")], 0.5)
-    assert res[0]["class"] in model.cfg.class_names and 0 <= res[0]["exit"] < 4 and res[0]["gmacs"] > 0
-    assert "error" in res[1] and "not a readable image" in res[1]["error"]
-    assert res[2]["error"].endswith("gone.png does not exist; check the path.")
+    assert res[0].class_name in model.cfg.class_names and 0 <= res[0].exit < 4 and res[0].gmacs > 0
+    assert res[1].error and "not a readable image" in res[1].error
+    assert res[2].error.endswith("gone.png does not exist; check the path.")
 
 
 def test_predict_cli_json_contract(tiny_checkpoint, tmp_path):
@@ -76,5 +75,5 @@ def test_predict_cli_json_contract(tiny_checkpoint, tmp_path):
 def test_measure_speedup_reports_its_figures(model_and_images):
     model, x, probs = model_and_images
     r = measure_speedup(model, x, 0.0, batch_size=64, repeats=1)
-    assert r["early_exit_share"] == 1.0 and r["predicted_speedup"] > 3
-    assert r["measured_speedup"] > 1.0  # stopping after 3 of 12 blocks must be faster than all 12
+    assert r.early_exit_share == 1.0 and r.predicted_speedup > 3
+    assert r.measured_speedup > 1.0  # stopping after 3 of 12 blocks must be faster than all 12

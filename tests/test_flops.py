@@ -11,7 +11,9 @@ from .conftest import tiny_vit
 @pytest.mark.parametrize("mode", ["stage", "per-exit-path"])
 @pytest.mark.parametrize("adapters", [True, False])
 def test_analytic_macs_equal_flop_counter_at_every_exit(mode, adapters):
-    model = METModel(tiny_vit(depth=4), METConfig(exits=[1, 3, 4], num_classes=7, diagonal_mode=mode, adapters=adapters))
+    model = METModel(
+        tiny_vit(depth=4), METConfig(exits=[1, 3, 4], num_classes=7, diagonal_mode=mode, adapters=adapters)
+    )
     assert exit_macs(model) == [measured_macs(model, upto=k) for k in range(3)]
 
 

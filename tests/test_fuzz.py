@@ -10,16 +10,15 @@ import io
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from met_core.checkpoint import read_config
 from met_core.data import load_image
 from met_core.errors import METError
-from met_core.io import read_config
 from met_core.traces import REQUIRED, load_trace
 from met_core.whatif import TraceArrays, whatif
 
@@ -53,7 +52,7 @@ def _seed_images() -> list[bytes]:
     cifar = Image.open(next((CIFAR_TEST / "cat").glob("*.jpg")))
     png, png16 = io.BytesIO(), io.BytesIO()
     cifar.save(png, format="PNG")
-    Image.fromarray((np.asarray(cifar.convert("L"), np.uint16) * 257)).save(png16, format="PNG")
+    Image.fromarray(np.asarray(cifar.convert("L"), np.uint16) * 257).save(png16, format="PNG")
     return [photo, png.getvalue(), gif, png16.getvalue()]
 
 
@@ -153,7 +152,7 @@ def test_fuzz_trace_reader(tmp_path):
             _one_sentence(e)
             return
         r = whatif(TraceArrays.from_trace(t), 0.9)  # what the app computes first from a trace
-        assert 0 <= r["accuracy"] <= 1 and np.isfinite(r["gmacs"])
+        assert 0 <= r.accuracy <= 1 and np.isfinite(r.gmacs)
         ok[0] += 1
 
     run()

@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
+from met_core.checkpoint import load_checkpoint
 from met_core.data import load_image
 from met_core.errors import METError
 from met_core.inference import predict_files
-from met_core.io import load_checkpoint
 from met_core.traces import load_trace, save_trace
 
 from .conftest import HYMENOPTERA, ROOT, run_cli
@@ -33,9 +33,9 @@ def test_every_hostile_image_gets_its_own_answer(hostile_images, tiny_checkpoint
     res = predict_files(model, [str(folder / n) for n in names], 0.5)
     for name, r in zip(names, res):
         if expected[name]:
-            assert "error" not in r and r["class"] in model.cfg.class_names, (name, r)
+            assert r.error is None and r.class_name in model.cfg.class_names, (name, r)
         else:
-            assert r["error"].startswith(str(folder / name)) and "\n" not in r["error"], (name, r)
+            assert r.error.startswith(str(folder / name)) and "\n" not in r.error, (name, r)
 
 
 def test_image_modes_orientation_and_first_frame(hostile_images):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from met_core.checkpoint import checkpoint_hash, load_checkpoint
 from met_core.errors import METError
-from met_core.io import checkpoint_hash, load_checkpoint
 from met_core.traces import load_trace, save_trace
 
 
@@ -21,12 +21,18 @@ def test_checkpoint_round_trip(tiny_checkpoint):
     assert len(checkpoint_hash(tiny_checkpoint)) == 64
 
 
-@pytest.mark.parametrize("damage,match", [
-    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]), "corrupted or truncated"),
-    (lambda d: (d / "config.json").write_text("{not json"), "not valid JSON"),
-    (lambda d: (d / "config.json").write_text(json.dumps({"format": "met-checkpoint/1"})), "no 'model' section"),
-    (lambda d: (d / "model.safetensors").unlink(), "model.safetensors is missing"),
-])
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        (
+            lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
+            "corrupted or truncated",
+        ),
+        (lambda d: (d / "config.json").write_text("{not json"), "not valid JSON"),
+        (lambda d: (d / "config.json").write_text(json.dumps({"format": "met-checkpoint/1"})), "no 'model' section"),
+        (lambda d: (d / "model.safetensors").unlink(), "model.safetensors is missing"),
+    ],
+)
 def test_damaged_checkpoints_are_refused(tiny_checkpoint, tmp_path, damage, match):
     d = tmp_path / "ck"
     shutil.copytree(tiny_checkpoint, d)

@@ -9,8 +9,10 @@ from met_core.model import METModel
 
 from .conftest import tiny_vit
 
-VARIANTS = [dict(sharing=s, diagonal_mode=d, head_input=h)
-            for s, d, h in itertools.product(["site", "global"], ["stage", "per-exit-path"], ["cls", "mean", "cls+mean"])]
+VARIANTS = [
+    dict(sharing=s, diagonal_mode=d, head_input=h)
+    for s, d, h in itertools.product(["site", "global"], ["stage", "per-exit-path"], ["cls", "mean", "cls+mean"])
+]
 
 
 def _tiny(**kw) -> METModel:
@@ -25,7 +27,10 @@ def test_shapes_and_finite(kw):
     logits = model(x)
     assert logits.shape == (3, 3, 5) and torch.isfinite(logits).all()
     feats = model.forward_features(x, upto=1)
-    assert len(feats) == 2 and feats[0].shape == (3, model.feature_dim) == (3, 64 if kw.get("head_input") == "cls+mean" else 32)
+    assert len(feats) == 2 and feats[0].shape == (3, model.feature_dim) == (
+        3,
+        64 if kw.get("head_input") == "cls+mean" else 32,
+    )
 
 
 @pytest.mark.parametrize("sharing,pairs", [("site", 8), ("global", 1)])
@@ -61,6 +66,7 @@ def test_trainable_count_under_two_percent_of_a_real_backbone(real_backbone_56):
 def test_zero_up_projection_reproduces_frozen_backbone_features(real_backbone_56):
     """With `up` at zero the exits see exactly the frozen timm backbone's features (real image, real weights)."""
     from met_core.data import load_image, make_transform
+
     from .conftest import CIFAR_TEST
 
     backbone, _ = real_backbone_56
@@ -86,6 +92,7 @@ def test_backbone_never_changes_in_training(real_backbone_56):
     from met_core.config import TrainConfig
     from met_core.data import make_transform, open_dataset, subsample_split
     from met_core.train import fit
+
     from .conftest import CIFAR_TRAIN
 
     backbone, _ = real_backbone_56
@@ -95,11 +102,13 @@ def test_backbone_never_changes_in_training(real_backbone_56):
     ds = open_dataset(str(CIFAR_TRAIN))
     ds.transform = make_transform(56, model.cfg.mean, model.cfg.std)
     tr, va = subsample_split(ds.labels, 3, 0.34, seed=0)
-    metrics = fit(model, ds.subset(tr), ds.subset(va), TrainConfig(epochs=2, batch_size=20, warmup_epochs=0), progress=False)
+    metrics = fit(
+        model, ds.subset(tr), ds.subset(va), TrainConfig(epochs=2, batch_size=20, warmup_epochs=0), progress=False
+    )
     assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
     after = model.trainable_state_dict()
     assert any(not torch.equal(trained_before[k], after[k]) for k in after if k.startswith("adapters.up"))
-    assert len(metrics["val_accuracy"]) == 4 and metrics["trainable_share"] < 0.02
+    assert len(metrics.val_accuracy) == 4 and metrics.trainable_share < 0.02
 
 
 def test_bad_exit_lists_are_refused():

@@ -1,11 +1,12 @@
-"""The shipped checkpoints keep the contract of issue 4: complete folders, traces that match them, no images, < 40 MB."""
+"""The shipped checkpoints keep the contract of issue 4: complete folders, matching traces, no images, < 40 MB."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from met_core.io import inspect_checkpoint
+from met_core.checkpoint import inspect_checkpoint
 from met_core.traces import load_trace
 
 from .conftest import ROOT

@@ -6,8 +6,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from met_core.calibration import (agreement_oracle, apply, calibrate_accuracy_loss, calibrate_budget, sweep, threshold_grid,
-                                  thresholds_for_shares)
+from met_core.calibration import (
+    agreement_oracle,
+    apply,
+    calibrate_accuracy_loss,
+    calibrate_budget,
+    sweep,
+    threshold_grid,
+    thresholds_for_shares,
+)
 from met_core.errors import METError
 from met_core.traces import Trace, load_trace
 from met_core.whatif import TraceArrays, whatif
@@ -39,12 +46,12 @@ def test_whatif_by_hand(real_trace):
     conf = p.max(-1)
     ex = np.where((conf[:, :3] >= 0.2).any(1), (conf[:, :3] >= 0.2).argmax(1), 3)
     pred = p[np.arange(len(ex)), ex].argmax(-1)
-    assert r["accuracy"] == pytest.approx((pred == t.labels).mean())
-    assert r["gmacs"] == pytest.approx(t.gmacs[ex].mean())
-    assert r["speedup"] == pytest.approx(t.gmacs[-1] / t.gmacs[ex].mean())
-    assert r["exit_fractions"] == pytest.approx(np.bincount(ex, minlength=4) / len(ex))
-    assert np.asarray(r["confusion"]).sum() == len(ex) and len(r["per_class_accuracy"]) == 10
-    assert r["note"] == "simulated from cached exit outputs"
+    assert r.accuracy == pytest.approx((pred == t.labels).mean())
+    assert r.gmacs == pytest.approx(t.gmacs[ex].mean())
+    assert r.speedup == pytest.approx(t.gmacs[-1] / t.gmacs[ex].mean())
+    assert r.exit_fractions == pytest.approx(np.bincount(ex, minlength=4) / len(ex))
+    assert np.asarray(r.confusion).sum() == len(ex) and len(r.per_class_accuracy) == 10
+    assert r.note == "simulated from cached exit outputs"
 
 
 def test_whatif_cli_contract(real_trace):
@@ -58,8 +65,8 @@ def test_whatif_cli_contract(real_trace):
 
 def test_edge_cases(real_trace, tmp_path):
     a = TraceArrays.from_trace(load_trace(real_trace))
-    assert whatif(a, 1.5)["exit_fractions"] == [0, 0, 0, 1]
-    assert whatif(a, 0.0)["exit_fractions"] == [1, 0, 0, 0]
+    assert whatif(a, 1.5).exit_fractions == [0, 0, 0, 1]
+    assert whatif(a, 0.0).exit_fractions == [1, 0, 0, 0]
     with pytest.raises(METError, match="3 thresholds? given|thresholds given"):
         whatif(a, [0.1, 0.2, 0.3, 0.4, 0.5])
     with pytest.raises(METError, match="NaN"):
@@ -87,7 +94,7 @@ def test_sweep_marks_a_monotone_pareto_front(real_trace):
 def test_geometric_shares_are_met():
     a = synthetic(0, n=1000)
     th = thresholds_for_shares(a, np.array([0.4, 0.3, 0.2, 0.1]))
-    got = whatif(a, th)["exit_fractions"]
+    got = whatif(a, th).exit_fractions
     assert got == pytest.approx([0.4, 0.3, 0.2, 0.1], abs=0.01)
 
 
@@ -99,21 +106,21 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 @given(a=TRACES, t1=st.floats(0, 1.2), t2=st.floats(0, 1.2))
 def test_raising_the_threshold_never_lowers_mean_gmacs(a, t1, t2):
     lo, hi = sorted([t1, t2])
-    assert whatif(a, hi)["gmacs"] >= whatif(a, lo)["gmacs"] - 1e-12
+    assert whatif(a, hi).gmacs >= whatif(a, lo).gmacs - 1e-12
 
 
 @FAST
 @given(a=TRACES, t=st.floats(1.0 + 1e-6, 100))
 def test_above_one_everything_takes_the_last_exit(a, t):
     r = whatif(a, t)
-    assert r["accuracy"] == r["last_exit_accuracy"] and r["exit_fractions"][-1] == 1.0
+    assert r.accuracy == r.last_exit_accuracy and r.exit_fractions[-1] == 1.0
 
 
 @FAST
 @given(a=TRACES, t=st.lists(st.floats(0, 1), min_size=3, max_size=3),
        policy=st.sampled_from(["max-softmax", "entropy"]))
 def test_exit_shares_sum_to_one(a, t, policy):
-    assert sum(whatif(a, t, policy)["exit_fractions"]) == pytest.approx(1.0)
+    assert sum(whatif(a, t, policy).exit_fractions) == pytest.approx(1.0)
 
 
 @FAST
@@ -126,7 +133,7 @@ def test_calibrated_cost_never_exceeds_the_budget_on_validation(a, budget):
         return
     p = calibrate_budget(a, budget)
     assert p.gmacs <= budget * a.gmacs[-1] + 1e-9
-    assert apply(a, p)["gmacs"] == pytest.approx(p.gmacs)
+    assert apply(a, p).measured.gmacs == pytest.approx(p.gmacs)
 
 
 @FAST
@@ -138,7 +145,7 @@ def test_accuracy_loss_target_holds_on_validation(a, loss):
 
 def test_properties_on_the_real_trace(real_trace):
     a = TraceArrays.from_trace(load_trace(real_trace))
-    g = [whatif(a, t)["gmacs"] for t in np.linspace(0, 1.01, 50)]
+    g = [whatif(a, t).gmacs for t in np.linspace(0, 1.01, 50)]
     assert all(x <= y + 1e-12 for x, y in zip(g, g[1:]))
     for b in (0.3, 0.5, 0.75, 1.0):
         assert calibrate_budget(a, b).gmacs <= b * a.gmacs[-1] + 1e-9
@@ -149,8 +156,8 @@ def test_sweep_applied_measures_validation_thresholds_on_test(real_trace):
 
     a = TraceArrays.from_trace(load_trace(real_trace))
     rows = sweep_applied(a, a)  # the same trace on both sides: test figures must equal validation figures
-    assert rows and all(r["test_gmacs"] == pytest.approx(r["val_gmacs"]) for r in rows)
-    assert all(r["test_accuracy"] == pytest.approx(r["val_accuracy"]) for r in rows)
+    assert rows and all(r.test_gmacs == pytest.approx(r.val_gmacs) for r in rows)
+    assert all(r.test_accuracy == pytest.approx(r.val_accuracy) for r in rows)
     csv = run_cli("calibrate", "--trace", str(real_trace), "--sweep").stdout.splitlines()
     assert csv[0] == "val_gmacs,val_accuracy,test_gmacs,test_accuracy,pareto,source" and len(csv) == len(rows) + 1
 

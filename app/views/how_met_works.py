@@ -3,7 +3,6 @@ import streamlit as st
 
 from app import state
 from met_core.config import METConfig, TrainConfig, config_help
-from met_core.flops import MAC_NOTE
 
 ckpt = state.current()
 c = state.card(str(ckpt))
@@ -14,8 +13,11 @@ st.write("**Multiple-Exit Tuning** (Liu et al., 2024) adapts a frozen, pre-train
 
 depth = m["exits"][-1]
 gm = met.get("exit_gmacs", [])
-lines = ["digraph G { rankdir=LR; node [shape=box, style=rounded, fontsize=10];",
-         'img [label="image\\n%d px", shape=oval]; stem [label="patch + position\\nembedding (frozen)"]; img -> stem;' % m["img_size"]]
+lines = [
+    "digraph G { rankdir=LR; node [shape=box, style=rounded, fontsize=10];",
+    f'img [label="image\\n{m["img_size"]} px", shape=oval]; '
+    'stem [label="patch + position\\nembedding (frozen)"]; img -> stem;',
+]
 prev = "stem"
 for i in range(1, depth + 1):
     ad = "\\n+2 E-adapters" if m["adapters"] else ""
@@ -24,23 +26,15 @@ for i in range(1, depth + 1):
     if i in m["exits"]:
         k = m["exits"].index(i)
         cost = f"\\n{gm[k]:.3f} GMACs" if k < len(gm) else ""
-        lines.append(f'e{k} [label="exit {k + 1}: norm + linear head{cost}", shape=note, color=crimson]; b{i} -> e{k} [style=dashed];')
+        lines.append(
+            f'e{k} [label="exit {k + 1}: norm + linear head{cost}", shape=note, color=crimson]; '
+            f"b{i} -> e{k} [style=dashed];"
+        )
 lines.append("}")
 st.graphviz_chart("\n".join(lines))
 
 st.subheader("Model card")
-n_tr, n_fr = met.get("trainable_parameters"), met.get("frozen_parameters")
-card = {
-    "checkpoint": state.label(ckpt), "backbone": f"{m['backbone']} ({m['weights']}, sha256 {m['weights_sha256'][:12]}...)",
-    "input size": f"{m['img_size']} px", "exits after blocks": m["exits"],
-    "GMACs per exit": " / ".join(f"{g:.3f}" for g in gm) + f" ({MAC_NOTE})",
-    "parameters": f"{n_tr:,} trainable vs {n_fr:,} frozen ({100 * n_tr / n_fr:.2f}%)" if n_tr and n_fr else "n/a",
-    "dataset": f"{data.get('dataset')} ({len(data.get('train_ids', []))} train / {len(data.get('val_ids', []))} validation images)",
-    "classes": ", ".join(m["class_names"]),
-    "validation accuracy per exit": " / ".join(f"{100 * a:.1f}%" for a in met.get("val_accuracy") or []),
-    "training time": f"{met.get('train_time_s', 0):.0f} s on {met.get('torch_threads', '?')} CPU threads",
-}
-st.dataframe([{"field": k, "value": str(v)} for k, v in card.items()], hide_index=True)
+st.dataframe([{"field": k, "value": v} for k, v in state.summary(ckpt).card()], hide_index=True)
 
 st.subheader("The ideas")
 st.markdown("""
@@ -57,5 +51,8 @@ st.subheader("The choices this model uses")
 helps = config_help(METConfig) | config_help(TrainConfig)
 choices = ["sharing", "exit_diagonals", "diagonal_mode", "adapter_dim", "adapter_scale", "head_input"]
 rows = [{"option": k, "value": str(m.get(k)), "meaning": helps[k]} for k in choices]
-rows += [{"option": k, "value": str(t.get(k)), "meaning": helps[k]} for k in ("graph_reg", "graph_reg_kind", "epochs", "lr", "head_lr", "seed")]
+rows += [
+    {"option": k, "value": str(t.get(k)), "meaning": helps[k]}
+    for k in ("graph_reg", "graph_reg_kind", "epochs", "lr", "head_lr", "seed")
+]
 st.dataframe(rows, hide_index=True)

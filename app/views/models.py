@@ -5,36 +5,34 @@ import pandas as pd
 import streamlit as st
 
 from app import state
+from met_core.checkpoint import inspect_checkpoint
 from met_core.errors import METError
-from met_core.io import inspect_checkpoint
 
 st.title("Models")
 rows = []
 for p in state.checkpoints():
     try:
-        c = state.card(str(p))
+        sm = state.summary(p)
     except METError as e:
         st.error(f"{state.label(p)}: {e}")
         continue
-    m, met = c["config"]["model"], c["metrics"]
-    rows.append({"checkpoint": state.label(p), "backbone": m["backbone"], "exits": str(m["exits"]),
-                 "adapters": "yes" if m["adapters"] else "no (linear probe)",
-                 "graph reg.": c["config"].get("train", {}).get("graph_reg"),
-                 "val. accuracy per exit": " / ".join(f"{100 * a:.1f}" for a in met.get("val_accuracy") or []),
-                 "GMACs per exit": " / ".join(f"{g:.3f}" for g in met.get("exit_gmacs", [])),
-                 "trainable params": met.get("trainable_parameters"), "train time (s)": met.get("train_time_s"),
-                 "test trace": (p / "test_trace.npz").is_file()})
+    rows.append({"checkpoint": sm.name, "backbone": sm.backbone, "exits": ", ".join(map(str, sm.exits)),
+                 "adapters": sm.adapters, "graph reg.": sm.graph_reg,
+                 "val. accuracy per exit": " / ".join(f"{100 * a:.1f}" for a in sm.val_accuracy or []),
+                 "GMACs per exit": " / ".join(f"{g:.3f}" for g in sm.exit_gmacs),
+                 "trainable params": sm.trainable_parameters, "train time (s)": sm.train_time_s,
+                 "test trace": state.has_test_trace(p)})
 st.dataframe(pd.DataFrame(rows), hide_index=True)
 paths = state.checkpoints()
 cur = state.current()
 choice = st.radio("Use this model on every page", paths, index=paths.index(cur) if cur in paths else 0,
-                  format_func=state.label, key="model_choice")
+                  format_func=state.label, key=state.kept("model_choice"))
 if choice != cur:
     st.session_state["checkpoint"] = str(choice)
     st.rerun()
 
 st.subheader("Add a checkpoint folder")
-new = st.text_input("Folder with config.json and model.safetensors", key="new_ckpt")
+new = st.text_input("Folder with config.json and model.safetensors", key=state.kept("new_ckpt"))
 if st.button("Add", key="add_ckpt") and new:
     try:
         inspect_checkpoint(Path(new).expanduser())

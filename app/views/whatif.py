@@ -1,5 +1,6 @@
 """Threshold what-if: a live slider over the cached trace (simulated), presets, curves, exports, real measurement."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -7,10 +8,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import state
+from met_core.exit_rule import ExitRule
 from met_core.flops import MAC_NOTE
-from met_core.policies import POLICIES
+from met_core.policies import CALIBRATABLE, POLICIES, get_policy
 from met_core.traces import SIMULATED_NOTE
-from met_core.whatif import exit_accuracy_all, whatif
+from met_core.whatif import WhatIfResult, exit_accuracy_all, whatif
 
 ckpt = state.current()
 (trace, arrays), _ = state.traces_of(ckpt)
@@ -20,23 +22,15 @@ st.caption(f"Every number on this page is **{SIMULATED_NOTE}** of {state.label(c
            f"images ({MAC_NOTE}). The button at the bottom measures the real batched early exit.")
 
 c1, c2 = st.columns([2, 3])
-policy = c1.radio("Exit policy", list(POLICIES), horizontal=True, key="policy",
+policy = c1.radio("Exit policy", list(POLICIES), horizontal=True, key=state.kept("policy"),
                   help="; ".join(f"**{p}**: {v.help}" for p, v in POLICIES.items()))
-cal_policy = "max-softmax" if policy == "patience" else policy  # patience has no continuous score to calibrate
-others = [p for p in state.checkpoints() if p != ckpt and (p / "test_trace.npz").is_file()
+pol = get_policy(policy)
+cal_policy = policy if pol.calibratable else CALIBRATABLE[0]  # the curve needs a continuous score
+others = [p for p in state.checkpoints() if p != ckpt and state.has_test_trace(p)
           and state.card(str(p))["config"]["model"]["num_classes"] == arrays.num_classes]
 default_cmp = next((i + 1 for i, p in enumerate(others) if p.name == f"{ckpt.name}-nogr"), 0)
-compare = c2.selectbox("Compare with", [None] + others, index=default_cmp, key="compare",
+compare = c2.selectbox("Compare with", [None] + others, index=default_cmp, key=state.kept("compare"),
                        format_func=lambda p: "nothing" if p is None else state.label(p))
-
-
-def slider_spec(name: str) -> tuple[float, float, float, float]:
-    """(min, max, step, default) of the threshold slider for a policy."""
-    if name == "patience":
-        return 1.0, float(k + 1), 1.0, 2.0
-    if name == "entropy":
-        return 0.0, 1.0, 0.01, POLICIES[name].default_threshold
-    return 0.0, 1.01, 0.01, POLICIES[name].default_threshold
 
 
 def apply_preset(thresholds: list, lo: float, hi: float) -> None:
@@ -48,123 +42,179 @@ def apply_preset(thresholds: list, lo: float, hi: float) -> None:
 
 @st.fragment
 def live() -> None:
-    lo, hi, step, default = slider_spec(policy)
+    lo, hi = pol.ui_range(k)
+    step, default = pol.ui_step, float(pol.default_threshold)
     st.session_state.setdefault("mode", "One global threshold")
     st.session_state.setdefault(f"g{policy}", default)
     for j in range(k - 1):
         st.session_state.setdefault(f"t{policy}{j}", default)
-    mode = st.radio("Thresholds", ["One global threshold", "Per-exit thresholds"], horizontal=True, key="mode")
-    presets = state.budget_presets(str(ckpt), policy) if policy != "patience" else {}
+    mode = st.radio("Thresholds", ["One global threshold", "Per-exit thresholds"], horizontal=True,
+                    key=state.kept("mode"))
+    presets = state.budget_presets(str(ckpt), policy) if pol.calibratable else {}
     if presets:
         cols = st.columns(len(presets) + 1)
         cols[0].write("Calibrated budgets (chosen on validation):")
-        for col, (b, p) in zip(cols[1:], presets.items()):
-            if "error" in p:
-                col.button(f"{b:.0%} of the last exit's GMACs", key=f"preset{b}", disabled=True, help=p["error"])
+        for col, (b, p) in zip(cols[1:], presets.items(), strict=True):
+            if isinstance(p, str):  # the reason this budget cannot be met
+                col.button(f"{b:.0%} of the last exit's GMACs", key=f"preset{b}", disabled=True, help=p)
             else:
                 col.button(f"{b:.0%} of the last exit's GMACs", key=f"preset{b}", on_click=apply_preset,
-                           args=(p["thresholds"], lo, hi))
+                           args=(p.thresholds, lo, hi))
     if mode == "One global threshold":
         thresholds: float | list[float] = st.slider(f"Confidence threshold ({policy})", lo, hi, step=step,
-                                                    key=f"g{policy}", help=POLICIES[policy].help)
+                                                    key=state.kept(f"g{policy}"), help=pol.help)
     else:
         cols = st.columns(k - 1)
-        thresholds = [c.number_input(f"exit {j + 1}", lo, hi, step=step, key=f"t{policy}{j}") for j, c in enumerate(cols)]
+        thresholds = [c.number_input(f"exit {j + 1}", lo, hi, step=step, key=state.kept(f"t{policy}{j}"))
+                      for j, c in enumerate(cols)]
     r = whatif(arrays, thresholds, policy, detail=True)
-    st.session_state["whatif_thresholds"] = r["thresholds"]
+    st.session_state["whatif_thresholds"] = r.thresholds
     m = st.columns(4)
-    m[0].metric("Accuracy", f"{100 * r['accuracy']:.2f}%", f"{100 * (r['accuracy'] - r['last_exit_accuracy']):+.2f} pt vs last exit")
-    m[1].metric("Mean GMACs", f"{r['gmacs']:.4f}", f"{100 * (r['gmacs'] / r['last_exit_gmacs'] - 1):+.1f}% vs last exit",
+    m[0].metric("Accuracy", f"{100 * r.accuracy:.2f}%",
+                f"{100 * (r.accuracy - r.last_exit_accuracy):+.2f} pt vs last exit")
+    m[1].metric("Mean GMACs", f"{r.gmacs:.4f}", f"{100 * (r.gmacs / r.last_exit_gmacs - 1):+.1f}% vs last exit",
                 delta_color="inverse")
-    m[2].metric("Speed-up", f"{r['speedup']:.2f}x")
-    m[3].metric("Leaving early", f"{100 * (1 - r['exit_fractions'][-1]):.1f}%")
+    m[2].metric("Speed-up", f"{r.speedup:.2f}x")
+    m[3].metric("Leaving early", f"{100 * r.early_share:.1f}%")
 
     g1, g2 = st.columns(2)
     names = [f"exit {j + 1} (block {e})" for j, e in enumerate(trace.meta.get("exits", range(1, k + 1)))]
-    g1.plotly_chart(go.Figure(go.Bar(x=names, y=r["exit_fractions"], text=[f"{100 * f:.1f}%" for f in r["exit_fractions"]]),
-                              layout=dict(title="Share of images leaving at each exit", yaxis_tickformat=".0%", height=320)),
-                    key="hist")
+    g1.plotly_chart(go.Figure(go.Bar(x=names, y=r.exit_fractions, text=[f"{100 * f:.1f}%" for f in r.exit_fractions]),
+                              layout=dict(title="Share of images leaving at each exit", yaxis_tickformat=".0%",
+                                          height=320)), key="hist")
     acc_all = exit_accuracy_all(arrays)
     fig = go.Figure([go.Bar(name="all images at this exit", x=names, y=acc_all),
-                     go.Bar(name="images that leave here", x=names, y=[a or 0 for a in r["exit_accuracy"]])],
+                     go.Bar(name="images that leave here", x=names, y=[a or 0 for a in r.exit_accuracy])],
                     layout=dict(title="Accuracy per exit", yaxis_tickformat=".0%", height=320, barmode="group"))
     g2.plotly_chart(fig, key="exitacc")
 
     st.plotly_chart(curve_figure(r, thresholds), key="curve")
     with st.expander("Per-class accuracy and confusion matrix"):
         names_c = trace.class_names
-        st.dataframe(pd.DataFrame({"class": names_c, "accuracy": r["per_class_accuracy"],
+        st.dataframe(pd.DataFrame({"class": names_c, "accuracy": r.per_class_accuracy,
                                    "images": np.bincount(arrays.labels, minlength=len(names_c))}), hide_index=True)
-        st.dataframe(pd.DataFrame(r["confusion"], index=names_c, columns=names_c))
+        st.dataframe(pd.DataFrame(r.confusion, index=names_c, columns=names_c))
     export(r)
 
 
-def curve_figure(r: dict, thresholds) -> go.Figure:
-    rows = pd.DataFrame(state.sweep_table(str(ckpt), cal_policy))
+def sweep_frame(path: Path) -> pd.DataFrame:
+    return pd.DataFrame([p.to_dict() for p in state.sweep_table(str(path), cal_policy)])
+
+
+def curve_figure(r: WhatIfResult, thresholds: float | list[float]) -> go.Figure:
+    rows = sweep_frame(ckpt)
     front = rows[rows.pareto].sort_values("test_gmacs")
     fig = go.Figure()
     fig.add_scatter(x=rows.test_gmacs, y=rows.test_accuracy, mode="markers", name="candidate thresholds",
                     marker=dict(size=4, color="#bbb"))
-    fig.add_scatter(x=front.test_gmacs, y=front.test_accuracy, mode="lines+markers", name=f"{state.label(ckpt)} (Pareto on validation)")
+    fig.add_scatter(
+        x=front.test_gmacs,
+        y=front.test_accuracy,
+        mode="lines+markers",
+        name=f"{state.label(ckpt)} (Pareto on validation)",
+    )
     if compare is not None:
         (_, arr_b), _ = state.traces_of(compare)
-        rows_b = pd.DataFrame(state.sweep_table(str(compare), cal_policy))
+        rows_b = sweep_frame(compare)
         fb = rows_b[rows_b.pareto].sort_values("test_gmacs")
-        fig.add_scatter(x=fb.test_gmacs, y=fb.test_accuracy, mode="lines", name=state.label(compare), line=dict(dash="dash"))
+        fig.add_scatter(
+            x=fb.test_gmacs, y=fb.test_accuracy, mode="lines", name=state.label(compare), line=dict(dash="dash")
+        )
         rb = whatif(arr_b, thresholds, policy)
-        fig.add_scatter(x=[rb["gmacs"]], y=[rb["accuracy"]], mode="markers", name=f"{state.label(compare)} at this threshold",
-                        marker=dict(size=12, symbol="diamond"))
+        fig.add_scatter(
+            x=[rb.gmacs],
+            y=[rb.accuracy],
+            mode="markers",
+            name=f"{state.label(compare)} at this threshold",
+            marker=dict(size=12, symbol="diamond"),
+        )
     for name, pts in state.ladder_points(str(ckpt)).items():
-        fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=name, marker=dict(symbol="x", size=9))
+        fig.add_scatter(
+            x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=name, marker=dict(symbol="x", size=9)
+        )
     for b, p in state.budget_presets(str(ckpt), cal_policy).items():
-        if "error" in p:
+        if isinstance(p, str):
             continue
-        fig.add_scatter(x=[p["gmacs"]], y=[p["accuracy"]], mode="markers+text", text=[f"{b:.0%}"], textposition="top center",
-                        name=f"budget {b:.0%}", marker=dict(size=10, symbol="square"), showlegend=False)
-    fig.add_scatter(x=[r["gmacs"]], y=[r["accuracy"]], mode="markers", name="current thresholds",
-                    marker=dict(size=16, color="red", symbol="star"))
-    fig.update_layout(title="Accuracy versus mean GMACs (test trace; thresholds chosen on validation)",
-                      xaxis_title=f"mean GMACs per image ({MAC_NOTE})", yaxis_title="accuracy", yaxis_tickformat=".0%", height=460)
+        fig.add_scatter(
+            x=[p.gmacs],
+            y=[p.accuracy],
+            mode="markers+text",
+            text=[f"{b:.0%}"],
+            textposition="top center",
+            name=f"budget {b:.0%}",
+            marker=dict(size=10, symbol="square"),
+            showlegend=False,
+        )
+    fig.add_scatter(
+        x=[r.gmacs],
+        y=[r.accuracy],
+        mode="markers",
+        name="current thresholds",
+        marker=dict(size=16, color="red", symbol="star"),
+    )
+    fig.update_layout(
+        title="Accuracy versus mean GMACs (test trace; thresholds chosen on validation)",
+        xaxis_title=f"mean GMACs per image ({MAC_NOTE})",
+        yaxis_title="accuracy",
+        yaxis_tickformat=".0%",
+        height=460,
+    )
     return fig
 
 
-def export(r: dict) -> None:
+def export(r: WhatIfResult) -> None:
     c1, c2, c3 = st.columns(3)
-    rows = pd.DataFrame(state.sweep_table(str(ckpt), cal_policy))
+    rows = sweep_frame(ckpt)
     rows["thresholds"] = rows.thresholds.map(json.dumps)
     c1.download_button("Sweep as CSV", rows.to_csv(index=False), f"{ckpt.name}-sweep.csv", "text/csv")
-    payload = {"checkpoint": state.label(ckpt), "checkpoint_sha256": state.checkpoint_sha256(ckpt), "policy": policy,
-               "thresholds": r["thresholds"], "simulated": {k_: r[k_] for k_ in ("accuracy", "gmacs", "speedup", "exit_fractions")},
-               "note": SIMULATED_NOTE}
-    c2.download_button("Thresholds as JSON", json.dumps(payload, indent=2), f"{ckpt.name}-thresholds.json", "application/json")
-    if c3.button("Measure the real batched early exit", key="measure", help="runs the model on 256 test images, batch 64"):
-        measure(r["thresholds"])
+    rule = ExitRule(
+        policy,
+        r.thresholds,
+        state.label(ckpt),
+        state.checkpoint_sha256(ckpt),
+        {"accuracy": r.accuracy, "gmacs": r.gmacs, "speedup": r.speedup, "exit_fractions": r.exit_fractions},
+        SIMULATED_NOTE,
+    )
+    c2.download_button(
+        "Thresholds as JSON",
+        rule.to_json(),
+        f"{ckpt.name}-thresholds.json",
+        "application/json",
+        help="an exit rule: `met predict --rule FILE` and `met bench-exit --rule FILE` read it",
+    )
+    if c3.button(
+        "Measure the real batched early exit", key="measure", help="runs the model on 256 test images, batch 64"
+    ):
+        measure(r.thresholds)
 
 
 def measure(thresholds: list) -> None:
-    from met_core.data import make_transform, open_dataset
+    from met_core.data import decode_all, open_dataset, transform_for
     from met_core.errors import METError
     from met_core.inference import measure_speedup
-    from met_core.train import materialize
 
     root = state.dataset_root(trace)
     if root is None:
-        st.warning("The test images are not on disk, so the real early exit cannot be measured; set the dataset "
-                   "folder on the Explore samples page.")
+        st.warning(
+            "The test images are not on disk, so the real early exit cannot be measured; set the dataset "
+            "folder on the Explore samples page."
+        )
         return
     with st.spinner("Running real batched early exit vs the full network on 256 images..."):
         try:
             mdl = state.model(str(ckpt))
             ds = open_dataset(str(root))
             ds = ds.subset(np.sort(np.random.default_rng(0).choice(len(ds), min(256, len(ds)), replace=False)))
-            ds.transform = make_transform(mdl.cfg.img_size, mdl.cfg.mean, mdl.cfg.std)
-            x, _ = materialize(ds, "decode", progress=False)
+            ds.transform = transform_for(mdl.cfg)
+            x, _ = decode_all(ds, "decode", progress=False)
             res = measure_speedup(mdl, x, thresholds, policy, batch_size=64, repeats=3)
         except METError as e:
             st.error(str(e))
             return
-    st.success(f"Real early exit: measured speed-up {res['measured_speedup']:.2f}x vs predicted "
-               f"{res['predicted_speedup']:.2f}x on {res['images']} images ({100 * res['early_exit_share']:.0f}% left early).")
+    st.success(
+        f"Real early exit: measured speed-up {res.measured_speedup:.2f}x vs predicted "
+        f"{res.predicted_speedup:.2f}x on {res.images} images ({100 * res.early_exit_share:.0f}% left early)."
+    )
 
 
 live()

@@ -5,19 +5,28 @@ from its name and weight source, and its content hash must match the one recorde
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .config import METConfig, config_from_dict
 from .errors import METError
 
 if TYPE_CHECKING:
+    import torch
+
     from .model import METModel
 
 FORMAT = "met-checkpoint/1"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
+TEST_TRACE_FILE = "test_trace.npz"  # written by `trace` beside the checkpoint; the app reads them from there
+VAL_TRACE_FILE = "val_trace.npz"
 T = TypeVar("T")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
@@ -52,11 +61,11 @@ def save_checkpoint(out: Path, model: METModel, record: dict[str, Any], metrics:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    import dataclasses
     config = {"format": FORMAT, "model": dataclasses.asdict(model.cfg), **record, "versions": versions()}
-    save_file({k: v.contiguous() for k, v in model.trainable_state_dict().items()}, str(out / "model.safetensors"))
-    write_json(out / "config.json", config)
-    write_json(out / "metrics.json", metrics)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()},
+              str(out / WEIGHTS_FILE))  # device-independent: always written from CPU tensors
+    write_json(out / CONFIG_FILE, config)
+    write_json(out / METRICS_FILE, metrics)
 
 
 def check_checkpoint_path(path: Path) -> Path:
@@ -74,7 +83,7 @@ def check_checkpoint_path(path: Path) -> Path:
 def read_config(path: Path, own_weights: bool = False) -> dict[str, Any]:
     """The checkpoint's config.json, validated: format, a model section that builds a METConfig, and no
     weight path out of the folder (unless the caller brings its own weights)."""
-    cfg = read_json(check_checkpoint_path(path) / "config.json", "the checkpoint's config")
+    cfg = read_json(check_checkpoint_path(path) / CONFIG_FILE, "the checkpoint's config")
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise METError(f"{path / 'config.json'} is not a MET checkpoint config (format must be '{FORMAT}').")
     if "model" not in cfg:
@@ -106,7 +115,7 @@ def _read_safetensors(path: Path, read: Callable[[str], T]) -> T:
     """`read` applied to the folder's model.safetensors, with one-sentence errors for a missing or damaged file."""
     from safetensors import SafetensorError
 
-    st = path / "model.safetensors"
+    st = path / WEIGHTS_FILE
     if not st.is_file():
         raise METError(f"{st} is missing; the checkpoint is incomplete.")
     try:
@@ -131,9 +140,10 @@ def inspect_checkpoint(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def load_checkpoint(path: str | Path, weights: str | None = None) -> tuple[METModel, dict[str, Any]]:
-    """Rebuild a trained model from its folder. `weights` (the caller's own choice, so trusted) overrides
-    the recorded backbone weight source."""
+def load_checkpoint(path: str | Path, weights: str | None = None,
+                    device: torch.device | str | None = None) -> tuple[METModel, dict[str, Any]]:
+    """Rebuild a trained model from its folder (on `device`, CPU by default). `weights` (the caller's own
+    choice, so trusted) overrides the recorded backbone weight source."""
     import torch
     from safetensors.torch import load_file
 
@@ -145,28 +155,35 @@ def load_checkpoint(path: str | Path, weights: str | None = None) -> tuple[METMo
     mcfg: METConfig = config_from_dict(METConfig, cfg["model"])
     backbone, digest = create_backbone(mcfg.backbone, mcfg.img_size, weights or weights_path(path, mcfg.weights))
     if mcfg.weights_sha256 and digest and digest != mcfg.weights_sha256:
-        raise METError(f"checkpoint {path} was trained on other backbone weights (sha256 {mcfg.weights_sha256[:12]}..., "
-                       f"loaded {digest[:12]}...); use the weights it was trained with.")
+        raise METError(
+            f"checkpoint {path} was trained on other backbone weights (sha256 {mcfg.weights_sha256[:12]}..., "
+            f"loaded {digest[:12]}...); use the weights it was trained with."
+        )
     model = METModel(backbone, mcfg)
-    st = path / "model.safetensors"
+    st = path / WEIGHTS_FILE
     state = _read_safetensors(path, load_file)
     expected = model.trainable_state_dict()
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     bad = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or extra or bad:
-        what = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
-                else f"shape of {bad[0]} is {tuple(state[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}")
+        what = (
+            f"missing {missing[:3]}"
+            if missing
+            else f"unexpected {extra[:3]}"
+            if extra
+            else f"shape of {bad[0]} is {tuple(state[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}"
+        )
         raise METError(f"{st} does not match its config.json ({what}); the folder mixes files of different models.")
     if any(not torch.isfinite(v).all() for v in state.values()):
         raise METError(f"{st} contains NaN or inf weights; the training diverged or the file is damaged.")
     model.load_state_dict(state, strict=False)
     model.eval()
-    return model, cfg
+    return (model.to(device) if device is not None else model), cfg
 
 
 def checkpoint_hash(path: str | Path) -> str:
     """sha256 over config.json and model.safetensors: ties traces and exported thresholds to a model."""
     h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
         h.update((Path(path) / name).read_bytes())
     return h.hexdigest()

@@ -1,0 +1,64 @@
+"""Batch plans: which training images form each step's global batch, drawn once from the seed.
+
+Every process draws the same plan and takes its own shard of each batch, so N processes see exactly
+the batches one process would, and a data path (in-memory tensor or streaming DataLoader) only
+decides how the images of a shard are fetched.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch.utils.data
+
+
+def class_balanced_batches(labels: np.ndarray, batch_size: int, classes_per_batch: int,
+                           rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of P x M batches (P classes, M images each) so every batch has same-class pairs.
+
+    Each class is drawn without replacement and refilled when used up; the epoch has as many
+    batches as plain shuffling would.
+    """
+    classes = np.unique(labels)
+    p = len(classes) if classes_per_batch <= 0 else min(classes_per_batch, len(classes))
+    m = max(2, batch_size // p)
+    pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in classes}
+    batches = []
+    for _ in range(math.ceil(len(labels) / (p * m))):
+        chosen = rng.choice(classes, size=p, replace=False)
+        batch = []
+        for c in chosen:
+            while len(pools[c]) < m:  # refill (repeatedly, for classes smaller than M)
+                pools[c] += list(rng.permutation(np.flatnonzero(labels == c)))
+            batch += [pools[c].pop() for _ in range(m)]
+        batches.append(rng.permutation(np.asarray(batch)))
+    return batches
+
+
+def shuffled_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of plain shuffled batches covering every sample once."""
+    perm = rng.permutation(n)
+    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def shard(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This process's part of a global batch: every world_size-th image, so shards differ by at most one."""
+    return batch[rank::world_size]
+
+
+class PlannedBatches(torch.utils.data.Sampler):
+    """A batch sampler that yields the current epoch's plan; `set_plan` swaps it between epochs, so a
+    DataLoader with persistent workers keeps them across epochs."""
+
+    def __init__(self) -> None:
+        self.plan: list[np.ndarray] = []
+
+    def set_plan(self, plan: list[np.ndarray]) -> None:
+        self.plan = plan
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (b.tolist() for b in self.plan)
+
+    def __len__(self) -> int:
+        return len(self.plan)

@@ -1,0 +1,86 @@
+"""The model card: one summary of a checkpoint, built from its config and metrics, for the CLI's `info`, the
+app's "How MET works" and its Models page alike."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .flops import MAC_NOTE
+
+
+@dataclass
+class ModelSummary:
+    """What a person wants to know about a trained model, without loading its weights."""
+
+    name: str
+    backbone: str
+    weights: str
+    weights_sha256: str
+    img_size: int
+    exits: list[int]
+    class_names: list[str]
+    adapters: str
+    head_input: str
+    graph_reg: float | None
+    exit_gmacs: list[float]
+    trainable_parameters: int | None
+    frozen_parameters: int | None
+    dataset: str | None
+    train_images: int
+    val_images: int
+    val_accuracy: list[float] | None
+    train_time_s: float | None
+    trained_on: str
+
+    @classmethod
+    def build(cls, name: str, config: dict[str, Any], metrics: dict[str, Any],
+              exit_gmacs: list[float] | None = None, parameters: dict[str, int] | None = None) -> ModelSummary:
+        """From config.json and metrics.json; `exit_gmacs` and `parameters` from a loaded model override them."""
+        m, train, data = config["model"], config.get("train", {}), config.get("data", {})
+        adapters = (f"r={m['adapter_dim']}, sharing {m['sharing']}, diagonals "
+                    f"{m['diagonal_mode'] if m['exit_diagonals'] else 'off'}" if m["adapters"]
+                    else "none (linear probes)")
+        run = config.get("runtime", {})
+        trained_on = (f"{run.get('device_name', run.get('device'))}, {run.get('precision')}, "
+                      f"{run.get('world_size', 1)} process(es)" if run
+                      else f"CPU, {metrics.get('torch_threads', '?')} threads")
+        params = parameters or {"trainable": metrics.get("trainable_parameters"),
+                                "frozen": metrics.get("frozen_parameters")}
+        return cls(name=name, backbone=m["backbone"], weights=m["weights"], weights_sha256=m["weights_sha256"],
+                   img_size=m["img_size"], exits=m["exits"], class_names=m["class_names"], adapters=adapters,
+                   head_input=m.get("head_input", "cls"), graph_reg=train.get("graph_reg"),
+                   exit_gmacs=exit_gmacs or metrics.get("exit_gmacs", []),
+                   trainable_parameters=params["trainable"], frozen_parameters=params["frozen"],
+                   dataset=data.get("dataset"), train_images=len(data.get("train_ids", [])),
+                   val_images=len(data.get("val_ids", [])), val_accuracy=metrics.get("val_accuracy"),
+                   train_time_s=metrics.get("train_time_s"), trained_on=trained_on)
+
+    @property
+    def trainable_share(self) -> float | None:
+        if self.trainable_parameters and self.frozen_parameters:
+            return self.trainable_parameters / self.frozen_parameters
+        return None
+
+    def card(self) -> list[tuple[str, str]]:
+        """(field, value) lines of the model card, in reading order."""
+        share = self.trainable_share
+        return [
+            ("checkpoint", self.name),
+            ("backbone", f"{self.backbone} at {self.img_size} px, weights {self.weights} "
+                         f"(sha256 {self.weights_sha256[:12]}...)"),
+            ("exits after blocks", ", ".join(map(str, self.exits))),
+            ("adapters", self.adapters),
+            ("head input", self.head_input),
+            ("graph regularization (lambda)", "n/a" if self.graph_reg is None else f"{self.graph_reg:g}"),
+            ("GMACs per exit", " / ".join(f"{g:.3f}" for g in self.exit_gmacs) + f" ({MAC_NOTE})"),
+            ("parameters", f"{self.trainable_parameters:,} trainable, {self.frozen_parameters:,} frozen "
+                           f"({100 * share:.2f}%)" if share else "n/a"),
+            ("dataset", f"{self.dataset} ({self.train_images:,} train / {self.val_images:,} validation images)"),
+            ("classes", f"{len(self.class_names)}: " + ", ".join(self.class_names[:20])
+                        + (" ..." if len(self.class_names) > 20 else "")),
+            ("validation accuracy per exit", " / ".join(f"{100 * a:.1f}%" for a in self.val_accuracy or []) or "n/a"),
+            ("training", f"{self.train_time_s or 0:.0f} s on {self.trained_on}"),
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
