@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import streamlit as st  # noqa: E402
 
 from app import state  # noqa: E402
+from app.safe import md  # noqa: E402
 
 st.set_page_config(page_title="MET Explorer", layout="wide")
 
@@ -20,5 +21,5 @@ PAGES = [
 state.keep_widget_state()
 nav = st.navigation(PAGES)
 with st.sidebar:
-    st.caption(f"Model: **{state.label(state.current())}** (change it on the Models page)")
+    st.caption(f"Model: **{md(state.label(state.current()))}** (change it on the Models page)")
 nav.run()

@@ -11,6 +11,7 @@ from typing import Any
 
 import streamlit as st
 
+from app.safe import md
 from met_core.calibration import AppliedPoint, apply, calibrate_budget, sweep_applied
 from met_core.checkpoint import (
     CONFIG_FILE,
@@ -22,7 +23,7 @@ from met_core.checkpoint import (
     load_checkpoint,
     read_config,
 )
-from met_core.errors import METError
+from met_core.errors import METError, user_message
 from met_core.paths import locate_dataset
 from met_core.policies import get_policy
 from met_core.summary import ModelSummary
@@ -93,8 +94,8 @@ def label(path: Path) -> str:
 
 
 def fail(message: str) -> None:
-    """One clear sentence, and the page stops; session state is kept."""
-    st.error(message)
+    """One clear sentence (shown as text: it may quote a file), and the page stops; session state is kept."""
+    st.error(md(message))
     st.stop()
 
 
@@ -145,7 +146,7 @@ def traces_of(ckpt: Path) -> tuple[tuple[Trace, TraceArrays], tuple[Trace, Trace
         t = trace(str(test))
         v = trace(str(ckpt / VAL_TRACE_FILE)) if (ckpt / VAL_TRACE_FILE).is_file() else None
     except METError as e:
-        fail(str(e))
+        fail(user_message(e))
     if t[0].meta.get("checkpoint_sha256") not in (None, checkpoint_sha256(ckpt)):
         fail(f"{test} was made by another model than {label(ckpt)}; re-create the trace.")
     return t, v

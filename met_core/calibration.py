@@ -109,8 +109,8 @@ def sweep(arrays: TraceArrays, policy: str = "max-softmax", n_q: int = 41, n_glo
     for q in np.concatenate([[0.0], np.logspace(-2, 2, n_q)]):
         cands.append((thresholds_for_shares(arrays, geometric_shares(q, k) if q > 0 else np.eye(k)[0], policy),
                       f"geometric q={q:.4g}"))
-    scores = arrays.score(pol)[:, :-1].ravel()
-    for t in np.unique(np.quantile(scores, np.linspace(0, 1, n_global))):
+    scores = arrays.score(pol)[:, :-1].ravel()  # empty for a one-exit model: nothing to threshold
+    for t in np.unique(np.quantile(scores, np.linspace(0, 1, n_global))) if scores.size else []:
         cands.append(([float(t)] * (k - 1) + [None], f"global {t:.4g}"))
     cands.append(([pol.never] * (k - 1) + [None], "last exit only"))
     points = []

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .config import METConfig, config_from_dict
 from .errors import METError
+from .limits import MAX_JSON_BYTES, MAX_TRAINED_BYTES, MAX_WEIGHTS_BYTES, read_bounded, regular_file
 
 if TYPE_CHECKING:
     import torch
@@ -41,13 +42,13 @@ def versions() -> dict[str, str]:
             "timm": timm.__version__, "python": platform.python_version()}
 
 
-def read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise METError(f"{path} is missing; {what} must be there.")
+def read_json(path: Path, what: str, inside: Path | None = None) -> Any:
+    """A JSON file of bounded size (a regular file, inside `inside` if given); one sentence if anything is off."""
+    data = read_bounded(path, what, MAX_JSON_BYTES, inside)
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise METError(f"{path} is not valid JSON ({e}); restore {what} from its original.") from None
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise METError(f"{path} is not valid JSON ({type(e).__name__}); restore {what} from its original.") from None
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -83,7 +84,7 @@ def check_checkpoint_path(path: Path) -> Path:
 def read_config(path: Path, own_weights: bool = False) -> dict[str, Any]:
     """The checkpoint's config.json, validated: format, a model section that builds a METConfig, and no
     weight path out of the folder (unless the caller brings its own weights)."""
-    cfg = read_json(check_checkpoint_path(path) / CONFIG_FILE, "the checkpoint's config")
+    cfg = read_json(check_checkpoint_path(path) / CONFIG_FILE, "the checkpoint's config", inside=path)
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise METError(f"{path / 'config.json'} is not a MET checkpoint config (format must be '{FORMAT}').")
     if "model" not in cfg:
@@ -104,7 +105,9 @@ def weights_path(path: Path, weights: str) -> str:
         return weights
     folder = path.resolve()
     target = (folder / weights).resolve()
-    if not target.is_relative_to(folder):
+    if target.is_relative_to(folder):
+        regular_file(target, "the backbone weights", MAX_WEIGHTS_BYTES, inside=folder)
+    else:
         raise METError(f"{path / 'config.json'} points the backbone weights at {weights}, outside the checkpoint "
                        "folder; MET follows no path out of a checkpoint: copy the file into the folder and name it "
                        "there, or pass the weights yourself (--weights FILE).")
@@ -116,27 +119,60 @@ def _read_safetensors(path: Path, read: Callable[[str], T]) -> T:
     from safetensors import SafetensorError
 
     st = path / WEIGHTS_FILE
-    if not st.is_file():
+    if not st.exists():
         raise METError(f"{st} is missing; the checkpoint is incomplete.")
+    regular_file(st, "a checkpoint's trained tensors", MAX_TRAINED_BYTES, inside=path)
     try:
         return read(str(st))
     except (SafetensorError, OSError, ValueError) as e:
         raise METError(f"{st} is corrupted or truncated ({e}); re-train or re-download the checkpoint.") from None
 
 
-def _tensor_names(file: str) -> list[str]:
+def _tensor_shapes(file: str) -> dict[str, tuple[int, ...]]:
+    """Names and shapes from the safetensors header alone (no tensor is read)."""
     from safetensors import safe_open
 
     with safe_open(file, framework="pt") as f:
-        return list(f.keys())
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def expected_shapes(mcfg: METConfig) -> dict[str, tuple[int, ...]]:
+    """The trained tensors a config implies, from a model built on the meta device: no memory, no weights."""
+    import timm
+    import torch
+
+    from .backbones import backbone_entry, check_vit
+    from .model import METModel
+
+    entry = backbone_entry(mcfg.backbone)
+    with torch.device("meta"):
+        backbone = timm.create_model(entry.arch, pretrained=False, num_classes=0, img_size=mcfg.img_size)
+        check_vit(backbone, mcfg.backbone)
+        model = METModel(backbone, mcfg)
+    return {k: tuple(v.shape) for k, v in model.trainable_state_dict().items()}
+
+
+def check_tensors(path: Path, mcfg: METConfig) -> None:
+    """The safetensors header against the config, before any model is built for real: a config with absurd
+    or mismatched sizes is refused in one sentence, whatever it asks for."""
+    have = _read_safetensors(path, _tensor_shapes)
+    if not have:
+        raise METError(f"{path / WEIGHTS_FILE} holds no tensors; the checkpoint is incomplete.")
+    want = expected_shapes(mcfg)
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    bad = [k for k in want if k in have and have[k] != want[k]]
+    if missing or extra or bad:
+        what = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+                else f"shape of {bad[0]} is {have[bad[0]]}, expected {want[bad[0]]}")
+        raise METError(f"{path / WEIGHTS_FILE} does not match its config.json ({what}); the folder mixes files of "
+                       "different models.")
 
 
 def inspect_checkpoint(path: Path) -> dict[str, Any]:
-    """Cheap checks before a folder is offered anywhere: the config, and a readable safetensors header
+    """Cheap checks before a folder is offered anywhere: the config, and a safetensors header that fits it
     (no backbone is built, no weights are read)."""
     cfg = read_config(path)
-    if not _read_safetensors(path, _tensor_names):
-        raise METError(f"{path / 'model.safetensors'} holds no tensors; the checkpoint is incomplete.")
+    check_tensors(path, config_from_dict(METConfig, cfg["model"]))
     return cfg
 
 
@@ -153,30 +189,17 @@ def load_checkpoint(path: str | Path, weights: str | None = None,
     path = Path(path)
     cfg = read_config(path, own_weights=weights is not None)
     mcfg: METConfig = config_from_dict(METConfig, cfg["model"])
+    check_tensors(path, mcfg)
     backbone, digest = create_backbone(mcfg.backbone, mcfg.img_size, weights or weights_path(path, mcfg.weights))
     if mcfg.weights_sha256 and digest and digest != mcfg.weights_sha256:
-        raise METError(
-            f"checkpoint {path} was trained on other backbone weights (sha256 {mcfg.weights_sha256[:12]}..., "
-            f"loaded {digest[:12]}...); use the weights it was trained with."
-        )
+        raise METError(f"checkpoint {path} was trained on other backbone weights (sha256 "
+                       f"{mcfg.weights_sha256[:12]}..., loaded {digest[:12]}...); use the weights it was trained with.")
     model = METModel(backbone, mcfg)
-    st = path / WEIGHTS_FILE
     state = _read_safetensors(path, load_file)
-    expected = model.trainable_state_dict()
-    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    bad = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or extra or bad:
-        what = (
-            f"missing {missing[:3]}"
-            if missing
-            else f"unexpected {extra[:3]}"
-            if extra
-            else f"shape of {bad[0]} is {tuple(state[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}"
-        )
-        raise METError(f"{st} does not match its config.json ({what}); the folder mixes files of different models.")
     if any(not torch.isfinite(v).all() for v in state.values()):
-        raise METError(f"{st} contains NaN or inf weights; the training diverged or the file is damaged.")
-    model.load_state_dict(state, strict=False)
+        raise METError(f"{path / WEIGHTS_FILE} contains NaN or inf weights; the training diverged or the file is "
+                       "damaged.")
+    model.load_state_dict(state, strict=False)  # the frozen backbone is not in the file
     model.eval()
     return (model.to(device) if device is not None else model), cfg
 
@@ -184,6 +207,6 @@ def load_checkpoint(path: str | Path, weights: str | None = None,
 def checkpoint_hash(path: str | Path) -> str:
     """sha256 over config.json and model.safetensors: ties traces and exported thresholds to a model."""
     h = hashlib.sha256()
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        h.update((Path(path) / name).read_bytes())
+    for name, limit in ((CONFIG_FILE, MAX_JSON_BYTES), (WEIGHTS_FILE, MAX_TRAINED_BYTES)):
+        h.update(read_bounded(Path(path) / name, f"a checkpoint's {name}", limit, inside=Path(path)))
     return h.hexdigest()

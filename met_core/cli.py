@@ -12,57 +12,88 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, NoReturn, get_args, get_origin, get_type_hints
 
 import numpy as np
 
-from .config import METConfig, RuntimeConfig, TrainConfig, config_from_dict
-from .errors import METError
+from .config import METConfig, Range, RuntimeConfig, TrainConfig, config_from_dict
+from .errors import METError, user_message
 from .flops import MAC_NOTE
 
 if TYPE_CHECKING:
     from .data import ImageDataset
     from .distributed import DistContext
+    from .model import METModel
     from .whatif import WhatIfResult
 
 # fields that the CLI derives instead of taking as flags
 DERIVED = {"num_classes", "class_names", "weights_sha256"}
+# ranges of the flags that are not config fields
+THRESHOLD = Range(-1000, 1000)  # a policy's threshold: a probability, a normalised entropy or a count of exits
+COUNT = Range(0, 100_000_000)  # images (0: all)
+BATCH = Range(1, 65_536)
+SEED = Range(0, 2**32 - 1)
 
 
-def _list_parser(item: type) -> Callable[[str], list]:
-    def parse(text: str) -> list:
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error form: one line `error: ...`, exit code 2, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message.rstrip('.')}.", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def number(kind: type, bounds: Range) -> Callable[[str], Any]:
+    """An argparse type: an int or float within `bounds`, checked at parse time (NaN and inf never are)."""
+    def parse(text: str) -> Any:
         try:
-            return [item(v) for v in text.split(",") if v.strip()]
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a comma-separated list of {item.__name__}, got {text!r}"
-            ) from None
-
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text[:40]!r}") from None
+        if not bounds.contains(value):
+            raise argparse.ArgumentTypeError(f"must be {bounds.describe()}, got {text[:40]}")
+        return value
     return parse
 
 
-def add_dataclass_args(
-    parser: argparse.ArgumentParser, cls: type, title: str, only: Sequence[str] | None = None
-) -> None:
-    """One flag per dataclass field (or the `only` ones), typed, with the field's help string and default."""
+def _list_parser(item: type, bounds: Range | None = None, max_len: int = 64) -> Callable[[str], list]:
+    one = number(item, bounds) if bounds is not None and item in (int, float) else item
+
+    def parse(text: str) -> list:
+        parts = [v for v in text.split(",") if v.strip()]
+        if len(parts) > max_len:
+            raise argparse.ArgumentTypeError(f"at most {max_len} values, got {len(parts)}")
+        try:
+            return [one(v) for v in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {item.__name__}, "
+                                             f"got {text[:60]!r}") from None
+    return parse
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str,
+                       only: Sequence[str] | None = None) -> None:
+    """One flag per dataclass field (or the `only` ones), typed and range-checked from the field, with its help."""
     group = parser.add_argument_group(title)
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in DERIVED or (only is not None and f.name not in only):
             continue
-        flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
+        flag, hint, bounds = "--" + f.name.replace("_", "-"), hints[f.name], f.metadata.get("bounds")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_ = f"{f.metadata.get('help', '')} (default: {default})"
         if hint is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif get_origin(hint) is list:
-            group.add_argument(
-                flag, dest=f.name, type=_list_parser(get_args(hint)[0]), default=None, help=help_, metavar="A,B,..."
-            )
+            group.add_argument(flag, dest=f.name, type=_list_parser(get_args(hint)[0], bounds,
+                                                                    f.metadata.get("max_len") or 64),
+                               default=None, help=help_, metavar="A,B,...")
         elif get_origin(hint) is not None and get_args(hint) and all(isinstance(a, str) for a in get_args(hint)):
             group.add_argument(flag, dest=f.name, choices=get_args(hint), default=None, help=help_)
         else:
-            group.add_argument(flag, dest=f.name, type=hint, default=None, help=help_)
+            kind = number(hint, bounds) if bounds is not None else hint
+            group.add_argument(flag, dest=f.name, type=kind, default=None, help=help_)
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
@@ -98,16 +129,49 @@ def runtime_setup(args: argparse.Namespace) -> tuple[RuntimeConfig, DistContext,
     return runtime, ctx, resolve_device(runtime.device, ctx.local_rank)
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def build_model(args: argparse.Namespace, ds: ImageDataset, seed: int) -> METModel:
+    """The model `train` asks for: the backbone's own preprocessing unless given, four even exits by default."""
     import torch
 
     from .backbones import backbone_entry, create_backbone
+    from .model import METModel
+
+    pre = backbone_entry(args.backbone or METConfig.backbone).preprocessing
+    own = {"mean": list(pre.mean), "std": list(pre.std), "interpolation": pre.interpolation}
+    base = dataclass_from_args(METConfig, args, num_classes=len(ds.class_names), class_names=ds.class_names,
+                               **{k: v for k, v in own.items() if getattr(args, k, None) is None})
+    backbone, digest = create_backbone(base.backbone, base.img_size, base.weights)
+    depth = len(backbone.blocks)
+    if getattr(args, "exits", None) is None:
+        base.exits = [round(depth * (k + 1) / 4) for k in range(4)]  # K = 4, evenly spaced
+    mcfg = dataclasses.replace(base, weights_sha256=digest)
+    mcfg.validate(depth)
+    torch.manual_seed(seed)
+    model = METModel(backbone, mcfg)
+    n = model.num_parameters()
+    log(f"trainable parameters: {n['trainable']:,} ({100 * n['trainable'] / n['frozen']:.2f}% of the "
+        f"{n['frozen']:,} frozen backbone parameters)")
+    return model
+
+
+def record_weights(mcfg: METConfig, out: Path) -> None:
+    """A weights file is recorded relative to the checkpoint folder when it lies inside (a config never leads
+    MET out of its folder); one outside is named in a note."""
+    if mcfg.weights in ("default", "none"):
+        return
+    w, folder = Path(mcfg.weights).resolve(), out.resolve()
+    mcfg.weights = str(w.relative_to(folder)) if w.is_relative_to(folder) else str(w)
+    if not w.is_relative_to(folder):
+        log(f"note: the backbone weights {w} lie outside {out}; loading this checkpoint needs --weights {w}, or "
+            "copy the file into the folder.")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
     from .checkpoint import save_checkpoint
     from .data import open_dataset, preprocessing_record, subsample_split, transform_for
     from .devices import device_name
     from .distributed import shutdown
     from .flops import exit_gmacs
-    from .model import METModel
     from .train import fit, seed_everything
 
     tcfg: TrainConfig = dataclass_from_args(TrainConfig, args)
@@ -115,80 +179,38 @@ def cmd_train(args: argparse.Namespace) -> None:
     runtime, ctx, device = runtime_setup(args)
     seed_everything(tcfg.seed)
     ds = open_dataset(args.dataset, split=args.split, download=not args.no_download, data_root=args.data_root)
+    for note in ds.notes:
+        log(note)
     train_idx, val_idx = subsample_split(ds.labels, tcfg.per_class, tcfg.val_fraction, tcfg.seed)
-    backbone_name = args.backbone or METConfig.backbone
-    pre = backbone_entry(backbone_name).preprocessing  # the backbone's own unless given
-    own = {"mean": list(pre.mean), "std": list(pre.std), "interpolation": pre.interpolation}
-    base = dataclass_from_args(
-        METConfig,
-        args,
-        num_classes=len(ds.class_names),
-        class_names=ds.class_names,
-        **{k: v for k, v in own.items() if getattr(args, k, None) is None},
-    )
-    backbone, digest = create_backbone(base.backbone, base.img_size, base.weights)
-    depth = len(backbone.blocks)
-    if getattr(args, "exits", None) is None:
-        base.exits = [round(depth * (k + 1) / 4) for k in range(4)]  # K = 4, evenly spaced
-    mcfg = dataclasses.replace(base, weights_sha256=digest)
-    mcfg.validate(depth)
-    torch.manual_seed(tcfg.seed)
-    model = METModel(backbone, mcfg)
-    n = model.num_parameters()
-    log(
-        f"trainable parameters: {n['trainable']:,} ({100 * n['trainable'] / n['frozen']:.2f}% of the "
-        f"{n['frozen']:,} frozen backbone parameters)"
-    )
+    model = build_model(args, ds, tcfg.seed)
+    mcfg = model.cfg
     train_ds, val_ds = ds.subset(train_idx), ds.subset(val_idx)
     train_ds.transform, val_ds.transform = transform_for(mcfg, tcfg.augment), transform_for(mcfg)
     log(f"data: {len(train_ds)} train / {len(val_ds)} val images, {mcfg.num_classes} classes from {ds.root}")
     log(f"device: {device_name(device)}, precision {runtime.precision}, {ctx.world_size} process(es)")
     metrics = fit(model, train_ds, val_ds, tcfg, runtime, ctx, progress=not args.quiet and ctx.is_main, log=log)
-    if not ctx.is_main:
-        shutdown(ctx)
-        return
-    gm = exit_gmacs(model)
-    record = {
-        "train": dataclasses.asdict(tcfg),
-        "runtime": {
-            **dataclasses.asdict(runtime),
-            "device": str(device),
-            "device_name": device_name(device),
-            "world_size": ctx.world_size,
-        },
-        "data": {
-            "dataset": args.dataset,
-            "root": ds.root,
-            "split": args.split,
-            "train_ids": list(train_ds.ids),
-            "val_ids": list(val_ds.ids),
-        },
-        "preprocessing": preprocessing_record(mcfg),
-    }
-    out = Path(args.out)
-    if mcfg.weights not in ("default", "none"):  # a file: recorded relative to the folder when it lies inside
-        w, folder = Path(mcfg.weights).resolve(), out.resolve()
-        mcfg.weights = str(w.relative_to(folder)) if w.is_relative_to(folder) else str(w)
-        if not w.is_relative_to(folder):
-            log(
-                f"note: the backbone weights {w} lie outside {out}; loading this checkpoint needs --weights {w} "
-                "(a config never leads MET out of its folder), or copy the file into the folder."
-            )
-    result = {**metrics.to_dict(), "exit_gmacs": gm, "mac_note": MAC_NOTE}
-    save_checkpoint(out, model, record, result)
     shutdown(ctx)
-    val = metrics.val_accuracy or []
-    _emit(
-        args,
-        {"out": str(out), **{k: v for k, v in result.items() if k != "history"}},
-        [
-            f"saved {out}/config.json, model.safetensors, metrics.json",
-            f"validation accuracy per exit: {' / '.join(f'{100 * a:.1f}%' for a in val)}",
-            f"GMACs per exit ({MAC_NOTE}): {' / '.join(f'{g:.3f}' for g in gm)}",
-            f"training time: {metrics.train_time_s:.0f} s ({metrics.data_path} data path); "
-            f"peak memory (RSS, with loader workers): {metrics.peak_rss_gb:.2f} GB",
-        ],
-    )
+    if not ctx.is_main:
+        return
+    out = Path(args.out)
+    record_weights(mcfg, out)
+    gm = exit_gmacs(model)
+    result = {**metrics.to_dict(), "exit_gmacs": gm, "mac_note": MAC_NOTE}
+    save_checkpoint(out, model, {
+        "train": dataclasses.asdict(tcfg),
+        "runtime": {**dataclasses.asdict(runtime), "device": str(device), "device_name": device_name(device),
+                    "world_size": ctx.world_size},
+        "data": {"dataset": args.dataset, "root": ds.root, "split": args.split, "train_ids": list(train_ds.ids),
+                 "val_ids": list(val_ds.ids)},
+        "preprocessing": preprocessing_record(mcfg),
+    }, result)
+    _emit(args, {"out": str(out), **{k: v for k, v in result.items() if k != "history"}}, [
+        f"saved {out}/config.json, model.safetensors, metrics.json",
+        f"validation accuracy per exit: {' / '.join(f'{100 * a:.1f}%' for a in metrics.val_accuracy or [])}",
+        f"GMACs per exit ({MAC_NOTE}): {' / '.join(f'{g:.3f}' for g in gm)}",
+        f"training time: {metrics.train_time_s:.0f} s ({metrics.data_path} data path); "
+        f"peak memory (RSS, with loader workers): {metrics.peak_rss_gb:.2f} GB",
+    ])
 
 
 # --- trace -----------------------------------------------------------------------------------------
@@ -233,60 +255,32 @@ def cmd_trace(args: argparse.Namespace) -> None:
     runtime, ctx, device = runtime_setup(args)
     model, cfg = load_checkpoint(args.checkpoint, args.weights, device)
     ds = dataset_for_checkpoint(cfg, args.dataset, args.split, not args.no_download, args.data_root)
+    for note in ds.notes:
+        log(note)
     if list(ds.class_names) != list(model.cfg.class_names):
-        raise METError(
-            f"the dataset's classes {ds.class_names[:5]}... differ from the checkpoint's "
-            f"{model.cfg.class_names[:5]}...; trace a dataset with the same classes."
-        )
+        raise METError(f"the dataset's classes {ds.class_names[:5]}... differ from the checkpoint's "
+                       f"{model.cfg.class_names[:5]}...; trace a dataset with the same classes.")
     if args.limit and args.limit < len(ds):
-        rng = np.random.default_rng(args.seed)
-        ds = ds.subset(np.sort(rng.choice(len(ds), size=args.limit, replace=False)))
+        ds = ds.subset(np.sort(np.random.default_rng(args.seed).choice(len(ds), size=args.limit, replace=False)))
     ds.transform = transform_for(model.cfg)
     gm = exit_gmacs(model)
-    meta = {
-        "checkpoint": Path(args.checkpoint).name,
-        "checkpoint_sha256": checkpoint_hash(args.checkpoint),
-        "dataset": args.dataset or cfg.get("data", {}).get("dataset"),
-        "dataset_root": ds.root,
-        "split": args.split,
-        "exits": model.cfg.exits,
-        "mac_note": MAC_NOTE,
-        "note": SIMULATED_NOTE,
-    }
-    trace = run_trace(
-        model,
-        ds,
-        gm,
-        meta,
-        batch_size=args.batch_size,
-        features=args.features,
-        seed=args.seed,
-        progress=not args.quiet and ctx.is_main,
-        precision=runtime.precision,
-        workers=runtime.workers,
-        ctx=ctx,
-    )
+    meta = {"checkpoint": Path(args.checkpoint).name, "checkpoint_sha256": checkpoint_hash(args.checkpoint),
+            "dataset": args.dataset or cfg.get("data", {}).get("dataset"), "dataset_root": ds.root,
+            "split": args.split, "exits": model.cfg.exits, "mac_note": MAC_NOTE, "note": SIMULATED_NOTE}
+    trace = run_trace(model, ds, gm, meta, batch_size=args.batch_size, features=args.features, seed=args.seed,
+                      progress=not args.quiet and ctx.is_main, precision=runtime.precision,
+                      workers=runtime.workers, ctx=ctx)
     shutdown(ctx)
     if trace is None:  # not the main process: it has nothing to write
         return
     save_trace(args.out, trace)
     acc = (trace.logits.argmax(-1) == trace.labels[:, None]).mean(0)
-    _emit(
-        args,
-        {
-            "out": str(args.out),
-            "samples": len(trace.labels),
-            "exit_accuracy": acc.tolist(),
-            "gmacs": gm,
-            "features": int(len(trace.feature_index)),
-            "mac_note": MAC_NOTE,
-        },
-        [
-            f"saved {args.out}: {len(trace.labels)} samples, features for {len(trace.feature_index)}",
-            f"accuracy per exit: {' / '.join(f'{100 * a:.2f}%' for a in acc)}",
-            f"GMACs per exit ({MAC_NOTE}): {' / '.join(f'{g:.3f}' for g in gm)}",
-        ],
-    )
+    _emit(args, {"out": str(args.out), "samples": len(trace.labels), "exit_accuracy": acc.tolist(), "gmacs": gm,
+                 "features": int(len(trace.feature_index)), "mac_note": MAC_NOTE}, [
+        f"saved {args.out}: {len(trace.labels)} samples, features for {len(trace.feature_index)}",
+        f"accuracy per exit: {' / '.join(f'{100 * a:.2f}%' for a in acc)}",
+        f"GMACs per exit ({MAC_NOTE}): {' / '.join(f'{g:.3f}' for g in gm)}",
+    ])
 
 
 # --- info ------------------------------------------------------------------------------------------
@@ -478,10 +472,11 @@ def add_data_root(s: argparse.ArgumentParser) -> None:
 def add_rule(s: argparse.ArgumentParser) -> None:
     from .policies import DEFAULT_POLICY, POLICIES
 
-    s.add_argument("--threshold", type=float, help="one global threshold (default: the policy's default)")
+    s.add_argument("--threshold", type=number(float, THRESHOLD),
+                   help="one global threshold (default: the policy's default)")
     s.add_argument(
         "--thresholds",
-        type=_list_parser(float),
+        type=_list_parser(float, THRESHOLD),
         metavar="T1,T2,...",
         help="per-exit thresholds (K-1 or K values; the last exit always answers)",
     )
@@ -503,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .policies import CALIBRATABLE, DEFAULT_POLICY
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="met",
         description="Multiple-Exit Tuning for timm ViTs (also: python -m "
         "met_core). Multi-process: torchrun --nproc_per_node N -m met_core train|trace ...",
@@ -526,10 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", help="folder or dataset name (default: the checkpoint's, with --split val)")
     r.add_argument("--split", default="test", help="'test', 'train', or 'val' (the checkpoint's own validation ids)")
     r.add_argument("--out", required=True, help="trace file to write (.npz)")
-    r.add_argument("--limit", type=int, default=0, help="trace a seeded random subset of N samples")
-    r.add_argument("--features", type=int, default=2000, help="store head inputs for a seeded subset of N samples")
-    r.add_argument("--batch-size", type=int, default=64)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--limit", type=number(int, COUNT), default=0, help="trace a seeded random subset of N samples")
+    r.add_argument(
+        "--features", type=number(int, COUNT), default=2000, help="store head inputs for a seeded subset of N samples"
+    )
+    r.add_argument("--batch-size", type=number(int, BATCH), default=64)
+    r.add_argument("--seed", type=number(int, SEED), default=0)
     add_data_root(r)
     add_dataclass_args(r, RuntimeConfig, "runtime", only=("device", "precision", "workers"))
     r.set_defaults(func=cmd_trace)
@@ -547,9 +544,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="choose thresholds on a validation trace, measure them on a test trace")
     c.add_argument("--trace", required=True, help="validation trace the thresholds are chosen on")
     c.add_argument("--apply", help="test trace the chosen thresholds are measured on (default: the validation trace)")
-    c.add_argument("--budget", type=float, help="mean cost target, a fraction of the last exit's GMACs (0.5 = half)")
     c.add_argument(
-        "--max-loss", type=float, help="accuracy loss allowed versus the last exit, a fraction (0.005 = 0.5 point)"
+        "--budget",
+        type=number(float, Range(0, 100, lo_open=True)),
+        help="mean cost target, a fraction of the last exit's GMACs (0.5 = half)",
+    )
+    c.add_argument(
+        "--max-loss",
+        type=number(float, Range(0, 1)),
+        help="accuracy loss allowed versus the last exit, a fraction (0.005 = 0.5 point)",
     )
     c.add_argument(
         "--sweep",
@@ -562,7 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="real early-exit prediction on image files")
     add_checkpoint_args(pr)
     pr.add_argument("images", nargs="+", help="image files")
-    pr.add_argument("--max-files", type=int, default=256, help="refuse more files than this at once")
+    pr.add_argument(
+        "--max-files", type=number(int, Range(1, 10_000)), default=256, help="refuse more files than this at once"
+    )
     add_rule(pr)
     add_dataclass_args(pr, RuntimeConfig, "runtime", only=("device", "precision"))
     pr.set_defaults(func=cmd_predict)
@@ -573,10 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint_args(b)
     b.add_argument("--dataset", required=True)
     b.add_argument("--split", default="test")
-    b.add_argument("--batch", type=int, default=64)
-    b.add_argument("--limit", type=int, default=512, help="images to use (a seeded random subset)")
-    b.add_argument("--repeats", type=int, default=5)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--batch", type=number(int, BATCH), default=64)
+    b.add_argument("--limit", type=number(int, COUNT), default=512, help="images to use (a seeded random subset)")
+    b.add_argument("--repeats", type=number(int, Range(1, 1000)), default=5)
+    b.add_argument("--seed", type=number(int, SEED), default=0)
     add_data_root(b)
     add_rule(b)
     add_dataclass_args(b, RuntimeConfig, "runtime", only=("device", "precision"))
@@ -595,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         args.func(args)
     except METError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)

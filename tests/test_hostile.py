@@ -138,8 +138,11 @@ def test_traces_with_hostile_contents(tmp_path):
 
 
 @pytest.mark.parametrize("flag,value,sentence", [
-    ("--distill", "-1", "error: distill must be 0 (off) or positive, got -1.0."),
-    ("--distill-temperature", "0", "error: distill_temperature must be positive, got 0.0."),
+    ("--distill", "-1", "error: argument --distill: must be at least 0 and at most 10,000, got -1."),
+    ("--distill-temperature", "0", "error: argument --distill-temperature: must be positive and at most 1,000, got 0."),
+    ("--epochs", "0", "error: argument --epochs: must be at least 1 and at most 10,000, got 0."),
+    ("--val-fraction", "1.5", "error: argument --val-fraction: must be at least 0 and below 1, got 1.5."),
+    ("--img-size", "100000", "error: argument --img-size: must be at least 16 and at most 1,024, got 100000."),
 ])
 def test_cli_train_refuses_a_bad_recipe_in_one_sentence(tmp_path, flag, value, sentence):
     proc = run_cli("train", "--backbone", "vit_tiny_patch16_224", "--weights", "none", "--dataset", str(HYM.parent),

@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from app import state
+from app.safe import md
 from met_core.checkpoint import inspect_checkpoint
 from met_core.errors import METError
 
@@ -14,7 +15,7 @@ for p in state.checkpoints():
     try:
         sm = state.summary(p)
     except METError as e:
-        st.error(f"{state.label(p)}: {e}")
+        st.error(md(f"{state.label(p)}: {e}"))
         continue
     rows.append({"checkpoint": sm.name, "backbone": sm.backbone, "exits": ", ".join(map(str, sm.exits)),
                  "adapters": sm.adapters, "graph reg.": sm.graph_reg,
@@ -26,7 +27,7 @@ st.dataframe(pd.DataFrame(rows), hide_index=True)
 paths = state.checkpoints()
 cur = state.current()
 choice = st.radio("Use this model on every page", paths, index=paths.index(cur) if cur in paths else 0,
-                  format_func=state.label, key=state.kept("model_choice"))
+                  format_func=lambda p: md(state.label(p)), key=state.kept("model_choice"))
 if choice != cur:
     st.session_state["checkpoint"] = str(choice)
     st.rerun()
@@ -37,8 +38,8 @@ if st.button("Add", key="add_ckpt") and new:
     try:
         inspect_checkpoint(Path(new).expanduser())
     except METError as e:
-        st.error(str(e))
+        st.error(md(e))
     else:
         st.session_state.setdefault("extra_checkpoints", []).append(str(Path(new).expanduser().resolve()))
-        st.success(f"added {new}")
+        st.success(md(f"added {new}"))
         st.rerun()

@@ -6,8 +6,9 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from app import state
+from app.safe import md, plot
 from met_core.data import load_image
-from met_core.errors import METError
+from met_core.errors import METError, user_message
 from met_core.geometry import aligned_umap, knn_accuracy, silhouette
 from met_core.policies import DEFAULT_POLICY
 from met_core.whatif import outcomes
@@ -23,7 +24,7 @@ others = [p for p in state.checkpoints() if p != ckpt and state.has_test_trace(p
 default_other = next((i for i, p in enumerate(others) if p.name == f"{ckpt.name}-nogr"), 0)
 c1, c2, c3 = st.columns(3)
 other = c1.selectbox("Compare with", others, index=default_other if others else None, key=state.kept("rep_other"),
-                     format_func=state.label)
+                     format_func=lambda p: md(state.label(p)))
 k = c2.selectbox(
     "Exit", list(range(arrays.num_exits)), format_func=lambda j: f"exit {j + 1}", key=state.kept("rep_exit")
 )
@@ -55,7 +56,7 @@ if k >= state.trace(state.test_trace_path(other))[1].num_exits:
 try:
     fr = frames(str(ckpt), str(other), k)
 except METError as e:
-    state.fail(str(e))
+    state.fail(user_message(e))
 rows = fr["rows"]
 policy = st.session_state.get("policy", DEFAULT_POLICY)
 thresholds = st.session_state.get("whatif_thresholds") or state.default_thresholds(policy)
@@ -85,12 +86,12 @@ for j, ck in enumerate([ckpt, other]):
                 x=fr["xy"][j][sel, 0],
                 y=fr["xy"][j][sel, 1],
                 mode="markers",
-                name=str(v),
+                name=plot(v),
                 legendgroup=str(v),
                 showlegend=j == 0,
                 marker=dict(size=4),
                 customdata=rows[sel],
-                hovertext=trace.ids[rows[sel]],
+                hovertext=[plot(t) for t in trace.ids[rows[sel]]],
             ),
             1,
             j + 1,
@@ -100,10 +101,10 @@ fig.update_yaxes(matches="y")
 fig.update_layout(height=560, dragmode="lasso")
 event = st.plotly_chart(fig, key="umap", on_select="rerun", selection_mode=("lasso", "box"))
 d = fr["knn"][0] - fr["knn"][1]
-st.write(
+st.write(md(
     f"At exit {k + 1}, kNN accuracy is {100 * fr['knn'][0]:.1f}% for {names[0]} and {100 * fr['knn'][1]:.1f}% "
     f"for {names[1]} ({100 * d:+.1f} points); silhouette {fr['sil'][0]:.3f} vs {fr['sil'][1]:.3f}."
-)
+))
 
 picked = sorted({int(p["customdata"]) for p in (event.selection.points if event else []) if "customdata" in p})
 if picked:
@@ -111,10 +112,10 @@ if picked:
     lab = arrays.labels[picked]
     o = outcomes(arrays, thresholds, policy)
     ex, corr = o.exits[picked], o.correct[picked]
-    st.write(
+    st.write(md(
         f"accuracy at their exits ({names[0]}): {100 * corr.mean():.1f}%; "
         f"classes: " + ", ".join(f"{trace.class_names[c]} {n}" for c, n in zip(*np.unique(lab, return_counts=True)))
-    )
+    ))
     st.dataframe(
         pd.DataFrame(
             {"id": trace.ids[picked], "class": np.asarray(trace.class_names)[lab], "exit": ex + 1, "correct": corr}
@@ -126,6 +127,6 @@ if picked:
         cols = st.columns(8)
         for j, i in enumerate(picked[:16]):
             try:
-                cols[j % 8].image(load_image(root / str(trace.ids[i])), caption=str(trace.ids[i]), width="stretch")
+                cols[j % 8].image(load_image(root / str(trace.ids[i])), caption=md(trace.ids[i]), width="stretch")
             except METError as e:
-                cols[j % 8].caption(str(e))
+                cols[j % 8].caption(md(user_message(e)))

@@ -8,8 +8,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import state
+from app.safe import md, plot
 from met_core.data import IMAGE_EXTENSIONS, load_image
-from met_core.errors import METError
+from met_core.errors import METError, user_message
 from met_core.inference import predict_images
 from met_core.policies import DEFAULT_POLICY
 from met_core.whatif import outcomes
@@ -35,9 +36,9 @@ ex, pred, correct = out.exits, out.pred, out.correct
 tab_browse, tab_upload = st.tabs(["Browse the test set", "Upload images"])
 with tab_browse:
     if root is None:
-        st.warning(f"The images of this trace are not on disk (recorded folder: {trace.meta.get('dataset_root')}). "
+        st.warning(md(f"The images of this trace are not on disk (recorded folder: {trace.meta.get('dataset_root')}). "
                    "Put the dataset there, or give its folder in the sidebar or in $MET_DATASET_ROOT "
-                   "(CIFAR-10: torchvision downloads it; this repo's tests use ../shared/datasets/cifar10/test).")
+                   "(CIFAR-10: torchvision downloads it; this repo's tests use ../shared/datasets/cifar10/test)."))
     c1, c2, c3 = st.columns(3)
     exits_sel = c1.multiselect("Exit taken", list(range(1, arrays.num_exits + 1)), key=state.kept("f_exit"))
     corr_sel = c2.radio("Prediction", ["all", "correct", "wrong"], horizontal=True, key=state.kept("f_correct"))
@@ -59,13 +60,13 @@ with tab_browse:
             try:
                 col.image(load_image(root / str(trace.ids[i])), width="stretch")
             except METError as e:
-                col.caption(str(e))
+                col.caption(md(user_message(e)))
         mark = "✓" if correct[i] else "✗"
-        if col.button(f"{mark} exit {ex[i] + 1}", key=f"s{i}", help=str(trace.ids[i])):
+        if col.button(f"{mark} exit {ex[i] + 1}", key=f"s{i}", help=md(trace.ids[i])):
             st.session_state["sample"] = int(i)
     i = st.session_state.get("sample")
     if i is not None and i < len(ex):
-        st.subheader(f"{trace.ids[i]}: true class {trace.class_names[arrays.labels[i]]}")
+        st.subheader(md(f"{trace.ids[i]}: true class {trace.class_names[arrays.labels[i]]}"))
         p = arrays.probs[i]
         conf = p.max(-1)
         names = [f"exit {j + 1}" for j in range(arrays.num_exits)]
@@ -73,14 +74,14 @@ with tab_browse:
             go.Bar(
                 x=names,
                 y=conf,
-                text=[trace.class_names[c] for c in p.argmax(-1)],
+                text=[plot(trace.class_names[c]) for c in p.argmax(-1)],
                 marker_color=["crimson" if j == ex[i] else "steelblue" for j in range(arrays.num_exits)],
             )
         )
         if isinstance(thresholds, (int, float)) and policy == "max-softmax":
             fig.add_hline(y=thresholds, line_dash="dot", annotation_text="threshold")
         fig.update_layout(
-            title=f"Confidence ladder: leaves at exit {ex[i] + 1} predicting {trace.class_names[pred[i]]}",
+            title=plot(f"Confidence ladder: leaves at exit {ex[i] + 1} predicting {trace.class_names[pred[i]]}"),
             yaxis_range=[0, 1],
             height=320,
         )
@@ -100,21 +101,21 @@ with tab_upload:
         try:
             model = state.model(str(ckpt))
         except METError as e:
-            state.fail(str(e))
+            state.fail(user_message(e))
         t0 = time.perf_counter()
         results = predict_images(model, [(f.name, io.BytesIO(f.getvalue())) for f in files], thresholds, policy)
         elapsed = time.perf_counter() - t0
         ok = [r for r in results if r.error is None]
         for r in results:
             if r.error is not None:
-                st.error(r.error)
+                st.error(md(r.error))
         if ok:
             st.table(
                 pd.DataFrame(
                     [
                         {
-                            "file": r.file,
-                            "class": r.class_name,
+                            "file": md(r.file),
+                            "class": md(r.class_name),
                             "exit": r.exit + 1,
                             "confidence": round(r.confidence, 4),
                             "GMACs": round(r.gmacs, 4),
@@ -126,12 +127,10 @@ with tab_upload:
                 ).set_index("file")
             )  # static: ≤ 32 rows
             st.caption(f"Real early exit on {len(ok)} image(s) in {elapsed:.2f} s in total (preprocessing included).")
-            for r in ok[:4]:
+            classes = [plot(c) for c in model.cfg.class_names]
+            for n, r in enumerate(ok[:4]):  # two uploads may share a name: keys by position
                 probs = [p for p in r.exit_probs if p is not None]
-                fig = go.Figure(
-                    [go.Bar(name=f"exit {j + 1}", x=model.cfg.class_names, y=p) for j, p in enumerate(probs)]
-                )
-                fig.update_layout(
-                    title=f"{r.file}: per-exit probabilities (computed exits only)", barmode="group", height=300
-                )
-                st.plotly_chart(fig, key=f"up_{r.file}")
+                fig = go.Figure([go.Bar(name=f"exit {j + 1}", x=classes, y=p) for j, p in enumerate(probs)])
+                fig.update_layout(title=plot(f"{r.file}: per-exit probabilities (computed exits only)"),
+                                  barmode="group", height=300)
+                st.plotly_chart(fig, key=f"upload{n}")

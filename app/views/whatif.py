@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import state
+from app.safe import md, plot
 from met_core.exit_rule import ExitRule
 from met_core.flops import MAC_NOTE
 from met_core.policies import CALIBRATABLE, POLICIES, get_policy
@@ -18,19 +19,36 @@ ckpt = state.current()
 (trace, arrays), _ = state.traces_of(ckpt)
 k = arrays.num_exits
 st.title("Threshold what-if")
-st.caption(f"Every number on this page is **{SIMULATED_NOTE}** of {state.label(ckpt)} on {len(arrays.labels):,} test "
-           f"images ({MAC_NOTE}). The button at the bottom measures the real batched early exit.")
+st.caption(
+    f"Every number on this page is **{SIMULATED_NOTE}** of {md(state.label(ckpt))} on {len(arrays.labels):,} test "
+    f"images ({MAC_NOTE}). The button at the bottom measures the real batched early exit."
+)
 
 c1, c2 = st.columns([2, 3])
-policy = c1.radio("Exit policy", list(POLICIES), horizontal=True, key=state.kept("policy"),
-                  help="; ".join(f"**{p}**: {v.help}" for p, v in POLICIES.items()))
+policy = c1.radio(
+    "Exit policy",
+    list(POLICIES),
+    horizontal=True,
+    key=state.kept("policy"),
+    help="; ".join(f"**{p}**: {v.help}" for p, v in POLICIES.items()),
+)
 pol = get_policy(policy)
 cal_policy = policy if pol.calibratable else CALIBRATABLE[0]  # the curve needs a continuous score
-others = [p for p in state.checkpoints() if p != ckpt and state.has_test_trace(p)
-          and state.card(str(p))["config"]["model"]["num_classes"] == arrays.num_classes]
+others = [
+    p
+    for p in state.checkpoints()
+    if p != ckpt
+    and state.has_test_trace(p)
+    and state.card(str(p))["config"]["model"]["num_classes"] == arrays.num_classes
+]
 default_cmp = next((i + 1 for i, p in enumerate(others) if p.name == f"{ckpt.name}-nogr"), 0)
-compare = c2.selectbox("Compare with", [None] + others, index=default_cmp, key=state.kept("compare"),
-                       format_func=lambda p: "nothing" if p is None else state.label(p))
+compare = c2.selectbox(
+    "Compare with",
+    [None] + others,
+    index=default_cmp,
+    key=state.kept("compare"),
+    format_func=lambda p: "nothing" if p is None else md(state.label(p)),
+)
 
 
 def apply_preset(thresholds: list, lo: float, hi: float) -> None:
@@ -48,51 +66,82 @@ def live() -> None:
     st.session_state.setdefault(f"g{policy}", default)
     for j in range(k - 1):
         st.session_state.setdefault(f"t{policy}{j}", default)
-    mode = st.radio("Thresholds", ["One global threshold", "Per-exit thresholds"], horizontal=True,
-                    key=state.kept("mode"))
+    modes = ["One global threshold", "Per-exit thresholds"] if k > 1 else ["One global threshold"]
+    if k == 1:
+        st.info("This model has one exit: every image runs the whole network, whatever the threshold.")
+        st.session_state["mode"] = modes[0]
+    mode = st.radio("Thresholds", modes, horizontal=True, key=state.kept("mode"))
     presets = state.budget_presets(str(ckpt), policy) if pol.calibratable else {}
     if presets:
         cols = st.columns(len(presets) + 1)
         cols[0].write("Calibrated budgets (chosen on validation):")
         for col, (b, p) in zip(cols[1:], presets.items(), strict=True):
             if isinstance(p, str):  # the reason this budget cannot be met
-                col.button(f"{b:.0%} of the last exit's GMACs", key=f"preset{b}", disabled=True, help=p)
+                col.button(f"{b:.0%} of the last exit's GMACs", key=f"preset{b}", disabled=True, help=md(p))
             else:
-                col.button(f"{b:.0%} of the last exit's GMACs", key=f"preset{b}", on_click=apply_preset,
-                           args=(p.thresholds, lo, hi))
+                col.button(
+                    f"{b:.0%} of the last exit's GMACs",
+                    key=f"preset{b}",
+                    on_click=apply_preset,
+                    args=(p.thresholds, lo, hi),
+                )
     if mode == "One global threshold":
-        thresholds: float | list[float] = st.slider(f"Confidence threshold ({policy})", lo, hi, step=step,
-                                                    key=state.kept(f"g{policy}"), help=pol.help)
+        thresholds: float | list[float] = st.slider(
+            f"Confidence threshold ({policy})", lo, hi, step=step, key=state.kept(f"g{policy}"), help=pol.help
+        )
     else:
         cols = st.columns(k - 1)
-        thresholds = [c.number_input(f"exit {j + 1}", lo, hi, step=step, key=state.kept(f"t{policy}{j}"))
-                      for j, c in enumerate(cols)]
+        thresholds = [
+            c.number_input(f"exit {j + 1}", lo, hi, step=step, key=state.kept(f"t{policy}{j}"))
+            for j, c in enumerate(cols)
+        ]
     r = whatif(arrays, thresholds, policy, detail=True)
     st.session_state["whatif_thresholds"] = r.thresholds
     m = st.columns(4)
-    m[0].metric("Accuracy", f"{100 * r.accuracy:.2f}%",
-                f"{100 * (r.accuracy - r.last_exit_accuracy):+.2f} pt vs last exit")
-    m[1].metric("Mean GMACs", f"{r.gmacs:.4f}", f"{100 * (r.gmacs / r.last_exit_gmacs - 1):+.1f}% vs last exit",
-                delta_color="inverse")
+    m[0].metric(
+        "Accuracy", f"{100 * r.accuracy:.2f}%", f"{100 * (r.accuracy - r.last_exit_accuracy):+.2f} pt vs last exit"
+    )
+    m[1].metric(
+        "Mean GMACs",
+        f"{r.gmacs:.4f}",
+        f"{100 * (r.gmacs / r.last_exit_gmacs - 1):+.1f}% vs last exit",
+        delta_color="inverse",
+    )
     m[2].metric("Speed-up", f"{r.speedup:.2f}x")
     m[3].metric("Leaving early", f"{100 * r.early_share:.1f}%")
 
     g1, g2 = st.columns(2)
     names = [f"exit {j + 1} (block {e})" for j, e in enumerate(trace.meta.get("exits", range(1, k + 1)))]
-    g1.plotly_chart(go.Figure(go.Bar(x=names, y=r.exit_fractions, text=[f"{100 * f:.1f}%" for f in r.exit_fractions]),
-                              layout=dict(title="Share of images leaving at each exit", yaxis_tickformat=".0%",
-                                          height=320)), key="hist")
+    g1.plotly_chart(
+        go.Figure(
+            go.Bar(x=names, y=r.exit_fractions, text=[f"{100 * f:.1f}%" for f in r.exit_fractions]),
+            layout=dict(title="Share of images leaving at each exit", yaxis_tickformat=".0%", height=320),
+        ),
+        key="hist",
+    )
     acc_all = exit_accuracy_all(arrays)
-    fig = go.Figure([go.Bar(name="all images at this exit", x=names, y=acc_all),
-                     go.Bar(name="images that leave here", x=names, y=[a or 0 for a in r.exit_accuracy])],
-                    layout=dict(title="Accuracy per exit", yaxis_tickformat=".0%", height=320, barmode="group"))
+    fig = go.Figure(
+        [
+            go.Bar(name="all images at this exit", x=names, y=acc_all),
+            go.Bar(name="images that leave here", x=names, y=[a or 0 for a in r.exit_accuracy]),
+        ],
+        layout=dict(title="Accuracy per exit", yaxis_tickformat=".0%", height=320, barmode="group"),
+    )
     g2.plotly_chart(fig, key="exitacc")
 
     st.plotly_chart(curve_figure(r, thresholds), key="curve")
     with st.expander("Per-class accuracy and confusion matrix"):
         names_c = trace.class_names
-        st.dataframe(pd.DataFrame({"class": names_c, "accuracy": r.per_class_accuracy,
-                                   "images": np.bincount(arrays.labels, minlength=len(names_c))}), hide_index=True)
+        st.dataframe(
+            pd.DataFrame(
+                {
+                    "class": names_c,
+                    "accuracy": r.per_class_accuracy,
+                    "images": np.bincount(arrays.labels, minlength=len(names_c)),
+                }
+            ),
+            hide_index=True,
+        )
         st.dataframe(pd.DataFrame(r.confusion, index=names_c, columns=names_c))
     export(r)
 
@@ -105,27 +154,32 @@ def curve_figure(r: WhatIfResult, thresholds: float | list[float]) -> go.Figure:
     rows = sweep_frame(ckpt)
     front = rows[rows.pareto].sort_values("test_gmacs")
     fig = go.Figure()
-    fig.add_scatter(x=rows.test_gmacs, y=rows.test_accuracy, mode="markers", name="candidate thresholds",
-                    marker=dict(size=4, color="#bbb"))
+    fig.add_scatter(
+        x=rows.test_gmacs,
+        y=rows.test_accuracy,
+        mode="markers",
+        name="candidate thresholds",
+        marker=dict(size=4, color="#bbb"),
+    )
     fig.add_scatter(
         x=front.test_gmacs,
         y=front.test_accuracy,
         mode="lines+markers",
-        name=f"{state.label(ckpt)} (Pareto on validation)",
+        name=plot(f"{state.label(ckpt)} (Pareto on validation)"),
     )
     if compare is not None:
         (_, arr_b), _ = state.traces_of(compare)
         rows_b = sweep_frame(compare)
         fb = rows_b[rows_b.pareto].sort_values("test_gmacs")
         fig.add_scatter(
-            x=fb.test_gmacs, y=fb.test_accuracy, mode="lines", name=state.label(compare), line=dict(dash="dash")
+            x=fb.test_gmacs, y=fb.test_accuracy, mode="lines", name=plot(state.label(compare)), line=dict(dash="dash")
         )
         rb = whatif(arr_b, thresholds, policy)
         fig.add_scatter(
             x=[rb.gmacs],
             y=[rb.accuracy],
             mode="markers",
-            name=f"{state.label(compare)} at this threshold",
+            name=plot(f"{state.label(compare)} at this threshold"),
             marker=dict(size=12, symbol="diamond"),
         )
     for name, pts in state.ladder_points(str(ckpt)).items():
@@ -190,7 +244,7 @@ def export(r: WhatIfResult) -> None:
 
 def measure(thresholds: list) -> None:
     from met_core.data import decode_all, open_dataset, transform_for
-    from met_core.errors import METError
+    from met_core.errors import METError, user_message
     from met_core.inference import measure_speedup
 
     root = state.dataset_root(trace)
@@ -209,7 +263,7 @@ def measure(thresholds: list) -> None:
             x, _ = decode_all(ds, "decode", progress=False)
             res = measure_speedup(mdl, x, thresholds, policy, batch_size=64, repeats=3)
         except METError as e:
-            st.error(str(e))
+            st.error(md(user_message(e)))
             return
     st.success(
         f"Real early exit: measured speed-up {res.measured_speedup:.2f}x vs predicted "

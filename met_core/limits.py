@@ -1,0 +1,69 @@
+"""Resource bounds for untrusted input, in one place: how large a file, an image, a trace or a weights file
+may be, and the readers that enforce them before anything large is allocated.
+
+The budget: no single input makes a process allocate more than about 1 GiB above its baseline, or work
+more than a few seconds, before it is answered or refused.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from .errors import METError
+
+MAX_JSON_BYTES = 64 * 2**20  # config.json (sample ids of a full dataset fit), metrics.json, exit rules
+MAX_TRACE_BYTES = 384 * 2**20  # all arrays of a trace, decompressed (a 50,000 x 4 x 1,000 logits array fits)
+MAX_TRAINED_BYTES = 512 * 2**20  # a checkpoint's model.safetensors: adapters and heads only
+MAX_WEIGHTS_BYTES = 4 * 2**30  # a backbone weights file (ViT-L/14 in fp32 is 1.2 GB)
+MAX_IMAGE_PIXELS = 40_000_000  # decoded pixels of one image (120 MB as RGB)
+MAX_RESIZED_PIXELS = 16_000_000  # what resizing the short side to the model's size may produce before the crop
+
+
+def regular_file(path: str | os.PathLike, what: str, max_bytes: int, inside: Path | None = None) -> int:
+    """The size of `path` if it is a regular file (links followed) of at most `max_bytes`, and, with `inside`,
+    one whose real location lies inside that folder; else one sentence. FIFOs, devices and sockets never
+    are read: their reads would never end."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise METError(f"{path} is missing; {what} must be there.") from None
+    except OSError as e:
+        raise METError(f"{path} cannot be read ({e.strerror}); check its permissions.") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise METError(f"{path} is not a regular file (a folder, device, pipe or socket); {what} must be a file.")
+    if inside is not None and not path.resolve().is_relative_to(inside.resolve()):
+        raise METError(f"{path} is a link to {path.resolve()}, outside {inside}; MET reads no file out of a "
+                       "checkpoint folder: copy the file into it.")
+    if st.st_size > max_bytes:
+        raise METError(f"{path} is {st.st_size:,} bytes, more than the {max_bytes:,} allowed for {what}; it is not "
+                       "a file MET wrote, or it is damaged.")
+    return st.st_size
+
+
+def read_bounded(path: str | os.PathLike, what: str, max_bytes: int, inside: Path | None = None) -> bytes:
+    """The bytes of a regular file of at most `max_bytes` (checked before and while reading)."""
+    regular_file(path, what, max_bytes, inside)
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise METError(f"{path} grew past {max_bytes:,} bytes while being read; {what} must be a stable file.")
+    return data
+
+
+def check_image_size(width: int, height: int, name: str, resize_to: int | None = None,
+                     max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Refuse an image before decoding it: by its own pixels, and by what resizing its short side to
+    `resize_to` would make of it (a 1 x 40,000 strip becomes 112 x 4,480,000 pixels)."""
+    if width < 1 or height < 1:
+        raise METError(f"{name} has no pixels ({width}x{height}); remove or replace it.")
+    if width * height > max_pixels:
+        raise METError(f"{name} is {width}x{height} pixels, over the limit of {max_pixels:,}; downscale it first.")
+    if resize_to is not None:
+        short, long = min(width, height), max(width, height)
+        resized = resize_to * (resize_to * long // short + 1)
+        if resized > MAX_RESIZED_PIXELS:
+            raise METError(f"{name} is {width}x{height} pixels: resized to {resize_to} px on its short side it would "
+                           f"become {resized:,} pixels (aspect ratio {long / short:,.0f}:1); crop it closer to "
+                           "square first.")
