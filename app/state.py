@@ -13,7 +13,9 @@ import streamlit as st
 
 from app.safe import md
 from met_core.calibration import AppliedPoint, apply, calibrate_budget, sweep_applied
+from met_core.certify import CertifiedRule, certify_max_loss
 from met_core.checkpoint import (
+    CAL_TRACE_FILE,
     CONFIG_FILE,
     METRICS_FILE,
     TEST_TRACE_FILE,
@@ -26,6 +28,7 @@ from met_core.checkpoint import (
 from met_core.errors import METError, user_message
 from met_core.paths import locate_dataset
 from met_core.policies import get_policy
+from met_core.reliability import ReliabilityCurve, reliability
 from met_core.summary import ModelSummary
 from met_core.traces import Trace, load_trace
 from met_core.whatif import TraceArrays, WhatIfResult
@@ -152,19 +155,36 @@ def traces_of(ckpt: Path) -> tuple[tuple[Trace, TraceArrays], tuple[Trace, Trace
     return t, v
 
 
-@st.cache_data(show_spinner="Sweeping operating points on the validation trace...")
+def calibration_set(ckpt: Path) -> tuple[TraceArrays, str] | None:
+    """The trace thresholds are chosen on, and what it is: the held-out calibration trace when the checkpoint
+    has one, else its validation split; None if it has neither (then nothing is calibrated)."""
+    for name, what in ((CAL_TRACE_FILE, "held-out training images"), (VAL_TRACE_FILE, "validation images")):
+        if (ckpt / name).is_file():
+            try:
+                t, a = trace(str(ckpt / name))
+            except METError as e:
+                fail(user_message(e))
+            if t.meta.get("checkpoint_sha256") not in (None, checkpoint_sha256(ckpt)):
+                fail(f"{ckpt / name} was made by another model than {label(ckpt)}; re-create the trace.")
+            return a, f"{len(a.labels):,} {what} ({name})"
+    return None
+
+
+@st.cache_data(show_spinner="Sweeping operating points on the calibration trace...")
 def sweep_table(ckpt: str, policy: str) -> list[AppliedPoint]:
-    """Every candidate operating point chosen on validation, measured on test (Pareto front marked)."""
-    (_, test), val = traces_of(Path(ckpt))
-    return sweep_applied(val[1] if val else test, test, policy)
+    """Every candidate operating point chosen on the calibration set, measured on test (Pareto front marked)."""
+    (_, test), _ = traces_of(Path(ckpt))
+    cal = calibration_set(Path(ckpt))
+    return sweep_applied(cal[0] if cal else test, test, policy)
 
 
 @st.cache_data(show_spinner=False)
 def budget_presets(ckpt: str, policy: str) -> dict[float, WhatIfResult | str]:
-    """Calibrated per-exit thresholds for 25 / 50 / 75 % of the last exit's GMACs (chosen on validation) and
-    what they give on test; or the sentence saying why a budget cannot be met (shown on a disabled button)."""
-    (_, test), val = traces_of(Path(ckpt))
-    basis = val[1] if val else test
+    """Calibrated per-exit thresholds for 25 / 50 / 75 % of the last exit's GMACs (chosen on the calibration set)
+    and what they give on test; or the sentence saying why a budget cannot be met (shown on a disabled button)."""
+    (_, test), _ = traces_of(Path(ckpt))
+    cal = calibration_set(Path(ckpt))
+    basis = cal[0] if cal else test
     out: dict[float, WhatIfResult | str] = {}
     for b in BUDGETS:
         try:
@@ -172,6 +192,20 @@ def budget_presets(ckpt: str, policy: str) -> dict[float, WhatIfResult | str]:
         except METError as e:
             out[b] = str(e)
     return out
+
+
+@st.cache_data(show_spinner="Certifying thresholds on the calibration trace...")
+def certified(ckpt: str, policy: str, max_loss: float, delta: float) -> CertifiedRule | None:
+    """The cheapest certified thresholds (Learn-then-Test) on the calibration set; None without one."""
+    cal = calibration_set(Path(ckpt))
+    return certify_max_loss(cal[0], max_loss, delta, policy) if cal else None
+
+
+@st.cache_data(show_spinner=False)
+def reliability_curves(ckpt: str) -> list[ReliabilityCurve]:
+    """Reliability diagram and ECE of each exit on the test trace."""
+    (t, _), _ = traces_of(Path(ckpt))
+    return [reliability(p, t.labels) for p in t.probs().transpose(1, 0, 2)]
 
 
 def dataset_root(t: Trace) -> Path | None:

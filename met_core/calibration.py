@@ -60,7 +60,7 @@ class Calibrated:
             "accuracy": self.point.accuracy, "gmacs": self.point.gmacs, "source": self.point.source}}
 
 
-def _oriented_score(arrays: TraceArrays, policy: str, what: str) -> tuple[Policy, np.ndarray]:
+def oriented_score(arrays: TraceArrays, policy: str, what: str) -> tuple[Policy, np.ndarray]:
     """The policy and its (N, K) score turned so that higher = more confident; continuous scores only."""
     pol = get_policy(policy)
     if not pol.calibratable:
@@ -74,7 +74,7 @@ def thresholds_for_shares(arrays: TraceArrays, shares: np.ndarray, policy: str =
     Exits are filled in order; at exit k the most confident of the images still running leave.
     The last exit's threshold is None: it always answers.
     """
-    pol, s = _oriented_score(arrays, policy, "calibration")
+    pol, s = oriented_score(arrays, policy, "calibration")
     n, k = s.shape
     remaining = np.ones(n, dtype=bool)
     out: list[float | None] = []
@@ -103,7 +103,7 @@ def geometric_shares(q: float, k: int) -> np.ndarray:
 
 def sweep(arrays: TraceArrays, policy: str = "max-softmax", n_q: int = 41, n_global: int = 41) -> list[OperatingPoint]:
     """Candidate operating points sorted by GMACs, with the Pareto front marked (no point is cheaper and better)."""
-    pol, _ = _oriented_score(arrays, policy, "calibration")
+    pol, _ = oriented_score(arrays, policy, "calibration")
     k = arrays.num_exits
     cands: list[tuple[list[float | None], str]] = []
     for q in np.concatenate([[0.0], np.logspace(-2, 2, n_q)]):
@@ -167,7 +167,7 @@ def threshold_grid(arrays: TraceArrays, policy: str = "max-softmax", levels: int
     of this policy could reach there (to the grid's resolution): a ceiling for calibration, never a choice.
     The last early exit is vectorised, so the cost is levels^(K-2) passes over the images.
     """
-    _, s = _oriented_score(arrays, policy, "the threshold grid")
+    _, s = oriented_score(arrays, policy, "the threshold grid")
     if levels < 2:
         raise METError(f"the threshold grid needs at least 2 levels per exit, got {levels}.")
     n, k = s.shape

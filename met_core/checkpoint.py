@@ -28,6 +28,7 @@ WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
 TEST_TRACE_FILE = "test_trace.npz"  # written by `trace` beside the checkpoint; the app reads them from there
 VAL_TRACE_FILE = "val_trace.npz"
+CAL_TRACE_FILE = "cal_trace.npz"  # held-out training images for calibration (`met trace --split holdout`)
 T = TypeVar("T")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 

@@ -216,33 +216,38 @@ def cmd_train(args: argparse.Namespace) -> None:
 # --- trace -----------------------------------------------------------------------------------------
 
 
-def dataset_for_checkpoint(
-    cfg: dict[str, Any], dataset: str | None, split: str, download: bool, data_root: str | None = None
-) -> ImageDataset:
-    """The dataset a trace runs over: an explicit one, or the checkpoint's own (its 'val' split by id)."""
+def dataset_for_checkpoint(cfg: dict[str, Any], dataset: str | None, split: str, download: bool,
+                           data_root: str | None = None, holdout: int = 0, seed: int = 0) -> ImageDataset:
+    """The dataset a trace runs over: an explicit one; the checkpoint's own validation images ('val', by id);
+    or `holdout` images of its training split that it never trained or validated on ('holdout', seeded):
+    a calibration set of useful size, never drawn from the test split."""
     from .data import open_dataset
     from .paths import locate_dataset
 
     data = cfg.get("data", {})
+    if split not in ("val", "holdout"):
+        if not dataset:
+            raise METError("pass --dataset (a folder or a dataset name), or --split val / holdout for the "
+                           "checkpoint's own images.")
+        return open_dataset(dataset, split=split, download=download, data_root=data_root)
+    found = locate_dataset(data.get("root"))
+    src = dataset or (str(found) if found else data.get("dataset"))
+    if not src:
+        raise METError("this checkpoint records no dataset; pass --dataset.")
+    ds = open_dataset(src, split=data.get("split", "train"), download=download, data_root=data_root)
+    where = {sid: i for i, sid in enumerate(ds.ids)}
     if split == "val":
-        found = locate_dataset(data.get("root"))
-        src = dataset or (str(found) if found else data.get("dataset"))
-        if not src:
-            raise METError("this checkpoint records no dataset; pass --dataset.")
-        ds = open_dataset(src, split=data.get("split", "train"), download=download, data_root=data_root)
-        where = {sid: i for i, sid in enumerate(ds.ids)}
         missing = [s for s in data.get("val_ids", []) if s not in where]
         if missing or not data.get("val_ids"):
-            raise METError(
-                f"the checkpoint's validation images are not all in {src} "
-                f"({len(missing)} missing); pass the dataset it was trained on."
-            )
+            raise METError(f"the checkpoint's validation images are not all in {src} ({len(missing)} missing); "
+                           "pass the dataset it was trained on.")
         return ds.subset([where[s] for s in data["val_ids"]])
-    if not dataset:
-        raise METError(
-            "pass --dataset (a folder or a dataset name), or --split val for the checkpoint's validation split."
-        )
-    return open_dataset(dataset, split=split, download=download, data_root=data_root)
+    used = {where[s] for s in data.get("train_ids", []) + data.get("val_ids", []) if s in where}
+    free = np.setdiff1d(np.arange(len(ds)), np.fromiter(used, dtype=np.int64, count=len(used)))
+    if holdout < 1 or holdout > len(free):
+        raise METError(f"--holdout must be between 1 and the {len(free):,} images the checkpoint never saw, "
+                       f"got {holdout}.")
+    return ds.subset(np.sort(np.random.default_rng(seed).choice(free, size=holdout, replace=False)))
 
 
 def cmd_trace(args: argparse.Namespace) -> None:
@@ -254,7 +259,8 @@ def cmd_trace(args: argparse.Namespace) -> None:
 
     runtime, ctx, device = runtime_setup(args)
     model, cfg = load_checkpoint(args.checkpoint, args.weights, device)
-    ds = dataset_for_checkpoint(cfg, args.dataset, args.split, not args.no_download, args.data_root)
+    ds = dataset_for_checkpoint(cfg, args.dataset, args.split, not args.no_download, args.data_root, args.holdout,
+                                args.seed)
     for note in ds.notes:
         log(note)
     if list(ds.class_names) != list(model.cfg.class_names):
@@ -351,48 +357,95 @@ def cmd_whatif(args: argparse.Namespace) -> None:
 
     trace = load_trace(args.trace)
     policy, thresholds = _rule(args, trace.meta.get("checkpoint_sha256"))
-    r = whatif(TraceArrays.from_trace(trace), thresholds, policy, detail=args.detail)
+    arrays = TraceArrays.from_trace(trace, _temperatures(args, trace))
+    r = whatif(arrays, thresholds, policy, detail=args.detail, intervals=args.intervals)
     _emit(args, r.to_dict(), _whatif_lines(r))
+
+
+def _temperatures(args: argparse.Namespace, trace: Any) -> list[float] | None:
+    """Per-exit temperatures from --temperatures FILE, checked against the trace's model."""
+    if getattr(args, "temperatures", None) is None:
+        return None
+    from .reliability import read_temperatures
+    return read_temperatures(args.temperatures, trace.num_exits, trace.meta.get("checkpoint_sha256")).temperatures
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from .calibration import apply, calibrate_accuracy_loss, calibrate_budget, sweep_applied
+    from .certify import certify_max_loss, selection_spread
     from .traces import load_trace
-    from .whatif import TraceArrays
+    from .whatif import TraceArrays, whatif
 
     val_t = load_trace(args.trace)
     test_t = load_trace(args.apply) if args.apply else val_t
-    if (
-        val_t.meta.get("checkpoint_sha256") != test_t.meta.get("checkpoint_sha256")
-        or val_t.num_exits != test_t.num_exits
-    ):
-        raise METError(
-            f"{args.trace} and {args.apply} come from different checkpoints; calibrate and apply on "
-            "traces of one model."
-        )
-    val, test = TraceArrays.from_trace(val_t), TraceArrays.from_trace(test_t)
+    if (val_t.meta.get("checkpoint_sha256") != test_t.meta.get("checkpoint_sha256")
+            or val_t.num_exits != test_t.num_exits):
+        raise METError(f"{args.trace} and {args.apply} come from different checkpoints; calibrate and apply on "
+                       "traces of one model.")
+    temps = _temperatures(args, val_t)
+    val, test = TraceArrays.from_trace(val_t, temps), TraceArrays.from_trace(test_t, temps)
     if args.sweep:
         rows = sweep_applied(val, test, args.policy)
-        _emit(
-            args,
-            [r.to_dict() for r in rows],
-            ["val_gmacs,val_accuracy,test_gmacs,test_accuracy,pareto,source"]
-            + [
-                f"{r.val_gmacs:.4f},{r.val_accuracy:.4f},{r.test_gmacs:.4f},{r.test_accuracy:.4f},{int(r.pareto)},{r.source}"
-                for r in rows
-            ],
-        )
+        _emit(args, [r.to_dict() for r in rows], ["val_gmacs,val_accuracy,test_gmacs,test_accuracy,pareto,source"] + [
+            f"{r.val_gmacs:.4f},{r.val_accuracy:.4f},{r.test_gmacs:.4f},{r.test_accuracy:.4f},{int(r.pareto)},"
+            f"{r.source}" for r in rows])
         return
     if (args.budget is None) == (args.max_loss is None):
         raise METError("give exactly one of --budget F (fraction of the last exit's GMACs), --max-loss D, or --sweep.")
-    point = (
-        calibrate_budget(val, args.budget, args.policy)
-        if args.budget is not None
-        else calibrate_accuracy_loss(val, args.max_loss, args.policy)
-    )
-    r = apply(test, point, args.policy)
-    where = "test" if args.apply else "validation"
-    _emit(args, r.to_dict(), [f"measured on the {where} trace:"] + _whatif_lines(r.measured))
+    if args.delta is not None:
+        if args.max_loss is None:
+            raise METError("--delta certifies a --max-loss rule; give --max-loss D with it.")
+        c = certify_max_loss(val, args.max_loss, args.delta, args.policy)
+        out = {"certified": c.to_dict()}
+        lines = [c.message]
+        if c.thresholds is not None and args.apply:
+            r = whatif(test, c.thresholds, args.policy, intervals=True)
+            out["measured"] = r.to_dict()
+            lines += [f"measured on {args.apply} (loss {100 * (r.last_exit_accuracy - r.accuracy):+.2f} pt):"]
+            lines += _whatif_lines(r)
+        _emit(args, out, lines)
+        return
+
+    def choose(arrays: TraceArrays) -> Any:
+        return (calibrate_budget(arrays, args.budget, args.policy) if args.budget is not None
+                else calibrate_accuracy_loss(arrays, args.max_loss, args.policy))
+
+    r = apply(test, choose(val), args.policy)
+    out = r.to_dict()
+    lines = [f"measured on the {'test' if args.apply else 'validation'} trace:"] + _whatif_lines(r.measured)
+    if args.spread:
+        sp = selection_spread(val, test, choose, args.policy, reps=args.spread, seed=args.seed)
+        out["selection_spread"] = sp.to_dict()
+        lines.append(f"chosen again on {sp.reps} resamples of the {sp.validation_images} validation images, the test "
+                     f"accuracy spans {100 * sp.accuracy[0]:.2f} - {100 * sp.accuracy[2]:.2f}% and the mean GMACs "
+                     f"{sp.gmacs[0]:.3f} - {sp.gmacs[2]:.3f} (5th - 95th percentile)")
+    _emit(args, out, lines)
+
+
+def cmd_reliability(args: argparse.Namespace) -> None:
+    from .reliability import Temperatures, fit_temperatures, reliability
+    from .traces import load_trace
+
+    trace = load_trace(args.trace)
+    temps = _temperatures(args, trace)
+    if args.fit_on:
+        cal = load_trace(args.fit_on)
+        if cal.meta.get("checkpoint_sha256") != trace.meta.get("checkpoint_sha256"):
+            raise METError(f"{args.fit_on} comes from another checkpoint than {args.trace}.")
+        fitted = Temperatures(fit_temperatures(cal.logits.astype(np.float32), cal.labels),
+                              str(cal.meta.get("checkpoint_sha256", "")), Path(args.fit_on).name, len(cal.labels))
+        temps = fitted.temperatures
+        if args.out:
+            Path(args.out).write_text(fitted.to_json() + "\n")
+    before = [reliability(p, trace.labels, args.bins) for p in trace.probs().transpose(1, 0, 2)]
+    after = [reliability(p, trace.labels, args.bins) for p in trace.probs(temps).transpose(1, 0, 2)] if temps else None
+    out = {"ece": [c.ece for c in before], "curves": [c.__dict__ for c in before], "temperatures": temps,
+           "ece_with_temperatures": [c.ece for c in after] if after else None}
+    lines = ["expected calibration error per exit: " + " / ".join(f"{c.ece:.4f}" for c in before)]
+    if after:
+        lines += ["temperatures: " + " / ".join(f"{t:.3f}" for t in temps),
+                  "with them: " + " / ".join(f"{c.ece:.4f}" for c in after)]
+    _emit(args, out, lines)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -519,12 +572,16 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("trace", help="run a checkpoint over a dataset split and store every exit's outputs")
     add_checkpoint_args(r)
     r.add_argument("--dataset", help="folder or dataset name (default: the checkpoint's, with --split val)")
-    r.add_argument("--split", default="test", help="'test', 'train', or 'val' (the checkpoint's own validation ids)")
+    r.add_argument("--split", default="test", help="'test', 'train', 'val' (the checkpoint's own validation ids) "
+                   "or 'holdout' (see --holdout)")
     r.add_argument("--out", required=True, help="trace file to write (.npz)")
     r.add_argument("--limit", type=number(int, COUNT), default=0, help="trace a seeded random subset of N samples")
     r.add_argument(
         "--features", type=number(int, COUNT), default=2000, help="store head inputs for a seeded subset of N samples"
     )
+    r.add_argument("--holdout", type=number(int, COUNT), default=0,
+                   help="with --split holdout: trace N seeded images of the checkpoint's training split that it "
+                   "never trained or validated on (a calibration set; never the test split)")
     r.add_argument("--batch-size", type=number(int, BATCH), default=64)
     r.add_argument("--seed", type=number(int, SEED), default=0)
     add_data_root(r)
@@ -538,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("whatif", help="metrics of thresholds on a trace (simulated from cached exit outputs)")
     w.add_argument("--trace", required=True)
     w.add_argument("--detail", action="store_true", help="add per-class accuracy and the confusion matrix")
+    w.add_argument("--intervals", action="store_true", help="add 95 %% intervals to every number (exact binomial "
+                   "for proportions, a seeded bootstrap for mean GMACs and speed-up)")
+    w.add_argument("--temperatures", metavar="FILE", help="per-exit temperatures (met reliability --out FILE)")
     add_rule(w)
     w.set_defaults(func=cmd_whatif)
 
@@ -560,6 +620,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="print every candidate point (CSV, or JSON with --json), Pareto front marked",
     )
     c.add_argument("--policy", default=DEFAULT_POLICY, choices=list(CALIBRATABLE))
+    c.add_argument("--delta", type=number(float, Range(0, 1, True, True)),
+                   help="with --max-loss D: certified thresholds, losing at most D with probability >= 1 - delta "
+                   "over the calibration images (Learn-then-Test)")
+    c.add_argument("--spread", type=number(int, Range(0, 10_000)), default=0, metavar="REPS",
+                   help="choose again on REPS bootstrap resamples of the validation trace and report how much the "
+                   "test figures move")
+    c.add_argument("--seed", type=number(int, SEED), default=0)
+    c.add_argument("--temperatures", metavar="FILE", help="per-exit temperatures (met reliability --out FILE)")
+
+    rl = sub.add_parser("reliability", help="expected calibration error and reliability of each exit; fit "
+                        "per-exit temperatures")
+    rl.add_argument("--trace", required=True, help="trace to measure (the test trace)")
+    rl.add_argument("--fit-on", metavar="TRACE", help="fit per-exit temperatures on this (calibration) trace")
+    rl.add_argument("--out", help="write the fitted temperatures here (temperatures.json beside the checkpoint)")
+    rl.add_argument("--temperatures", metavar="FILE", help="measure with these temperatures")
+    rl.add_argument("--bins", type=number(int, Range(2, 1000)), default=15)
+    rl.set_defaults(func=cmd_reliability)
     c.set_defaults(func=cmd_calibrate)
 
     pr = sub.add_parser("predict", help="real early-exit prediction on image files")
@@ -587,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(b, RuntimeConfig, "runtime", only=("device", "precision"))
     b.set_defaults(func=cmd_bench_exit)
 
-    for s in (t, r, i, w, c, pr, b):
+    for s in (t, r, i, w, c, rl, pr, b):
         s.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
         s.add_argument("--quiet", action="store_true", help="no progress bars")
         s.add_argument("--no-download", action="store_true", help="never download datasets")

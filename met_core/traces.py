@@ -16,6 +16,7 @@ import json
 import math
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
@@ -50,9 +51,11 @@ class Trace:
     def num_exits(self) -> int:
         return self.logits.shape[1]
 
-    def probs(self) -> np.ndarray:
-        """Softmax probabilities (N, K, C), float32."""
+    def probs(self, temperatures: Sequence[float] | None = None) -> np.ndarray:
+        """Softmax probabilities (N, K, C), float32; each exit's logits divided by its temperature if given."""
         z = self.logits.astype(np.float32)
+        if temperatures is not None:
+            z = z / np.asarray(temperatures, dtype=np.float32)[None, :, None]
         z = z - z.max(-1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(-1, keepdims=True)

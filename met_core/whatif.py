@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .intervals import WhatIfIntervals, whatif_intervals
 from .policies import Policy, as_thresholds, exit_index, get_policy
 from .traces import SIMULATED_NOTE, Trace
 
@@ -28,11 +29,17 @@ class TraceArrays:
     _scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_trace(cls, trace: Trace) -> TraceArrays:
-        p = trace.probs()
+    def from_trace(cls, trace: Trace, temperatures: Sequence[float] | None = None) -> TraceArrays:
+        """`temperatures`: one per exit, dividing that exit's logits (temperature scaling), if given."""
+        p = trace.probs(temperatures)
         pred = p.argmax(-1)
         return cls(pred, pred == trace.labels[:, None], trace.labels, np.asarray(trace.gmacs, float),
                    p.shape[-1], p)
+
+    def take(self, rows: np.ndarray) -> TraceArrays:
+        """The same arrays for a subset (or a resample) of the samples."""
+        return TraceArrays(self.pred[rows], self.correct[rows], self.labels[rows], self.gmacs, self.num_classes,
+                           self.probs[rows])
 
     def score(self, policy: Policy) -> np.ndarray:
         if policy.name not in self._scores:
@@ -81,6 +88,7 @@ class WhatIfResult:
     note: str = SIMULATED_NOTE
     per_class_accuracy: list[float | None] | None = None  # with detail=True
     confusion: list[list[int]] | None = None  # with detail=True; rows: true class, columns: predicted
+    intervals: WhatIfIntervals | None = None  # with intervals=True: 95 % intervals of the numbers above
 
     @property
     def early_share(self) -> float:
@@ -92,14 +100,17 @@ class WhatIfResult:
         d = asdict(self)
         if self.confusion is None:
             del d["per_class_accuracy"], d["confusion"]
+        d["intervals"] = self.intervals.to_dict() if self.intervals else None
+        if self.intervals is None:
+            del d["intervals"]
         return d
 
 
 def whatif(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str = "max-softmax",
-           detail: bool = False) -> WhatIfResult:
+           detail: bool = False, intervals: bool = False, seed: int = 0) -> WhatIfResult:
     """Accuracy, mean GMACs, speed-up over the last exit, exit shares and per-exit accuracy of leavers.
 
-    `detail` adds per-class accuracy and the confusion matrix.
+    `detail` adds per-class accuracy and the confusion matrix; `intervals` their 95 % intervals (seeded).
     """
     t = as_thresholds(thresholds, arrays.num_exits)
     o = outcomes(arrays, t, policy)
@@ -114,6 +125,8 @@ def whatif(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str
         exit_accuracy=[float(r / c) if c else None for r, c in zip(right, counts, strict=True)],
         thresholds=[float(x) if np.isfinite(x) else None for x in t], policy=policy,
         last_exit_accuracy=float(arrays.correct[:, -1].mean()), last_exit_gmacs=float(arrays.gmacs[-1]))
+    if intervals:
+        out.intervals = whatif_intervals(int(correct.sum()), counts, right, arrays.gmacs, seed)
     if detail:
         c = arrays.num_classes
         conf = np.bincount(arrays.labels * c + o.pred, minlength=c * c).reshape(c, c)

@@ -243,3 +243,19 @@ def test_a_pixel_strip_and_two_uploads_with_one_name(tmp_path):
     assert [shown(i) for i in at.table[0].value.index] == ["same.jpg", "same.jpg"]
     assert any("strip.png is 1x30000 pixels" in shown(e.value) and "crop it closer to square" in shown(e.value)
                for e in at.error)
+
+
+def test_whatif_shows_intervals_and_a_certified_mode_with_met_cores_numbers():
+    from met_core.certify import certify_max_loss
+
+    at = app()
+    assert any("95 % intervals on these 10,000 test images: accuracy" in c.value for c in at.caption)
+    at.radio(key="mode").set_value("Certified (largest loss)").run()
+    assert not at.exception
+    cal_file = next(p for p in (CKPT / "cifar10-met" / n for n in ("cal_trace.npz", "val_trace.npz")) if p.is_file())
+    c = certify_max_loss(TraceArrays.from_trace(load_trace(cal_file)), 0.01, 0.1)
+    shown_msgs = [shown(x.value) for x in [*at.success, *at.warning]]
+    assert any(c.message in m and cal_file.name in m for m in shown_msgs), shown_msgs
+    test = TraceArrays.from_trace(load_trace(CKPT / "cifar10-met" / "test_trace.npz"))
+    want = whatif(test, c.thresholds or [2.0, 2.0, 2.0, None])
+    assert metric(at, "Accuracy") == f"{100 * want.accuracy:.2f}%"

@@ -11,6 +11,7 @@ from app import state
 from app.safe import md, plot
 from met_core.exit_rule import ExitRule
 from met_core.flops import MAC_NOTE
+from met_core.intervals import MEANING, clopper_pearson
 from met_core.policies import CALIBRATABLE, POLICIES, get_policy
 from met_core.traces import SIMULATED_NOTE
 from met_core.whatif import WhatIfResult, exit_accuracy_all, whatif
@@ -51,6 +52,9 @@ compare = c2.selectbox(
 )
 
 
+CERTIFIED = "Certified (largest loss)"
+
+
 def apply_preset(thresholds: list, lo: float, hi: float) -> None:
     """Preset button callback: switch to per-exit thresholds and fill them in (runs before the widgets exist)."""
     st.session_state["mode"] = "Per-exit thresholds"
@@ -67,6 +71,9 @@ def live() -> None:
     for j in range(k - 1):
         st.session_state.setdefault(f"t{policy}{j}", default)
     modes = ["One global threshold", "Per-exit thresholds"] if k > 1 else ["One global threshold"]
+    cal = state.calibration_set(ckpt)
+    if k > 1 and pol.calibratable and cal:
+        modes.append(CERTIFIED)
     if k == 1:
         st.info("This model has one exit: every image runs the whole network, whatever the threshold.")
         st.session_state["mode"] = modes[0]
@@ -74,7 +81,7 @@ def live() -> None:
     presets = state.budget_presets(str(ckpt), policy) if pol.calibratable else {}
     if presets:
         cols = st.columns(len(presets) + 1)
-        cols[0].write("Calibrated budgets (chosen on validation):")
+        cols[0].write(f"Calibrated budgets (chosen on {md(cal[1]) if cal else 'the test trace'}):")
         for col, (b, p) in zip(cols[1:], presets.items(), strict=True):
             if isinstance(p, str):  # the reason this budget cannot be met
                 col.button(f"{b:.0%} of the last exit's GMACs", key=f"preset{b}", disabled=True, help=md(p))
@@ -85,7 +92,16 @@ def live() -> None:
                     on_click=apply_preset,
                     args=(p.thresholds, lo, hi),
                 )
-    if mode == "One global threshold":
+    if mode == CERTIFIED:
+        c1, c2 = st.columns(2)
+        loss = c1.number_input("Largest accuracy loss against the last exit (points)", 0.1, 20.0, 1.0, 0.1,
+                               key=state.kept("cert_loss"))
+        delta = c2.number_input("Risk delta (the promise may fail with at most this probability)", 0.01, 0.5, 0.1,
+                                0.01, key=state.kept("cert_delta"))
+        c = state.certified(str(ckpt), policy, loss / 100, delta)
+        (st.success if c.thresholds else st.warning)(md(c.message) + f" Calibration set: {md(cal[1])}.")
+        thresholds = c.thresholds or [pol.never] * (k - 1) + [None]
+    elif mode == "One global threshold":
         thresholds: float | list[float] = st.slider(
             f"Confidence threshold ({policy})", lo, hi, step=step, key=state.kept(f"g{policy}"), help=pol.help
         )
@@ -95,7 +111,7 @@ def live() -> None:
             c.number_input(f"exit {j + 1}", lo, hi, step=step, key=state.kept(f"t{policy}{j}"))
             for j, c in enumerate(cols)
         ]
-    r = whatif(arrays, thresholds, policy, detail=True)
+    r = whatif(arrays, thresholds, policy, detail=True, intervals=True)
     st.session_state["whatif_thresholds"] = r.thresholds
     m = st.columns(4)
     m[0].metric(
@@ -109,6 +125,10 @@ def live() -> None:
     )
     m[2].metric("Speed-up", f"{r.speedup:.2f}x")
     m[3].metric("Leaving early", f"{100 * r.early_share:.1f}%")
+    ci = r.intervals
+    st.caption(f"95 % intervals on these {len(arrays.labels):,} test images: accuracy {100 * ci.accuracy.lo:.2f} - "
+               f"{100 * ci.accuracy.hi:.2f} %, mean GMACs {ci.gmacs.lo:.4f} - {ci.gmacs.hi:.4f}, speed-up "
+               f"{ci.speedup.lo:.2f} - {ci.speedup.hi:.2f}x. {MEANING}")
 
     g1, g2 = st.columns(2)
     names = [f"exit {j + 1} (block {e})" for j, e in enumerate(trace.meta.get("exits", range(1, k + 1)))]
@@ -130,6 +150,18 @@ def live() -> None:
     g2.plotly_chart(fig, key="exitacc")
 
     st.plotly_chart(curve_figure(r, thresholds), key="curve")
+    with st.expander("How far each exit's confidence can be trusted (reliability)"):
+        curves = state.reliability_curves(str(ckpt))
+        st.write("Expected calibration error per exit (the mean gap between confidence and accuracy; 0 is perfect): "
+                 + " / ".join(f"exit {j + 1}: {c.ece:.3f}" for j, c in enumerate(curves))
+                 + ". `met reliability --fit-on CAL --out temperatures.json` fits per-exit temperatures.")
+        rel = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999"),
+                                   name="perfectly calibrated"))
+        for j, c in enumerate(curves):
+            rel.add_scatter(x=c.confidence, y=c.accuracy, mode="lines+markers", name=f"exit {j + 1}")
+        rel.update_layout(xaxis_title="confidence (top-1 probability)", yaxis_title="accuracy", height=380,
+                          title="Reliability diagram (test trace, 15 bins)")
+        st.plotly_chart(rel, key="reliability")
     with st.expander("Per-class accuracy and confusion matrix"):
         names_c = trace.class_names
         st.dataframe(
@@ -161,12 +193,13 @@ def curve_figure(r: WhatIfResult, thresholds: float | list[float]) -> go.Figure:
         name="candidate thresholds",
         marker=dict(size=4, color="#bbb"),
     )
-    fig.add_scatter(
-        x=front.test_gmacs,
-        y=front.test_accuracy,
-        mode="lines+markers",
-        name=plot(f"{state.label(ckpt)} (Pareto on validation)"),
-    )
+    n = len(arrays.labels)
+    lo, hi = clopper_pearson(np.round(front.test_accuracy.to_numpy() * n), n)
+    fig.add_scatter(x=np.concatenate([front.test_gmacs, front.test_gmacs[::-1]]), y=np.concatenate([hi, lo[::-1]]),
+                    fill="toself", line=dict(width=0), fillcolor="rgba(31,119,180,0.15)", hoverinfo="skip",
+                    name="95 % interval (test sample)")
+    fig.add_scatter(x=front.test_gmacs, y=front.test_accuracy, mode="lines+markers",
+                    name=plot(f"{state.label(ckpt)} (Pareto front, chosen on calibration)"))
     if compare is not None:
         (_, arr_b), _ = state.traces_of(compare)
         rows_b = sweep_frame(compare)
