@@ -4,7 +4,6 @@ cache_resource: objects shared by all sessions (models, traces); cache_data: der
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import streamlit as st
 
 from app.safe import md
 from met_core.calibration import AppliedPoint, apply, calibrate_budget, sweep_applied
-from met_core.certify import CertifiedRule, certify_max_loss
+from met_core.certify import CertifiedRule, Spread, certify_max_loss, selection_spread
 from met_core.checkpoint import (
     CAL_TRACE_FILE,
     CONFIG_FILE,
@@ -24,8 +23,10 @@ from met_core.checkpoint import (
     checkpoint_hash,
     load_checkpoint,
     read_config,
+    read_json,
 )
 from met_core.errors import METError, user_message
+from met_core.latency import LATENCY_FILE, LatencyProfile, read_profile
 from met_core.paths import locate_dataset
 from met_core.policies import get_policy
 from met_core.reliability import ReliabilityCurve, reliability
@@ -107,7 +108,9 @@ def card(path: str) -> dict[str, Any]:
     """config.json (validated) and metrics.json of a checkpoint, without loading any weights."""
     cfg = read_config(Path(path))
     m = Path(path) / METRICS_FILE
-    metrics = json.loads(m.read_text()) if m.is_file() else {}
+    metrics = read_json(m, "the checkpoint's metrics", inside=Path(path)) if m.exists() else {}
+    if not isinstance(metrics, dict):
+        raise METError(f"{m} is not a JSON object; restore the checkpoint's metrics from its original.")
     return {"config": cfg, "metrics": metrics}
 
 
@@ -129,8 +132,23 @@ def checkpoint_sha256(ckpt: Path) -> str:
 
 @st.cache_resource(show_spinner="Loading the model (backbone and adapters)...")
 def model(path: str):
-    """One model object per checkpoint, shared by every session (inference only, under no_grad)."""
-    return load_checkpoint(path)[0]
+    """One model object per checkpoint, shared by every session (inference only, under no_grad), on
+    $MET_DEVICE (auto: CUDA when available)."""
+    from met_core.devices import resolve_device
+    return load_checkpoint(path, device=resolve_device(os.environ.get("MET_DEVICE", "auto")))[0]
+
+
+@st.cache_data(show_spinner="Choosing the budget again on resamples of the calibration set...")
+def budget_spread(ckpt: str, policy: str, budget: float) -> Spread | None:
+    """How much the calibrated budget's test figures move when the calibration set is resampled."""
+    (_, test), _ = traces_of(Path(ckpt))
+    cal = calibration_set(Path(ckpt))
+    if cal is None:
+        return None
+    try:
+        return selection_spread(cal[0], test, lambda a: calibrate_budget(a, budget, policy), policy, reps=100)
+    except METError:
+        return None
 
 
 @st.cache_resource(show_spinner="Reading the trace...")
@@ -199,6 +217,23 @@ def certified(ckpt: str, policy: str, max_loss: float, delta: float) -> Certifie
     """The cheapest certified thresholds (Learn-then-Test) on the calibration set; None without one."""
     cal = calibration_set(Path(ckpt))
     return certify_max_loss(cal[0], max_loss, delta, policy) if cal else None
+
+
+@st.cache_resource(show_spinner=False)
+def latency_profile(ckpt: str, mtime: float) -> LatencyProfile:
+    """The checkpoint's measured latency profile (met profile), read once per file version."""
+    return read_profile(Path(ckpt) / LATENCY_FILE)
+
+
+def profile_of(ckpt: Path) -> LatencyProfile | None:
+    """The latency profile beside a checkpoint, or None; one sentence if it is damaged."""
+    f = ckpt / LATENCY_FILE
+    if not f.is_file():
+        return None
+    try:
+        return latency_profile(str(ckpt), f.stat().st_mtime)
+    except METError as e:
+        fail(user_message(e))
 
 
 @st.cache_data(show_spinner=False)

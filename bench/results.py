@@ -23,12 +23,16 @@ from met_core.calibration import (  # noqa: E402
     sweep_applied,
     threshold_grid,
 )
+from met_core.certify import certify_max_loss, selection_spread  # noqa: E402
+from met_core.checkpoint import CAL_TRACE_FILE  # noqa: E402
 from met_core.errors import METError  # noqa: E402
 from met_core.flops import MAC_NOTE  # noqa: E402
 from met_core.geometry import knn_accuracy, silhouette  # noqa: E402
+from met_core.intervals import MEANING  # noqa: E402
 from met_core.policies import CALIBRATABLE  # noqa: E402
+from met_core.reliability import TEMPERATURES_FILE, read_temperatures, reliability  # noqa: E402
 from met_core.traces import load_trace  # noqa: E402
-from met_core.whatif import TraceArrays, exit_accuracy_all  # noqa: E402
+from met_core.whatif import TraceArrays, exit_accuracy_all, whatif  # noqa: E402
 
 LADDER = [("1. frozen linear probe at each exit", "baselines/cifar10-linear-probe"),
           ("2. single-exit adapter tuning", "baselines/cifar10-single-exit"),
@@ -184,6 +188,65 @@ def seeds_section(models: dict) -> list[str]:
     return out
 
 
+def trust_section(m: dict) -> list[str]:
+    """Certified rules (D = 0.5 and 1 point, delta = 0.1) on the 200 validation and the held-out calibration
+    images, beside the uncertified validation choice and the test-chosen ceiling; selection spread; temperatures."""
+    a, ck = m["A"], m["dir"]
+    sets = [("validation", m["V"])]
+    if (ck / CAL_TRACE_FILE).is_file():
+        sets.append(("held-out calibration", TraceArrays.from_trace(load_trace(ck / CAL_TRACE_FILE))))
+    last = a.correct[:, -1].mean()
+    grid = threshold_grid(a, levels=41)
+    out = ["## Thresholds you can trust (cifar10-met)", "",
+           f"{MEANING} Every figure below is measured on the {len(a.labels):,} test images; the rules are chosen on "
+           "the calibration set named in each row (never on test, except the ceiling).", "",
+           "| rule | calibration set | images | test mean GMACs (share of the last exit's) | test loss vs the last "
+           "exit (pt) |", "|---|---|---|---|---|"]
+    for d in (0.005, 0.01):
+        for name, cal in sets:
+            if cal is None:
+                continue
+            c = certify_max_loss(cal, d, 0.1)
+            th = c.thresholds or [2.0] * (a.num_exits - 1) + [None]
+            r = whatif(a, th)
+            what = "certified" if c.thresholds else "certified: none (all to the last exit)"
+            out.append(f"| {what}, D = {100 * d:g} pt, delta = 0.1 | {name} | {len(cal.labels):,} | {r.gmacs:.3f} "
+                       f"({r.gmacs / a.gmacs[-1]:.0%}) | {100 * (last - r.accuracy):+.2f} |")
+            u = apply(a, calibrate_accuracy_loss(cal, d)).measured
+            out.append(f"| uncertified: cheapest within {100 * d:g} pt on the calibration set | {name} | "
+                       f"{len(cal.labels):,} | {u.gmacs:.3f} ({u.gmacs / a.gmacs[-1]:.0%}) | "
+                       f"{100 * (last - u.accuracy):+.2f} |")
+        ok = grid[grid[:, 0] >= last - d - 1e-12]
+        g = ok[:, 1].min()
+        out.append(f"| ceiling: cheapest per-exit thresholds within {100 * d:g} pt, chosen on test itself | test | "
+                   f"{len(a.labels):,} | {g:.3f} ({g / a.gmacs[-1]:.0%}) | <= {100 * d:g} |")
+    out.append("")
+    for name, cal in sets:
+        if cal is None:
+            continue
+        sp = selection_spread(cal, a, lambda x: calibrate_budget(x, 0.6), reps=100)
+        out.append(f"A 60 % budget chosen again on 100 resamples of the {len(cal.labels):,} {name} images gives test "
+                   f"accuracy {pct(sp.accuracy[0])} - {pct(sp.accuracy[2])} % and mean GMACs {sp.gmacs[0]:.3f} - "
+                   f"{sp.gmacs[2]:.3f} (5th - 95th percentile).")
+    temp_file = ck / TEMPERATURES_FILE
+    if temp_file.is_file():
+        t = read_temperatures(temp_file, a.num_exits)
+        at = TraceArrays.from_trace(m["test"], t.temperatures)
+        before = [reliability(p, m["test"].labels).ece for p in m["test"].probs().transpose(1, 0, 2)]
+        after = [reliability(p, m["test"].labels).ece for p in m["test"].probs(t.temperatures).transpose(1, 0, 2)]
+        cal = TraceArrays.from_trace(load_trace(ck / t.fitted_on), t.temperatures)
+        raw_cal = sets[-1][1]
+        r0 = apply(a, calibrate_budget(raw_cal, 0.6)).measured
+        r1 = apply(at, calibrate_budget(cal, 0.6)).measured
+        out += ["", f"Per-exit temperatures {' / '.join(f'{x:.2f}' for x in t.temperatures)} (fitted on "
+                f"{t.fitted_on}, {t.images:,} images; `{TEMPERATURES_FILE}` beside the checkpoint) take the test ECE "
+                f"per exit from {' / '.join(f'{x:.3f}' for x in before)} to {' / '.join(f'{x:.3f}' for x in after)}. "
+                f"On the accuracy-versus-GMACs front they move the 60 % budget point (chosen on {t.fitted_on}) from "
+                f"{pct(r0.accuracy)} % at {r0.gmacs / a.gmacs[-1]:.0%} to {pct(r1.accuracy)} % at "
+                f"{r1.gmacs / a.gmacs[-1]:.0%} of the GMACs on test."]
+    return out + [""]
+
+
 def best_at(points: list, gmacs: float) -> float | None:
     ok = [p for p in points if p["gmacs"] <= gmacs + 1e-9]
     return max(p["accuracy"] for p in ok) if ok else None
@@ -330,6 +393,7 @@ def main() -> int:
             lines += seeds_section(models)
         if a.num_exits > 1:
             lines += ceiling_section(a)
+            lines += trust_section(met)
         r = met.get("within_half_point")
         if r is not None:
             lines += [

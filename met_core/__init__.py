@@ -10,10 +10,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "METConfig": "config", "TrainConfig": "config", "METError": "errors", "METModel": "model",
-    "create_backbone": "backbones", "load_checkpoint": "io", "save_checkpoint": "io", "exit_gmacs": "flops",
-    "whatif": "whatif", "TraceArrays": "whatif", "load_trace": "traces", "calibrate_budget": "calibration",
-    "sweep": "calibration", "early_exit": "inference", "predict_files": "inference",
+    "METConfig": "config", "TrainConfig": "config", "RuntimeConfig": "config", "METError": "errors",
+    "METModel": "model", "create_backbone": "backbones", "backbone_entry": "backbones",
+    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "exit_gmacs": "flops", "whatif": "whatif",
+    "WhatIfResult": "whatif", "TraceArrays": "whatif", "load_trace": "traces", "calibrate_budget": "calibration",
+    "sweep": "calibration", "certify_max_loss": "certify", "early_exit": "inference", "predict_files": "inference",
+    "fit": "train", "POLICIES": "policies", "ModelSummary": "summary", "ExitRule": "exit_rule",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

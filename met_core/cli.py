@@ -359,7 +359,14 @@ def cmd_whatif(args: argparse.Namespace) -> None:
     policy, thresholds = _rule(args, trace.meta.get("checkpoint_sha256"))
     arrays = TraceArrays.from_trace(trace, _temperatures(args, trace))
     r = whatif(arrays, thresholds, policy, detail=args.detail, intervals=args.intervals)
-    _emit(args, r.to_dict(), _whatif_lines(r))
+    out, lines = r.to_dict(), _whatif_lines(r)
+    if args.profile:
+        from .latency import predict_latency, read_profile
+        lp = predict_latency(read_profile(args.profile, arrays.num_exits), r.exit_fractions, args.batch)
+        out["latency"] = lp.to_dict()
+        lines.append(f"at batch {lp.batch}: {lp.ms_per_image:.2f} ms per image, {lp.images_per_s:.0f} images/s, "
+                     f"{lp.speedup:.2f}x faster than the last exit ({lp.note}: {lp.device_name})")
+    _emit(args, out, lines)
 
 
 def _temperatures(args: argparse.Namespace, trace: Any) -> list[float] | None:
@@ -449,14 +456,14 @@ def cmd_reliability(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .checkpoint import checkpoint_hash, load_checkpoint
+    from .checkpoint import checkpoint_hash
     from .inference import predict_files
 
     if len(args.images) > args.max_files:
         raise METError(f"{len(args.images)} files given; at most {args.max_files} at once (raise --max-files).")
     runtime, _, device = runtime_setup(args)
     policy, thresholds = _rule(args, checkpoint_hash(args.checkpoint) if args.rule else None)
-    model, _ = load_checkpoint(args.checkpoint, args.weights, device)
+    model = engine(args, device)
     res = predict_files(model, args.images, thresholds, policy, precision=runtime.precision)
     lines = [
         f"{r.file}: error: {r.error}"
@@ -471,29 +478,89 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_bench_exit(args: argparse.Namespace) -> None:
     import torch
 
-    from .checkpoint import checkpoint_hash, load_checkpoint
+    from .checkpoint import checkpoint_hash
     from .data import decode_all, open_dataset, transform_for
     from .inference import measure_speedup
+    from .latency import LATENCY_FILE, predict_latency, read_profile
 
     runtime, _, device = runtime_setup(args)
     policy, thresholds = _rule(args, checkpoint_hash(args.checkpoint) if args.rule else None)
-    model, _ = load_checkpoint(args.checkpoint, args.weights, device)
+    model = engine(args, device)
+    prof_path = Path(args.profile) if args.profile else Path(args.checkpoint) / LATENCY_FILE
+    prof = read_profile(prof_path, model.num_exits) if args.profile or prof_path.exists() else None
     ds = open_dataset(args.dataset, split=args.split, download=not args.no_download, data_root=args.data_root)
     if args.limit and args.limit < len(ds):
         ds = ds.subset(np.sort(np.random.default_rng(args.seed).choice(len(ds), args.limit, replace=False)))
-    ds.transform = transform_for(model.cfg)
+    ds.transform = model.manifest.transform() if args.engine == "onnx" else transform_for(model.cfg)
     x, _ = decode_all(ds, "decode", progress=not args.quiet)
-    torch.manual_seed(args.seed)
-    r = measure_speedup(model, x, thresholds, policy, args.batch, args.repeats, runtime.precision)
-    _emit(
-        args,
-        r.to_dict(),
-        [
-            f"real batched early exit on {r.images} images, batch {r.batch_size}, median of {r.repeats}:",
-            f"predicted speed-up {r.predicted_speedup:.2f}x, measured {r.measured_speedup:.2f}x "
-            f"({100 * r.early_exit_share:.1f}% left early)",
-        ],
-    )
+    rows, lines = [], [f"real batched early exit ({args.engine}) on {len(x)} images ({policy}), median of "
+                       f"{args.repeats}; "
+                       "speed-up over every image to the last exit:",
+                       "batch | measured | GMACs-predicted | profile-predicted | measured ms/image | profile ms/image"]
+    for b in args.batch:
+        torch.manual_seed(args.seed)
+        r = measure_speedup(model, x, thresholds, policy, b, args.repeats, runtime.precision)
+        row = {**r.to_dict(), "measured_ms_per_image": 1e3 * r.early_seconds_median / r.images}
+        if prof is not None:
+            lp = predict_latency(prof, r.exit_fractions, b)
+            row["profile"] = lp.to_dict()
+        rows.append(row)
+        lp_s = f"{row['profile']['speedup']:.2f}x" if prof else "-"
+        lp_ms = f"{row['profile']['ms_per_image']:.2f}" if prof else "-"
+        lines.append(f"{b} | {r.measured_speedup:.2f}x | {r.predicted_speedup:.2f}x | {lp_s} | "
+                     f"{row['measured_ms_per_image']:.2f} | {lp_ms}")
+    if prof is not None:
+        lines.append(f"profile: {prof.device_name}, {prof.threads} threads, {prof.precision} ({prof_path})")
+    _emit(args, rows, lines)
+
+
+def engine(args: argparse.Namespace, device: Any) -> Any:
+    """The model `predict` and `bench-exit` run: the checkpoint in PyTorch, or its ONNX export (--engine onnx)."""
+    from .checkpoint import checkpoint_hash, load_checkpoint
+
+    if args.engine == "pytorch":
+        return load_checkpoint(args.checkpoint, args.weights, device)[0]
+    from .export import OnnxEarlyExit
+    runner = OnnxEarlyExit(args.onnx or Path(args.checkpoint) / "onnx")
+    if runner.manifest.checkpoint_sha256 != checkpoint_hash(args.checkpoint):
+        raise METError(f"the ONNX export in {runner.folder} was made from another checkpoint; export this one "
+                       "again (met export).")
+    return runner
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .checkpoint import checkpoint_hash, load_checkpoint
+    from .export import export_onnx
+    from .flops import exit_gmacs
+
+    sha = checkpoint_hash(args.checkpoint)
+    policy, thresholds = _rule(args, sha if args.rule else None)
+    model, _ = load_checkpoint(args.checkpoint, args.weights)
+    out = Path(args.out) if args.out else Path(args.checkpoint) / "onnx"
+    m = export_onnx(model, out, policy, thresholds, sha, exit_gmacs(model))
+    _emit(args, json.loads(m.to_json()), [f"wrote {len(m.stages)} stage graphs and exits.json to {out} (checked with "
+                                          f"the onnx checker); policy {m.policy}, thresholds {m.thresholds}"])
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    from .checkpoint import checkpoint_hash, load_checkpoint
+    from .latency import LATENCY_FILE, profile_model
+
+    runtime, _, device = runtime_setup(args)
+    model, _ = load_checkpoint(args.checkpoint, args.weights, device)
+    prof = profile_model(model, args.batch, runtime.precision, args.repeats,
+                         progress=(lambda s: None) if args.quiet else (lambda s: log(f"profiling {s}")))
+    prof.checkpoint_sha256 = checkpoint_hash(args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint) / LATENCY_FILE
+    out.write_text(prof.to_json() + "\n")
+    lines = [f"wrote {out}: {prof.device_name}, {prof.threads} threads, torch {prof.torch_version}, {prof.precision}",
+             "batch | stem ms | " + " | ".join(f"stage {k + 1} ms | head {k + 1} ms" for k in range(model.num_exits))
+             + " | compaction ms"]
+    for i, b in enumerate(prof.batch_sizes):
+        lines.append(f"{b} | {prof.stem_ms[i]:.2f} | " + " | ".join(
+            f"{prof.stage_ms[k][i]:.2f} | {prof.head_ms[k][i]:.3f}" for k in range(model.num_exits))
+            + f" | {prof.compact_ms[i]:.3f}")
+    _emit(args, json.loads(prof.to_json()), lines)
 
 
 # --- entry point -----------------------------------------------------------------------------------
@@ -547,6 +614,12 @@ def add_rule(s: argparse.ArgumentParser) -> None:
     )
 
 
+def add_engine(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--engine", choices=["pytorch", "onnx"], default="pytorch",
+                   help="run the checkpoint in PyTorch, or its per-stage ONNX export with onnxruntime")
+    s.add_argument("--onnx", metavar="DIR", help="the export folder (met export; default: CHECKPOINT/onnx)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .policies import CALIBRATABLE, DEFAULT_POLICY
@@ -598,6 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--intervals", action="store_true", help="add 95 %% intervals to every number (exact binomial "
                    "for proportions, a seeded bootstrap for mean GMACs and speed-up)")
     w.add_argument("--temperatures", metavar="FILE", help="per-exit temperatures (met reliability --out FILE)")
+    w.add_argument("--profile", metavar="FILE", help="a latency profile (met profile): also predict ms per image "
+                   "and images/s")
+    w.add_argument("--batch", type=number(int, BATCH), default=64, help="batch size of the latency prediction")
     add_rule(w)
     w.set_defaults(func=cmd_whatif)
 
@@ -646,6 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-files", type=number(int, Range(1, 10_000)), default=256, help="refuse more files than this at once"
     )
     add_rule(pr)
+    add_engine(pr)
     add_dataclass_args(pr, RuntimeConfig, "runtime", only=("device", "precision"))
     pr.set_defaults(func=cmd_predict)
 
@@ -655,16 +732,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint_args(b)
     b.add_argument("--dataset", required=True)
     b.add_argument("--split", default="test")
-    b.add_argument("--batch", type=number(int, BATCH), default=64)
+    b.add_argument("--batch", type=_list_parser(int, BATCH, 16), default=[64], metavar="B1,B2,...",
+                   help="batch sizes to measure (default 64)")
+    b.add_argument("--profile", metavar="FILE", help="latency profile for the predicted column (default: "
+                   "CHECKPOINT/latency.json when it exists)")
     b.add_argument("--limit", type=number(int, COUNT), default=512, help="images to use (a seeded random subset)")
     b.add_argument("--repeats", type=number(int, Range(1, 1000)), default=5)
     b.add_argument("--seed", type=number(int, SEED), default=0)
     add_data_root(b)
     add_rule(b)
+    add_engine(b)
     add_dataclass_args(b, RuntimeConfig, "runtime", only=("device", "precision"))
     b.set_defaults(func=cmd_bench_exit)
 
-    for s in (t, r, i, w, c, rl, pr, b):
+    ex = sub.add_parser("export", help="write one static ONNX graph per stage and exits.json (early exit outside "
+                        "PyTorch)")
+    add_checkpoint_args(ex)
+    ex.add_argument("--format", choices=["onnx"], default="onnx")
+    ex.add_argument("--out", help="folder to write (default: CHECKPOINT/onnx)")
+    add_rule(ex)
+    ex.set_defaults(func=cmd_export)
+
+    pf = sub.add_parser("profile", help="time each piece of the real early-exit path at several batch sizes "
+                        "and write latency.json")
+    add_checkpoint_args(pf)
+    pf.add_argument("--batch", type=_list_parser(int, BATCH, 16), default=[1, 8, 64, 256], metavar="B1,B2,...")
+    pf.add_argument("--repeats", type=number(int, Range(1, 1000)), default=10)
+    pf.add_argument("--out", help="where to write the profile (default: CHECKPOINT/latency.json)")
+    add_dataclass_args(pf, RuntimeConfig, "runtime", only=("device", "precision"))
+    pf.set_defaults(func=cmd_profile)
+
+    for s in (t, r, i, w, c, rl, pr, b, pf, ex):
         s.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
         s.add_argument("--quiet", action="store_true", help="no progress bars")
         s.add_argument("--no-download", action="store_true", help="never download datasets")

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision import transforms
 
 from .errors import METError
-from .limits import MAX_IMAGE_PIXELS, check_image_size
+from .limits import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS, check_image_size, regular_file
 from .paths import cache_dir
 
 if TYPE_CHECKING:
@@ -84,8 +84,10 @@ def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None, r
     applied; its size, and what resizing to `resize_to` would make of it, checked from the header before
     any pixel is decoded (limits.check_image_size); one-sentence errors."""
     name = name or str(source)
-    if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
-        raise METError(f"{name} does not exist; check the path.")
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.exists(source):
+            raise METError(f"{name} does not exist; check the path.")
+        regular_file(source, "an image", MAX_IMAGE_FILE_BYTES)  # a pipe named .jpg would block forever
     try:
         with Image.open(source) as img:
             check_image_size(*img.size, name, resize_to, max_pixels)
@@ -218,7 +220,8 @@ def image_folder(root: Path) -> ImageDataset:
     for label, c in enumerate(classes):
         for dirpath, _, files in sorted(os.walk(root / c)):
             for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                if (f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+                        and os.path.isfile(os.path.join(dirpath, f))):  # regular files only: no pipes or devices
                     ids.append(os.path.relpath(os.path.join(dirpath, f), root))
                     labels.append(label)
     if not ids:

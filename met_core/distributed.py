@@ -52,7 +52,11 @@ def init_distributed(device_type: str) -> DistContext:
         return DistContext()
     ctx = DistContext(env_int("RANK", 0), world, env_int("LOCAL_RANK", 0))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        try:
+            dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        except (ValueError, RuntimeError) as e:
+            raise METError(f"WORLD_SIZE={world} asks for several processes, but the process group could not start "
+                           f"({str(e).splitlines()[0][:160]}); launch with torchrun, or unset WORLD_SIZE.") from None
     return ctx
 
 

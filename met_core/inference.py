@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from .errors import METError
 from .flops import exit_gmacs
 from .model import EarlyExitResult, METModel
 from .policies import as_thresholds, get_policy
+
+if TYPE_CHECKING:
+    from .export import OnnxEarlyExit
 
 
 @torch.no_grad()
@@ -80,25 +83,37 @@ def predict_files(model: METModel, files: Sequence[str | Path], thresholds: floa
     return predict_images(model, [(str(f), f) for f in files], thresholds, policy, batch_size, precision)
 
 
-def predict_images(model: METModel, items: Sequence[tuple[str, str | Path | IO[bytes]]],
+def predict_images(model: METModel | OnnxEarlyExit, items: Sequence[tuple[str, str | Path | IO[bytes]]],
                    thresholds: float | Sequence[float], policy: str = "max-softmax",
                    batch_size: int = 64, precision: str = "fp32") -> list[Prediction]:
-    """Like `predict_files` for (name, path or binary file object) pairs, e.g. uploads."""
-    tf = transform_for(model.cfg)
-    gm = exit_gmacs(model)
+    """Like `predict_files` for (name, path or binary file object) pairs, e.g. uploads; `model` is a METModel or
+    an ONNX export's runner (the same answers: tests/test_export.py)."""
+    from .export import OnnxEarlyExit
+
+    if isinstance(model, OnnxEarlyExit):
+        m = model.manifest
+        tf, gm, names, img_size = m.transform(), m.gmacs, m.class_names, m.img_size
+
+        def run(x: torch.Tensor) -> EarlyExitResult:
+            return model(x.numpy(), thresholds, policy, batch_size)
+    else:
+        tf, gm, img_size = transform_for(model.cfg), exit_gmacs(model), model.cfg.img_size
+        names = model.cfg.class_names or [str(c) for c in range(model.cfg.num_classes)]
+
+        def run(x: torch.Tensor) -> EarlyExitResult:
+            return early_exit(model, x, thresholds, policy, batch_size, precision)
     results = [Prediction(name) for name, _ in items]
     good, tensors = [], []
     for i, (name, src) in enumerate(items):
         try:
-            tensors.append(tf(load_image(src, name, resize_to=model.cfg.img_size)))
+            tensors.append(tf(load_image(src, name, resize_to=img_size)))
             good.append(i)
         except METError as e:
             results[i].error = str(e)
     if good:
         t0 = time.perf_counter()
-        res = early_exit(model, torch.stack(tensors), thresholds, policy, batch_size, precision)
+        res = run(torch.stack(tensors))
         per_image_s = (time.perf_counter() - t0) / len(good)
-        names = model.cfg.class_names or [str(c) for c in range(model.cfg.num_classes)]
         for j, i in enumerate(good):
             e = int(res.exits[j])
             r = results[i]
@@ -115,6 +130,7 @@ class SpeedupResult:
     predicted_speedup: float
     measured_speedup: float
     early_exit_share: float
+    exit_fractions: list[float]
     images: int
     batch_size: int
     repeats: int
@@ -127,28 +143,43 @@ class SpeedupResult:
         return asdict(self)
 
 
-def measure_speedup(model: METModel, x: torch.Tensor, thresholds: float | Sequence[float], policy: str = "max-softmax",
-                    batch_size: int = 64, repeats: int = 5, precision: str = "fp32") -> SpeedupResult:
-    """Real batched early exit vs every image to the last exit: same images, same process, interleaved, median."""
-    gm = np.asarray(exit_gmacs(model))
-    t = as_thresholds(thresholds, model.num_exits)
+def measure_speedup(model: METModel | OnnxEarlyExit, x: torch.Tensor, thresholds: float | Sequence[float],
+                    policy: str = "max-softmax", batch_size: int = 64, repeats: int = 5,
+                    precision: str = "fp32") -> SpeedupResult:
+    """Real batched early exit vs every image to the last exit: same images, same process, interleaved, median.
+    `model` is a METModel (PyTorch) or an ONNX export's runner."""
+    from .export import OnnxEarlyExit
+
     pol = get_policy(policy)
-    device = next(model.parameters()).device
+    if isinstance(model, OnnxEarlyExit):
+        k, gm = model.num_exits, np.asarray(model.manifest.gmacs)
+        t = as_thresholds(thresholds, k)
+        xn = x.numpy()
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        def run_full() -> None:
+            model(xn, [pol.never] * (k - 1) + [None], policy, batch_size)
 
-    def run_full() -> None:
-        with torch.no_grad(), autocast(device, precision):
-            for i in range(0, len(x), batch_size):
-                model(x[i:i + batch_size].to(device))
-        sync()
+        def run_early() -> EarlyExitResult:
+            return model(xn, t, policy, batch_size)
+    else:
+        k, gm = model.num_exits, np.asarray(exit_gmacs(model))
+        t = as_thresholds(thresholds, k)
+        device = next(model.parameters()).device
 
-    def run_early() -> EarlyExitResult:
-        res = early_exit(model, x, t, policy, batch_size, precision)
-        sync()
-        return res
+        def sync() -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        def run_full() -> None:
+            with torch.no_grad(), autocast(device, precision):
+                for i in range(0, len(x), batch_size):
+                    model(x[i:i + batch_size].to(device))
+            sync()
+
+        def run_early() -> EarlyExitResult:
+            res = early_exit(model, x, t, policy, batch_size, precision)
+            sync()
+            return res
 
     res = run_early()  # warm-up, and the exits the prediction is based on
     run_full()
@@ -159,6 +190,8 @@ def measure_speedup(model: METModel, x: torch.Tensor, thresholds: float | Sequen
     return SpeedupResult(
         predicted_speedup=float(gm[-1] / gm[res.exits].mean()),
         measured_speedup=float(statistics.median(full_s) / statistics.median(early_s)),
-        early_exit_share=float((res.exits < model.num_exits - 1).mean()), images=len(x), batch_size=batch_size,
-        repeats=repeats, policy=pol.name, thresholds=[float(v) if np.isfinite(v) else None for v in t],
+        early_exit_share=float((res.exits < k - 1).mean()),
+        exit_fractions=(np.bincount(res.exits, minlength=k) / len(x)).tolist(), images=len(x),
+        batch_size=batch_size, repeats=repeats, policy=pol.name,
+        thresholds=[float(v) if np.isfinite(v) else None for v in t],
         full_seconds_median=statistics.median(full_s), early_seconds_median=statistics.median(early_s))

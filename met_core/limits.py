@@ -13,9 +13,12 @@ from pathlib import Path
 from .errors import METError
 
 MAX_JSON_BYTES = 64 * 2**20  # config.json (sample ids of a full dataset fit), metrics.json, exit rules
-MAX_TRACE_BYTES = 384 * 2**20  # all arrays of a trace, decompressed (a 50,000 x 4 x 1,000 logits array fits)
+MAX_TRACE_BYTES = 128 * 2**20  # a trace's arrays, decompressed: what-ifs derive ~6x the logits in float32 from
+#                                them, which must stay within the budget (10,000 x 4 x 1,000 fp16 logits fit)
+MAX_TEXT_CHARS = {"ids": 4096, "class_names": 200, "meta": 1_000_000}  # per string item of a trace's text arrays
 MAX_TRAINED_BYTES = 512 * 2**20  # a checkpoint's model.safetensors: adapters and heads only
 MAX_WEIGHTS_BYTES = 4 * 2**30  # a backbone weights file (ViT-L/14 in fp32 is 1.2 GB)
+MAX_IMAGE_FILE_BYTES = 256 * 2**20  # an image file on disk
 MAX_IMAGE_PIXELS = 40_000_000  # decoded pixels of one image (120 MB as RGB)
 MAX_RESIZED_PIXELS = 16_000_000  # what resizing the short side to the model's size may produce before the crop
 
@@ -25,6 +28,9 @@ def regular_file(path: str | os.PathLike, what: str, max_bytes: int, inside: Pat
     one whose real location lies inside that folder; else one sentence. FIFOs, devices and sockets never
     are read: their reads would never end."""
     path = Path(path)
+    if inside is not None and not path.resolve().is_relative_to(inside.resolve()):
+        raise METError(f"{path} resolves to {path.resolve()}, outside {inside}; MET reads no file out of the "
+                       "folder it was given: copy the file into it.")
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -33,9 +39,6 @@ def regular_file(path: str | os.PathLike, what: str, max_bytes: int, inside: Pat
         raise METError(f"{path} cannot be read ({e.strerror}); check its permissions.") from None
     if not stat.S_ISREG(st.st_mode):
         raise METError(f"{path} is not a regular file (a folder, device, pipe or socket); {what} must be a file.")
-    if inside is not None and not path.resolve().is_relative_to(inside.resolve()):
-        raise METError(f"{path} is a link to {path.resolve()}, outside {inside}; MET reads no file out of a "
-                       "checkpoint folder: copy the file into it.")
     if st.st_size > max_bytes:
         raise METError(f"{path} is {st.st_size:,} bytes, more than the {max_bytes:,} allowed for {what}; it is not "
                        "a file MET wrote, or it is damaged.")

@@ -2,6 +2,7 @@
 app's "How MET works" and its Models page alike."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -36,24 +37,25 @@ class ModelSummary:
     def build(cls, name: str, config: dict[str, Any], metrics: dict[str, Any],
               exit_gmacs: list[float] | None = None, parameters: dict[str, int] | None = None) -> ModelSummary:
         """From config.json and metrics.json; `exit_gmacs` and `parameters` from a loaded model override them."""
-        m, train, data = config["model"], config.get("train", {}), config.get("data", {})
+        m = config["model"]  # validated by read_config; the other sections and metrics.json are read defensively
+        train, data = (config.get(k) if isinstance(config.get(k), dict) else {} for k in ("train", "data"))
         adapters = (f"r={m['adapter_dim']}, sharing {m['sharing']}, diagonals "
                     f"{m['diagonal_mode'] if m['exit_diagonals'] else 'off'}" if m["adapters"]
                     else "none (linear probes)")
-        run = config.get("runtime", {})
+        run = config.get("runtime") if isinstance(config.get("runtime"), dict) else {}
         trained_on = (f"{run.get('device_name', run.get('device'))}, {run.get('precision')}, "
                       f"{run.get('world_size', 1)} process(es)" if run
                       else f"CPU, {metrics.get('torch_threads', '?')} threads")
-        params = parameters or {"trainable": metrics.get("trainable_parameters"),
-                                "frozen": metrics.get("frozen_parameters")}
+        params = parameters or {"trainable": _int(metrics.get("trainable_parameters")),
+                                "frozen": _int(metrics.get("frozen_parameters"))}
         return cls(name=name, backbone=m["backbone"], weights=m["weights"], weights_sha256=m["weights_sha256"],
                    img_size=m["img_size"], exits=m["exits"], class_names=m["class_names"], adapters=adapters,
-                   head_input=m.get("head_input", "cls"), graph_reg=train.get("graph_reg"),
-                   exit_gmacs=exit_gmacs or metrics.get("exit_gmacs", []),
+                   head_input=m.get("head_input", "cls"), graph_reg=_number(train.get("graph_reg")),
+                   exit_gmacs=exit_gmacs or _numbers(metrics.get("exit_gmacs")) or [],
                    trainable_parameters=params["trainable"], frozen_parameters=params["frozen"],
-                   dataset=data.get("dataset"), train_images=len(data.get("train_ids", [])),
-                   val_images=len(data.get("val_ids", [])), val_accuracy=metrics.get("val_accuracy"),
-                   train_time_s=metrics.get("train_time_s"), trained_on=trained_on)
+                   dataset=str(data.get("dataset"))[:200], train_images=_count(data.get("train_ids")),
+                   val_images=_count(data.get("val_ids")), val_accuracy=_numbers(metrics.get("val_accuracy")),
+                   train_time_s=_number(metrics.get("train_time_s")), trained_on=trained_on)
 
     @property
     def trainable_share(self) -> float | None:
@@ -84,3 +86,22 @@ class ModelSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _count(v: Any) -> int:
+    return len(v) if isinstance(v, list) else 0
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _numbers(v: Any) -> list[float] | None:
+    """A list of finite numbers from an untrusted metrics.json, or None."""
+    if isinstance(v, list) and v and all(_number(x) is not None for x in v):
+        return [float(x) for x in v]
+    return None

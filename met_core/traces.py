@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import METError
-from .limits import MAX_TRACE_BYTES, regular_file
+from .limits import MAX_TEXT_CHARS, MAX_TRACE_BYTES, regular_file
 
 if TYPE_CHECKING:
     from .data import ImageDataset
@@ -189,6 +189,9 @@ def check_headers(path: Path, headers: dict[str, tuple[tuple[int, ...], np.dtype
         if dtype.kind not in kinds or len(shape) != ndim:
             raise METError(f"{path}: {k} is {dtype} with shape {shape}; the file is not a MET trace or is damaged: "
                            "re-create it.")
+        if dtype.kind == "U" and dtype.itemsize // 4 > MAX_TEXT_CHARS[k]:
+            raise METError(f"{path}: {k} holds strings of up to {dtype.itemsize // 4:,} characters, more than the "
+                           f"{MAX_TEXT_CHARS[k]:,} allowed; it is not a trace MET wrote.")
         total += math.prod(shape) * dtype.itemsize
     if total > MAX_TRACE_BYTES:
         raise METError(f"{path} would take {total:,} bytes once decompressed, more than the {MAX_TRACE_BYTES:,} "

@@ -197,7 +197,12 @@ def test_a_one_exit_model_works_through_every_subcommand(one_exit_checkpoint, tm
     assert p[0]["exit"] == 0
     b = json.loads(run_cli("bench-exit", "--checkpoint", ck, "--dataset", str(CIFAR_TEST), "--limit", "16",
                            "--batch", "8", "--repeats", "1", "--json", "--quiet").stdout)
-    assert b["predicted_speedup"] == 1.0
+    assert b[0]["predicted_speedup"] == 1.0
+    run_cli("profile", "--checkpoint", ck, "--batch", "1,4", "--repeats", "1", "--out", str(tmp_path / "lat.json"),
+            "--quiet")
+    w = json.loads(run_cli("whatif", "--trace", str(tr), "--profile", str(tmp_path / "lat.json"), "--batch", "4",
+                           "--json").stdout)
+    assert w["latency"]["speedup"] == pytest.approx(1.0)
 
 
 def test_an_empty_class_folder_is_a_warning_not_an_error(tmp_path):

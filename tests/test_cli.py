@@ -50,3 +50,16 @@ def test_user_errors_are_one_line_without_traceback(args, match):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("device,match", [("cuda", "torch sees no CUDA device"), ("cuda:7", "torch sees no CUDA"),
+                                          ("tpu", "--device must be auto, cpu, cuda or cuda:N")])
+def test_asking_for_a_device_that_is_not_there_is_one_sentence(device, match, tiny_checkpoint, tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = run_cli("trace", "--checkpoint", str(tiny_checkpoint), "--dataset", str(CIFAR_TEST), "--out",
+                   str(tmp_path / "t.npz"), "--device", device, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and match in lines[0], proc.stderr[-500:]
+    assert not (tmp_path / "t.npz").exists()

@@ -35,3 +35,13 @@ def test_every_shipped_folder_is_complete_and_its_traces_match_it(name):
         assert list(t.class_names) == model["class_names"]
     if name in ("cifar10-met", "cifar10-met-nogr", "hymenoptera-met"):  # the app's UMAP views read these
         assert t.features.shape[1] > 0
+
+
+def test_a_shipped_calibration_trace_holds_only_images_its_model_never_saw():
+    d = CKPT / "cifar10-met"
+    if not (d / "cal_trace.npz").is_file():
+        pytest.skip("no calibration trace shipped")
+    t = load_trace(d / "cal_trace.npz")
+    data = json.loads((d / "config.json").read_text())["data"]
+    assert len(t.ids) >= 5000 and t.meta["split"] == "holdout"
+    assert not set(t.ids) & set(data["train_ids"] + data["val_ids"])

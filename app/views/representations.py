@@ -24,7 +24,7 @@ others = [p for p in state.checkpoints() if p != ckpt and state.has_test_trace(p
 default_other = next((i for i, p in enumerate(others) if p.name == f"{ckpt.name}-nogr"), 0)
 c1, c2, c3 = st.columns(3)
 other = c1.selectbox("Compare with", others, index=default_other if others else None, key=state.kept("rep_other"),
-                     format_func=lambda p: md(state.label(p)))
+                     format_func=state.label)  # selectbox options are plain text
 k = c2.selectbox(
     "Exit", list(range(arrays.num_exits)), format_func=lambda j: f"exit {j + 1}", key=state.kept("rep_exit")
 )

@@ -12,6 +12,7 @@ from app.safe import md, plot
 from met_core.exit_rule import ExitRule
 from met_core.flops import MAC_NOTE
 from met_core.intervals import MEANING, clopper_pearson
+from met_core.latency import PREDICTED_NOTE, LatencyProfile, predict_latency
 from met_core.policies import CALIBRATABLE, POLICIES, get_policy
 from met_core.traces import SIMULATED_NOTE
 from met_core.whatif import WhatIfResult, exit_accuracy_all, whatif
@@ -48,7 +49,7 @@ compare = c2.selectbox(
     [None] + others,
     index=default_cmp,
     key=state.kept("compare"),
-    format_func=lambda p: "nothing" if p is None else md(state.label(p)),
+    format_func=lambda p: "nothing" if p is None else state.label(p),  # selectbox options are plain text
 )
 
 
@@ -92,6 +93,13 @@ def live() -> None:
                     on_click=apply_preset,
                     args=(p.thresholds, lo, hi),
                 )
+    if presets and not isinstance(presets.get(0.5), str):
+        sp = state.budget_spread(str(ckpt), policy, 0.5)
+        if sp is not None:
+            st.caption(f"How far a calibrated choice can move: the 50 % budget, chosen again on {sp.reps} resamples of "
+                       f"the {sp.validation_images:,} calibration images, gives {100 * sp.accuracy[0]:.2f} - "
+                       f"{100 * sp.accuracy[2]:.2f} % test accuracy at {sp.gmacs[0]:.3f} - {sp.gmacs[2]:.3f} mean "
+                       "GMACs (5th - 95th percentile).")
     if mode == CERTIFIED:
         c1, c2 = st.columns(2)
         loss = c1.number_input("Largest accuracy loss against the last exit (points)", 0.1, 20.0, 1.0, 0.1,
@@ -125,6 +133,23 @@ def live() -> None:
     )
     m[2].metric("Speed-up", f"{r.speedup:.2f}x")
     m[3].metric("Leaving early", f"{100 * r.early_share:.1f}%")
+    prof = state.profile_of(ckpt)
+    if prof is not None:
+        t1, t2 = st.columns([1, 3])
+        cost = t1.radio("Cost shown as", ["GMACs", "predicted time"], horizontal=True, key=state.kept("cost_axis"))
+        batch = int(t2.select_slider("Batch size of the prediction", prof.batch_sizes, value=prof.batch_sizes[-1]
+                                     if 64 not in prof.batch_sizes else 64, key=state.kept("cost_batch")))
+        if cost == "predicted time":
+            lp = predict_latency(prof, r.exit_fractions, batch)
+            p = st.columns(3)
+            p[0].metric("Predicted time per image", f"{lp.ms_per_image:.2f} ms",
+                        f"{100 * (lp.ms_per_image / lp.full_ms_per_image - 1):+.1f}% vs last exit",
+                        delta_color="inverse")
+            p[1].metric("Predicted throughput", f"{lp.images_per_s:.0f} images/s")
+            p[2].metric("Predicted speed-up", f"{lp.speedup:.2f}x")
+            st.caption(md(f"{PREDICTED_NOTE} of this checkpoint on {prof.device_name} ({prof.threads} threads, "
+                          f"{prof.precision}, torch {prof.torch_version}) at batch {batch}; `bench-exit` measures."))
+            st.plotly_chart(time_figure(r, prof, batch), key="timecurve")
     ci = r.intervals
     st.caption(f"95 % intervals on these {len(arrays.labels):,} test images: accuracy {100 * ci.accuracy.lo:.2f} - "
                f"{100 * ci.accuracy.hi:.2f} %, mean GMACs {ci.gmacs.lo:.4f} - {ci.gmacs.hi:.4f}, speed-up "
@@ -180,6 +205,20 @@ def live() -> None:
 
 def sweep_frame(path: Path) -> pd.DataFrame:
     return pd.DataFrame([p.to_dict() for p in state.sweep_table(str(path), cal_policy)])
+
+
+def time_figure(r: WhatIfResult, prof: LatencyProfile, batch: int) -> go.Figure:
+    """The Pareto front of the accuracy-versus-GMACs curve, with its cost as predicted time on the profile."""
+    front = sweep_frame(ckpt).query("pareto").sort_values("test_gmacs")
+    pts = [whatif(arrays, th, cal_policy) for th in front.thresholds]
+    ms = [predict_latency(prof, p.exit_fractions, batch).ms_per_image for p in pts]
+    fig = go.Figure(go.Scatter(x=ms, y=[p.accuracy for p in pts], mode="lines+markers",
+                               name="Pareto front (chosen on calibration)"))
+    fig.add_scatter(x=[predict_latency(prof, r.exit_fractions, batch).ms_per_image], y=[r.accuracy], mode="markers",
+                    name="current thresholds", marker=dict(size=16, color="red", symbol="star"))
+    fig.update_layout(title=plot(f"Accuracy versus predicted time per image ({prof.device_name}, batch {batch})"),
+                      xaxis_title="predicted ms per image", yaxis_title="accuracy", yaxis_tickformat=".0%", height=420)
+    return fig
 
 
 def curve_figure(r: WhatIfResult, thresholds: float | list[float]) -> go.Figure:

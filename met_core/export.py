@@ -1,0 +1,182 @@
+"""Early exit outside PyTorch: one static ONNX graph per stage, and a small onnxruntime runner.
+
+ONNX (and TensorRT) graphs are static and cannot hold a data-dependent exit, so each stage is its own graph:
+stage 1 takes the images and returns the tokens after its blocks (with their adapters) and its exit's logits;
+stage k > 1 takes the tokens of the images still running and returns the same. `exits.json` says how to chain
+them (order, policy, thresholds, class names, input size, preprocessing, GMACs, the checkpoint's hash), and
+`OnnxEarlyExit` runs real batched early exit over the graphs, moving only the continuing images on.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import METError
+from .limits import MAX_JSON_BYTES, MAX_WEIGHTS_BYTES, read_bounded, regular_file
+from .policies import as_thresholds, get_policy
+
+if TYPE_CHECKING:
+    from .model import EarlyExitResult, METModel
+
+FORMAT = "met-onnx-exits/1"
+EXITS_FILE = "exits.json"
+OPSET = 17
+
+
+@dataclass
+class ExitsManifest:
+    """What a runner needs besides the graphs."""
+
+    stages: list[str]
+    policy: str
+    thresholds: list[float | None]
+    class_names: list[str]
+    img_size: int
+    preprocessing: dict[str, Any]
+    gmacs: list[float]
+    checkpoint_sha256: str
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, **asdict(self)}, indent=2, allow_nan=False)
+
+    def transform(self) -> Any:
+        """The preprocessing the exported model expects (as the checkpoint records it)."""
+        from .data import make_transform
+
+        p = self.preprocessing
+        return make_transform(self.img_size, p["mean"], p["std"], p.get("interpolation", "bicubic"))
+
+
+def stage_module(model: METModel, k: int):
+    """Stage k as a module: (images or tokens) -> (tokens after the stage, the exit's logits)."""
+    import torch
+
+    class Stage(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            tokens = self.model.forward_stage(self.model.forward_stem(x) if k == 0 else x, k)
+            return tokens, self.model.heads[k](self.model.pool(tokens))
+
+    return Stage().eval()
+
+
+def export_onnx(model: METModel, out: Path, policy: str, thresholds: Any, checkpoint_sha256: str,
+                gmacs: list[float]) -> ExitsManifest:
+    """Write stage_1.onnx ... stage_K.onnx and exits.json; each graph is validated with the onnx checker."""
+    import warnings
+
+    import onnx
+    import torch
+
+    from .data import preprocessing_record
+
+    if model.cfg.diagonal_mode != "stage":
+        raise METError("this checkpoint uses per-exit-path diagonals: each exit recomputes every block from the "
+                       "stem, so it cannot be exported stage by stage; export a model trained with --diagonal-mode "
+                       "stage.")
+    pol = get_policy(policy)
+    t = as_thresholds(thresholds, model.num_exits)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    s, names = model.cfg.img_size, []
+    x = torch.zeros(2, 3, s, s)
+    with torch.no_grad():
+        for k in range(model.num_exits):
+            name = f"stage_{k + 1}.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(stage_module(model, k), (x,), str(out / name), dynamo=False, opset_version=OPSET,
+                                  input_names=["input"], output_names=["tokens", "logits"],
+                                  dynamic_axes={"input": {0: "batch"}, "tokens": {0: "batch"}, "logits": {0: "batch"}})
+            onnx.checker.check_model(str(out / name))
+            names.append(name)
+            x, _ = stage_module(model, k)(x)
+    manifest = ExitsManifest(names, pol.name, [float(v) if np.isfinite(v) else None for v in t],
+                             list(model.cfg.class_names), s, preprocessing_record(model.cfg), list(gmacs),
+                             checkpoint_sha256)
+    (out / EXITS_FILE).write_text(manifest.to_json() + "\n")
+    return manifest
+
+
+def read_manifest(folder: Path) -> ExitsManifest:
+    """exits.json of an export folder, checked (untrusted: bounded, typed, graphs inside the folder)."""
+    try:
+        data = json.loads(read_bounded(folder / EXITS_FILE, "an export's exits.json", MAX_JSON_BYTES, folder))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise METError(f"{folder / EXITS_FILE} is not valid JSON; export the checkpoint again.") from None
+    if not isinstance(data, dict) or data.pop("format", None) != FORMAT:
+        raise METError(f"{folder / EXITS_FILE} is not a MET export manifest (format must be '{FORMAT}').")
+    try:
+        m = ExitsManifest(**data)
+    except TypeError:
+        raise METError(f"{folder / EXITS_FILE} has missing or unknown fields; export the checkpoint again.") from None
+    if not (isinstance(m.stages, list) and 0 < len(m.stages) <= 64 and len(m.thresholds) == len(m.stages)
+            and len(m.gmacs) == len(m.stages) and isinstance(m.img_size, int) and 16 <= m.img_size <= 1024):
+        raise METError(f"{folder / EXITS_FILE} is inconsistent (stages, thresholds, GMACs); export again.")
+    for name in m.stages:
+        regular_file(folder / str(name), "a stage graph", MAX_WEIGHTS_BYTES, inside=folder)
+    get_policy(m.policy)
+    pre = m.preprocessing
+    if not (isinstance(pre, dict) and all(isinstance(pre.get(k), list) and len(pre[k]) == 3 for k in ("mean", "std"))
+            and pre.get("interpolation", "bicubic") in ("bicubic", "bilinear")):
+        raise METError(f"{folder / EXITS_FILE} has no usable preprocessing record; export again.")
+    return m
+
+
+class OnnxEarlyExit:
+    """Real batched early exit over the per-stage graphs with onnxruntime."""
+
+    def __init__(self, folder: str | Path, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        self.sessions = [ort.InferenceSession(str(self.folder / n), providers=providers or ["CPUExecutionProvider"])
+                         for n in self.manifest.stages]
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.sessions)
+
+    def __call__(self, x: np.ndarray, thresholds: Any = None, policy: str | None = None,
+                 batch_size: int = 64) -> EarlyExitResult:
+        """Early exit of preprocessed images (N, 3, S, S), in batches."""
+        from .model import EarlyExitResult
+
+        parts = [self.run_batch(x[i:i + batch_size], thresholds, policy) for i in range(0, len(x), batch_size)]
+        return EarlyExitResult(*(np.concatenate([getattr(p, f) for p in parts])
+                                 for f in ("classes", "exits", "confidence", "probs")))
+
+    def run_batch(self, x: np.ndarray, thresholds: Any = None, policy: str | None = None) -> EarlyExitResult:
+        """One batch: stage by stage, the images that pass their exit's threshold leave it."""
+        from .model import EarlyExitResult
+
+        pol = get_policy(policy or self.manifest.policy)
+        k_total = len(self.sessions)
+        t = as_thresholds(self.manifest.thresholds if thresholds is None else thresholds, k_total)
+        n, c = len(x), len(self.manifest.class_names)
+        exit_of = np.full(n, -1)
+        probs = np.full((n, k_total, c), np.nan, dtype=np.float32)
+        active, tokens = np.arange(n), np.ascontiguousarray(x, dtype=np.float32)
+        for k, sess in enumerate(self.sessions):
+            tokens, logits = sess.run(None, {"input": tokens})
+            e = np.exp(logits - logits.max(-1, keepdims=True))
+            p = e / e.sum(-1, keepdims=True)
+            probs[active, k] = p
+            if k == k_total - 1:
+                exit_of[active] = k
+                break
+            leave = pol.passes(pol.score(probs[active, : k + 1])[:, -1], t[k])
+            exit_of[active[leave]] = k
+            active, tokens = active[~leave], tokens[~leave]
+            if active.size == 0:
+                break
+        chosen = probs[np.arange(n), exit_of]
+        return EarlyExitResult(chosen.argmax(-1), exit_of, chosen.max(-1), probs)

@@ -1,0 +1,179 @@
+"""Measured latency of the real early-exit path, piece by piece, and the time an exit rule would take.
+
+`profile` times each piece of `METModel.forward_early_exit` on this machine at several batch sizes
+(warm-up, repeats, median; CUDA synchronised): the stem, each stage's blocks with their adapters, each
+exit's head and exit test, and the compaction that moves the continuing images on. `predict_latency`
+turns exit shares into time: at batch B, the stem runs on B images and stage k on the images still
+running there (B times the share leaving at k or later), each piece's time interpolated between the
+measured batch sizes. Predicted, and labelled so; `bench-exit` measures.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import METError
+from .limits import MAX_JSON_BYTES, read_bounded
+
+FORMAT = "met-latency/1"
+LATENCY_FILE = "latency.json"
+PREDICTED_NOTE = "predicted from a measured latency profile"
+
+
+@dataclass
+class LatencyProfile:
+    """Median milliseconds of each piece of the early-exit path, per batch size ([exit][batch] for stages)."""
+
+    device: str
+    device_name: str
+    threads: int
+    torch_version: str
+    precision: str
+    batch_sizes: list[int]
+    stem_ms: list[float]
+    stage_ms: list[list[float]]
+    head_ms: list[list[float]]
+    compact_ms: list[float]
+    checkpoint_sha256: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, **asdict(self)}, indent=2, allow_nan=False)
+
+    def piece(self, times: Sequence[float], batch: float) -> float:
+        """A piece's time at any batch size: linear between the measured sizes (and through 0 at 0 images)."""
+        if batch <= 0:
+            return 0.0
+        xs, ys = [0, *self.batch_sizes], [0.0, *times]
+        if batch > xs[-1]:  # beyond the largest size: proportional
+            return ys[-1] * batch / xs[-1]
+        return float(np.interp(batch, xs, ys))
+
+
+@dataclass
+class LatencyPrediction:
+    """What an exit rule would cost in time on the profiled machine, at a batch size."""
+
+    ms_per_image: float
+    images_per_s: float
+    full_ms_per_image: float  # every image to the last exit
+    speedup: float
+    batch: int
+    device_name: str
+    note: str = PREDICTED_NOTE
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def predict_latency(profile: LatencyProfile, exit_fractions: Sequence[float], batch: int) -> LatencyPrediction:
+    """Time per image of batched early exit with these exit shares (see the module docstring)."""
+    k = len(profile.stage_ms)
+    if len(exit_fractions) != k:
+        raise METError(f"the profile has {k} exits and the rule {len(exit_fractions)}; profile this checkpoint.")
+
+    def total(shares: Sequence[float]) -> float:
+        reach = batch * (1 - np.concatenate([[0.0], np.cumsum(shares)[:-1]]))  # images running stage j
+        t = profile.piece(profile.stem_ms, batch)
+        for j in range(k):
+            t += profile.piece(profile.stage_ms[j], reach[j]) + profile.piece(profile.head_ms[j], reach[j])
+            if j < k - 1 and reach[j + 1] < reach[j]:  # some leave: the rest are compacted
+                t += profile.piece(profile.compact_ms, reach[j + 1])
+        return t
+
+    early = total(exit_fractions) / batch
+    full = total([0.0] * (k - 1) + [1.0]) / batch
+    return LatencyPrediction(early, 1000 / early, full, full / early, batch, profile.device_name)
+
+
+def _median_ms(fn: Callable[[], object], sync: Callable[[], None], repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def profile_model(model, batch_sizes: Sequence[int], precision: str = "fp32", repeats: int = 10, warmup: int = 2,
+                  policy: str = "max-softmax", progress: Callable[[str], None] = lambda s: None) -> LatencyProfile:
+    """Time each piece of the real early-exit path at each batch size (inputs: seeded random images)."""
+    import torch
+
+    from .devices import autocast, device_name
+    from .policies import get_policy
+
+    pol = get_policy(policy)
+    device = next(model.parameters()).device
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    s = model.cfg.img_size
+    gen = torch.Generator().manual_seed(0)
+    stem_ms, compact_ms = [], []
+    stage_ms: list[list[float]] = [[] for _ in range(model.num_exits)]
+    head_ms: list[list[float]] = [[] for _ in range(model.num_exits)]
+    with torch.no_grad(), autocast(device, precision):
+        for b in batch_sizes:
+            progress(f"batch {b}")
+            x = torch.randn(b, 3, s, s, generator=gen).to(device)
+            stem_ms.append(_median_ms(lambda x=x: model.forward_stem(x), sync, repeats, warmup))
+            tokens = stem = model.forward_stem(x)
+            for k in range(model.num_exits):
+                src = tokens if model.cfg.diagonal_mode == "stage" else stem
+                stage_ms[k].append(_median_ms(lambda k=k, src=src: model.forward_stage(src, k), sync, repeats, warmup))
+                tokens = model.forward_stage(src, k)
+
+                def head(k: int = k, t: torch.Tensor = tokens) -> np.ndarray:
+                    p = torch.softmax(model.heads[k](model.pool(t)).float(), dim=-1).cpu().numpy()
+                    return pol.passes(pol.score(p[:, None])[:, -1], 0.5)
+
+                head_ms[k].append(_median_ms(head, sync, repeats, warmup))
+            keep = torch.arange(b, device=device) % 2 == 0  # half continue
+            compact_ms.append(_median_ms(lambda t=tokens, m=keep: (t[m], m.nonzero()), sync, repeats, warmup))
+    return LatencyProfile(str(device), device_name(device), torch.get_num_threads(), torch.__version__, precision,
+                          list(batch_sizes), stem_ms, stage_ms, head_ms, compact_ms)
+
+
+def read_profile(path: str | Path, num_exits: int | None = None) -> LatencyProfile:
+    """Read and check a latency.json (untrusted: bounded, typed, finite, non-negative)."""
+    path = Path(path)
+    try:
+        data = json.loads(read_bounded(path, "a latency profile", MAX_JSON_BYTES))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise METError(f"{path} is not valid JSON; profile the checkpoint again (met profile).") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise METError(f"{path} is not a MET latency profile (format must be '{FORMAT}').")
+    data.pop("format")
+    try:
+        prof = LatencyProfile(**data)
+    except TypeError:
+        raise METError(f"{path} has missing or unknown fields; profile the checkpoint again.") from None
+    sizes = prof.batch_sizes
+    ok_sizes = (isinstance(sizes, list) and 0 < len(sizes) <= 64 and all(isinstance(b, int) and b > 0 for b in sizes)
+                and sizes == sorted(set(sizes)))
+
+    def row(v: object) -> bool:
+        return (isinstance(v, list) and len(v) == len(sizes)
+                and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t < 1e7 for t in v))
+
+    if not (ok_sizes and row(prof.stem_ms) and row(prof.compact_ms) and isinstance(prof.stage_ms, list)
+            and isinstance(prof.head_ms, list) and len(prof.stage_ms) == len(prof.head_ms) > 0
+            and all(row(r) for r in prof.stage_ms + prof.head_ms)):
+        raise METError(f"{path} has malformed timings; profile the checkpoint again (met profile).")
+    if num_exits is not None and len(prof.stage_ms) != num_exits:
+        raise METError(f"{path} profiles {len(prof.stage_ms)} exits, not {num_exits}; profile this checkpoint.")
+    for name in ("device", "device_name", "torch_version", "precision", "checkpoint_sha256"):
+        setattr(prof, name, str(getattr(prof, name))[:200])
+    return prof

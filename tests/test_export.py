@@ -1,0 +1,77 @@
+"""Early exit outside PyTorch: per-stage ONNX graphs and the onnxruntime runner give PyTorch's answers."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from met_core.checkpoint import checkpoint_hash, load_checkpoint
+from met_core.config import METConfig
+from met_core.data import decode_all, open_dataset, transform_for
+from met_core.errors import METError
+from met_core.export import OnnxEarlyExit, export_onnx
+from met_core.inference import early_exit
+from met_core.model import METModel
+
+from .conftest import CIFAR_TEST, run_cli, tiny_vit
+
+THRESHOLD = 0.25  # the tiny checkpoint is barely trained: a low threshold lets images leave at every exit
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "onnx"
+    info = json.loads(run_cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--threshold",
+                              str(THRESHOLD), "--json").stdout)
+    assert info["stages"] == [f"stage_{k}.onnx" for k in range(1, 5)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(tiny_checkpoint):
+    model, _ = load_checkpoint(tiny_checkpoint)
+    ds = open_dataset(str(CIFAR_TEST))
+    ds = ds.subset(np.random.default_rng(0).choice(len(ds), 64, replace=False))
+    ds.transform = transform_for(model.cfg)
+    return model, decode_all(ds, "decode", progress=False)[0]
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_onnx_runner_gives_pytorchs_classes_exits_and_probabilities(batch, exported, images, tiny_checkpoint):
+    model, x = images
+    runner = OnnxEarlyExit(exported)
+    assert runner.manifest.checkpoint_sha256 == checkpoint_hash(tiny_checkpoint)
+    ref = early_exit(model, x, THRESHOLD, batch_size=batch)
+    got = runner(x.numpy(), batch_size=batch)
+    assert (got.exits == ref.exits).all() and (got.classes == ref.classes).all()
+    assert len(set(ref.exits.tolist())) > 1  # images leave at more than one exit: compaction is exercised
+    np.testing.assert_allclose(got.probs, ref.probs, atol=1e-4, equal_nan=True)
+
+
+def test_predict_and_bench_exit_run_on_the_onnx_engine(exported, tiny_checkpoint):
+    photos = [str(next((CIFAR_TEST / c).glob("*.jpg"))) for c in ("cat", "ship", "frog")]
+    common = ["predict", "--checkpoint", str(tiny_checkpoint), *photos, "--threshold", str(THRESHOLD), "--json"]
+    a = json.loads(run_cli(*common).stdout)
+    b = json.loads(run_cli(*common, "--engine", "onnx", "--onnx", str(exported)).stdout)
+    assert [(r["class"], r["exit"]) for r in a] == [(r["class"], r["exit"]) for r in b]
+    rows = json.loads(run_cli("bench-exit", "--checkpoint", str(tiny_checkpoint), "--dataset", str(CIFAR_TEST),
+                              "--limit", "32", "--batch", "8", "--repeats", "1", "--threshold", str(THRESHOLD),
+                              "--engine", "onnx", "--onnx", str(exported), "--json", "--quiet").stdout)
+    assert rows[0]["measured_speedup"] > 0 and rows[0]["batch_size"] == 8
+
+
+def test_export_refuses_what_cannot_be_run_stage_by_stage_and_graphs_outside_the_folder(exported, tmp_path):
+    model = METModel(tiny_vit(depth=4), METConfig(img_size=32, exits=[2, 4], num_classes=3,
+                                                  diagonal_mode="per-exit-path"))
+    with pytest.raises(METError, match="cannot be exported stage by stage"):
+        export_onnx(model, tmp_path / "x", "max-softmax", 0.5, "", [0.1, 0.2])
+    manifest = json.loads((exported / "exits.json").read_text())
+    manifest["stages"][0] = "../" * 30 + "etc/passwd"
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in exported.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "exits.json").write_text(json.dumps(manifest))
+    with pytest.raises(METError, match="outside"):
+        OnnxEarlyExit(bad)

@@ -1,0 +1,60 @@
+"""The measured latency profile of the real early-exit path, and what it predicts."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from met_core.errors import METError
+from met_core.latency import LatencyProfile, predict_latency, read_profile
+
+from .conftest import CIFAR_TEST, run_cli
+
+
+@pytest.fixture(scope="module")
+def profile_file(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lat") / "latency.json"
+    run_cli("profile", "--checkpoint", str(tiny_checkpoint), "--batch", "1,8,32", "--repeats", "3", "--out", str(out),
+            "--quiet")
+    return out
+
+
+def test_profile_times_every_piece_at_every_batch_size(profile_file):
+    p = read_profile(profile_file, 4)
+    assert p.batch_sizes == [1, 8, 32] and p.device == "cpu" and p.precision == "fp32"
+    assert len(p.checkpoint_sha256) == 64
+    assert all(t > 0 for t in p.stem_ms + p.compact_ms + sum(p.stage_ms, []) + sum(p.head_ms, []))
+    assert all(row[-1] > row[0] for row in p.stage_ms)  # 32 images take longer than one
+
+
+def test_prediction_follows_the_exit_shares(profile_file):
+    p = read_profile(profile_file, 4)
+    full = predict_latency(p, [0, 0, 0, 1], 32)
+    early = predict_latency(p, [0.7, 0.1, 0.1, 0.1], 32)
+    assert full.speedup == pytest.approx(1.0) and early.speedup > 1.5
+    assert early.ms_per_image < full.ms_per_image and early.images_per_s == pytest.approx(1000 / early.ms_per_image)
+    assert p.piece(p.stem_ms, 20) == pytest.approx((p.stem_ms[1] + p.stem_ms[2]) / 2)  # linear between sizes
+
+
+def test_bench_exit_reports_each_batch_size_with_both_predictions(tiny_checkpoint, profile_file):
+    rows = json.loads(run_cli("bench-exit", "--checkpoint", str(tiny_checkpoint), "--dataset", str(CIFAR_TEST),
+                              "--limit", "32", "--batch", "1,8", "--repeats", "2", "--threshold", "0.2",
+                              "--profile", str(profile_file), "--json", "--quiet").stdout)
+    assert [r["batch_size"] for r in rows] == [1, 8]
+    for r in rows:
+        assert r["measured_speedup"] > 0 and r["predicted_speedup"] >= 1 and r["profile"]["speedup"] >= 1
+        assert r["profile"]["ms_per_image"] > 0 and r["measured_ms_per_image"] > 0
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: d.update(batch_sizes=[8, 1]), lambda d: d.update(stem_ms=[-1, 2, 3]), lambda d: d.pop("head_ms"),
+    lambda d: d.update(stage_ms=[[1e400] * 3] * 4), lambda d: d.update(format="x"),
+])
+def test_a_damaged_profile_is_one_sentence(edit, profile_file, tmp_path):
+    data = json.loads(profile_file.read_text())
+    edit(data)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data).replace("Infinity", "1e400"))
+    with pytest.raises(METError):
+        read_profile(bad, 4)
+    assert isinstance(read_profile(profile_file), LatencyProfile)
