@@ -146,7 +146,7 @@ def budget_spread(ckpt: str, policy: str, budget: float) -> Spread | None:
     if cal is None:
         return None
     try:
-        return selection_spread(cal[0], test, lambda a: calibrate_budget(a, budget, policy), policy, reps=100)
+        return selection_spread(cal[0], test, lambda a: calibrate_budget(a, budget, policy), policy, reps=50)
     except METError:
         return None
 

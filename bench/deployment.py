@@ -1,0 +1,78 @@
+"""Where early exit stops paying, and whether the latency profile predicts it: real batched early exit at
+several batch sizes, with the PyTorch engine and the per-stage ONNX export (onnxruntime), in one run.
+
+For each engine and batch size: the measured speed-up over running every image to the last exit, the speed-up
+GMACs predict, and the one the checkpoint's latency profile predicts (`met profile`). Goal (issue 14): the
+profile's predicted time per image within 10 % of the measured one at batch 64 and 256 (PyTorch engine).
+
+    python bench/deployment.py [--checkpoint checkpoints/cifar10-met] [--threshold 0.8] [--images 512]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from met_core.checkpoint import checkpoint_hash, load_checkpoint
+from met_core.data import decode_all, open_dataset, transform_for
+from met_core.devices import device_name
+from met_core.export import OnnxEarlyExit, export_onnx
+from met_core.flops import exit_gmacs
+from met_core.inference import measure_speedup
+from met_core.latency import LATENCY_FILE, predict_latency, profile_model, read_profile
+from met_core.paths import locate_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+GOAL = 0.10
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "cifar10-met"))
+    ap.add_argument("--threshold", type=float, default=0.8)
+    ap.add_argument("--images", type=int, default=512)
+    ap.add_argument("--batch", default="1,8,64,256")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batch.split(",")]
+    ck = Path(args.checkpoint)
+    model, cfg = load_checkpoint(ck)
+    prof_file = ck / LATENCY_FILE
+    if prof_file.is_file():
+        prof = read_profile(prof_file, model.num_exits)
+    else:
+        prof = profile_model(model, batches)
+        prof.checkpoint_sha256 = checkpoint_hash(ck)
+    root = locate_dataset(cfg["data"]["root"].replace("/train", "/test"))
+    ds = open_dataset(str(root))
+    ds = ds.subset(np.sort(np.random.default_rng(0).choice(len(ds), args.images, replace=False)))
+    ds.transform = transform_for(model.cfg)
+    x, _ = decode_all(ds, "decode", progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(model, Path(tmp), "max-softmax", args.threshold, checkpoint_hash(ck), exit_gmacs(model))
+        engines = {"pytorch": model, "onnx": OnnxEarlyExit(tmp)}
+        print(f"{ck.name} on {args.images} CIFAR-10 test images, max-softmax threshold {args.threshold}; "
+              f"{device_name(next(model.parameters()).device)}; profile: {prof.device_name}, {prof.threads} threads")
+        print("engine | batch | measured speed-up | GMACs-predicted | profile-predicted | measured ms/image | "
+              "profile ms/image | profile error")
+        ok = True
+        for name, eng in engines.items():
+            for b in batches:
+                r = measure_speedup(eng, x, args.threshold, "max-softmax", b, args.repeats)
+                measured_ms = 1e3 * r.early_seconds_median / r.images
+                lp = predict_latency(prof, r.exit_fractions, b)
+                err = lp.ms_per_image / measured_ms - 1
+                print(f"{name} | {b} | {r.measured_speedup:.2f}x | {r.predicted_speedup:.2f}x | {lp.speedup:.2f}x | "
+                      f"{measured_ms:.2f} | {lp.ms_per_image:.2f} | {100 * err:+.1f} %")
+                if name == "pytorch" and b in (64, 256):
+                    ok &= abs(err) <= GOAL
+    print(f"{'PASS' if ok else 'FAIL'}: profile-predicted time within {GOAL:.0%} of the measured time at batch 64 "
+          "and 256 (PyTorch engine)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
