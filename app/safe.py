@@ -10,12 +10,18 @@ from __future__ import annotations
 import html
 import re
 
-_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character: CommonMark escapes all of them
+_PUNCT = re.compile(r"[!-/:-@\[-`{-~]")  # every ASCII punctuation character
+_LINKLIKE = re.compile(r"(?i)(?<=[a-z])(?=://)|(?<=www)(?=\.)|(?=@)")  # where URLs and e-mail addresses begin
+ZWSP = "\u200b"  # zero-width space: invisible, and no autolink matches across it
 
 
 def md(text: object) -> str:
-    """For anything Streamlit renders as Markdown: punctuation backslash-escaped, line breaks flattened."""
-    return _PUNCT.sub(r"\\\1", " ".join(str(text).split()))
+    """For anything Streamlit renders as Markdown: every ASCII punctuation character as a numeric character
+    reference, line breaks flattened, and a zero-width space where a URL or an e-mail address would begin.
+    The page shows the same characters, but no Markdown construct can match them: not emphasis, links or
+    images, not Streamlit's directives or LaTeX, and not the autolinks it makes of URL-shaped text."""
+    flat = _LINKLIKE.sub(ZWSP, " ".join(str(text).split()))
+    return _PUNCT.sub(lambda m: f"&#{ord(m.group())};", flat)
 
 
 def plot(text: object) -> str:

@@ -620,19 +620,7 @@ def add_engine(s: argparse.ArgumentParser) -> None:
     s.add_argument("--onnx", metavar="DIR", help="the export folder (met export; default: CHECKPOINT/onnx)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .policies import CALIBRATABLE, DEFAULT_POLICY
-
-    p = Parser(
-        prog="met",
-        description="Multiple-Exit Tuning for timm ViTs (also: python -m "
-        "met_core). Multi-process: torchrun --nproc_per_node N -m met_core train|trace ...",
-    )
-    p.add_argument("--version", action="version", version=f"met_core {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train a MET model and write a checkpoint folder")
+def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--dataset", required=True, help="ImageFolder path or torchvision name (cifar10, ...)")
     t.add_argument("--split", default="train", help="split to sub-sample for training (default: train)")
     t.add_argument("--out", required=True, help="checkpoint folder to write")
@@ -640,18 +628,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(t, METConfig, "model")
     add_dataclass_args(t, TrainConfig, "training")
     add_dataclass_args(t, RuntimeConfig, "runtime")
-    t.set_defaults(func=cmd_train)
 
-    r = sub.add_parser("trace", help="run a checkpoint over a dataset split and store every exit's outputs")
+
+def _trace_args(r: argparse.ArgumentParser) -> None:
     add_checkpoint_args(r)
     r.add_argument("--dataset", help="folder or dataset name (default: the checkpoint's, with --split val)")
     r.add_argument("--split", default="test", help="'test', 'train', 'val' (the checkpoint's own validation ids) "
                    "or 'holdout' (see --holdout)")
     r.add_argument("--out", required=True, help="trace file to write (.npz)")
     r.add_argument("--limit", type=number(int, COUNT), default=0, help="trace a seeded random subset of N samples")
-    r.add_argument(
-        "--features", type=number(int, COUNT), default=2000, help="store head inputs for a seeded subset of N samples"
-    )
+    r.add_argument("--features", type=number(int, COUNT), default=2000,
+                   help="store head inputs for a seeded subset of N samples")
     r.add_argument("--holdout", type=number(int, COUNT), default=0,
                    help="with --split holdout: trace N seeded images of the checkpoint's training split that it "
                    "never trained or validated on (a calibration set; never the test split)")
@@ -659,13 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=number(int, SEED), default=0)
     add_data_root(r)
     add_dataclass_args(r, RuntimeConfig, "runtime", only=("device", "precision", "workers"))
-    r.set_defaults(func=cmd_trace)
 
-    i = sub.add_parser("info", help="config, per-exit GMACs and parameter counts of a checkpoint")
-    add_checkpoint_args(i)
-    i.set_defaults(func=cmd_info)
 
-    w = sub.add_parser("whatif", help="metrics of thresholds on a trace (simulated from cached exit outputs)")
+def _whatif_args(w: argparse.ArgumentParser) -> None:
     w.add_argument("--trace", required=True)
     w.add_argument("--detail", action="store_true", help="add per-class accuracy and the confusion matrix")
     w.add_argument("--intervals", action="store_true", help="add 95 %% intervals to every number (exact binomial "
@@ -675,26 +658,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "and images/s")
     w.add_argument("--batch", type=number(int, BATCH), default=64, help="batch size of the latency prediction")
     add_rule(w)
-    w.set_defaults(func=cmd_whatif)
 
-    c = sub.add_parser("calibrate", help="choose thresholds on a validation trace, measure them on a test trace")
+
+def _calibrate_args(c: argparse.ArgumentParser) -> None:
+    from .policies import CALIBRATABLE, DEFAULT_POLICY
+
     c.add_argument("--trace", required=True, help="validation trace the thresholds are chosen on")
     c.add_argument("--apply", help="test trace the chosen thresholds are measured on (default: the validation trace)")
-    c.add_argument(
-        "--budget",
-        type=number(float, Range(0, 100, lo_open=True)),
-        help="mean cost target, a fraction of the last exit's GMACs (0.5 = half)",
-    )
-    c.add_argument(
-        "--max-loss",
-        type=number(float, Range(0, 1)),
-        help="accuracy loss allowed versus the last exit, a fraction (0.005 = 0.5 point)",
-    )
-    c.add_argument(
-        "--sweep",
-        action="store_true",
-        help="print every candidate point (CSV, or JSON with --json), Pareto front marked",
-    )
+    c.add_argument("--budget", type=number(float, Range(0, 100, lo_open=True)),
+                   help="mean cost target, a fraction of the last exit's GMACs (0.5 = half)")
+    c.add_argument("--max-loss", type=number(float, Range(0, 1)),
+                   help="accuracy loss allowed versus the last exit, a fraction (0.005 = 0.5 point)")
+    c.add_argument("--sweep", action="store_true",
+                   help="print every candidate point (CSV, or JSON with --json), Pareto front marked")
     c.add_argument("--policy", default=DEFAULT_POLICY, choices=list(CALIBRATABLE))
     c.add_argument("--delta", type=number(float, Range(0, 1, True, True)),
                    help="with --max-loss D: certified thresholds, losing at most D with probability >= 1 - delta "
@@ -705,30 +681,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=number(int, SEED), default=0)
     c.add_argument("--temperatures", metavar="FILE", help="per-exit temperatures (met reliability --out FILE)")
 
-    rl = sub.add_parser("reliability", help="expected calibration error and reliability of each exit; fit "
-                        "per-exit temperatures")
+
+def _reliability_args(rl: argparse.ArgumentParser) -> None:
     rl.add_argument("--trace", required=True, help="trace to measure (the test trace)")
     rl.add_argument("--fit-on", metavar="TRACE", help="fit per-exit temperatures on this (calibration) trace")
     rl.add_argument("--out", help="write the fitted temperatures here (temperatures.json beside the checkpoint)")
     rl.add_argument("--temperatures", metavar="FILE", help="measure with these temperatures")
     rl.add_argument("--bins", type=number(int, Range(2, 1000)), default=15)
-    rl.set_defaults(func=cmd_reliability)
-    c.set_defaults(func=cmd_calibrate)
 
-    pr = sub.add_parser("predict", help="real early-exit prediction on image files")
+
+def _predict_args(pr: argparse.ArgumentParser) -> None:
     add_checkpoint_args(pr)
     pr.add_argument("images", nargs="+", help="image files")
-    pr.add_argument(
-        "--max-files", type=number(int, Range(1, 10_000)), default=256, help="refuse more files than this at once"
-    )
+    pr.add_argument("--max-files", type=number(int, Range(1, 10_000)), default=256,
+                    help="refuse more files than this at once")
     add_rule(pr)
     add_engine(pr)
     add_dataclass_args(pr, RuntimeConfig, "runtime", only=("device", "precision"))
-    pr.set_defaults(func=cmd_predict)
 
-    b = sub.add_parser(
-        "bench-exit", help="measure real batched early exit against running every image to the last exit"
-    )
+
+def _bench_exit_args(b: argparse.ArgumentParser) -> None:
     add_checkpoint_args(b)
     b.add_argument("--dataset", required=True)
     b.add_argument("--split", default="test")
@@ -743,26 +715,54 @@ def build_parser() -> argparse.ArgumentParser:
     add_rule(b)
     add_engine(b)
     add_dataclass_args(b, RuntimeConfig, "runtime", only=("device", "precision"))
-    b.set_defaults(func=cmd_bench_exit)
 
-    ex = sub.add_parser("export", help="write one static ONNX graph per stage and exits.json (early exit outside "
-                        "PyTorch)")
+
+def _export_args(ex: argparse.ArgumentParser) -> None:
     add_checkpoint_args(ex)
     ex.add_argument("--format", choices=["onnx"], default="onnx")
     ex.add_argument("--out", help="folder to write (default: CHECKPOINT/onnx)")
     add_rule(ex)
-    ex.set_defaults(func=cmd_export)
 
-    pf = sub.add_parser("profile", help="time each piece of the real early-exit path at several batch sizes "
-                        "and write latency.json")
+
+def _profile_args(pf: argparse.ArgumentParser) -> None:
     add_checkpoint_args(pf)
     pf.add_argument("--batch", type=_list_parser(int, BATCH, 16), default=[1, 8, 64, 256], metavar="B1,B2,...")
     pf.add_argument("--repeats", type=number(int, Range(1, 1000)), default=10)
     pf.add_argument("--out", help="where to write the profile (default: CHECKPOINT/latency.json)")
     add_dataclass_args(pf, RuntimeConfig, "runtime", only=("device", "precision"))
-    pf.set_defaults(func=cmd_profile)
 
-    for s in (t, r, i, w, c, rl, pr, b, pf, ex):
+
+# (name, help, command, its arguments): the subcommands, in the order `met --help` lists them
+SUBCOMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], None], Callable[[argparse.ArgumentParser], None]]] = [
+    ("train", "train a MET model and write a checkpoint folder", cmd_train, _train_args),
+    ("trace", "run a checkpoint over a dataset split and store every exit's outputs", cmd_trace, _trace_args),
+    ("info", "config, per-exit GMACs and parameter counts of a checkpoint", cmd_info, add_checkpoint_args),
+    ("whatif", "metrics of thresholds on a trace (simulated from cached exit outputs)", cmd_whatif, _whatif_args),
+    ("calibrate", "choose thresholds on a validation trace, measure them on a test trace", cmd_calibrate,
+     _calibrate_args),
+    ("reliability", "expected calibration error and reliability of each exit; fit per-exit temperatures",
+     cmd_reliability, _reliability_args),
+    ("predict", "real early-exit prediction on image files", cmd_predict, _predict_args),
+    ("bench-exit", "measure real batched early exit against running every image to the last exit", cmd_bench_exit,
+     _bench_exit_args),
+    ("profile", "time each piece of the real early-exit path at several batch sizes and write latency.json",
+     cmd_profile, _profile_args),
+    ("export", "write one static ONNX graph per stage and exits.json (early exit outside PyTorch)", cmd_export,
+     _export_args),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = Parser(prog="met", description="Multiple-Exit Tuning for timm ViTs (also: python -m met_core). "
+               "Multi-process: torchrun --nproc_per_node N -m met_core train|trace ...")
+    p.add_argument("--version", action="version", version=f"met_core {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_, func, configure in SUBCOMMANDS:
+        s = sub.add_parser(name, help=help_)
+        configure(s)
+        s.set_defaults(func=func)
         s.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
         s.add_argument("--quiet", action="store_true", help="no progress bars")
         s.add_argument("--no-download", action="store_true", help="never download datasets")

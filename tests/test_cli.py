@@ -3,10 +3,12 @@ import re
 
 import pytest
 
+from met_core.cli import SUBCOMMANDS
+
 from .conftest import CIFAR_TEST, run_cli
 
 
-@pytest.mark.parametrize("sub", ["train", "trace", "info"])
+@pytest.mark.parametrize("sub", [name for name, *_ in SUBCOMMANDS])
 def test_every_subcommand_has_help(sub):
     proc = run_cli(sub, "--help")
     assert "usage:" in proc.stdout and "--json" in proc.stdout
