@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import METError
+from .limits import read_tagged_json
 from .policies import get_policy
 
 FORMAT = "met-exit-rule/1"
@@ -40,17 +41,7 @@ class ExitRule:
 
 def read_exit_rule(path: str | Path) -> ExitRule:
     """Read and check an exported exit rule; one sentence for anything wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise METError(f"exit-rule file {path} does not exist (or is not a regular file).")
-    if path.stat().st_size > MAX_BYTES:
-        raise METError(f"{path} is {path.stat().st_size:,} bytes; an exit rule is a small JSON file (under 1 MB).")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise METError(f"{path} is not valid JSON ({type(e).__name__}); export the thresholds again.") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise METError(f"{path} is not a MET exit rule (format must be '{FORMAT}').")
+    data = read_tagged_json(path, "an exit rule", FORMAT, "export the thresholds again", MAX_BYTES)
     policy, th = data.get("policy"), data.get("thresholds")
     if not isinstance(policy, str):
         raise METError(f"{path}: policy must be a policy name.")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import METError
-from .limits import MAX_JSON_BYTES, MAX_WEIGHTS_BYTES, read_bounded, regular_file
+from .limits import MAX_WEIGHTS_BYTES, read_tagged_json, regular_file
 from .policies import as_thresholds, get_policy
 
 if TYPE_CHECKING:
@@ -107,12 +107,8 @@ def export_onnx(model: METModel, out: Path, policy: str, thresholds: Any, checkp
 
 def read_manifest(folder: Path) -> ExitsManifest:
     """exits.json of an export folder, checked (untrusted: bounded, typed, graphs inside the folder)."""
-    try:
-        data = json.loads(read_bounded(folder / EXITS_FILE, "an export's exits.json", MAX_JSON_BYTES, folder))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise METError(f"{folder / EXITS_FILE} is not valid JSON; export the checkpoint again.") from None
-    if not isinstance(data, dict) or data.pop("format", None) != FORMAT:
-        raise METError(f"{folder / EXITS_FILE} is not a MET export manifest (format must be '{FORMAT}').")
+    data = read_tagged_json(folder / EXITS_FILE, "an export manifest", FORMAT, "export the checkpoint again",
+                            inside=folder)
     try:
         m = ExitsManifest(**data)
     except TypeError:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import METError
-from .limits import MAX_JSON_BYTES, read_bounded
+from .limits import read_tagged_json
 
 FORMAT = "met-latency/1"
 LATENCY_FILE = "latency.json"
@@ -149,13 +149,7 @@ def profile_model(model, batch_sizes: Sequence[int], precision: str = "fp32", re
 def read_profile(path: str | Path, num_exits: int | None = None) -> LatencyProfile:
     """Read and check a latency.json (untrusted: bounded, typed, finite, non-negative)."""
     path = Path(path)
-    try:
-        data = json.loads(read_bounded(path, "a latency profile", MAX_JSON_BYTES))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise METError(f"{path} is not valid JSON; profile the checkpoint again (met profile).") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise METError(f"{path} is not a MET latency profile (format must be '{FORMAT}').")
-    data.pop("format")
+    data = read_tagged_json(path, "a latency profile", FORMAT, "profile the checkpoint again (met profile)")
     try:
         prof = LatencyProfile(**data)
     except TypeError:

@@ -6,9 +6,11 @@ more than a few seconds, before it is answered or refused.
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from .errors import METError
 
@@ -52,6 +54,20 @@ def read_bounded(path: str | os.PathLike, what: str, max_bytes: int, inside: Pat
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise METError(f"{path} grew past {max_bytes:,} bytes while being read; {what} must be a stable file.")
+    return data
+
+
+def read_tagged_json(path: str | os.PathLike, what: str, fmt: str, again: str, max_bytes: int = MAX_JSON_BYTES,
+                     inside: Path | None = None) -> dict[str, Any]:
+    """A small JSON object of a given format (exit rules, temperatures, latency profiles, export manifests):
+    bounded, parsed and its `format` checked, in one sentence each; returned without the format key."""
+    try:
+        data = json.loads(read_bounded(path, what, max_bytes, inside))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise METError(f"{path} is not valid JSON ({type(e).__name__}); {again}.") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise METError(f"{path} is not {what} of MET (format must be '{fmt}'); {again}.")
+    data.pop("format")
     return data
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import METError
-from .limits import MAX_JSON_BYTES, read_bounded
+from .limits import read_tagged_json
 
 FORMAT = "met-temperatures/1"
 TEMPERATURES_FILE = "temperatures.json"
@@ -89,12 +89,7 @@ def fit_temperatures(logits: np.ndarray, labels: np.ndarray) -> list[float]:
 def read_temperatures(path: str | Path, num_exits: int, sha256: str | None = None) -> Temperatures:
     """Read and check a temperatures file (untrusted: bounded, typed, positive and finite, for this model)."""
     path = Path(path)
-    try:
-        data = json.loads(read_bounded(path, "a temperatures file", MAX_JSON_BYTES))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise METError(f"{path} is not valid JSON; fit the temperatures again.") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise METError(f"{path} is not a MET temperatures file (format must be '{FORMAT}').")
+    data = read_tagged_json(path, "a temperatures file", FORMAT, "fit the temperatures again (met reliability)")
     t = data.get("temperatures")
     if (not isinstance(t, list) or len(t) != num_exits
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 1e-3 <= v <= 1e3 for v in t)):
