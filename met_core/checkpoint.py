@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import limits
 from .config import METConfig, config_from_dict
 from .errors import METError
 from .limits import MAX_JSON_BYTES, MAX_TRAINED_BYTES, MAX_WEIGHTS_BYTES, read_bounded, regular_file
@@ -44,12 +45,8 @@ def versions() -> dict[str, str]:
 
 
 def read_json(path: Path, what: str, inside: Path | None = None) -> Any:
-    """A JSON file of bounded size (a regular file, inside `inside` if given); one sentence if anything is off."""
-    data = read_bounded(path, what, MAX_JSON_BYTES, inside)
-    try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise METError(f"{path} is not valid JSON ({type(e).__name__}); restore {what} from its original.") from None
+    """A JSON file of a checkpoint folder, bounded (limits.read_json); one sentence if anything is off."""
+    return limits.read_json(path, what, f"restore {what} from its original", inside=inside)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -57,14 +57,20 @@ def read_bounded(path: str | os.PathLike, what: str, max_bytes: int, inside: Pat
     return data
 
 
+def read_json(path: str | os.PathLike, what: str, again: str, max_bytes: int = MAX_JSON_BYTES,
+              inside: Path | None = None) -> Any:
+    """A JSON file of bounded size (a regular file, inside `inside` if given), parsed; one sentence if not."""
+    try:
+        return json.loads(read_bounded(path, what, max_bytes, inside))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise METError(f"{path} is not valid JSON ({type(e).__name__}); {again}.") from None
+
+
 def read_tagged_json(path: str | os.PathLike, what: str, fmt: str, again: str, max_bytes: int = MAX_JSON_BYTES,
                      inside: Path | None = None) -> dict[str, Any]:
     """A small JSON object of a given format (exit rules, temperatures, latency profiles, export manifests):
     bounded, parsed and its `format` checked, in one sentence each; returned without the format key."""
-    try:
-        data = json.loads(read_bounded(path, what, max_bytes, inside))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise METError(f"{path} is not valid JSON ({type(e).__name__}); {again}.") from None
+    data = read_json(path, what, again, max_bytes, inside)
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise METError(f"{path} is not {what} of MET (format must be '{fmt}'); {again}.")
     data.pop("format")
