@@ -27,7 +27,7 @@ from met_core.checkpoint import (
 )
 from met_core.errors import METError, user_message
 from met_core.latency import LATENCY_FILE, LatencyProfile, read_profile
-from met_core.paths import locate_dataset
+from met_core.paths import embeddings_dir, locate_dataset, runs_dir
 from met_core.policies import get_policy
 from met_core.reliability import ReliabilityCurve, reliability
 from met_core.summary import ModelSummary
@@ -55,15 +55,19 @@ def keep_widget_state() -> None:
 
 
 def discover(root: Path = CHECKPOINTS) -> list[Path]:
-    """Checkpoint folders under `root` (any depth), the default first."""
+    """Checkpoint folders under `root` (any depth), the default first; then the models traced on the user's
+    datasets from the Models page (kept in the user's run folder, so they are found again on the next start)."""
     found = sorted(p.parent for p in root.glob(f"**/{CONFIG_FILE}"))
-    return sorted(found, key=lambda p: (p.name != DEFAULT, str(p)))
+    runs = runs_dir()
+    mine = sorted(p.parent for p in runs.glob(f"*/{CONFIG_FILE}")) if runs.is_dir() else []
+    return sorted(found, key=lambda p: (p.name != DEFAULT, str(p))) + [p for p in mine if p not in found]
 
 
 def checkpoints() -> list[Path]:
-    """Shipped checkpoints plus the folders this session added on the Models page."""
+    """Shipped checkpoints, the user's traced runs, and the folders this session added on the Models page."""
     extra = [Path(p) for p in st.session_state.get("extra_checkpoints", [])]
-    return discover() + [p for p in extra if p not in discover()]
+    found = discover()
+    return found + [p for p in extra if p not in found]
 
 
 def current() -> Path:
@@ -90,11 +94,22 @@ def test_trace_path(ckpt: Path) -> str:
     return str(ckpt / TEST_TRACE_FILE)
 
 
+RUNS_LABEL = "my runs"
+
+
 def label(path: Path) -> str:
-    try:
-        return str(path.relative_to(CHECKPOINTS))
-    except ValueError:
-        return str(path)
+    """How a checkpoint is named on the pages and in links: relative to the shipped or the user's run folder."""
+    for root, prefix in ((CHECKPOINTS, ""), (runs_dir(), f"{RUNS_LABEL}/")):
+        try:
+            return prefix + str(Path(path).relative_to(root))
+        except ValueError:
+            continue
+    return str(path)
+
+
+def by_label(text: str) -> Path | None:
+    """The listed checkpoint a label (e.g. from a link) names, or None."""
+    return next((p for p in checkpoints() if label(p) == text), None)
 
 
 def fail(message: str) -> None:
@@ -243,9 +258,61 @@ def reliability_curves(ckpt: str) -> list[ReliabilityCurve]:
     return [reliability(p, t.labels) for p in t.probs().transpose(1, 0, 2)]
 
 
+def thumbnail(col: Any, root: Path | None, sample_id: str, caption: str | None = None) -> None:
+    """A dataset image in a grid column (or the sentence saying why it cannot be read), with an optional caption."""
+    from met_core.images import load_image
+
+    if root is not None:
+        try:
+            col.image(load_image(root / sample_id), width="stretch")
+        except METError as e:
+            col.caption(md(user_message(e)))
+    if caption:
+        col.caption(md(caption))
+
+
 def dataset_root(t: Trace) -> Path | None:
     """Where the trace's images are: the sidebar override, $MET_DATASET_ROOT, the recorded root, or ../shared."""
     return locate_dataset(t.meta.get("dataset_root"), st.session_state.get("dataset_root_override"))
+
+
+@st.cache_data(show_spinner=False)
+def _digest(path: str, mtime: float, size: int) -> str:
+    from met_core.traces import trace_digest
+
+    return trace_digest(path)
+
+
+def digest(path: Path) -> str:
+    """A trace file's sha256, computed once per version of the file."""
+    st_ = path.stat()
+    return _digest(str(path), st_.st_mtime, st_.st_size)
+
+
+SHIPPED_EMBEDDINGS = CHECKPOINTS / "embeddings"
+
+
+@st.cache_resource(show_spinner=False)
+def _aligned(a: str, b: str, k: int, da: str, db: str):
+    from met_core.embeddings import aligned_pair
+
+    (ta, _), (tb, _) = trace(a), trace(b)
+    return aligned_pair(ta, tb, k, (da, db), [SHIPPED_EMBEDDINGS, embeddings_dir()], embeddings_dir())
+
+
+def aligned(a: Path, b: Path, k: int):
+    """The aligned 2-D embedding of two checkpoints' test-trace features at exit k: shipped, or fitted once and
+    kept in the user's cache (keyed by the two trace files' digests), so every later view opens at once."""
+    from met_core.embeddings import cache_name
+
+    ta, tb = Path(test_trace_path(a)), Path(test_trace_path(b))
+    da, db = digest(ta), digest(tb)
+    name, _ = cache_name(da, db, k)
+    if any((f / name).is_file() for f in (SHIPPED_EMBEDDINGS, embeddings_dir())):
+        return _aligned(str(ta), str(tb), k, da, db)
+    with st.spinner(f"Fitting an aligned UMAP of both models' features at exit {k + 1} (once for this pair: about "
+                    "20 s; it is kept on disk for every later view)..."):
+        return _aligned(str(ta), str(tb), k, da, db)
 
 
 @st.cache_data(show_spinner=False)

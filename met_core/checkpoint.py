@@ -208,3 +208,28 @@ def checkpoint_hash(path: str | Path) -> str:
     for name, limit in ((CONFIG_FILE, MAX_JSON_BYTES), (WEIGHTS_FILE, MAX_TRAINED_BYTES)):
         h.update(read_bounded(Path(path) / name, f"a checkpoint's {name}", limit, inside=Path(path)))
     return h.hexdigest()
+
+
+def with_trace(src: str | Path, dest: Path, trace_file: str | Path) -> Path:
+    """A checkpoint folder `dest` that is `src` (its files copied: weights are only the trained tensors, so it is
+    small) with `trace_file` as its test trace: a model traced on a user's dataset becomes one more checkpoint
+    the app lists, written where the user may write even when `src` is read-only. Built in a temporary folder
+    and renamed, so a half-written folder is never listed."""
+    import shutil
+    import tempfile
+
+    src = Path(src)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".partial-"))
+    try:
+        for f in src.iterdir():
+            if f.is_file() and f.name != TEST_TRACE_FILE and not f.name.startswith("."):
+                shutil.copy2(f, tmp / f.name)
+        shutil.move(str(trace_file), tmp / TEST_TRACE_FILE)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

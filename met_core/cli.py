@@ -216,69 +216,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 # --- trace -----------------------------------------------------------------------------------------
 
 
-def dataset_for_checkpoint(cfg: dict[str, Any], dataset: str | None, split: str, download: bool,
-                           data_root: str | None = None, holdout: int = 0, seed: int = 0) -> ImageDataset:
-    """The dataset a trace runs over: an explicit one; the checkpoint's own validation images ('val', by id);
-    or `holdout` images of its training split that it never trained or validated on ('holdout', seeded):
-    a calibration set of useful size, never drawn from the test split."""
-    from .data import open_dataset
-    from .paths import locate_dataset
-
-    data = cfg.get("data", {})
-    if split not in ("val", "holdout"):
-        if not dataset:
-            raise METError("pass --dataset (a folder or a dataset name), or --split val / holdout for the "
-                           "checkpoint's own images.")
-        return open_dataset(dataset, split=split, download=download, data_root=data_root)
-    found = locate_dataset(data.get("root"))
-    src = dataset or (str(found) if found else data.get("dataset"))
-    if not src:
-        raise METError("this checkpoint records no dataset; pass --dataset.")
-    ds = open_dataset(src, split=data.get("split", "train"), download=download, data_root=data_root)
-    where = {sid: i for i, sid in enumerate(ds.ids)}
-    if split == "val":
-        missing = [s for s in data.get("val_ids", []) if s not in where]
-        if missing or not data.get("val_ids"):
-            raise METError(f"the checkpoint's validation images are not all in {src} ({len(missing)} missing); "
-                           "pass the dataset it was trained on.")
-        return ds.subset([where[s] for s in data["val_ids"]])
-    used = {where[s] for s in data.get("train_ids", []) + data.get("val_ids", []) if s in where}
-    free = np.setdiff1d(np.arange(len(ds)), np.fromiter(used, dtype=np.int64, count=len(used)))
-    if holdout < 1 or holdout > len(free):
-        raise METError(f"--holdout must be between 1 and the {len(free):,} images the checkpoint never saw, "
-                       f"got {holdout}.")
-    return ds.subset(np.sort(np.random.default_rng(seed).choice(free, size=holdout, replace=False)))
-
-
 def cmd_trace(args: argparse.Namespace) -> None:
-    from .checkpoint import checkpoint_hash, load_checkpoint
-    from .data import transform_for
     from .distributed import shutdown
-    from .flops import exit_gmacs
-    from .traces import SIMULATED_NOTE, run_trace, save_trace
+    from .traces import save_trace, trace_checkpoint
 
     runtime, ctx, device = runtime_setup(args)
-    model, cfg = load_checkpoint(args.checkpoint, args.weights, device)
-    ds = dataset_for_checkpoint(cfg, args.dataset, args.split, not args.no_download, args.data_root, args.holdout,
-                                args.seed)
-    for note in ds.notes:
-        log(note)
-    if list(ds.class_names) != list(model.cfg.class_names):
-        raise METError(f"the dataset's classes {ds.class_names[:5]}... differ from the checkpoint's "
-                       f"{model.cfg.class_names[:5]}...; trace a dataset with the same classes.")
-    if args.limit and args.limit < len(ds):
-        ds = ds.subset(np.sort(np.random.default_rng(args.seed).choice(len(ds), size=args.limit, replace=False)))
-    ds.transform = transform_for(model.cfg)
-    gm = exit_gmacs(model)
-    meta = {"checkpoint": Path(args.checkpoint).name, "checkpoint_sha256": checkpoint_hash(args.checkpoint),
-            "dataset": args.dataset or cfg.get("data", {}).get("dataset"), "dataset_root": ds.root,
-            "split": args.split, "exits": model.cfg.exits, "mac_note": MAC_NOTE, "note": SIMULATED_NOTE}
-    trace = run_trace(model, ds, gm, meta, batch_size=args.batch_size, features=args.features, seed=args.seed,
-                      progress=not args.quiet and ctx.is_main, precision=runtime.precision,
-                      workers=runtime.workers, ctx=ctx)
+    trace = trace_checkpoint(args.checkpoint, args.dataset, args.split, weights=args.weights, device=device,
+                             download=not args.no_download, data_root=args.data_root, holdout=args.holdout,
+                             limit=args.limit, batch_size=args.batch_size, features=args.features, seed=args.seed,
+                             precision=runtime.precision, workers=runtime.workers, ctx=ctx,
+                             progress=not args.quiet and ctx.is_main, notes=log)
     shutdown(ctx)
     if trace is None:  # not the main process: it has nothing to write
         return
+    gm = trace.gmacs.tolist()
     save_trace(args.out, trace)
     acc = (trace.logits.argmax(-1) == trace.labels[:, None]).mean(0)
     _emit(args, {"out": str(args.out), "samples": len(trace.labels), "exit_accuracy": acc.tolist(), "gmacs": gm,

@@ -9,21 +9,21 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torchvision import transforms
 
 from .errors import METError
-from .limits import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS, check_image_size, regular_file
+from .images import IMAGE_EXTENSIONS, load_image, to_rgb
+from .limits import check_image_size
 from .paths import cache_dir
 
 if TYPE_CHECKING:
     from .config import METConfig
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 @dataclass(frozen=True)
 class NamedDataset:
@@ -60,45 +60,6 @@ TORCHVISION_DATASETS: dict[str, NamedDataset] = {
                           "stl10_binary/ (stl10_binary.tar.gz extracted)"),
     "eurosat": NamedDataset("EuroSAT", {}, {}, "eurosat/2750/ with one folder per class"),  # one split: sub-sample it
 }
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to RGB: palette/alpha images over white, 16-bit greyscale scaled to 8 bits."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float32)  # float32: a 40-megapixel 16-bit image stays within bounds
-        hi = float(arr.max()) if arr.size and arr.max() > 255 else 255.0
-        arr *= 255.0 / hi
-        img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA"):
-        bg = Image.new("RGB", img.size, (255, 255, 255))
-        bg.paste(img.convert("RGBA"), mask=img.convert("RGBA").split()[-1])
-        return bg
-    return img.convert("RGB")
-
-
-def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None, resize_to: int | None = None,
-               max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open an image (path or binary file object) as RGB: first frame of animations, EXIF orientation
-    applied; its size, and what resizing to `resize_to` would make of it, checked from the header before
-    any pixel is decoded (limits.check_image_size); one-sentence errors."""
-    name = name or str(source)
-    if isinstance(source, (str, os.PathLike)):
-        if not os.path.exists(source):
-            raise METError(f"{name} does not exist; check the path.")
-        regular_file(source, "an image", MAX_IMAGE_FILE_BYTES)  # a pipe named .jpg would block forever
-    try:
-        with Image.open(source) as img:
-            check_image_size(*img.size, name, resize_to, max_pixels)
-            img.load()
-            return to_rgb(ImageOps.exif_transpose(img))
-    except Image.DecompressionBombError as e:  # PIL's own guard
-        raise METError(f"{name} is refused as a decompression bomb ({e}); downscale it first.") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-        reason = str(e).replace(repr(source), repr(name))  # uploads: the file name, not a BytesIO repr
-        raise METError(f"{name} is not a readable image ({type(e).__name__}: {reason[:200]}); remove or replace "
-                       "it.") from None
 
 
 class SizeGuard:
@@ -300,3 +261,36 @@ def subsample_split(
         val.extend(idx[:n_val])
         train.extend(idx[n_val:])
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
+
+
+def dataset_for_checkpoint(cfg: dict[str, Any], dataset: str | None, split: str, download: bool,
+                           data_root: str | None = None, holdout: int = 0, seed: int = 0) -> ImageDataset:
+    """The dataset a trace runs over: an explicit one; the checkpoint's own validation images ('val', by id);
+    or `holdout` images of its training split that it never trained or validated on ('holdout', seeded):
+    a calibration set of useful size, never drawn from the test split."""
+    from .paths import locate_dataset
+
+    data = cfg.get("data", {})
+    if split not in ("val", "holdout"):
+        if not dataset:
+            raise METError("pass --dataset (a folder or a dataset name), or --split val / holdout for the "
+                           "checkpoint's own images.")
+        return open_dataset(dataset, split=split, download=download, data_root=data_root)
+    found = locate_dataset(data.get("root"))
+    src = dataset or (str(found) if found else data.get("dataset"))
+    if not src:
+        raise METError("this checkpoint records no dataset; pass --dataset.")
+    ds = open_dataset(src, split=data.get("split", "train"), download=download, data_root=data_root)
+    where = {sid: i for i, sid in enumerate(ds.ids)}
+    if split == "val":
+        missing = [s for s in data.get("val_ids", []) if s not in where]
+        if missing or not data.get("val_ids"):
+            raise METError(f"the checkpoint's validation images are not all in {src} ({len(missing)} missing); "
+                           "pass the dataset it was trained on.")
+        return ds.subset([where[s] for s in data["val_ids"]])
+    used = {where[s] for s in data.get("train_ids", []) + data.get("val_ids", []) if s in where}
+    free = np.setdiff1d(np.arange(len(ds)), np.fromiter(used, dtype=np.int64, count=len(used)))
+    if holdout < 1 or holdout > len(free):
+        raise METError(f"--holdout must be between 1 and the {len(free):,} images the checkpoint never saw, "
+                       f"got {holdout}.")
+    return ds.subset(np.sort(np.random.default_rng(seed).choice(free, size=holdout, replace=False)))

@@ -14,10 +14,11 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .data import ImageDataset, load_image, transform_for
+from .data import ImageDataset, transform_for
 from .devices import autocast
 from .errors import METError
 from .flops import exit_gmacs
+from .images import load_image
 from .model import EarlyExitResult, METModel
 from .policies import as_thresholds, get_policy
 

@@ -17,6 +17,7 @@ from .errors import METError
 MAX_JSON_BYTES = 64 * 2**20  # config.json (sample ids of a full dataset fit), metrics.json, exit rules
 MAX_TRACE_BYTES = 128 * 2**20  # a trace's arrays, decompressed: what-ifs derive ~6x the logits in float32 from
 #                                them, which must stay within the budget (10,000 x 4 x 1,000 fp16 logits fit)
+MAX_PATH_CHARS = 4096  # a folder typed into the app: longer than any real path
 MAX_TEXT_CHARS = {"ids": 4096, "class_names": 200, "meta": 1_000_000}  # per string item of a trace's text arrays
 MAX_TRAINED_BYTES = 512 * 2**20  # a checkpoint's model.safetensors: adapters and heads only
 MAX_WEIGHTS_BYTES = 4 * 2**30  # a backbone weights file (ViT-L/14 in fp32 is 1.2 GB)

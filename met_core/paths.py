@@ -15,6 +15,16 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def runs_dir() -> Path:
+    """Where the app keeps models traced on the user's datasets: $MET_RUNS_DIR or <cache>/runs."""
+    return Path(os.environ.get("MET_RUNS_DIR") or cache_dir() / "runs")
+
+
+def embeddings_dir() -> Path:
+    """Where fitted aligned embeddings are kept (met_core.embeddings): <cache>/embeddings."""
+    return cache_dir() / "embeddings"
+
+
 def locate_dataset(recorded: str | None, override: str | None = None) -> Path | None:
     """Where a recorded dataset folder is on this machine: an explicit override, $MET_DATASET_ROOT, the
     recorded path, or the same sub-path under this repository's ../shared/datasets. None if nowhere."""

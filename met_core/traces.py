@@ -16,7 +16,7 @@ import json
 import math
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
@@ -247,9 +247,11 @@ def run_trace(
     precision: str = "fp32",
     workers: int = 0,
     ctx: DistContext | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> Trace | None:
     """Run every exit over `ds` once, batched, on the model's device; keep logits for all samples and head
-    inputs for a seeded subset.
+    inputs for a seeded subset. `on_batch(done, total)` is called after each batch (the app's progress bar);
+    it may raise (e.g. TraceCancelled) to stop the run.
 
     Under torchrun the batches (the same ones one process would run) are dealt out to the processes in turn;
     each fills its rows and the main process sums the disjoint parts, so its trace equals a one-process trace,
@@ -275,7 +277,8 @@ def run_trace(
     batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     mine = batches[ctx.rank :: ctx.world_size]
     loader = torch.utils.data.DataLoader(ds, batch_sampler=mine, num_workers=workers, pin_memory=device.type == "cuda")
-    for x, _, idx in tqdm(loader, desc="trace", disable=not progress, unit="batch", total=len(mine)):
+    for done, (x, _, idx) in enumerate(tqdm(loader, desc="trace", disable=not progress, unit="batch",
+                                           total=len(mine)), 1):
         with torch.no_grad(), autocast(device, precision):
             z = model.forward_features(x.to(device, non_blocking=True))
             logits[idx] = torch.stack(model.forward_head(z), 1).float().cpu()
@@ -283,6 +286,8 @@ def run_trace(
         keep = rows >= 0
         if keep.any():
             feats[:, torch.from_numpy(rows[keep])] = torch.stack(z)[:, torch.from_numpy(keep).to(device)].float().cpu()
+        if on_batch is not None:
+            on_batch(done, len(mine))
     logits, feats = sum_across(logits, ctx), sum_across(feats, ctx)  # each row was written by one process only
     if not ctx.is_main:
         return None
@@ -296,3 +301,69 @@ def run_trace(
         feats.numpy().astype(np.float16),
         meta,
     ).validate("the new trace")
+
+
+class TraceCancelled(METError):
+    """Raised from an `on_batch` hook to stop a trace; nothing is written."""
+
+
+def trace_checkpoint(
+    checkpoint: str | Path,
+    dataset: str | None,
+    split: str = "test",
+    *,
+    weights: str | None = None,
+    device: Any = "cpu",
+    download: bool = True,
+    data_root: str | None = None,
+    holdout: int = 0,
+    limit: int = 0,
+    batch_size: int = 64,
+    features: int = 2000,
+    seed: int = 0,
+    precision: str = "fp32",
+    workers: int = 0,
+    ctx: DistContext | None = None,
+    progress: bool = False,
+    on_batch: Callable[[int, int], None] | None = None,
+    notes: Callable[[str], None] | None = None,
+) -> Trace | None:
+    """The trace of a checkpoint over a dataset, as `met trace` and the app's Models page make it: the dataset is
+    checked against the checkpoint's classes first (one sentence), and the trace records which model made it."""
+    from .checkpoint import checkpoint_hash, load_checkpoint
+    from .data import dataset_for_checkpoint, transform_for
+    from .flops import MAC_NOTE, exit_gmacs
+
+    model, cfg = load_checkpoint(checkpoint, weights, device)
+    ds = dataset_for_checkpoint(cfg, dataset, split, download, data_root, holdout, seed)
+    for note in ds.notes:
+        (notes or (lambda _: None))(note)
+    want = list(model.cfg.class_names)
+    if len(ds.class_names) != len(want):
+        raise METError(f"the dataset has {len(ds.class_names)} classes and the checkpoint {len(want)}; trace a "
+                       "dataset with the checkpoint's classes (one sub-folder per class).")
+    if list(ds.class_names) != want:
+        raise METError(f"the dataset's classes {list(ds.class_names)[:5]}... differ from the checkpoint's "
+                       f"{want[:5]}...; name its sub-folders as the checkpoint's classes.")
+    if not len(ds):
+        raise METError("the dataset has no images; put image files (.jpg, .png, ...) in its class sub-folders.")
+    if limit and limit < len(ds):
+        ds = ds.subset(np.sort(np.random.default_rng(seed).choice(len(ds), size=limit, replace=False)))
+    ds.transform = transform_for(model.cfg)
+    meta = {"checkpoint": Path(checkpoint).name, "checkpoint_sha256": checkpoint_hash(checkpoint),
+            "dataset": dataset or cfg.get("data", {}).get("dataset"), "dataset_root": ds.root,
+            "split": split, "exits": model.cfg.exits, "mac_note": MAC_NOTE, "note": SIMULATED_NOTE}
+    return run_trace(model, ds, exit_gmacs(model), meta, batch_size=batch_size, features=features, seed=seed,
+                     progress=progress, precision=precision, workers=workers, ctx=ctx, on_batch=on_batch)
+
+
+def trace_digest(path: str | Path) -> str:
+    """sha256 of a trace file: the key of what is derived from it (e.g. cached embeddings)."""
+    import hashlib
+
+    regular_file(path, "the trace", MAX_TRACE_BYTES)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -18,6 +18,8 @@ HYMENOPTERA = SHARED / "hymenoptera"
 
 # converted weights go to a per-run cache, so the conversion path runs in every clean test session
 os.environ.setdefault("MET_CACHE_DIR", tempfile.mkdtemp(prefix="met-cache-"))
+# models the app traces on a user's dataset go to a per-run folder, never to the user's own run folder
+os.environ["MET_RUNS_DIR"] = tempfile.mkdtemp(prefix="met-runs-")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

@@ -87,10 +87,12 @@ def test_representations_page_shows_both_panels_with_numbers():
     assert any("kNN accuracy" in m.value for m in at.markdown)
 
 
-def test_switching_models_changes_every_page():
+def test_selecting_a_models_row_changes_every_page():
     at = app("views/models.py")
-    hym = next(o for o in at.radio(key="model_choice").options if "hymenoptera" in shown(str(o)))
-    at.radio(key="model_choice").set_value(hym).run()
+    table = at.dataframe[0].value
+    row = next(i for i, name in enumerate(table["checkpoint"]) if name == "hymenoptera-met")
+    at.session_state["model_table"] = {"selection": {"rows": [row], "columns": [], "cells": []}}  # a click on it
+    at.run()
     assert not at.exception and "hymenoptera" in at.session_state["checkpoint"]
     at.switch_page("views/whatif.py").run()
     assert not at.exception and any("hymenoptera-met" in shown(c.value) for c in at.caption)
@@ -216,8 +218,7 @@ def test_hostile_checkpoint_folders_get_one_sentence_and_keep_state(tmp_path, ki
     at.button(key="add_ckpt").click().run()
     assert not at.exception
     if kind in ("nan-trace", "other-models-trace"):  # the folder itself is sound: it is added, its trace refused
-        choice = next(o for o in at.radio(key="model_choice").options if str(path) in shown(str(o)))
-        at.radio(key="model_choice").set_value(choice).run()
+        at.session_state["checkpoint"] = str(path)  # what selecting its row in the table does
         at.switch_page("views/whatif.py").run()
         assert not at.exception
     errors = [shown(e.value) for e in at.error]
@@ -259,3 +260,58 @@ def test_whatif_shows_intervals_and_a_certified_mode_with_met_cores_numbers():
     test = TraceArrays.from_trace(load_trace(CKPT / "cifar10-met" / "test_trace.npz"))
     want = whatif(test, c.thresholds or [2.0, 2.0, 2.0, None])
     assert metric(at, "Accuracy") == f"{100 * want.accuracy:.2f}%"
+
+
+def test_a_link_restores_model_policy_thresholds_and_page_and_a_bad_value_is_one_sentence():
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    at.query_params.update({"model": "cifar10-met", "policy": "max-softmax", "t": "0.6,0.7,0.9", "exit": "9"})
+    at.run()
+    assert not at.exception
+    arrays = TraceArrays.from_trace(load_trace(CKPT / "cifar10-met" / "test_trace.npz"))
+    r = whatif(arrays, [0.6, 0.7, 0.9])
+    assert at.radio(key="mode").value == "Per-exit thresholds"
+    assert metric(at, "Accuracy") == f"{100 * r.accuracy:.2f}%" and metric(at, "Mean GMACs") == f"{r.gmacs:.4f}"
+    warned = [shown(w.value) for w in at.warning]
+    assert warned == ["The link's exit was ignored: it must be an exit number from 1 to 4."], warned
+    assert at.query_params["t"] == "0.6,0.7,0.9" and at.query_params["model"] == "cifar10-met"
+
+
+@pytest.mark.parametrize("bad", ["1e999", "nan", "0.5," * 200, "<b>x</b>", "0.1,0.2"])
+def test_hostile_link_thresholds_are_refused_in_one_sentence(bad):
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    at.query_params.update({"t": bad, "model": "no such model [x](http://e.x)"})
+    at.run()
+    assert not at.exception
+    warned = [shown(w.value) for w in at.warning]
+    assert len(warned) == 2 and all(w.startswith("The link's ") and "\n" not in w for w in warned), warned
+    assert at.slider(key="gmax-softmax").value == 0.8  # the default view still opens
+
+
+def test_journey_of_a_test_image_leaves_where_the_trace_says():
+    from met_core.whatif import outcomes
+
+    trace = load_trace(CKPT / "cifar10-met" / "test_trace.npz")
+    arrays = TraceArrays.from_trace(trace)
+    o = outcomes(arrays, 0.8)
+    for i in (0, int(o.exits.argmax())):
+        at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+        at.query_params["image"] = str(trace.ids[i])
+        at.run()
+        at.switch_page("views/journey.py").run()
+        assert not at.exception
+        block = trace.meta["exits"][o.exits[i]]
+        want = f"Leaves at exit {o.exits[i] + 1}, after block {block}: predicts **{trace.class_names[o.pred[i]]}**"
+        assert any(want in shown(m.value) for m in at.markdown), [m.value for m in at.markdown]
+        assert metric(at, "Blocks run") == f"{block} of 12"
+
+
+def test_models_table_has_test_and_validation_accuracy_per_exit():
+    from met_core.whatif import exit_accuracy_all
+
+    at = app("views/models.py")
+    table = at.dataframe[0].value.set_index("checkpoint")
+    arrays = TraceArrays.from_trace(load_trace(CKPT / "cifar10-met" / "test_trace.npz"))
+    assert table.loc["cifar10-met", "test accuracy per exit (%)"] == " / ".join(
+        f"{100 * a:.1f}" for a in exit_accuracy_all(arrays))
+    assert table.loc["cifar10-met-strong-gr", "graph reg. lambda"] == 2.0
+    assert table.loc["cifar10-met", "val. accuracy per exit (%)"].count("/") == 3

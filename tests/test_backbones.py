@@ -10,8 +10,9 @@ from met_core.backbones import (
     imgfocus_onnx_path,
     read_state_dict,
 )
-from met_core.data import load_image, make_transform
+from met_core.data import make_transform
 from met_core.errors import METError
+from met_core.images import load_image
 
 from .conftest import HYMENOPTERA
 

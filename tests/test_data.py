@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from met_core.data import load_image, make_transform, open_dataset, subsample_split
+from met_core.data import make_transform, open_dataset, subsample_split
 from met_core.errors import METError
+from met_core.images import load_image
 
 from .conftest import CIFAR_TRAIN, HYMENOPTERA
 

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from met_core.checkpoint import read_config
-from met_core.data import load_image
 from met_core.errors import METError
+from met_core.images import load_image
 from met_core.traces import REQUIRED, load_trace
 from met_core.whatif import TraceArrays, whatif
 

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from met_core.checkpoint import load_checkpoint
-from met_core.data import load_image
 from met_core.errors import METError
+from met_core.images import load_image
 from met_core.inference import predict_files
 from met_core.traces import load_trace, save_trace
 

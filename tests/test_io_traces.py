@@ -64,8 +64,7 @@ def test_pickle_files_are_never_loaded(tmp_path):
 
 
 def test_trace_round_trip_and_refusals(tiny_checkpoint, tmp_path):
-    from met_core.cli import dataset_for_checkpoint
-    from met_core.data import make_transform
+    from met_core.data import dataset_for_checkpoint, make_transform
     from met_core.traces import run_trace
 
     model, cfg = load_checkpoint(tiny_checkpoint)

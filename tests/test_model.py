@@ -65,7 +65,8 @@ def test_trainable_count_under_two_percent_of_a_real_backbone(real_backbone_56):
 
 def test_zero_up_projection_reproduces_frozen_backbone_features(real_backbone_56):
     """With `up` at zero the exits see exactly the frozen timm backbone's features (real image, real weights)."""
-    from met_core.data import load_image, make_transform
+    from met_core.data import make_transform
+    from met_core.images import load_image
 
     from .conftest import CIFAR_TEST
 

@@ -2,6 +2,7 @@
 import streamlit as st
 
 from app import state
+from app.drawing import network_figure
 from met_core.config import METConfig, TrainConfig, config_help
 
 ckpt = state.current()
@@ -11,27 +12,11 @@ st.title("How MET works")
 st.write("**Multiple-Exit Tuning** (Liu et al., 2024) adapts a frozen, pre-trained Vision Transformer so that "
          "easy images can leave early. Below is the model this app has loaded, drawn from its real config.")
 
-depth = m["exits"][-1]
 gm = met.get("exit_gmacs", [])
-lines = [
-    "digraph G { rankdir=LR; node [shape=box, style=rounded, fontsize=10];",
-    f'img [label="image\\n{m["img_size"]} px", shape=oval]; '
-    'stem [label="patch + position\\nembedding (frozen)"]; img -> stem;',
-]
-prev = "stem"
-for i in range(1, depth + 1):
-    ad = "\\n+2 E-adapters" if m["adapters"] else ""
-    lines.append(f'b{i} [label="block {i}\\n(frozen){ad}"]; {prev} -> b{i};')
-    prev = f"b{i}"
-    if i in m["exits"]:
-        k = m["exits"].index(i)
-        cost = f"\\n{gm[k]:.3f} GMACs" if k < len(gm) else ""
-        lines.append(
-            f'e{k} [label="exit {k + 1}: norm + linear head{cost}", shape=note, color=crimson]; '
-            f"b{i} -> e{k} [style=dashed];"
-        )
-lines.append("}")
-st.graphviz_chart("\n".join(lines))
+st.plotly_chart(network_figure(m["exits"], gm, bool(m["adapters"])), key="architecture", width="stretch",
+                config={"displayModeBar": False})
+st.caption("Every block is frozen; the E-adapters inside each block are trained, and each exit is a norm and a "
+           "linear head after its block. The cost under each exit is what an image has spent when it leaves there.")
 
 st.subheader("Model card")
 st.dataframe([{"field": k, "value": v} for k, v in state.summary(ckpt).card()], hide_index=True)

@@ -1,44 +1,123 @@
-"""Models: the shipped checkpoints and any folder the user adds; pick the one the other pages use."""
+"""Models: every checkpoint with its per-exit test and validation accuracy, cost, recipe and data (select a row
+to use it on every page); run a model over a dataset folder; add a checkpoint folder."""
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from app import state
+from app import jobs, state
 from app.safe import md
 from met_core.checkpoint import inspect_checkpoint
-from met_core.errors import METError
+from met_core.errors import METError, user_message
+from met_core.limits import MAX_PATH_CHARS
+from met_core.paths import runs_dir
+from met_core.whatif import exit_accuracy_all
 
 st.title("Models")
-rows = []
+
+
+def per_exit(values: list[float] | None, scale: float = 100, digits: int = 1) -> str:
+    return " / ".join(f"{scale * v:.{digits}f}" for v in values) if values else ""
+
+
+def row(p: Path) -> dict:
+    sm = state.summary(p)
+    train = state.card(str(p))["config"].get("train", {})
+    test = None
+    if state.has_test_trace(p):
+        try:
+            t, a = state.trace(state.test_trace_path(p))
+            test = (exit_accuracy_all(a), len(a.labels), t.meta.get("dataset_root") or t.meta.get("dataset"))
+        except METError as e:
+            st.warning(md(f"{state.label(p)}: {user_message(e)}"))
+    return {
+        "checkpoint": sm.name,
+        "exits (blocks)": ", ".join(map(str, sm.exits)),
+        "test accuracy per exit (%)": per_exit(test[0]) if test else "no test trace",
+        "val. accuracy per exit (%)": per_exit(sm.val_accuracy),
+        "GMACs per exit": per_exit(sm.exit_gmacs, 1, 3),
+        "graph reg. lambda": sm.graph_reg,
+        "adapters": sm.adapters,
+        "recipe": f"{train.get('epochs', '?')} epochs, lr {train.get('lr', '?')}, {sm.img_size} px, "
+                  f"head input {sm.head_input}, seed {train.get('seed', '?')}",
+        "trained on": f"{sm.train_images:,} + {sm.val_images:,} val. images of {sm.dataset or '?'}",
+        "test images": f"{test[1]:,} of {test[2]}" if test else "",
+        "backbone": sm.backbone,
+        "train time (s)": sm.train_time_s,
+    }
+
+
+paths, rows = [], []
 for p in state.checkpoints():
     try:
-        sm = state.summary(p)
+        rows.append(row(p))
+        paths.append(p)
     except METError as e:
-        st.error(md(f"{state.label(p)}: {e}"))
-        continue
-    rows.append({"checkpoint": sm.name, "backbone": sm.backbone, "exits": ", ".join(map(str, sm.exits)),
-                 "adapters": sm.adapters, "graph reg.": sm.graph_reg,
-                 "val. accuracy per exit": " / ".join(f"{100 * a:.1f}" for a in sm.val_accuracy or []),
-                 "GMACs per exit": " / ".join(f"{g:.3f}" for g in sm.exit_gmacs),
-                 "trainable params": sm.trainable_parameters, "train time (s)": sm.train_time_s,
-                 "test trace": state.has_test_trace(p)})
-st.dataframe(pd.DataFrame(rows), hide_index=True)
-paths = state.checkpoints()
+        st.error(md(f"{state.label(p)}: {user_message(e)}"))
 cur = state.current()
-choice = st.radio("Use this model on every page", paths, index=paths.index(cur) if cur in paths else 0,
-                  format_func=lambda p: md(state.label(p)), key=state.kept("model_choice"))
-if choice != cur:
-    st.session_state["checkpoint"] = str(choice)
+st.caption("Select a row to use that model on every page. Test accuracy: every image at that exit, on the test "
+           "trace; validation: the checkpoint's own held-out training images.")
+event = st.dataframe(pd.DataFrame(rows), hide_index=True, on_select="rerun", selection_mode="single-row",
+                     key="model_table",
+                     selection_default={"selection": {"rows": [paths.index(cur)] if cur in paths else []}})
+picked = event.selection.rows if event else []
+if picked and paths[picked[0]] != cur:
+    st.session_state["checkpoint"] = str(paths[picked[0]])
     st.rerun()
+st.write(md(f"Every page uses **{state.label(cur)}**."))
+
+st.subheader("Run a model on a dataset")
+st.caption(md(f"Traces the model over the images once (every exit's output; features of up to {jobs.FEATURES:,}), "
+              f"then every page can use it. The result is kept in {runs_dir()} (set $MET_RUNS_DIR to move it)."))
+job_id = st.session_state.get("trace_job")
+job = jobs.registry().get(job_id) if job_id else None
+with st.form("trace_form"):
+    c1, c2 = st.columns(2)
+    model = c1.selectbox("Model", paths, index=paths.index(cur) if cur in paths else 0, format_func=state.label)
+    data = c2.text_input("Dataset: an ImageFolder path (one sub-folder per class) or a torchvision name",
+                         max_chars=MAX_PATH_CHARS, placeholder="/path/to/images  or  cifar10")
+    c3, c4 = st.columns(2)
+    split = c3.radio("Split (torchvision names only)", ["test", "train"], horizontal=True)
+    limit = c4.number_input("At most this many images (0: all)", 0, 10_000_000, 0, step=100)
+    go_ = st.form_submit_button("Run the trace", disabled=bool(job and job.running))
+if go_:
+    if not data.strip():
+        st.error("Give a dataset folder or name first.")
+    else:
+        st.session_state["trace_job"] = jobs.start(str(model), data.strip(), split, int(limit))
+        st.rerun()
+
+
+@st.fragment(run_every=0.5)
+def poll() -> None:
+    """While the session's trace runs: its progress bar and a cancel button; when it ends, the whole page again
+    (with the new model in use when it succeeded)."""
+    job = jobs.registry()[st.session_state["trace_job"]]
+    if not job.running:
+        if job.result:
+            st.session_state["checkpoint"] = job.result
+        st.rerun(scope="app")
+    frac = job.done / job.total if job.total else 0.0
+    st.progress(frac, text=f"{job.stage}: {job.done} of {job.total or '?'} batches")
+    if st.button("Cancel", key="cancel_trace"):
+        job.cancel.set()
+
+
+if job is not None and job.running:
+    poll()
+elif job is not None and job.error:
+    st.error(md(job.error))
+elif job is not None and job.result:
+    st.success(md(f"Traced {state.label(Path(job.result))}: it is listed in the table above."))
 
 st.subheader("Add a checkpoint folder")
-new = st.text_input("Folder with config.json and model.safetensors", key=state.kept("new_ckpt"))
+new = st.text_input("Folder with config.json and model.safetensors", key=state.kept("new_ckpt"),
+                    max_chars=MAX_PATH_CHARS)
 if st.button("Add", key="add_ckpt") and new:
     try:
         inspect_checkpoint(Path(new).expanduser())
     except METError as e:
-        st.error(md(e))
+        st.error(md(user_message(e)))
     else:
         st.session_state.setdefault("extra_checkpoints", []).append(str(Path(new).expanduser().resolve()))
         st.success(md(f"added {new}"))

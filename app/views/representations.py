@@ -1,4 +1,4 @@
-"""Representations: UMAP of the head inputs at an exit, with and without graph regularization, in one shared frame."""
+"""Representations: UMAP of the head inputs at an exit for any two models, in one shared frame."""
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -7,67 +7,81 @@ from plotly.subplots import make_subplots
 
 from app import state
 from app.safe import md, plot
-from met_core.data import load_image
 from met_core.errors import METError, user_message
-from met_core.geometry import aligned_umap, knn_accuracy, silhouette
+from met_core.geometry import knn_accuracy, silhouette
 from met_core.policies import DEFAULT_POLICY
-from met_core.whatif import outcomes
+from met_core.whatif import exit_accuracy_all, outcomes
 
 ckpt = state.current()
 (trace, arrays), _ = state.traces_of(ckpt)
 st.title("Representations")
 st.caption("Head inputs z_k of a fixed, seeded subset of test images, stored in the traces. An aligned UMAP embeds "
            "both models' features so that each image sits at about the same place in both panels: one shared frame.")
+
+
+def lam(p) -> float:
+    return state.summary(p).graph_reg or 0.0
+
+
+def comparable(p) -> bool:
+    """Traced on the same test images as the current model, with features stored."""
+    if p == ckpt or not state.has_test_trace(p):
+        return False
+    t = state.trace(state.test_trace_path(p))[0]
+    return len(t.feature_index) > 0 and len(t.ids) == len(trace.ids) and bool((t.ids == trace.ids).all())
+
+
 if not len(trace.feature_index):
-    state.fail(f"{state.label(ckpt)}'s trace stores no features; re-create it with `--features 2000`.")
-others = [p for p in state.checkpoints() if p != ckpt and state.has_test_trace(p)]
-default_other = next((i for i, p in enumerate(others) if p.name == f"{ckpt.name}-nogr"), 0)
+    state.fail(f"{state.label(ckpt)}'s trace stores no features; re-create it with `--features 1000`, or pick a "
+               "model with features on the Models page.")
+others = [p for p in state.checkpoints() if comparable(p)]
+# by default the model whose graph-regularization strength differs most from this one's
+default_other = max(range(len(others)), key=lambda i: abs(lam(others[i]) - lam(ckpt)), default=0)
 c1, c2, c3 = st.columns(3)
 other = c1.selectbox("Compare with", others, index=default_other if others else None, key=state.kept("rep_other"),
-                     format_func=state.label)  # selectbox options are plain text
+                     format_func=lambda p: f"{state.label(p)} (lambda {lam(p):g})")  # selectbox: plain text
+st.session_state["compared"] = other
 k = c2.selectbox(
     "Exit", list(range(arrays.num_exits)), format_func=lambda j: f"exit {j + 1}", key=state.kept("rep_exit")
 )
 color_by = c3.radio("Colour by", ["class", "correct", "exit taken"], horizontal=True, key=state.kept("rep_color"))
 
 
-@st.cache_data(show_spinner="Fitting an aligned UMAP on both models' features (first time only, about a minute)...")
-def frames(a: str, b: str, k: int) -> dict:
-    (ta, _), _ = state.traces_of(state.Path(a))
-    (tb, _), _ = state.traces_of(state.Path(b))
-    common, ia, ib = np.intersect1d(ta.feature_index, tb.feature_index, return_indices=True)
-    if len(common) < 20:
-        raise METError("the two traces share fewer than 20 feature samples; trace both on the same dataset.")
-    fa, fb = ta.features[k][ia].astype(np.float32), tb.features[k][ib].astype(np.float32)
-    xy_a, xy_b = aligned_umap([fa, fb])
-    y = ta.labels[common]
-    return {
-        "rows": common,
-        "xy": [xy_a, xy_b],
-        "knn": [knn_accuracy(fa, y), knn_accuracy(fb, y)],
-        "sil": [silhouette(fa, y), silhouette(fb, y)],
-    }
+@st.cache_data(show_spinner=False)
+def geometry(path: str, k: int, rows: tuple[int, ...]) -> tuple[float, float]:
+    """kNN accuracy and silhouette of a trace's features at exit k on the given sample rows."""
+    (t, _), _ = state.traces_of(state.Path(path))
+    where = {int(r): j for j, r in enumerate(t.feature_index)}
+    f = t.features[k][[where[r] for r in rows]].astype(np.float32)
+    y = t.labels[list(rows)]
+    return knn_accuracy(f, y), silhouette(f, y)
 
 
 if other is None:
-    state.fail("no second checkpoint with a trace to compare with; add one on the Models page.")
+    state.fail("no second checkpoint traced on the same test images with features; trace one on the Models page.")
 if k >= state.trace(state.test_trace_path(other))[1].num_exits:
     state.fail(f"{state.label(other)} has no exit {k + 1}; pick an earlier exit.")
 try:
-    fr = frames(str(ckpt), str(other), k)
+    pair = state.aligned(ckpt, other, k)
 except METError as e:
     state.fail(user_message(e))
+key_rows = tuple(int(r) for r in pair.rows)
+fr = {"rows": pair.rows, "xy": [pair.xy_a, pair.xy_b]}
+geo = [geometry(str(p), k, key_rows) for p in (ckpt, other)]
+fr["knn"], fr["sil"] = [g[0] for g in geo], [g[1] for g in geo]
+acc = [exit_accuracy_all(state.traces_of(p)[0][1]) for p in (ckpt, other)]
 rows = fr["rows"]
 policy = st.session_state.get("policy", DEFAULT_POLICY)
 thresholds = st.session_state.get("whatif_thresholds") or state.default_thresholds(policy)
-names = [state.label(ckpt), state.label(other)]
+names = [f"{state.label(p)} (lambda {lam(p):g})" for p in (ckpt, other)]
 fig = make_subplots(
     1,
     2,
     shared_xaxes=True,
     shared_yaxes=True,
     subplot_titles=[
-        f"{n}: kNN acc {100 * fr['knn'][j]:.1f}%, silhouette {fr['sil'][j]:.3f}" for j, n in enumerate(names)
+        plot(f"{n}: test acc. {100 * acc[j][k]:.1f}%, kNN {100 * fr['knn'][j]:.1f}%, silhouette {fr['sil'][j]:.3f}")
+        for j, n in enumerate(names)
     ],
 )
 for j, ck in enumerate([ckpt, other]):
@@ -100,10 +114,17 @@ fig.update_xaxes(matches="x")
 fig.update_yaxes(matches="y")
 fig.update_layout(height=560, dragmode="lasso")
 event = st.plotly_chart(fig, key="umap", on_select="rerun", selection_mode=("lasso", "box"))
+st.dataframe(pd.DataFrame([{
+    "model": state.label(p), "graph reg. lambda": lam(p), f"kNN accuracy, exit {k + 1} (%)": 100 * fr["knn"][j],
+    f"silhouette, exit {k + 1}": fr["sil"][j], f"test accuracy, exit {k + 1} (%)": 100 * acc[j][k],
+    "test accuracy, last exit (%)": 100 * acc[j][-1]} for j, p in enumerate((ckpt, other))]), hide_index=True)
 d = fr["knn"][0] - fr["knn"][1]
 st.write(md(
-    f"At exit {k + 1}, kNN accuracy is {100 * fr['knn'][0]:.1f}% for {names[0]} and {100 * fr['knn'][1]:.1f}% "
-    f"for {names[1]} ({100 * d:+.1f} points); silhouette {fr['sil'][0]:.3f} vs {fr['sil'][1]:.3f}."
+    f"At exit {k + 1}, on {len(key_rows):,} test images, kNN accuracy is {100 * fr['knn'][0]:.1f}% for {names[0]} "
+    f"and {100 * fr['knn'][1]:.1f}% for {names[1]} ({100 * d:+.1f} points); silhouette {fr['sil'][0]:.3f} vs "
+    f"{fr['sil'][1]:.3f}. What each pays or gains for it: test accuracy at this exit {100 * acc[0][k]:.1f}% vs "
+    f"{100 * acc[1][k]:.1f}%, at the last exit {100 * acc[0][-1]:.1f}% vs {100 * acc[1][-1]:.1f}%."
+    + ("" if pair.cached else " (The embedding was fitted now and kept on disk for every later view.)")
 ))
 
 picked = sorted({int(p["customdata"]) for p in (event.selection.points if event else []) if "customdata" in p})
@@ -123,10 +144,6 @@ if picked:
         hide_index=True,
     )
     root = state.dataset_root(trace)
-    if root is not None:
-        cols = st.columns(8)
-        for j, i in enumerate(picked[:16]):
-            try:
-                cols[j % 8].image(load_image(root / str(trace.ids[i])), caption=md(trace.ids[i]), width="stretch")
-            except METError as e:
-                cols[j % 8].caption(md(user_message(e)))
+    cols = st.columns(8)
+    for j, i in enumerate(picked[:16]):
+        state.thumbnail(cols[j % 8], root, str(trace.ids[i]), str(trace.ids[i]))

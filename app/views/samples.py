@@ -9,8 +9,8 @@ import streamlit as st
 
 from app import state
 from app.safe import md, plot
-from met_core.data import IMAGE_EXTENSIONS, load_image
 from met_core.errors import METError, user_message
+from met_core.images import IMAGE_EXTENSIONS
 from met_core.inference import predict_images
 from met_core.policies import DEFAULT_POLICY
 from met_core.whatif import outcomes
@@ -56,11 +56,7 @@ with tab_browse:
     cols = st.columns(8)
     for j, i in enumerate(idx[page * GRID:(page + 1) * GRID]):
         col = cols[j % 8]
-        if root is not None:
-            try:
-                col.image(load_image(root / str(trace.ids[i])), width="stretch")
-            except METError as e:
-                col.caption(md(user_message(e)))
+        state.thumbnail(col, root, str(trace.ids[i]))
         mark = "✓" if correct[i] else "✗"
         if col.button(f"{mark} exit {ex[i] + 1}", key=f"s{i}", help=md(trace.ids[i])):
             st.session_state["sample"] = int(i)

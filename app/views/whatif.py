@@ -7,15 +7,16 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import state
+from app import state, urlstate
 from app.safe import md, plot
+from met_core.errors import METError, user_message
 from met_core.exit_rule import ExitRule
 from met_core.flops import MAC_NOTE
 from met_core.intervals import MEANING, clopper_pearson
 from met_core.latency import PREDICTED_NOTE, LatencyProfile, predict_latency
 from met_core.policies import CALIBRATABLE, POLICIES, get_policy
 from met_core.traces import SIMULATED_NOTE
-from met_core.whatif import WhatIfResult, exit_accuracy_all, whatif
+from met_core.whatif import WhatIfResult, exit_accuracy_all, outcomes, whatif
 
 ckpt = state.current()
 (trace, arrays), _ = state.traces_of(ckpt)
@@ -51,6 +52,7 @@ compare = c2.selectbox(
     key=state.kept("compare"),
     format_func=lambda p: "nothing" if p is None else state.label(p),  # selectbox options are plain text
 )
+st.session_state["compared"] = compare
 
 
 CERTIFIED = "Certified (largest loss)"
@@ -121,6 +123,7 @@ def live() -> None:
         ]
     r = whatif(arrays, thresholds, policy, detail=True, intervals=True)
     st.session_state["whatif_thresholds"] = r.thresholds
+    urlstate.publish()  # a slider move re-runs only this fragment: keep the link in step
     m = st.columns(4)
     m[0].metric(
         "Accuracy", f"{100 * r.accuracy:.2f}%", f"{100 * (r.accuracy - r.last_exit_accuracy):+.2f} pt vs last exit"
@@ -187,7 +190,7 @@ def live() -> None:
         rel.update_layout(xaxis_title="confidence (top-1 probability)", yaxis_title="accuracy", height=380,
                           title="Reliability diagram (test trace, 15 bins)")
         st.plotly_chart(rel, key="reliability")
-    with st.expander("Per-class accuracy and confusion matrix"):
+    with st.expander("Per-class accuracy"):
         names_c = trace.class_names
         st.dataframe(
             pd.DataFrame(
@@ -199,8 +202,33 @@ def live() -> None:
             ),
             hide_index=True,
         )
-        st.dataframe(pd.DataFrame(r.confusion, index=names_c, columns=names_c))
+    confusion(r)
     export(r)
+
+
+def confusion(r: WhatIfResult) -> None:
+    """The confusion matrix at the current thresholds; clicking a cell shows the images in it."""
+    names_c = [plot(c) for c in trace.class_names]
+    c = len(names_c)
+    fig = go.Figure(go.Heatmap(z=r.confusion, x=list(range(c)), y=list(range(c)), colorscale="Blues",
+                               text=r.confusion, texttemplate="%{text}", hovertemplate="true %{y}, predicted %{x}: "
+                               "%{z} images<extra></extra>"))
+    fig.update_layout(title="Confusion matrix at these thresholds (click a cell to see its images)", height=520,
+                      xaxis=dict(title="predicted", tickvals=list(range(c)), ticktext=names_c),
+                      yaxis=dict(title="true class", tickvals=list(range(c)), ticktext=names_c, autorange="reversed"))
+    event = st.plotly_chart(fig, key="confusion", on_select="rerun", selection_mode="points")
+    pts = event.selection.points if event else []
+    if not pts:
+        return
+    true, pred = int(pts[0]["y"]), int(pts[0]["x"])
+    o = outcomes(arrays, r.thresholds, policy)
+    idx = np.flatnonzero((arrays.labels == true) & (o.pred == pred))
+    st.markdown(md(f"**{len(idx):,} test images of class {trace.class_names[true]} predicted as "
+                   f"{trace.class_names[pred]}**" + (f" (showing {min(16, len(idx))})" if len(idx) else "")))
+    root = state.dataset_root(trace)
+    cols = st.columns(8)
+    for j, i in enumerate(idx[:16]):
+        state.thumbnail(cols[j % 8], root, str(trace.ids[i]), f"{trace.ids[i]}, exit {o.exits[i] + 1}")
 
 
 def sweep_frame(path: Path) -> pd.DataFrame:
@@ -316,7 +344,6 @@ def export(r: WhatIfResult) -> None:
 
 def measure(thresholds: list) -> None:
     from met_core.data import decode_all, open_dataset, transform_for
-    from met_core.errors import METError, user_message
     from met_core.inference import measure_speedup
 
     root = state.dataset_root(trace)
