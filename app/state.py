@@ -48,10 +48,23 @@ def kept(key: str) -> str:
 
 
 def keep_widget_state() -> None:
-    """Re-assign the kept widget values every run (Streamlit's documented way to stop their clean-up)."""
+    """Keep the kept widgets' values across pages. In a browser, a page switch drops the values of widgets the new
+    page does not show before any of our code runs, so each run (and each fragment run, via `remember`) copies
+    them to a plain key, and a dropped value is put back from there."""
+    store = st.session_state.setdefault("_kept_values", {})
     for k in st.session_state.get("_kept_keys", set()):
         if k in st.session_state:
-            st.session_state[k] = st.session_state[k]
+            st.session_state[k] = store[k] = st.session_state[k]
+        elif k in store:
+            st.session_state[k] = store[k]
+
+
+def remember() -> None:
+    """Copy the kept widgets' current values (a fragment's re-run does not pass through `keep_widget_state`)."""
+    store = st.session_state.setdefault("_kept_values", {})
+    for k in st.session_state.get("_kept_keys", set()):
+        if k in st.session_state:
+            store[k] = st.session_state[k]
 
 
 def discover(root: Path = CHECKPOINTS) -> list[Path]:
@@ -84,6 +97,24 @@ def current() -> Path:
 def default_thresholds(policy: str) -> float:
     """Before the what-if page has been opened: the policy's own default threshold."""
     return float(get_policy(policy).default_threshold)
+
+
+def thresholds_in_use() -> tuple[str, float | list[float | None]]:
+    """(policy, thresholds) the pages share: the what-if page's (or a link's), else the default policy's default."""
+    from met_core.policies import DEFAULT_POLICY
+
+    policy = st.session_state.get("policy", DEFAULT_POLICY)
+    return policy, st.session_state.get("whatif_thresholds") or default_thresholds(policy)
+
+
+def describe(thresholds: float | list[float | None]) -> str:
+    """Thresholds as a person reads them: one number, or one per exit ('last' for the last exit)."""
+    if isinstance(thresholds, (int, float)):
+        return f"{thresholds:g}"
+    used = {f"{t:g}" for t in thresholds[:-1]}
+    if len(used) == 1:  # one global threshold (the last exit's does not matter)
+        return used.pop()
+    return " / ".join(f"{t:g}" for t in thresholds[:-1]) + " / last"
 
 
 def has_test_trace(ckpt: Path) -> bool:

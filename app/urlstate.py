@@ -151,6 +151,7 @@ def _apply_thresholds() -> None:
     if vals is None:
         return
     policy = st.session_state.get("policy") or "max-softmax"
+    st.session_state["whatif_thresholds"] = vals[0] if len(vals) == 1 else [*vals, None]  # for the other pages
     if len(vals) == 1:
         st.session_state["mode"] = MODES[0]
         st.session_state[f"g{policy}"] = vals[0]

@@ -269,3 +269,120 @@ def test_untrusted_class_names_reach_the_browser_as_text_and_fetch_nothing(tmp_p
         proc.wait(10)
         trap.shutdown()
     assert hits == [], hits  # no request left the page for the stranger's server
+
+
+def click_nav(drv, title: str) -> None:
+    """Go to another page as a person does (the sidebar link), which keeps the session."""
+    drv.find_element("xpath", f"//*[@data-testid='stSidebarNav']//a[contains(., \"{title}\")]").click()
+
+
+def test_trace_a_folder_in_the_app_then_see_its_numbers_on_the_whatif_page(server, browser, tmp_path):
+    from met_core.traces import load_trace
+    from met_core.whatif import TraceArrays, whatif
+
+    from .conftest import CIFAR_TEST
+
+    folder = tmp_path / "my cifar photos"
+    for c in sorted(p.name for p in CIFAR_TEST.iterdir()):
+        (folder / c).mkdir(parents=True)
+        for f in sorted((CIFAR_TEST / c).iterdir())[:3]:
+            (folder / c / f.name).symlink_to(f)
+    browser.get(f"{server}/models")
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait_text(browser, "Run a model on a dataset")
+    field = WebDriverWait(browser, 60).until(lambda d: d.find_elements("css selector", 'input[aria-label^="Dataset"]'))
+    field[0].send_keys(str(folder))
+    browser.find_element("xpath", "//button[contains(., 'Run the trace')]").click()
+    wait_text(browser, "it is listed in the table above", timeout=240)
+    no_exception(browser)
+    browser.save_screenshot(str(ARTIFACTS / "models-traced-a-folder.png"))
+    run = next(Path(os.environ["MET_RUNS_DIR"]).glob("cifar10-met@my_cifar_photos-*"))
+    click_nav(browser, "Threshold what-if")
+    wait_text(browser, "on 30 test images")
+    wait_text(browser, "Accuracy versus mean GMACs")
+    r = whatif(TraceArrays.from_trace(load_trace(run / "test_trace.npz")), 0.8)
+    assert metric_value(browser, "Accuracy") == f"{100 * r.accuracy:.2f}%"
+    assert metric_value(browser, "Mean GMACs") == f"{r.gmacs:.4f}"
+    browser.save_screenshot(str(ARTIFACTS / "whatif-on-the-traced-folder.png"))
+
+
+def test_the_journey_of_a_test_image_matches_the_real_early_exit(server, browser):
+    from urllib.parse import quote
+
+    from met_core.checkpoint import load_checkpoint
+    from met_core.inference import predict_images
+    from met_core.traces import load_trace
+
+    from .conftest import CIFAR_TEST
+
+    ck = ROOT / "checkpoints" / "cifar10-met"
+    trace = load_trace(ck / "test_trace.npz")
+    conf = trace.probs().max(-1)
+    # an image whose confidences are not within float16 rounding of the threshold at any exit
+    i = next(i for i in range(len(conf)) if (abs(conf[i] - 0.8) > 0.02).all() and conf[i, 0] < 0.8)
+    sid = str(trace.ids[i])
+    p = predict_images(load_checkpoint(ck)[0], [(sid, CIFAR_TEST / sid)], 0.8, "max-softmax")[0]
+    block = trace.meta["exits"][p.exit]
+    browser.get(f"{server}/journey?image={quote(sid)}")
+    wait_text(browser, "Leaves at exit", timeout=180)
+    no_exception(browser)
+    body = browser.find_element("tag name", "body").text.replace(ZWSP, "")
+    assert f"Leaves at exit {p.exit + 1}, after block {block}: predicts {p.class_name}" in body, body[-1500:]
+    assert metric_value(browser, "Blocks run") == f"{block} of 12"
+    browser.save_screenshot(str(ARTIFACTS / "journey.png"))
+
+
+def test_a_copied_link_reproduces_the_thresholds_and_page_in_a_fresh_session(server, browser, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(server)
+    wait_text(browser, "Accuracy versus mean GMACs")
+    rng = browser.find_element("css selector", '[data-testid="stSlider"] input[type="range"]')
+    browser.execute_script("arguments[0].focus();", rng)
+    for _ in range(12):
+        browser.switch_to.active_element.send_keys(Keys.ARROW_LEFT)
+    deadline = time.time() + 30
+    while "t=0.68" not in browser.current_url and time.time() < deadline:
+        time.sleep(0.5)
+    click_nav(browser, "Explore samples")
+    wait_text(browser, "images match")
+    time.sleep(2)
+    link = browser.current_url
+    assert "/samples?" in link and "t=0.68" in link, link
+    caption = next(c.text for c in browser.find_elements("css selector", '[data-testid="stCaptionContainer"]')
+                   if "thresholds" in c.text)
+    fresh = make_browser(tmp_path / "someone-else")
+    try:
+        fresh.get(link)
+        wait_text(fresh, "images match", timeout=180)
+        no_exception(fresh)
+        assert fresh.current_url.split("?")[0].endswith("/samples")
+        shown_there = [c.text for c in fresh.find_elements("css selector", '[data-testid="stCaptionContainer"]')]
+        assert caption in shown_there, shown_there
+        click_nav(fresh, "Threshold what-if")
+        wait_text(fresh, "Accuracy versus mean GMACs")
+        slider = fresh.find_element("css selector", '[data-testid="stSlider"]').text
+        assert "0.68" in slider, slider
+        fresh.save_screenshot(str(ARTIFACTS / "link-opened-in-a-fresh-session.png"))
+    finally:
+        fresh.quit()
+
+
+def test_clicking_a_confusion_cell_shows_its_images(server, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    browser.get(server)
+    wait_text(browser, "Confusion matrix at these thresholds")
+    chart = next(c for c in browser.find_elements("css selector", '[data-testid="stPlotlyChart"]')
+                 if "Confusion matrix" in c.text)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", chart)
+    time.sleep(1)
+    area = chart.find_element("css selector", ".nsewdrag")
+    w, h = area.size["width"], area.size["height"]
+    true, pred = 3, 5  # cat predicted as dog
+    ActionChains(browser).move_to_element_with_offset(area, (pred + 0.5) / 10 * w - w / 2,
+                                                      (true + 0.5) / 10 * h - h / 2).click().perform()
+    wait_text(browser, "test images of class cat predicted as dog", timeout=60)
+    no_exception(browser)
+    browser.save_screenshot(str(ARTIFACTS / "confusion-drill-down.png"))

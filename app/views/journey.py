@@ -10,7 +10,7 @@ from app.safe import md, plot
 from met_core.errors import METError, user_message
 from met_core.images import load_image
 from met_core.journey import Journey, journey
-from met_core.policies import DEFAULT_POLICY, get_policy
+from met_core.policies import get_policy
 
 BIG = 22  # font size of the figures: readable on a projector
 
@@ -18,12 +18,12 @@ ckpt = state.current()
 (trace, arrays), _ = state.traces_of(ckpt)
 cfg = state.card(str(ckpt))["config"]["model"]
 blocks, gmacs, names = cfg["exits"], arrays.gmacs.tolist(), list(trace.class_names)
-policy = st.session_state.get("policy", DEFAULT_POLICY)
-thresholds = st.session_state.get("whatif_thresholds") or state.default_thresholds(policy)
+policy, thresholds = state.thresholds_in_use()
 pol = get_policy(policy)
 st.title("An image's journey")
-st.caption(md(f"{state.label(ckpt)}, policy {policy} at the what-if page's thresholds. Each exit is tried in turn; "
-              "the image leaves at the first exit whose score passes, and the blocks after it never run."))
+st.caption(md(f"{state.label(ckpt)}, policy {policy} at the what-if page's thresholds "
+              f"({state.describe(thresholds)}). Each exit is tried in turn; the image leaves at the first exit "
+              "whose score passes, and the blocks after it never run."))
 
 source = st.radio("Image", ["A test image", "Upload an image"], horizontal=True, key=state.kept("journey_source"))
 root = state.dataset_root(trace)

@@ -57,14 +57,18 @@ for p in state.checkpoints():
 cur = state.current()
 st.caption("Select a row to use that model on every page. Test accuracy: every image at that exit, on the test "
            "trace; validation: the checkpoint's own held-out training images.")
+
+default_rows = [paths.index(cur)] if cur in paths else []
 event = st.dataframe(pd.DataFrame(rows), hide_index=True, on_select="rerun", selection_mode="single-row",
-                     key="model_table",
-                     selection_default={"selection": {"rows": [paths.index(cur)] if cur in paths else []}})
-picked = event.selection.rows if event else []
-if picked and paths[picked[0]] != cur:
-    st.session_state["checkpoint"] = str(paths[picked[0]])
-    st.rerun()
-st.write(md(f"Every page uses **{state.label(cur)}**."))
+                     key="model_table", selection_default={"selection": {"rows": default_rows}})
+picked = list(event.selection.rows) if event else []
+# act on a change of the selection only: a rerun for another reason must not undo a choice made elsewhere
+if picked != st.session_state.setdefault("_model_rows", default_rows):
+    st.session_state["_model_rows"] = picked
+    if picked and paths[picked[0]] != cur:
+        st.session_state["checkpoint"] = str(paths[picked[0]])
+        st.rerun()
+st.write(f"Every page uses **{md(state.label(cur))}**.")
 
 st.subheader("Run a model on a dataset")
 st.caption(md(f"Traces the model over the images once (every exit's output; features of up to {jobs.FEATURES:,}), "

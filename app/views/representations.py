@@ -9,7 +9,6 @@ from app import state
 from app.safe import md, plot
 from met_core.errors import METError, user_message
 from met_core.geometry import knn_accuracy, silhouette
-from met_core.policies import DEFAULT_POLICY
 from met_core.whatif import exit_accuracy_all, outcomes
 
 ckpt = state.current()
@@ -71,8 +70,7 @@ geo = [geometry(str(p), k, key_rows) for p in (ckpt, other)]
 fr["knn"], fr["sil"] = [g[0] for g in geo], [g[1] for g in geo]
 acc = [exit_accuracy_all(state.traces_of(p)[0][1]) for p in (ckpt, other)]
 rows = fr["rows"]
-policy = st.session_state.get("policy", DEFAULT_POLICY)
-thresholds = st.session_state.get("whatif_thresholds") or state.default_thresholds(policy)
+policy, thresholds = state.thresholds_in_use()
 names = [f"{state.label(p)} (lambda {lam(p):g})" for p in (ckpt, other)]
 fig = make_subplots(
     1,

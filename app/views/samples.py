@@ -12,7 +12,6 @@ from app.safe import md, plot
 from met_core.errors import METError, user_message
 from met_core.images import IMAGE_EXTENSIONS
 from met_core.inference import predict_images
-from met_core.policies import DEFAULT_POLICY
 from met_core.whatif import outcomes
 
 MAX_UPLOADS = 32
@@ -21,9 +20,9 @@ GRID = 24
 ckpt = state.current()
 (trace, arrays), _ = state.traces_of(ckpt)
 st.title("Explore samples")
-policy = st.session_state.get("policy", DEFAULT_POLICY)
-thresholds = st.session_state.get("whatif_thresholds") or state.default_thresholds(policy)
-st.caption(f"Exits at the what-if page's current thresholds ({policy}); simulated from cached exit outputs.")
+policy, thresholds = state.thresholds_in_use()
+st.caption(f"Exits at the what-if page's current thresholds ({policy}: {state.describe(thresholds)}); simulated from "
+           "cached exit outputs.")
 
 with st.sidebar:
     st.text_input("Dataset folder of the trace", key=state.kept("dataset_root_override"),

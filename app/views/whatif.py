@@ -123,7 +123,8 @@ def live() -> None:
         ]
     r = whatif(arrays, thresholds, policy, detail=True, intervals=True)
     st.session_state["whatif_thresholds"] = r.thresholds
-    urlstate.publish()  # a slider move re-runs only this fragment: keep the link in step
+    state.remember()  # a slider move re-runs only this fragment: keep its value and the link in step
+    urlstate.publish()
     m = st.columns(4)
     m[0].metric(
         "Accuracy", f"{100 * r.accuracy:.2f}%", f"{100 * (r.accuracy - r.last_exit_accuracy):+.2f} pt vs last exit"
@@ -210,12 +211,18 @@ def confusion(r: WhatIfResult) -> None:
     """The confusion matrix at the current thresholds; clicking a cell shows the images in it."""
     names_c = [plot(c) for c in trace.class_names]
     c = len(names_c)
-    fig = go.Figure(go.Heatmap(z=r.confusion, x=list(range(c)), y=list(range(c)), colorscale="Blues",
-                               text=r.confusion, texttemplate="%{text}", hovertemplate="true %{y}, predicted %{x}: "
-                               "%{z} images<extra></extra>"))
+    z = np.asarray(r.confusion)
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(c)), y=list(range(c)), colorscale="Blues", text=z,
+                               texttemplate="%{text}", hoverinfo="skip"))
+    # plotly heatmaps report no selection to Streamlit, so an invisible square marker on every cell takes the click
+    ti, pj = np.divmod(np.arange(c * c), c)
+    fig.add_scatter(x=pj, y=ti, mode="markers", marker=dict(symbol="square", size=24, opacity=0.01),
+                    showlegend=False, text=z.ravel(),
+                    hovertemplate="true %{y}, predicted %{x}: %{text} images<extra></extra>")
     fig.update_layout(title="Confusion matrix at these thresholds (click a cell to see its images)", height=520,
                       xaxis=dict(title="predicted", tickvals=list(range(c)), ticktext=names_c),
-                      yaxis=dict(title="true class", tickvals=list(range(c)), ticktext=names_c, autorange="reversed"))
+                      yaxis=dict(title="true class", tickvals=list(range(c)), ticktext=names_c, autorange="reversed"),
+                      clickmode="event+select")
     event = st.plotly_chart(fig, key="confusion", on_select="rerun", selection_mode="points")
     pts = event.selection.points if event else []
     if not pts:
@@ -223,8 +230,8 @@ def confusion(r: WhatIfResult) -> None:
     true, pred = int(pts[0]["y"]), int(pts[0]["x"])
     o = outcomes(arrays, r.thresholds, policy)
     idx = np.flatnonzero((arrays.labels == true) & (o.pred == pred))
-    st.markdown(md(f"**{len(idx):,} test images of class {trace.class_names[true]} predicted as "
-                   f"{trace.class_names[pred]}**" + (f" (showing {min(16, len(idx))})" if len(idx) else "")))
+    st.markdown(f"**{len(idx):,} test images of class {md(trace.class_names[true])} predicted as "
+                f"{md(trace.class_names[pred])}**" + (f" (showing {min(16, len(idx))})" if len(idx) else ""))
     root = state.dataset_root(trace)
     cols = st.columns(8)
     for j, i in enumerate(idx[:16]):
