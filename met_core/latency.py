@@ -6,6 +6,11 @@ exit's head and exit test, and the compaction that moves the continuing images o
 turns exit shares into time: at batch B, the stem runs on B images and stage k on the images still
 running there (B times the share leaving at k or later), each piece's time interpolated between the
 measured batch sizes. Predicted, and labelled so; `bench-exit` measures.
+
+Pieces timed one at a time sum to more than the same pieces run back to back (each timing pays its own
+dispatch and loses the caches the previous piece warmed: +15 to +25 % on two CPU cores). So at each batch size
+the profile also times one whole pass to the last exit and scales the stem, stage and head times to sum to it
+(`full_pass_ms`, `piece_scale`); the split between the pieces stays measured.
 """
 from __future__ import annotations
 
@@ -41,6 +46,8 @@ class LatencyProfile:
     head_ms: list[list[float]]
     compact_ms: list[float]
     checkpoint_sha256: str = ""
+    full_pass_ms: list[float] | None = None  # one whole pass to the last exit, per batch size
+    piece_scale: list[float] | None = None  # full pass over the sum of the pieces timed alone (applied already)
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **asdict(self)}, indent=2, allow_nan=False)
@@ -121,7 +128,8 @@ def profile_model(model, batch_sizes: Sequence[int], precision: str = "fp32", re
 
     s = model.cfg.img_size
     gen = torch.Generator().manual_seed(0)
-    stem_ms, compact_ms = [], []
+    stem_ms, compact_ms, full_ms, scale = [], [], [], []
+    never = np.array([pol.never] * (model.num_exits - 1) + [np.inf])  # every image to the last exit
     stage_ms: list[list[float]] = [[] for _ in range(model.num_exits)]
     head_ms: list[list[float]] = [[] for _ in range(model.num_exits)]
     with torch.no_grad(), autocast(device, precision):
@@ -142,8 +150,15 @@ def profile_model(model, batch_sizes: Sequence[int], precision: str = "fp32", re
                 head_ms[k].append(_median_ms(head, sync, repeats, warmup))
             keep = torch.arange(b, device=device) % 2 == 0  # half continue
             compact_ms.append(_median_ms(lambda t=tokens, m=keep: (t[m], m.nonzero()), sync, repeats, warmup))
+            full_ms.append(_median_ms(lambda x=x: model.forward_early_exit(x, never, pol), sync, repeats, warmup))
+            alone = stem_ms[-1] + sum(r[-1] for r in stage_ms) + sum(r[-1] for r in head_ms)
+            scale.append(full_ms[-1] / alone)
+            stem_ms[-1] *= scale[-1]
+            for r in stage_ms + head_ms:
+                r[-1] *= scale[-1]
     return LatencyProfile(str(device), device_name(device), torch.get_num_threads(), torch.__version__, precision,
-                          list(batch_sizes), stem_ms, stage_ms, head_ms, compact_ms)
+                          list(batch_sizes), stem_ms, stage_ms, head_ms, compact_ms, full_pass_ms=full_ms,
+                          piece_scale=scale)
 
 
 def read_profile(path: str | Path, num_exits: int | None = None) -> LatencyProfile:
@@ -162,7 +177,9 @@ def read_profile(path: str | Path, num_exits: int | None = None) -> LatencyProfi
         return (isinstance(v, list) and len(v) == len(sizes)
                 and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t < 1e7 for t in v))
 
+    optional = [v for v in (prof.full_pass_ms, prof.piece_scale) if v is not None]
     if not (ok_sizes and row(prof.stem_ms) and row(prof.compact_ms) and isinstance(prof.stage_ms, list)
+            and all(row(v) for v in optional)
             and isinstance(prof.head_ms, list) and len(prof.stage_ms) == len(prof.head_ms) > 0
             and all(row(r) for r in prof.stage_ms + prof.head_ms)):
         raise METError(f"{path} has malformed timings; profile the checkpoint again (met profile).")

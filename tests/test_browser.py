@@ -6,11 +6,7 @@ $MET_ARTIFACTS (default: test-artifacts/screenshots).
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,11 +14,8 @@ import pytest
 from app.safe import ZWSP
 
 from .conftest import HYMENOPTERA, ROOT
+from .tools.browser import CHROMIUM, DRIVER, make_browser, start_server, wait_text
 
-CHROMIUM, DRIVER = (
-    shutil.which("chromium") or "/usr/bin/chromium",
-    shutil.which("chromedriver") or "/usr/bin/chromedriver",
-)
 ARTIFACTS = Path(os.environ.get("MET_ARTIFACTS", ROOT / "test-artifacts" / "screenshots"))
 have_browser = Path(CHROMIUM).exists() and Path(DRIVER).exists()
 pytestmark = [
@@ -36,54 +29,6 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """`streamlit run app/main.py` on a free port; returns (process, url) once it answers."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ROOT / "app" / "main.py"),
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--browser.gatherUsageStats",
-            "false",
-            "--server.fileWatcherType",
-            "none",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start within 60 s")
-    warm = urllib.request.urlopen(url, timeout=30).read()  # first page load registers the pages
-    assert warm
-    return proc, url
-
-
 @pytest.fixture(scope="module")
 def server():
     proc, url = start_server()
@@ -92,43 +37,12 @@ def server():
     proc.wait(10)
 
 
-def make_browser(profile: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1500,1100",
-        "--disable-dev-shm-usage",
-    ):
-        opts.add_argument(a)
-    opts.add_argument(f"--user-data-dir={profile}")
-    drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    drv.set_page_load_timeout(120)
-    return drv
-
-
 @pytest.fixture(scope="module")
 def browser():
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     drv = make_browser(ARTIFACTS.parent / "chrome-profile")
     yield drv
     drv.quit()
-
-
-def wait_text(drv, text: str, timeout: float = 90) -> None:
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(drv, timeout, poll_frequency=0.5).until(lambda d: text in d.find_element("tag name", "body").text)
 
 
 def no_exception(drv) -> None:
@@ -143,6 +57,7 @@ def no_exception(drv) -> None:
         ("how", "Model card"),
         ("", "Accuracy versus mean GMACs"),
         ("samples", "images match"),
+        ("journey", "Leaves at exit"),
         ("representations", "kNN accuracy is"),
         ("models", "Add a checkpoint folder"),
     ],

@@ -25,6 +25,10 @@ def test_profile_times_every_piece_at_every_batch_size(profile_file):
     assert len(p.checkpoint_sha256) == 64
     assert all(t > 0 for t in p.stem_ms + p.compact_ms + sum(p.stage_ms, []) + sum(p.head_ms, []))
     assert all(row[-1] > row[0] for row in p.stage_ms)  # 32 images take longer than one
+    # the pieces are scaled so that, run back to back, they take what one measured whole pass takes
+    for j, full in enumerate(p.full_pass_ms):
+        pieces = p.stem_ms[j] + sum(r[j] for r in p.stage_ms) + sum(r[j] for r in p.head_ms)
+        assert pieces == pytest.approx(full) and 0.3 < p.piece_scale[j] < 3
 
 
 def test_prediction_follows_the_exit_shares(profile_file):
