@@ -66,12 +66,42 @@ def run(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def ship_embeddings(out: Path) -> None:
+    """The aligned UMAP of every pair of shipped models traced on the same test set with features, at every exit,
+    into OUT/embeddings: the Representations page then opens at once on a fresh start (met_core.embeddings)."""
+    import shutil
+    from itertools import combinations
+
+    from met_core.embeddings import aligned_pair
+    from met_core.traces import load_trace, trace_digest
+
+    folder = out / "embeddings"
+    shutil.rmtree(folder, ignore_errors=True)  # files of older traces would never be read again
+    groups: dict[Path, list[str]] = {}
+    for name, (_, test_set, features) in MODELS.items():
+        if features and (out / name / "test_trace.npz").is_file():
+            groups.setdefault(test_set, []).append(name)
+    for names in groups.values():
+        files = {n: out / n / "test_trace.npz" for n in names}
+        traces = {n: load_trace(f) for n, f in files.items()}
+        digests = {n: trace_digest(f) for n, f in files.items()}
+        for a, b in combinations(names, 2):
+            for k in range(traces[a].num_exits):
+                t0 = time.perf_counter()
+                aligned_pair(traces[a], traces[b], k, (digests[a], digests[b]), [], folder)
+                print(f"embedding {a} + {b}, exit {k + 1}: {time.perf_counter() - t0:.1f} s", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", choices=list(MODELS), help="rebuild only these")
     ap.add_argument("--out", default=str(ROOT / "checkpoints"))
     ap.add_argument("--reuse", action="store_true", help="keep already trained folders; only re-create their traces")
+    ap.add_argument("--embeddings-only", action="store_true", help="only re-fit the shipped aligned embeddings")
     args = ap.parse_args()
+    if args.embeddings_only:
+        ship_embeddings(Path(args.out))
+        return 0
     out = Path(args.out)
     log_path = out / "build_log.json"
     log = json.loads(log_path.read_text()) if log_path.is_file() else {}
@@ -117,6 +147,7 @@ def main() -> int:
         log[name] = {k: round(v, 1) for k, v in t.items()}
         out.mkdir(parents=True, exist_ok=True)
         log_path.write_text(json.dumps(log, indent=2) + "\n")
+    ship_embeddings(out)
     print(json.dumps(log, indent=2))
     return 0
 
