@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -98,7 +99,7 @@ class Param:
 
 
 def _label_of(path: Any) -> str:
-    return "" if path is None else state.label(state.Path(path))
+    return "" if path is None else state.label(Path(path))
 
 
 def _join(values: Any) -> str:
@@ -108,7 +109,7 @@ def _join(values: Any) -> str:
 # order matters: the model first (the other checks depend on it), the policy before the thresholds
 PARAMS = (
     Param("model", "checkpoint", _model, _label_of),
-    Param("compare", "compare", lambda t: state.Path(_model(t)), _label_of),
+    Param("compare", "compare", lambda t: Path(_model(t)), _label_of),
     Param("policy", "policy", _choice(tuple(POLICIES))),
     Param("t", "_url_thresholds", _thresholds, _join),
     Param("exit", "rep_exit", _exit, lambda k: str(k + 1)),
