@@ -21,6 +21,7 @@ from met_core.paths import runs_dir
 from met_core.traces import TraceCancelled, save_trace, trace_checkpoint
 
 FEATURES = 1000  # head inputs kept for the Representations page (as in the shipped traces)
+MAX_FINISHED = 50  # finished jobs remembered (a session shows its last one's outcome)
 
 
 @dataclass
@@ -86,6 +87,9 @@ def start(checkpoint: str, dataset: str, split: str, limit: int) -> str:
     job = TraceJob(checkpoint, str(Path(dataset).expanduser()) if dataset.startswith("~") else dataset, split, limit)
     job.thread = threading.Thread(target=job.run, daemon=True, name="met-trace")
     job_id = hashlib.sha256(f"{id(job)}{checkpoint}{dataset}".encode()).hexdigest()[:12]
-    registry()[job_id] = job
+    jobs = registry()
+    for old in [k for k, j in jobs.items() if not j.running][:-MAX_FINISHED]:  # a long-lived server stays small
+        del jobs[old]
+    jobs[job_id] = job
     job.thread.start()
     return job_id

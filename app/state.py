@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = Path(os.environ.get("MET_CHECKPOINTS", ROOT / "checkpoints"))
 DEFAULT = "cifar10-met"
 BUDGETS = (0.25, 0.5, 0.75)
+SPREAD_REPS = 20  # resamples of the calibration set behind the what-if page's spread caption (~25 ms each)
 
 
 def kept(key: str) -> str:
@@ -192,7 +193,7 @@ def budget_spread(ckpt: str, policy: str, budget: float) -> Spread | None:
     if cal is None:
         return None
     try:
-        return selection_spread(cal[0], test, lambda a: calibrate_budget(a, budget, policy), policy, reps=50)
+        return selection_spread(cal[0], test, lambda a: calibrate_budget(a, budget, policy), policy, reps=SPREAD_REPS)
     except METError:
         return None
 
@@ -342,7 +343,7 @@ def aligned(a: Path, b: Path, k: int):
     if any((f / name).is_file() for f in (SHIPPED_EMBEDDINGS, embeddings_dir())):
         return _aligned(str(ta), str(tb), k, da, db)
     with st.spinner(f"Fitting an aligned UMAP of both models' features at exit {k + 1} (once for this pair: about "
-                    "20 s; it is kept on disk for every later view)..."):
+                    "10 s; it is kept on disk for every later view)..."):
         return _aligned(str(ta), str(tb), k, da, db)
 
 

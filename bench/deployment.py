@@ -5,7 +5,9 @@ For each engine and batch size: the measured speed-up over running every image t
 GMACs predict, and the one the checkpoint's latency profile predicts (`met profile`). Goal (issue 14): the
 profile's predicted time per image within 10 % of the measured one at batch 64 and 256 (PyTorch engine).
 
-    python bench/deployment.py [--checkpoint checkpoints/cifar10-met] [--threshold 0.8] [--images 512]
+    python bench/deployment.py [--checkpoint checkpoints/cifar10-met] [--threshold 0.8] [--images 512] [--record]
+
+With --record the printed table is also written to CHECKPOINT/deployment.md (RESULTS.md includes it).
 """
 from __future__ import annotations
 
@@ -36,7 +38,14 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--batch", default="1,8,64,256")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--record", action="store_true", help="also write the table to CHECKPOINT/deployment.md")
     args = ap.parse_args()
+    report: list[str] = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        report.append(line)
+
     batches = [int(b) for b in args.batch.split(",")]
     ck = Path(args.checkpoint)
     model, cfg = load_checkpoint(ck)
@@ -54,10 +63,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         export_onnx(model, Path(tmp), "max-softmax", args.threshold, checkpoint_hash(ck), exit_gmacs(model))
         engines = {"pytorch": model, "onnx": OnnxEarlyExit(tmp)}
-        print(f"{ck.name} on {args.images} CIFAR-10 test images, max-softmax threshold {args.threshold}; "
+        say(f"{ck.name} on {args.images} CIFAR-10 test images, max-softmax threshold {args.threshold}; "
               f"{device_name(next(model.parameters()).device)}; profile: {prof.device_name}, {prof.threads} threads")
-        print("engine | batch | measured speed-up | GMACs-predicted | profile-predicted | measured ms/image | "
-              "profile ms/image | profile error")
+        say("| engine | batch | measured speed-up | GMACs-predicted | profile-predicted | measured ms/image | "
+            "profile ms/image | profile error |")
+        say("|---|---|---|---|---|---|---|---|")
         ok = True
         for name, eng in engines.items():
             for b in batches:
@@ -65,12 +75,14 @@ def main() -> int:
                 measured_ms = 1e3 * r.early_seconds_median / r.images
                 lp = predict_latency(prof, r.exit_fractions, b)
                 err = lp.ms_per_image / measured_ms - 1
-                print(f"{name} | {b} | {r.measured_speedup:.2f}x | {r.predicted_speedup:.2f}x | {lp.speedup:.2f}x | "
-                      f"{measured_ms:.2f} | {lp.ms_per_image:.2f} | {100 * err:+.1f} %")
+                say(f"| {name} | {b} | {r.measured_speedup:.2f}x | {r.predicted_speedup:.2f}x | {lp.speedup:.2f}x | "
+                    f"{measured_ms:.2f} | {lp.ms_per_image:.2f} | {100 * err:+.1f} % |")
                 if name == "pytorch" and b in (64, 256):
                     ok &= abs(err) <= GOAL
-    print(f"{'PASS' if ok else 'FAIL'}: profile-predicted time within {GOAL:.0%} of the measured time at batch 64 "
-          "and 256 (PyTorch engine)")
+    say(f"{'PASS' if ok else 'FAIL'}: profile-predicted time within {GOAL:.0%} of the measured time at batch 64 "
+        "and 256 (PyTorch engine)")
+    if args.record:
+        (ck / "deployment.md").write_text("\n".join(report) + "\n")
     return 0 if ok else 1
 
 

@@ -6,6 +6,7 @@ and an aligned UMAP of several feature sets of the same samples, so their pictur
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,3 +57,33 @@ def aligned_umap(feature_sets: Sequence[np.ndarray], seed: int = 0, n_neighbors:
     reducer = umap.AlignedUMAP(n_neighbors=n_neighbors, min_dist=0.1, metric="cosine", random_state=seed)
     reducer.fit([_normalize(f) for f in feature_sets], relations=[ident] * (len(feature_sets) - 1))
     return [np.asarray(e) for e in reducer.embeddings_]
+
+
+@dataclass
+class ClassSpread:
+    """How far apart an exit's features are: the mean cosine distance (2 - 2 cos) of same-class pairs and of
+    different-class pairs. A graph regulariser that only pulls same-class pairs together can shrink both alike:
+    then the picture contracts while kNN accuracy and the silhouette, which are scale-free, stay where they were."""
+
+    same_class: float
+    other_class: float
+
+    @property
+    def ratio(self) -> float:
+        """same / other: below 1 means classes are tighter than the space as a whole."""
+        return self.same_class / self.other_class
+
+
+def class_spread(features: np.ndarray, labels: np.ndarray) -> ClassSpread:
+    """Mean pairwise cosine distance within and across classes (O(N^2): meant for the ~1,000 stored samples)."""
+    z = _normalize(features)
+    labels = np.asarray(labels)
+    if len(z) > 20_000:
+        raise METError(f"class_spread compares all pairs; give at most 20,000 samples, not {len(z):,}.")
+    d = 2.0 - 2.0 * (z @ z.T)
+    same = labels[:, None] == labels[None, :]
+    np.fill_diagonal(same, False)
+    other = labels[:, None] != labels[None, :]
+    if not same.any() or not other.any():
+        raise METError("the class spread needs at least two classes and two samples of one class.")
+    return ClassSpread(float(d[same].mean()), float(d[other].mean()))

@@ -7,10 +7,10 @@ turns exit shares into time: at batch B, the stem runs on B images and stage k o
 running there (B times the share leaving at k or later), each piece's time interpolated between the
 measured batch sizes. Predicted, and labelled so; `bench-exit` measures.
 
-Pieces timed one at a time sum to more than the same pieces run back to back (each timing pays its own
-dispatch and loses the caches the previous piece warmed: +15 to +25 % on two CPU cores). So at each batch size
-the profile also times one whole pass to the last exit and scales the stem, stage and head times to sum to it
-(`full_pass_ms`, `piece_scale`); the split between the pieces stays measured.
+Pieces timed one at a time need not sum to the same pieces run back to back (each timing pays its own
+dispatch and finds other caches warm; on the 2 CPU cores here the sum was 0.97 to 1.12 times the whole pass).
+So at each batch size the profile also times one whole pass to the last exit and scales the stem, stage and head
+times to sum to it (`full_pass_ms`, `piece_scale`); the split between the pieces stays measured.
 """
 from __future__ import annotations
 

@@ -288,6 +288,10 @@ def test_clicking_a_confusion_cell_shows_its_images(server, browser):
     from selenium.webdriver.common.action_chains import ActionChains
 
     browser.get(server)
+    wait_text(browser, "Show the confusion matrix")
+    toggle = browser.find_element("xpath", "//label[contains(., 'Show the confusion matrix')]")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", toggle)
+    toggle.click()
     wait_text(browser, "Confusion matrix at these thresholds")
     chart = next(c for c in browser.find_elements("css selector", '[data-testid="stPlotlyChart"]')
                  if "Confusion matrix" in c.text)

@@ -32,3 +32,21 @@ def test_bad_inputs():
         knn_accuracy(x[:5], y[:5], k=10)
     with pytest.raises(METError, match="two classes"):
         silhouette(x, np.zeros(len(x), int))
+
+
+def test_class_spread_is_the_mean_pair_distance_and_ignores_scale():
+    from itertools import combinations
+
+    from met_core.geometry import class_spread
+
+    x, y = clusters(1.0)
+    x, y = x[::6], y[::6]  # 20 samples: the pairs are few enough to list
+    z = x / np.linalg.norm(x, axis=1, keepdims=True)
+    pairs = list(combinations(range(len(y)), 2))
+    same = np.mean([2 - 2 * z[i] @ z[j] for i, j in pairs if y[i] == y[j]])
+    other = np.mean([2 - 2 * z[i] @ z[j] for i, j in pairs if y[i] != y[j]])
+    s = class_spread(x, y)
+    assert s.same_class == pytest.approx(same, rel=1e-5) and s.other_class == pytest.approx(other, rel=1e-5)
+    assert class_spread(7.0 * x, y).ratio == pytest.approx(s.ratio, rel=1e-5)
+    with pytest.raises(METError, match="at least two classes"):
+        class_spread(x, np.zeros(len(x), int))

@@ -11,7 +11,6 @@ from app import state
 from app.safe import md, plot
 from met_core.errors import METError, user_message
 from met_core.images import IMAGE_EXTENSIONS
-from met_core.inference import predict_images
 from met_core.whatif import outcomes
 
 MAX_UPLOADS = 32
@@ -97,6 +96,8 @@ with tab_upload:
             model = state.model(str(ckpt))
         except METError as e:
             state.fail(user_message(e))
+        from met_core.inference import predict_images  # torch: only once someone uploads
+
         t0 = time.perf_counter()
         results = predict_images(model, [(f.name, io.BytesIO(f.getvalue())) for f in files], thresholds, policy)
         elapsed = time.perf_counter() - t0

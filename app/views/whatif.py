@@ -95,13 +95,8 @@ def live() -> None:
                     on_click=apply_preset,
                     args=(p.thresholds, lo, hi),
                 )
-    if presets and not isinstance(presets.get(0.5), str):
-        sp = state.budget_spread(str(ckpt), policy, 0.5)
-        if sp is not None:
-            st.caption(f"How far a calibrated choice can move: the 50 % budget, chosen again on {sp.reps} resamples of "
-                       f"the {sp.validation_images:,} calibration images, gives {100 * sp.accuracy[0]:.2f} - "
-                       f"{100 * sp.accuracy[2]:.2f} % test accuracy at {sp.gmacs[0]:.3f} - {sp.gmacs[2]:.3f} mean "
-                       "GMACs (5th - 95th percentile).")
+    # filled at the end of this run: the resampling (about 0.5 s) then overlaps the browser drawing the charts
+    spread_slot = st.empty() if presets and not isinstance(presets.get(0.5), str) else None
     if mode == CERTIFIED:
         c1, c2 = st.columns(2)
         loss = c1.number_input("Largest accuracy loss against the last exit (points)", 0.1, 20.0, 1.0, 0.1,
@@ -122,6 +117,21 @@ def live() -> None:
             for j, c in enumerate(cols)
         ]
     r = whatif(arrays, thresholds, policy, detail=True, intervals=True)
+    live_results(r, thresholds, spread_slot)
+
+
+def show_spread(slot) -> None:
+    """How far the calibrated 50 % budget moves when the calibration set is resampled (caption in `slot`)."""
+    sp = state.budget_spread(str(ckpt), policy, 0.5)
+    if sp is not None:
+        slot.caption(f"How far a calibrated choice can move: the 50 % budget, chosen again on {sp.reps} resamples of "
+                     f"the {sp.validation_images:,} calibration images, gives {100 * sp.accuracy[0]:.2f} - "
+                     f"{100 * sp.accuracy[2]:.2f} % test accuracy at {sp.gmacs[0]:.3f} - {sp.gmacs[2]:.3f} mean "
+                     "GMACs (5th - 95th percentile).")
+
+
+def live_results(r: WhatIfResult, thresholds: float | list[float], spread_slot) -> None:
+    """Everything the current thresholds give: metrics, predicted time, intervals, charts, exports."""
     st.session_state["whatif_thresholds"] = r.thresholds
     state.remember()  # a slider move re-runs only this fragment: keep its value and the link in step
     urlstate.publish()
@@ -179,7 +189,8 @@ def live() -> None:
     g2.plotly_chart(fig, key="exitacc")
 
     st.plotly_chart(curve_figure(r, thresholds), key="curve")
-    with st.expander("How far each exit's confidence can be trusted (reliability)"):
+    # drawn on request: each Plotly figure costs the first view about 0.3 s in the browser
+    if st.toggle("Show how far each exit's confidence can be trusted (reliability)", key=state.kept("show_rel")):
         curves = state.reliability_curves(str(ckpt))
         st.write("Expected calibration error per exit (the mean gap between confidence and accuracy; 0 is perfect): "
                  + " / ".join(f"exit {j + 1}: {c.ece:.3f}" for j, c in enumerate(curves))
@@ -203,8 +214,12 @@ def live() -> None:
             ),
             hide_index=True,
         )
-    confusion(r)
+    if st.toggle("Show the confusion matrix at these thresholds (click a cell to see its images)",
+                 key=state.kept("show_confusion")):
+        confusion(r)
     export(r)
+    if spread_slot is not None:
+        show_spread(spread_slot)
 
 
 def confusion(r: WhatIfResult) -> None:

@@ -24,9 +24,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """`streamlit run app/main.py` on a free port; returns (process, url) once it answers."""
-    port = free_port()
+def start_server(env: dict | None = None, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`streamlit run app/main.py` on `port` (default: a free one); returns (process, url) once it answers."""
+    port = port or free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
