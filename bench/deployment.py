@@ -4,6 +4,9 @@ several batch sizes, with the PyTorch engine and the per-stage ONNX export (onnx
 For each engine and batch size: the measured speed-up over running every image to the last exit, the speed-up
 GMACs predict, and the one the checkpoint's latency profile predicts (`met profile`). Goal (issue 14): the
 profile's predicted time per image within 10 % of the measured one at batch 64 and 256 (PyTorch engine).
+The profile is measured in the same run, just before (a ratio from one run: on a shared machine the same pass
+timed minutes apart varies by several per cent); `--profile FILE` uses a stored one instead (e.g. the shipped
+`latency.json`).
 
     python bench/deployment.py [--checkpoint checkpoints/cifar10-met] [--threshold 0.8] [--images 512] [--record]
 
@@ -24,7 +27,7 @@ from met_core.devices import device_name
 from met_core.export import OnnxEarlyExit, export_onnx
 from met_core.flops import exit_gmacs
 from met_core.inference import measure_speedup
-from met_core.latency import LATENCY_FILE, predict_latency, profile_model, read_profile
+from met_core.latency import predict_latency, profile_model, read_profile
 from met_core.paths import locate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +42,7 @@ def main() -> int:
     ap.add_argument("--batch", default="1,8,64,256")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--record", action="store_true", help="also write the table to CHECKPOINT/deployment.md")
+    ap.add_argument("--profile", help="a stored latency.json to predict with (default: profile in this run)")
     args = ap.parse_args()
     report: list[str] = []
 
@@ -49,12 +53,10 @@ def main() -> int:
     batches = [int(b) for b in args.batch.split(",")]
     ck = Path(args.checkpoint)
     model, cfg = load_checkpoint(ck)
-    prof_file = ck / LATENCY_FILE
-    if prof_file.is_file():
-        prof = read_profile(prof_file, model.num_exits)
+    if args.profile:
+        prof, source = read_profile(args.profile, model.num_exits), args.profile
     else:
-        prof = profile_model(model, batches)
-        prof.checkpoint_sha256 = checkpoint_hash(ck)
+        prof, source = profile_model(model, batches), "measured in this run"
     root = locate_dataset(cfg["data"]["root"].replace("/train", "/test"))
     ds = open_dataset(str(root))
     ds = ds.subset(np.sort(np.random.default_rng(0).choice(len(ds), args.images, replace=False)))
@@ -64,7 +66,8 @@ def main() -> int:
         export_onnx(model, Path(tmp), "max-softmax", args.threshold, checkpoint_hash(ck), exit_gmacs(model))
         engines = {"pytorch": model, "onnx": OnnxEarlyExit(tmp)}
         say(f"{ck.name} on {args.images} CIFAR-10 test images, max-softmax threshold {args.threshold}; "
-              f"{device_name(next(model.parameters()).device)}; profile: {prof.device_name}, {prof.threads} threads")
+            f"{device_name(next(model.parameters()).device)}; profile ({source}): {prof.device_name}, "
+            f"{prof.threads} threads")
         say("| engine | batch | measured speed-up | GMACs-predicted | profile-predicted | measured ms/image | "
             "profile ms/image | profile error |")
         say("|---|---|---|---|---|---|---|---|")

@@ -14,7 +14,7 @@ import pytest
 from app.safe import ZWSP
 
 from .conftest import HYMENOPTERA, ROOT
-from .tools.browser import CHROMIUM, DRIVER, make_browser, start_server, wait_text
+from .tools.browser import CHROMIUM, DRIVER, click_nav, make_browser, start_server, wait_text
 
 ARTIFACTS = Path(os.environ.get("MET_ARTIFACTS", ROOT / "test-artifacts" / "screenshots"))
 have_browser = Path(CHROMIUM).exists() and Path(DRIVER).exists()
@@ -184,11 +184,6 @@ def test_untrusted_class_names_reach_the_browser_as_text_and_fetch_nothing(tmp_p
         proc.wait(10)
         trap.shutdown()
     assert hits == [], hits  # no request left the page for the stranger's server
-
-
-def click_nav(drv, title: str) -> None:
-    """Go to another page as a person does (the sidebar link), which keeps the session."""
-    drv.find_element("xpath", f"//*[@data-testid='stSidebarNav']//a[contains(., \"{title}\")]").click()
 
 
 def test_trace_a_folder_in_the_app_then_see_its_numbers_on_the_whatif_page(server, browser, tmp_path):

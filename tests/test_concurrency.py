@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from .conftest import HYMENOPTERA, ROOT
-from .test_browser import have_browser, make_browser, metric_value, start_server, wait_text
+from .test_browser import have_browser, metric_value
+from .tools.browser import click_nav, make_browser, start_server, wait_text
 
 SESSIONS = 8
 STEPS = (10, 25)  # arrow-key presses on the global threshold slider, one move after the other
@@ -96,7 +97,7 @@ def session(url: str, photos: list, profile) -> dict:
             except TimeoutException:
                 pass
             seen[f"after {steps} steps"] = shown(drv)
-        drv.find_element("xpath", "//*[@data-testid='stSidebarNav']//*[contains(., 'Explore samples')]").click()
+        click_nav(drv, "Explore samples")
         wait_text(drv, "images match", timeout=240)
         settle(drv)
         drv.find_element("xpath", "//*[@role='tab' and contains(., 'Upload images')]").click()

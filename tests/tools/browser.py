@@ -95,3 +95,8 @@ def wait_text(drv, text: str, timeout: float = 90) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     WebDriverWait(drv, timeout, poll_frequency=0.5).until(lambda d: text in d.find_element("tag name", "body").text)
+
+
+def click_nav(drv, title: str) -> None:
+    """Go to another page as a person does (the sidebar link), which keeps the session."""
+    drv.find_element("xpath", f"//*[@data-testid='stSidebarNav']//a[contains(., \"{title}\")]").click()
