@@ -91,7 +91,8 @@ def test_selecting_a_models_row_changes_every_page():
     at = app("views/models.py")
     table = at.dataframe[0].value
     row = next(i for i, name in enumerate(table["checkpoint"]) if name == "hymenoptera-met")
-    at.session_state["model_table"] = {"selection": {"rows": [row], "columns": [], "cells": []}}  # a click on it
+    # a click on it (the table's key names the model in use)
+    at.session_state["model_table-cifar10-met"] = {"selection": {"rows": [row], "columns": [], "cells": []}}
     at.run()
     assert not at.exception and "hymenoptera" in at.session_state["checkpoint"]
     at.switch_page("views/whatif.py").run()

@@ -59,15 +59,14 @@ st.caption("Select a row to use that model on every page. Test accuracy: every i
            "trace; validation: the checkpoint's own held-out training images.")
 
 default_rows = [paths.index(cur)] if cur in paths else []
+# one table per model in use, so its highlighted row is always that model (also after a trace picked a new one)
+table_key = f"model_table-{state.label(cur)}"
 event = st.dataframe(pd.DataFrame(rows), hide_index=True, on_select="rerun", selection_mode="single-row",
-                     key="model_table", selection_default={"selection": {"rows": default_rows}})
+                     key=table_key, selection_default={"selection": {"rows": default_rows}})
 picked = list(event.selection.rows) if event else []
-# act on a change of the selection only: a rerun for another reason must not undo a choice made elsewhere
-if picked != st.session_state.setdefault("_model_rows", default_rows):
-    st.session_state["_model_rows"] = picked
-    if picked and paths[picked[0]] != cur:
-        st.session_state["checkpoint"] = str(paths[picked[0]])
-        st.rerun()
+if picked and paths[picked[0]] != cur:  # a click on another row
+    st.session_state["checkpoint"] = str(paths[picked[0]])
+    st.rerun()
 st.write(f"Every page uses **{md(state.label(cur))}**.")
 
 st.subheader("Run a model on a dataset")

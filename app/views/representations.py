@@ -88,8 +88,7 @@ fig = make_subplots(
     shared_xaxes=True,
     shared_yaxes=True,
     subplot_titles=[
-        plot(f"{n}: test acc. {100 * acc[j][k]:.1f}%, kNN {100 * fr['knn'][j]:.1f}%, silhouette {fr['sil'][j]:.3f}")
-        for j, n in enumerate(names)
+        plot(f"{n}: kNN {100 * fr['knn'][j]:.1f}%") for j, n in enumerate(names)
     ],
 )
 for j, ck in enumerate([ckpt, other]):
