@@ -52,12 +52,13 @@ def keep_widget_state() -> None:
     """Keep the kept widgets' values across pages. In a browser, a page switch drops the values of widgets the new
     page does not show before any of our code runs, so each run (and each fragment run, via `remember`) copies
     them to a plain key, and a dropped value is put back from there."""
-    store = st.session_state.setdefault("_kept_values", {})
+    store = st.session_state.get("_kept_values", {})
     for k in st.session_state.get("_kept_keys", set()):
         if k in st.session_state:
-            st.session_state[k] = store[k] = st.session_state[k]
+            st.session_state[k] = st.session_state[k]
         elif k in store:
             st.session_state[k] = store[k]
+    remember()
 
 
 def remember() -> None:
