@@ -6,26 +6,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import streamlit as st  # noqa: E402
 
-from app import state, urlstate  # noqa: E402
+from app import session, state  # noqa: E402
 from app.safe import md  # noqa: E402
 
 st.set_page_config(page_title="MET Explorer", layout="wide")
 
 PAGES = [
+    st.Page("views/start.py", title="Start here", url_path="start", default=True),
     st.Page("views/how_met_works.py", title="How MET works", url_path="how"),
-    st.Page("views/whatif.py", title="Threshold what-if", url_path="whatif", default=True),
+    st.Page("views/whatif.py", title="Threshold what-if", url_path="whatif"),
     st.Page("views/samples.py", title="Explore samples", url_path="samples"),
     st.Page("views/journey.py", title="An image's journey", url_path="journey"),
     st.Page("views/representations.py", title="Representations", url_path="representations"),
     st.Page("views/models.py", title="Models", url_path="models"),
 ]
-state.keep_widget_state()
-problems = urlstate.restore()
+problems = session.begin()
 nav = st.navigation(PAGES)
 for p in problems:
     st.warning(md(p))
 with st.sidebar:
     st.caption(f"Model: **{md(state.label(state.current()))}** (change it on the Models page)")
-    st.caption("The address bar holds this view: copy it to share it.")
-urlstate.publish()
-nav.run()
+    st.caption("The address bar always holds this view; copy it to share it.")
+    session.copy_link_button()
+try:
+    nav.run()
+finally:
+    session.publish()

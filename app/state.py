@@ -11,6 +11,7 @@ from typing import Any
 import streamlit as st
 
 from app.safe import md
+from app.view import Context
 from met_core.calibration import AppliedPoint, apply, calibrate_budget, sweep_applied
 from met_core.certify import CertifiedRule, Spread, certify_max_loss, selection_spread
 from met_core.checkpoint import (
@@ -41,34 +42,6 @@ BUDGETS = (0.25, 0.5, 0.75)
 SPREAD_REPS = 20  # resamples of the calibration set behind the what-if page's spread caption (~25 ms each)
 
 
-def kept(key: str) -> str:
-    """A widget key whose value survives a visit to another page: Streamlit drops a widget's value when its
-    page is not shown, so the keys named here (where the widget is created) are re-assigned every run."""
-    st.session_state.setdefault("_kept_keys", set()).add(key)
-    return key
-
-
-def keep_widget_state() -> None:
-    """Keep the kept widgets' values across pages. In a browser, a page switch drops the values of widgets the new
-    page does not show before any of our code runs, so each run (and each fragment run, via `remember`) copies
-    them to a plain key, and a dropped value is put back from there."""
-    store = st.session_state.get("_kept_values", {})
-    for k in st.session_state.get("_kept_keys", set()):
-        if k in st.session_state:
-            st.session_state[k] = st.session_state[k]
-        elif k in store:
-            st.session_state[k] = store[k]
-    remember()
-
-
-def remember() -> None:
-    """Copy the kept widgets' current values (a fragment's re-run does not pass through `keep_widget_state`)."""
-    store = st.session_state.setdefault("_kept_values", {})
-    for k in st.session_state.get("_kept_keys", set()):
-        if k in st.session_state:
-            store[k] = st.session_state[k]
-
-
 def discover(root: Path = CHECKPOINTS) -> list[Path]:
     """Checkpoint folders under `root` (any depth), the default first; then the models traced on the user's
     datasets from the Models page (kept in the user's run folder, so they are found again on the next start)."""
@@ -80,43 +53,86 @@ def discover(root: Path = CHECKPOINTS) -> list[Path]:
 
 def checkpoints() -> list[Path]:
     """Shipped checkpoints, the user's traced runs, and the folders this session added on the Models page."""
-    extra = [Path(p) for p in st.session_state.get("extra_checkpoints", [])]
+    from app import session
+
+    extra = [Path(p) for p in session.local().extra_checkpoints]
     found = discover()
     return found + [p for p in extra if p not in found]
 
 
 def current() -> Path:
-    """The checkpoint the pages use (Models page picks it)."""
-    chosen = st.session_state.get("checkpoint")
-    if chosen:
-        return Path(chosen)
+    """The checkpoint the pages use (the view's model; the Models page picks it)."""
+    from app import session
+
+    p = by_label(session.view().model)
+    if p is None:
+        fail("the model of this view is no longer listed; pick one on the Models page.")
+    return p
+
+
+def _default_model() -> Path:
     found = discover()
     if not found:
         fail(f"no checkpoints found under {CHECKPOINTS}; rebuild them with `python bench/rebuild_checkpoints.py`.")
     return found[0]
 
 
-def default_thresholds(policy: str) -> float:
-    """Before the what-if page has been opened: the policy's own default threshold."""
-    return float(get_policy(policy).default_threshold)
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _trace_ids(path: str, mtime: float) -> tuple[str, ...]:
+    return tuple(str(i) for i in trace(path)[0].ids)
+
+
+def context(model: str | None = None) -> Context:
+    """What the named listed model offers a view (the default model when `model` is None or not listed): the
+    listed labels, its exits, classes, test-image ids, latency-profile batch sizes, whether it has a calibration
+    set, and its no-graph-regularization twin."""
+    paths = checkpoints()
+    labels = tuple(label(p) for p in paths)
+    path = paths[labels.index(model)] if model in labels else _default_model()
+    cfg = card(str(path))["config"]["model"]
+    ids: tuple[str, ...] = ()
+    f = path / TEST_TRACE_FILE
+    if f.is_file():
+        try:
+            ids = _trace_ids(str(f), f.stat().st_mtime)
+        except METError:
+            ids = ()  # the page says why (traces_of)
+    try:
+        prof = profile_of_quiet(path)
+    except METError:
+        prof = None
+    twin = label(path.parent / f"{path.name}-nogr")
+    return Context(
+        model=label(path), models=labels, num_exits=len(cfg["exits"]), class_names=tuple(cfg.get("class_names") or ()),
+        ids=ids, batch_sizes=tuple(prof.batch_sizes) if prof else (),
+        certifiable=any((path / n).is_file() for n in (CAL_TRACE_FILE, VAL_TRACE_FILE)),
+        twin=twin if twin in labels else None)
 
 
 def thresholds_in_use() -> tuple[str, float | list[float | None]]:
-    """(policy, thresholds) the pages share: the what-if page's (or a link's), else the default policy's default."""
-    from met_core.policies import DEFAULT_POLICY
+    """(policy, thresholds) every page uses: the view's global or per-exit thresholds, or in certified mode the
+    rule certified on the calibration set (every exit but the last skipped when nothing can be certified)."""
+    from app import session
 
-    policy = st.session_state.get("policy", DEFAULT_POLICY)
-    return policy, st.session_state.get("whatif_thresholds") or default_thresholds(policy)
+    v = session.view()
+    if v.mode == "certified":
+        return v.policy, certified_thresholds(current(), v.policy, v.cert_loss, v.cert_delta)
+    return v.policy, v.thresholds()
+
+
+def certified_thresholds(ckpt: Path, policy: str, loss_points: float, delta: float) -> list[float | None]:
+    c = certified(str(ckpt), policy, loss_points / 100, delta)
+    k = card(str(ckpt))["config"]["model"]["exits"]
+    return c.thresholds if c is not None and c.thresholds else [get_policy(policy).never] * (len(k) - 1) + [None]
 
 
 def describe(thresholds: float | list[float | None]) -> str:
-    """Thresholds as a person reads them: one number, or one per exit ('last' for the last exit)."""
+    """Thresholds as a person reads them, exactly as they are used: one number, or one per exit but the last."""
+    from app.view import number
+
     if isinstance(thresholds, (int, float)):
-        return f"{thresholds:g}"
-    used = {f"{t:g}" for t in thresholds[:-1]}
-    if len(used) == 1:  # one global threshold (the last exit's does not matter)
-        return used.pop()
-    return " / ".join(f"{t:g}" for t in thresholds[:-1]) + " / last"
+        return number(thresholds)
+    return " / ".join(number(t) for t in thresholds[:-1]) + " (per exit; the last exit always answers)"
 
 
 def has_test_trace(ckpt: Path) -> bool:
@@ -273,13 +289,16 @@ def latency_profile(ckpt: str, mtime: float) -> LatencyProfile:
     return read_profile(Path(ckpt) / LATENCY_FILE)
 
 
+def profile_of_quiet(ckpt: Path) -> LatencyProfile | None:
+    """The latency profile beside a checkpoint, or None; METError if it is damaged."""
+    f = ckpt / LATENCY_FILE
+    return latency_profile(str(ckpt), f.stat().st_mtime) if f.is_file() else None
+
+
 def profile_of(ckpt: Path) -> LatencyProfile | None:
     """The latency profile beside a checkpoint, or None; one sentence if it is damaged."""
-    f = ckpt / LATENCY_FILE
-    if not f.is_file():
-        return None
     try:
-        return latency_profile(str(ckpt), f.stat().st_mtime)
+        return profile_of_quiet(ckpt)
     except METError as e:
         fail(user_message(e))
 
@@ -306,7 +325,9 @@ def thumbnail(col: Any, root: Path | None, sample_id: str, caption: str | None =
 
 def dataset_root(t: Trace) -> Path | None:
     """Where the trace's images are: the sidebar override, $MET_DATASET_ROOT, the recorded root, or ../shared."""
-    return locate_dataset(t.meta.get("dataset_root"), st.session_state.get("dataset_root_override"))
+    from app import session
+
+    return locate_dataset(t.meta.get("dataset_root"), session.local().dataset_root or None)
 
 
 @st.cache_data(show_spinner=False)
@@ -350,7 +371,8 @@ def aligned(a: Path, b: Path, k: int):
 
 @st.cache_data(show_spinner=False)
 def ladder_points(ckpt: str) -> dict[str, list[tuple[float, float]]]:
-    """(GMACs, test accuracy) at every exit of the baselines beside the default model (the ablation ladder)."""
+    """(GMACs, test accuracy) at every exit of the baselines beside the default model (the ablation ladder): only
+    baselines traced on the same test images as the model's test trace, so no point mixes image sets."""
     from met_core.whatif import exit_accuracy_all
 
     out = {}
@@ -360,6 +382,16 @@ def ladder_points(ckpt: str) -> dict[str, list[tuple[float, float]]]:
             t, a = trace(str(p))
         except METError:
             continue
-        if a.num_classes == card(ckpt)["config"]["model"]["num_classes"]:
+        if same_test_images(Path(ckpt) / TEST_TRACE_FILE, p):
             out[p.parent.name] = list(zip(a.gmacs.tolist(), exit_accuracy_all(a)))
     return out
+
+
+@st.cache_data(show_spinner=False)
+def same_test_images(a: Path, b: Path) -> bool:
+    """Whether two trace files hold the same images in the same order (their sample ids)."""
+    try:
+        ta, tb = trace(str(a))[0], trace(str(b))[0]
+    except METError:
+        return False
+    return len(ta.ids) == len(tb.ids) and bool((ta.ids == tb.ids).all())

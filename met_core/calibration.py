@@ -34,13 +34,14 @@ class OperatingPoint:
 
 @dataclass
 class AppliedPoint:
-    """A candidate chosen on a validation trace, with its validation figures and the same thresholds on test."""
+    """A candidate chosen on a calibration trace (held-out or validation images), with its figures there and the same
+    thresholds on test."""
 
     thresholds: list[float | None]
     source: str
     pareto: bool
-    val_accuracy: float
-    val_gmacs: float
+    cal_accuracy: float  # on the calibration set the thresholds were chosen on
+    cal_gmacs: float
     test_accuracy: float
     test_gmacs: float
 
@@ -56,7 +57,7 @@ class Calibrated:
     measured: WhatIfResult
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.measured.to_dict(), "calibrated_on_validation": {
+        return {**self.measured.to_dict(), "calibration_set": {
             "accuracy": self.point.accuracy, "gmacs": self.point.gmacs, "source": self.point.source}}
 
 

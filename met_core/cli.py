@@ -344,8 +344,8 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     val, test = TraceArrays.from_trace(val_t, temps), TraceArrays.from_trace(test_t, temps)
     if args.sweep:
         rows = sweep_applied(val, test, args.policy)
-        _emit(args, [r.to_dict() for r in rows], ["val_gmacs,val_accuracy,test_gmacs,test_accuracy,pareto,source"] + [
-            f"{r.val_gmacs:.4f},{r.val_accuracy:.4f},{r.test_gmacs:.4f},{r.test_accuracy:.4f},{int(r.pareto)},"
+        _emit(args, [r.to_dict() for r in rows], ["cal_gmacs,cal_accuracy,test_gmacs,test_accuracy,pareto,source"] + [
+            f"{r.cal_gmacs:.4f},{r.cal_accuracy:.4f},{r.test_gmacs:.4f},{r.test_accuracy:.4f},{int(r.pareto)},"
             f"{r.source}" for r in rows])
         return
     if (args.budget is None) == (args.max_loss is None):

@@ -156,10 +156,10 @@ def test_sweep_applied_measures_validation_thresholds_on_test(real_trace):
 
     a = TraceArrays.from_trace(load_trace(real_trace))
     rows = sweep_applied(a, a)  # the same trace on both sides: test figures must equal validation figures
-    assert rows and all(r.test_gmacs == pytest.approx(r.val_gmacs) for r in rows)
-    assert all(r.test_accuracy == pytest.approx(r.val_accuracy) for r in rows)
+    assert rows and all(r.test_gmacs == pytest.approx(r.cal_gmacs) for r in rows)
+    assert all(r.test_accuracy == pytest.approx(r.cal_accuracy) for r in rows)
     csv = run_cli("calibrate", "--trace", str(real_trace), "--sweep").stdout.splitlines()
-    assert csv[0] == "val_gmacs,val_accuracy,test_gmacs,test_accuracy,pareto,source" and len(csv) == len(rows) + 1
+    assert csv[0] == "cal_gmacs,cal_accuracy,test_gmacs,test_accuracy,pareto,source" and len(csv) == len(rows) + 1
 
 
 @pytest.mark.parametrize("policy", ["max-softmax", "entropy"])

@@ -4,7 +4,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import state
+from app import session, state
 from app.drawing import network_figure
 from app.safe import md, plot
 from met_core.errors import METError, user_message
@@ -21,26 +21,31 @@ blocks, gmacs, names = cfg["exits"], arrays.gmacs.tolist(), list(trace.class_nam
 policy, thresholds = state.thresholds_in_use()
 pol = get_policy(policy)
 st.title("An image's journey")
-st.caption(md(f"{state.label(ckpt)}, policy {policy} at the what-if page's thresholds "
-              f"({state.describe(thresholds)}). Each exit is tried in turn; the image leaves at the first exit "
-              "whose score passes, and the blocks after it never run."))
-
-source = st.radio("Image", ["A test image", "Upload an image"], horizontal=True, key=state.kept("journey_source"))
+st.caption(md(f"{state.label(ckpt)}, policy {policy} at the thresholds in use ({state.describe(thresholds)}). Each "
+              "exit is tried in turn; the image leaves at the first exit whose score passes, and the blocks after it "
+              "never run."))
+v = session.view()
+session.bind(st.radio, "Image", "local.journey_upload", [False, True], horizontal=True,
+             format_func=lambda up: "Upload an image" if up else "A test image")
 root = state.dataset_root(trace)
 picture, path = None, None
-if source == "A test image":
-    ids = [str(i) for i in trace.ids]
-    where = {s: i for i, s in enumerate(ids)}
-    if st.session_state.get("journey_image") not in where:
-        st.session_state["journey_image"] = ids[0]
+if not session.local().journey_upload:
+    ids = session.context().ids
+    sid = v.journey.image or ids[0]
+    i = ids.index(sid)
+
+    def pick_class(name: str) -> str:
+        """A class chosen: its first test image."""
+        c = names.index(name)
+        return ids[int(np.flatnonzero(arrays.labels == c)[0])]
+
     c1, c2 = st.columns([1, 2])
-    cls = c1.selectbox("Class", names, index=int(arrays.labels[where[st.session_state["journey_image"]]]),
-                       key="journey_class")
-    of_class = [s for s, y in zip(ids, arrays.labels) if names[y] == cls]
-    if st.session_state["journey_image"] not in of_class:
-        st.session_state["journey_image"] = of_class[0]
-    sid = c2.selectbox("Test image", of_class, key="journey_image")  # ids are plain text in a selectbox
-    i = where[sid]
+    session.bind(c1.selectbox, "Class", "journey.image", names, key="w:journey.class",
+                 show=lambda image: names[int(arrays.labels[ids.index(image or ids[0])])], convert=pick_class,
+                 then=lambda view: setattr(view.journey, "step", 1))
+    of_class = [ids[r] for r in np.flatnonzero(arrays.labels == arrays.labels[i])]
+    session.bind(c2.selectbox, "Test image", "journey.image", of_class, show=lambda image: image or ids[0],
+                 then=lambda view: setattr(view.journey, "step", 1))  # ids are plain text in a selectbox
     if root is not None:
         path = root / sid
     probs, true = arrays.probs[i], int(arrays.labels[i])
@@ -66,9 +71,15 @@ else:
 j: Journey = journey(probs, gmacs, blocks, thresholds, policy)
 left = j.steps[-1]
 n = len(j.steps)
-if st.session_state.get("journey_step", n) > n:
-    st.session_state["journey_step"] = n
-step = st.slider("Step through the exits", 1, n, n, key="journey_step", format="exit %d") if n > 1 else 1
+step = min(v.journey.step, n)
+if n > 1:
+    b1, b2, b3 = st.columns([1, 6, 1])
+    b1.button("Previous exit", key="journey_prev", disabled=step <= 1, width="stretch", on_click=session.update,
+              args=(lambda view: setattr(view.journey, "step", max(1, min(view.journey.step, n) - 1)),))
+    session.bind(b2.slider, "Step through the exits", "journey.step", 1, n, format="exit %d",
+                 show=lambda k: min(k, n), label_visibility="collapsed")
+    b3.button("Next exit", key="journey_next", disabled=step >= n, width="stretch", on_click=session.update,
+              args=(lambda view: setattr(view.journey, "step", min(n, view.journey.step + 1)),))
 s = j.steps[step - 1]
 
 c_img, c_info = st.columns([1, 3])

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import jobs, state
+from app import jobs, session, state
 from app.safe import md
 from met_core.checkpoint import inspect_checkpoint
 from met_core.errors import METError, user_message
@@ -65,14 +65,14 @@ event = st.dataframe(pd.DataFrame(rows), hide_index=True, on_select="rerun", sel
                      key=table_key, selection_default={"selection": {"rows": default_rows}})
 picked = list(event.selection.rows) if event else []
 if picked and paths[picked[0]] != cur:  # a click on another row
-    st.session_state["checkpoint"] = str(paths[picked[0]])
+    session.set_model(state.label(paths[picked[0]]))
     st.rerun()
 st.write(f"Every page uses **{md(state.label(cur))}**.")
 
 st.subheader("Run a model on a dataset")
 st.caption(md(f"Traces the model over the images once (every exit's output; features of up to {jobs.FEATURES:,}), "
               f"then every page can use it. The result is kept in {runs_dir()} (set $MET_RUNS_DIR to move it)."))
-job_id = st.session_state.get("trace_job")
+job_id = session.local().trace_job
 job = jobs.registry().get(job_id) if job_id else None
 with st.form("trace_form"):
     c1, c2 = st.columns(2)
@@ -87,7 +87,7 @@ if go_:
     if not data.strip():
         st.error("Give a dataset folder or name first.")
     else:
-        st.session_state["trace_job"] = jobs.start(str(model), data.strip(), split, int(limit))
+        session.local().trace_job = jobs.start(str(model), data.strip(), split, int(limit))
         st.rerun()
 
 
@@ -95,10 +95,10 @@ if go_:
 def poll() -> None:
     """While the session's trace runs: its progress bar and a cancel button; when it ends, the whole page again
     (with the new model in use when it succeeded)."""
-    job = jobs.registry()[st.session_state["trace_job"]]
+    job = jobs.registry()[session.local().trace_job]
     if not job.running:
         if job.result:
-            st.session_state["checkpoint"] = job.result
+            session.set_model(state.label(Path(job.result)))
         st.rerun(scope="app")
     frac = job.done / job.total if job.total else 0.0
     st.progress(frac, text=f"{job.stage}: {job.done} of {job.total or '?'} batches")
@@ -114,14 +114,14 @@ elif job is not None and job.result:
     st.success(md(f"Traced {state.label(Path(job.result))}: it is listed in the table above."))
 
 st.subheader("Add a checkpoint folder")
-new = st.text_input("Folder with config.json and model.safetensors", key=state.kept("new_ckpt"),
-                    max_chars=MAX_PATH_CHARS)
+new = session.bind(st.text_input, "Folder with config.json and model.safetensors", "local.new_checkpoint",
+                   max_chars=MAX_PATH_CHARS)
 if st.button("Add", key="add_ckpt") and new:
     try:
         inspect_checkpoint(Path(new).expanduser())
     except METError as e:
         st.error(md(user_message(e)))
     else:
-        st.session_state.setdefault("extra_checkpoints", []).append(str(Path(new).expanduser().resolve()))
+        session.local().extra_checkpoints.append(str(Path(new).expanduser().resolve()))
         st.success(md(f"added {new}"))
         st.rerun()

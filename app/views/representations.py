@@ -5,8 +5,9 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from app import state
+from app import session, state
 from app.safe import md, plot
+from app.view import COLOURS
 from met_core.errors import METError, user_message
 from met_core.geometry import ClassSpread, class_spread, knn_accuracy, silhouette
 from met_core.whatif import exit_accuracy_all, outcomes
@@ -34,16 +35,22 @@ if not len(trace.feature_index):
     state.fail(f"{state.label(ckpt)}'s trace stores no features; re-create it with `--features 1000`, or pick a "
                "model with features on the Models page.")
 others = [p for p in state.checkpoints() if comparable(p)]
+v = session.view()
+r_view = v.representations
 # by default the model whose graph-regularization strength differs most from this one's
-default_other = max(range(len(others)), key=lambda i: abs(lam(others[i]) - lam(ckpt)), default=0)
+default_other = max(others, key=lambda p: abs(lam(p) - lam(ckpt)), default=None)
+other = state.by_label(r_view.compare) if r_view.compare else default_other
+if other not in others:
+    other = default_other
+labels = [state.label(p) for p in others]
 c1, c2, c3 = st.columns(3)
-other = c1.selectbox("Compare with", others, index=default_other if others else None, key=state.kept("rep_other"),
-                     format_func=lambda p: f"{state.label(p)} (lambda {lam(p):g})")  # selectbox: plain text
-st.session_state["compared"] = other
-k = c2.selectbox(
-    "Exit", list(range(arrays.num_exits)), format_func=lambda j: f"exit {j + 1}", key=state.kept("rep_exit")
-)
-color_by = c3.radio("Colour by", ["class", "correct", "exit taken"], horizontal=True, key=state.kept("rep_color"))
+session.bind(c1.selectbox, "Compare with", "representations.compare", labels,
+             show=lambda _: state.label(other) if other is not None else None,
+             format_func=lambda x: f"{x} (lambda {lam(state.by_label(x)):g})")  # selectbox: plain text
+session.bind(c2.selectbox, "Exit", "representations.exit", list(range(arrays.num_exits)),
+             format_func=lambda j: f"exit {j + 1}")
+session.bind(c3.radio, "Colour by", "representations.colour", list(COLOURS), horizontal=True)
+k, color_by = r_view.exit, r_view.colour
 
 
 def features_at(path: str, k: int, rows: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -100,15 +107,15 @@ for j, ck in enumerate([ckpt, other]):
         "correct": np.where(corr, "correct", "wrong"),
         "exit taken": np.char.add("exit ", (ex + 1).astype(str)),
     }[color_by]
-    for v in np.unique(values):
-        sel = values == v
+    for val in np.unique(values):
+        sel = values == val
         fig.add_trace(
             go.Scattergl(
                 x=fr["xy"][j][sel, 0],
                 y=fr["xy"][j][sel, 1],
                 mode="markers",
-                name=plot(v),
-                legendgroup=str(v),
+                name=plot(val),
+                legendgroup=str(val),
                 showlegend=j == 0,
                 marker=dict(size=4),
                 customdata=rows[sel],
@@ -117,10 +124,35 @@ for j, ck in enumerate([ckpt, other]):
             1,
             j + 1,
         )
+    chosen = np.isin(rows, r_view.rows)
+    if chosen.any():  # the selection, ringed at the same images in both panels
+        fig.add_trace(go.Scattergl(x=fr["xy"][j][chosen, 0], y=fr["xy"][j][chosen, 1], mode="markers",
+                                   name="selected", legendgroup="selected", showlegend=j == 0, hoverinfo="skip",
+                                   marker=dict(size=9, color="rgba(0,0,0,0)", line=dict(width=1.5, color="#000"))),
+                      1, j + 1)
+
+
+def select_points() -> None:
+    """The lasso or box callback: the selected images (from either panel) become the view's selection."""
+    pts = session.selected_points("umap")
+    got = tuple(sorted({int(p["customdata"]) for p in pts if isinstance(p.get("customdata"), (int, float))}))
+    if got:
+        session.update(lambda view: setattr(view.representations, "rows", got))
+
+
+def open_in_samples(chosen: tuple[int, ...]) -> None:
+    def change(view) -> None:
+        sv = view.samples
+        sv.rows, sv.cell, sv.exits, sv.verdict, sv.classes, sv.page, sv.sample = chosen, None, (), "all", (), 1, None
+    session.update(change)
+
+
 fig.update_xaxes(matches="x")
 fig.update_yaxes(matches="y")
 fig.update_layout(height=560, dragmode="lasso")
-event = st.plotly_chart(fig, key="umap", on_select="rerun", selection_mode=("lasso", "box"))
+st.plotly_chart(fig, key="umap", on_select=select_points, selection_mode=("lasso", "box"))
+st.caption("Draw a lasso or a box around points in either panel: the same images are ringed in both, and can be "
+           "opened in Explore samples.")
 st.dataframe(pd.DataFrame([{
     "model": state.label(p), "graph reg. lambda": lam(p), f"kNN accuracy, exit {k + 1} (%)": 100 * fr["knn"][j],
     f"silhouette, exit {k + 1}": fr["sil"][j], f"test accuracy, exit {k + 1} (%)": 100 * acc[j][k],
@@ -151,9 +183,15 @@ st.caption(md(
     "its scale, barely change, and the regulariser has not made the classes easier to tell apart."
 ))
 
-picked = sorted({int(p["customdata"]) for p in (event.selection.points if event else []) if "customdata" in p})
+picked = list(r_view.rows)
 if picked:
     st.subheader(f"{len(picked)} selected samples")
+    b1, b2 = st.columns(2)
+    if b1.button(f"Open these {len(picked):,} images in Explore samples", key="open_selection",
+                 on_click=open_in_samples, args=(tuple(picked),)):
+        st.switch_page("views/samples.py")
+    b2.button("Clear the selection", key="clear_selection",
+              on_click=session.update, args=(lambda view: setattr(view.representations, "rows", ()),))
     lab = arrays.labels[picked]
     o = outcomes(arrays, thresholds, policy)
     ex, corr = o.exits[picked], o.correct[picked]
@@ -167,7 +205,3 @@ if picked:
         ),
         hide_index=True,
     )
-    root = state.dataset_root(trace)
-    cols = st.columns(8)
-    for j, i in enumerate(picked[:16]):
-        state.thumbnail(cols[j % 8], root, str(trace.ids[i]), str(trace.ids[i]))

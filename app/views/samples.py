@@ -1,4 +1,5 @@
-"""Explore samples: the dataset behind the trace as a filtered grid, a sample's confidence ladder, and uploads."""
+"""Explore samples: the test images behind the trace as a filtered, sorted, paged grid (each tile its prediction,
+confidence and exit), a tile's detail in a dialog (its confidence ladder against the thresholds), and uploads."""
 import io
 import time
 
@@ -7,79 +8,136 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import state
+from app import session, state
 from app.safe import md, plot
+from app.view import SORTS, VERDICTS, View
 from met_core.errors import METError, user_message
 from met_core.images import IMAGE_EXTENSIONS
+from met_core.policies import as_thresholds, get_policy
 from met_core.whatif import outcomes
 
 MAX_UPLOADS = 32
-GRID = 24
+COLS, ROWS = 8, 3
+GRID = COLS * ROWS
 
 ckpt = state.current()
 (trace, arrays), _ = state.traces_of(ckpt)
 st.title("Explore samples")
 policy, thresholds = state.thresholds_in_use()
-st.caption(f"Exits at the what-if page's current thresholds ({policy}: {state.describe(thresholds)}); simulated from "
-           "cached exit outputs.")
+pol = get_policy(policy)
+st.caption(md(f"Exits at the thresholds in use ({policy}: {state.describe(thresholds)}); simulated from cached exit "
+              "outputs. Change them on the Threshold what-if page."))
 
 with st.sidebar:
-    st.text_input("Dataset folder of the trace", key=state.kept("dataset_root_override"),
-                  placeholder=trace.meta.get("dataset_root", ""),
-                  help="Where the images of this trace are; also settable with $MET_DATASET_ROOT.")
+    session.bind(st.text_input, "Dataset folder of the trace", "local.dataset_root",
+                 placeholder="the folder recorded in the trace",
+                 help="Where the images of this trace are on this machine; also settable with $MET_DATASET_ROOT.")
 root = state.dataset_root(trace)
 out = outcomes(arrays, thresholds, policy)
 ex, pred, correct = out.exits, out.pred, out.correct
+conf = arrays.probs[np.arange(len(ex)), ex].max(-1)  # the confidence of the answer each image leaves with
+names = list(trace.class_names)
 
+
+def first_page(view: View) -> None:
+    view.samples.page = 1
+
+
+def clear(field: str) -> None:
+    session.update(lambda v: (setattr(v.samples, field, () if field == "rows" else None), first_page(v)))
+
+
+def show(i: int) -> None:
+    sid = str(trace.ids[i])
+    session.update(lambda v: setattr(v.samples, "sample", sid))
+
+
+def close_detail() -> None:
+    session.update(lambda v: setattr(v.samples, "sample", None))
+
+
+@st.dialog("Sample detail", width="large", on_dismiss=close_detail)
+def detail(i: int) -> None:
+    """The image, its prediction and its confidence ladder: each exit's score against its threshold."""
+    c1, c2 = st.columns([1, 2])
+    state.thumbnail(c1, root, str(trace.ids[i]))
+    c1.markdown(md(f"{trace.ids[i]}: true class {names[arrays.labels[i]]}; leaves at exit {ex[i] + 1} predicting "
+                   f"{names[pred[i]]} ({'correct' if correct[i] else 'wrong'})"))
+    score = arrays.score(pol)[i]
+    t = as_thresholds(thresholds, arrays.num_exits)
+    x = [f"exit {j + 1}" for j in range(arrays.num_exits)]
+    fig = go.Figure(go.Bar(x=x, y=score, text=[plot(names[c]) for c in arrays.probs[i].argmax(-1)],
+                           name=f"{policy} score (bar text: the exit's predicted class)",
+                           marker_color=["#d55e00" if j == ex[i] else "#0072b2" for j in range(arrays.num_exits)]))
+    shown_t = [float(v) if np.isfinite(v) else None for v in t]
+    fig.add_scatter(x=x[:-1], y=shown_t[:-1], mode="markers", name="threshold",
+                    marker=dict(symbol="line-ew", size=40, line=dict(width=3, color="#000")))
+    verb = "at least" if pol.higher_is_confident else "at most"
+    fig.update_layout(title=plot(f"Confidence ladder: an exit answers when its score is {verb} its threshold"),
+                      height=360, legend=dict(orientation="h", y=-0.15),
+                      yaxis_range=None if pol.counts_exits else [0, 1.05])
+    c2.plotly_chart(fig, key="ladder")
+
+
+v = session.view()
+s = v.samples
 tab_browse, tab_upload = st.tabs(["Browse the test set", "Upload images"])
 with tab_browse:
     if root is None:
         st.warning(md(f"The images of this trace are not on disk (recorded folder: {trace.meta.get('dataset_root')}). "
-                   "Put the dataset there, or give its folder in the sidebar or in $MET_DATASET_ROOT "
-                   "(CIFAR-10: torchvision downloads it; this repo's tests use ../shared/datasets/cifar10/test)."))
-    c1, c2, c3 = st.columns(3)
-    exits_sel = c1.multiselect("Exit taken", list(range(1, arrays.num_exits + 1)), key=state.kept("f_exit"))
-    corr_sel = c2.radio("Prediction", ["all", "correct", "wrong"], horizontal=True, key=state.kept("f_correct"))
-    cls_sel = c3.multiselect("Class", trace.class_names, key=state.kept("f_class"))
+                      "Put the dataset there, or give its folder in the sidebar or in $MET_DATASET_ROOT "
+                      "(CIFAR-10: torchvision downloads it; this repo's tests use ../shared/datasets/cifar10/test)."))
+    c1, c2, c3, c4 = st.columns([2, 2, 3, 2])
+    session.bind(c1.multiselect, "Exit taken", "samples.exits", list(range(1, arrays.num_exits + 1)),
+                 show=list, convert=tuple, then=first_page)
+    session.bind(c2.radio, "Prediction", "samples.verdict", list(VERDICTS), horizontal=True, then=first_page)
+    session.bind(c3.multiselect, "True class", "samples.classes", names, show=list, convert=tuple, then=first_page)
+    session.bind(c4.selectbox, "Sort by", "samples.sort", list(SORTS), format_func=SORTS.get, then=first_page)
     mask = np.ones(len(ex), bool)
-    if exits_sel:
-        mask &= np.isin(ex + 1, exits_sel)
-    if corr_sel != "all":
-        mask &= correct == (corr_sel == "correct")
-    if cls_sel:
-        mask &= np.isin(arrays.labels, [trace.class_names.index(c) for c in cls_sel])
+    if s.exits:
+        mask &= np.isin(ex + 1, s.exits)
+    if s.verdict != "all":
+        mask &= correct == (s.verdict == "correct")
+    if s.classes:
+        mask &= np.isin(arrays.labels, [names.index(c) for c in s.classes])
+    if s.cell is not None:
+        mask &= (arrays.labels == s.cell[0]) & (pred == s.cell[1])
+        c, b = st.columns([4, 1])
+        c.info(md(f"Showing the confusion cell true {names[s.cell[0]]}, predicted {names[s.cell[1]]} "
+                  "(opened from the what-if page)."))
+        b.button("Show all cells", key="clear_cell", on_click=clear, args=("cell",))
+    if s.rows:
+        sel = np.zeros(len(ex), bool)
+        sel[list(s.rows)] = True
+        mask &= sel
+        c, b = st.columns([4, 1])
+        c.info(f"Showing the {len(s.rows):,} images selected on the Representations page.")
+        b.button("Show all images", key="clear_rows", on_click=clear, args=("rows",))
     idx = np.flatnonzero(mask)
-    st.write(f"{len(idx):,} of {len(ex):,} images match; showing {min(GRID, len(idx))}.")
-    page = st.number_input("Page", 1, max(1, -(-len(idx) // GRID)), 1, key=state.kept("f_page")) - 1
-    cols = st.columns(8)
-    for j, i in enumerate(idx[page * GRID:(page + 1) * GRID]):
-        col = cols[j % 8]
+    order = {"order": idx, "conf-asc": idx[np.argsort(conf[idx], kind="stable")],
+             "conf-desc": idx[np.argsort(-conf[idx], kind="stable")],
+             "exit": idx[np.argsort(ex[idx], kind="stable")],
+             "class": idx[np.argsort(arrays.labels[idx], kind="stable")]}[s.sort]
+    pages = max(1, -(-len(order) // GRID))
+    if s.page > pages:
+        s.page = pages
+    p1, p2, p3, p4 = st.columns([3, 1, 2, 1])
+    p1.write(f"{len(order):,} of {len(ex):,} images match; page {s.page} of {pages:,}.")
+    p2.button("Previous", key="prev_page", disabled=s.page <= 1,
+              on_click=session.update, args=(lambda v: setattr(v.samples, "page", v.samples.page - 1),))
+    session.bind(p3.number_input, "Page", "samples.page", 1, pages, step=1, label_visibility="collapsed")
+    p4.button("Next", key="next_page", disabled=s.page >= pages,
+              on_click=session.update, args=(lambda v: setattr(v.samples, "page", v.samples.page + 1),))
+    cols = st.columns(COLS)
+    for j, i in enumerate(order[(s.page - 1) * GRID: s.page * GRID]):
+        col = cols[j % COLS]
         state.thumbnail(col, root, str(trace.ids[i]))
         mark = "✓" if correct[i] else "✗"
-        if col.button(f"{mark} exit {ex[i] + 1}", key=f"s{i}", help=md(trace.ids[i])):
-            st.session_state["sample"] = int(i)
-    i = st.session_state.get("sample")
-    if i is not None and i < len(ex):
-        st.subheader(md(f"{trace.ids[i]}: true class {trace.class_names[arrays.labels[i]]}"))
-        p = arrays.probs[i]
-        conf = p.max(-1)
-        names = [f"exit {j + 1}" for j in range(arrays.num_exits)]
-        fig = go.Figure(
-            go.Bar(
-                x=names,
-                y=conf,
-                text=[plot(trace.class_names[c]) for c in p.argmax(-1)],
-                marker_color=["crimson" if j == ex[i] else "steelblue" for j in range(arrays.num_exits)],
-            )
-        )
-        if isinstance(thresholds, (int, float)) and policy == "max-softmax":
-            fig.add_hline(y=thresholds, line_dash="dot", annotation_text="threshold")
-        fig.update_layout(
-            title=plot(f"Confidence ladder: leaves at exit {ex[i] + 1} predicting {trace.class_names[pred[i]]}"),
-            yaxis_range=[0, 1],
-            height=320,
-        )
-        st.plotly_chart(fig, key="ladder")
+        col.button(f"{mark} {md(names[pred[i]])} {conf[i]:.2f} · exit {ex[i] + 1}", key=f"s{i}", on_click=show,
+                   args=(int(i),), help=md(f"{trace.ids[i]}, true class {names[arrays.labels[i]]}: details"),
+                   width="stretch")
+    if s.sample is not None:
+        detail(session.context().ids.index(s.sample))
 
 with tab_upload:
     files = st.file_uploader(

@@ -1,4 +1,5 @@
-"""Threshold what-if: a live slider over the cached trace (simulated), presets, curves, exports, real measurement."""
+"""Threshold what-if: the threshold controls beside the accuracy-versus-cost curve (a click on the curve adopts its
+thresholds), the numbers of the thresholds in use (simulated), charts, exports and the real measurement."""
 import json
 from pathlib import Path
 
@@ -7,8 +8,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import state, urlstate
+from app import session, state
 from app.safe import md, plot
+from app.view import COSTS, MODES, View, number, parse_thresholds, threshold_range
 from met_core.errors import METError, user_message
 from met_core.exit_rule import ExitRule
 from met_core.flops import MAC_NOTE
@@ -18,142 +20,186 @@ from met_core.policies import CALIBRATABLE, POLICIES, get_policy
 from met_core.traces import SIMULATED_NOTE
 from met_core.whatif import WhatIfResult, exit_accuracy_all, outcomes, whatif
 
+CAL = "calibration set"  # the one name of the images thresholds are chosen on, on every title, legend and header
+
 ckpt = state.current()
 (trace, arrays), _ = state.traces_of(ckpt)
 k = arrays.num_exits
+n_test = len(arrays.labels)
 st.title("Threshold what-if")
 st.caption(
-    f"Every number on this page is **{SIMULATED_NOTE}** of {md(state.label(ckpt))} on {len(arrays.labels):,} test "
-    f"images ({MAC_NOTE}). The button at the bottom measures the real batched early exit."
+    f"Every number on this page is **{SIMULATED_NOTE}** of {md(state.label(ckpt))} on {n_test:,} test images "
+    f"({MAC_NOTE}). The button at the bottom measures the real batched early exit."
 )
 
-c1, c2 = st.columns([2, 3])
-policy = c1.radio(
-    "Exit policy",
-    list(POLICIES),
-    horizontal=True,
-    key=state.kept("policy"),
-    help="; ".join(f"**{p}**: {v.help}" for p, v in POLICIES.items()),
-)
-pol = get_policy(policy)
-cal_policy = policy if pol.calibratable else CALIBRATABLE[0]  # the curve needs a continuous score
-others = [
-    p
-    for p in state.checkpoints()
-    if p != ckpt
-    and state.has_test_trace(p)
-    and state.card(str(p))["config"]["model"]["num_classes"] == arrays.num_classes
-]
-default_cmp = next((i + 1 for i, p in enumerate(others) if p.name == f"{ckpt.name}-nogr"), 0)
-compare = c2.selectbox(
-    "Compare with",
-    [None] + others,
-    index=default_cmp,
-    key=state.kept("compare"),
-    format_func=lambda p: "nothing" if p is None else state.label(p),  # selectbox options are plain text
-)
-st.session_state["compared"] = compare
+
+def curve_policy(policy: str) -> str:
+    """The policy of the curve: the current one when its score is continuous, else max-softmax."""
+    return policy if get_policy(policy).calibratable else CALIBRATABLE[0]
 
 
-CERTIFIED = "Certified (largest loss)"
+def adopt_point() -> None:
+    """The curve's click callback: the clicked candidate's thresholds become the per-exit thresholds in use."""
+    pts = session.selected_points("curve")
+    idx = [p["customdata"] for p in pts if isinstance(p.get("customdata"), int)]
+    if not idx:
+        return
+    v = session.view()
+    policy = curve_policy(v.policy)
+    rows = state.sweep_table(str(ckpt), policy)
+    if 0 <= idx[0] < len(rows):
+        session.update(lambda view: (view.set_policy(policy, session.context()), view.adopt(rows[idx[0]].thresholds)))
 
 
-def apply_preset(thresholds: list, lo: float, hi: float) -> None:
-    """Preset button callback: switch to per-exit thresholds and fill them in (runs before the widgets exist)."""
-    st.session_state["mode"] = "Per-exit thresholds"
-    for j, v in enumerate(thresholds[:-1]):
-        st.session_state[f"t{policy}{j}"] = float(np.clip(v, lo, hi))
+def adopt(thresholds: list) -> None:
+    session.update(lambda view: view.adopt(thresholds))
+
+
+def pick_cell() -> None:
+    pts = session.selected_points("confusion")
+    if pts and "x" in pts[0] and "y" in pts[0]:
+        cell = (int(pts[0]["y"]), int(pts[0]["x"]))
+        session.update(lambda view: setattr(view.whatif, "cell", cell))
+
+
+def open_cell_in_samples(cell: tuple[int, int]) -> None:
+    def change(view: View) -> None:
+        s = view.samples
+        s.cell, s.exits, s.verdict, s.classes, s.rows, s.page, s.sample = cell, (), "all", (), (), 1, None
+    session.update(change)
+
+
+def threshold_controls(v: View, pol, cal) -> None:
+    """The policy, the mode and the thresholds: sliders for coarse moves and one exact entry, all bound to the
+    view (an empty or invalid entry keeps the value in use and says so)."""
+    session.bind(st.radio, "Exit policy", "policy", list(POLICIES), horizontal=True,
+                 help="; ".join(f"**{p}**: {x.help}" for p, x in POLICIES.items()))
+    modes = ["global"] + (["per-exit"] if k > 1 else [])
+    if k > 1 and pol.calibratable and cal:
+        modes.append("certified")
+    if k == 1:
+        st.info("This model has one exit: every image runs the whole network, whatever the threshold.")
+    session.bind(st.radio, "Thresholds", "mode", modes, format_func=MODES.get, horizontal=True)
+    lo, hi = pol.ui_range(k)
+    fmt = "%d" if pol.counts_exits else "%.2f"
+
+    if v.mode == "global":
+        session.bind(st.slider, f"Confidence threshold ({v.policy})", "threshold", lo, hi, step=pol.ui_step,
+                     format=fmt, help=pol.help, show=lambda t: float(np.clip(t, lo, hi)), convert=float)
+    elif v.mode == "per-exit":
+        for j in range(k - 1):
+            _per_exit_slider(j, lo, hi, pol, fmt)
+    if v.mode in ("global", "per-exit"):
+        count = 1 if v.mode == "global" else k - 1
+        path = "threshold" if v.mode == "global" else "per_exit"
+        rlo, rhi = threshold_range(v.policy, k)
+        session.bind(st.text_input, "Exact value" + ("" if count == 1 else "s, comma-separated"), path,
+                     show=lambda t: number(t) if count == 1 else ", ".join(map(number, t)),
+                     convert=lambda text: (parse_thresholds(text, v.policy, k, count)[0] if count == 1
+                                           else parse_thresholds(text, v.policy, k, count)),
+                     key=f"w:{path}:exact",
+                     help=f"At full precision, from {number(rlo)} to {number(rhi)}; what is used is exactly this.")
+    else:
+        c1, c2 = st.columns(2)
+        session.bind(c1.number_input, "Largest accuracy loss against the last exit (points)", "cert_loss", 0.1,
+                     20.0, step=0.1)
+        session.bind(c2.number_input, "Risk delta (the promise may fail with at most this probability)",
+                     "cert_delta", 0.01, 0.5, step=0.01)
+    if (text := session.notice()) is not None:
+        st.warning(md(text))
+
+
+def _per_exit_slider(j: int, lo: float, hi: float, pol, fmt: str) -> None:
+    """Exit j's slider: writes one element of the per-exit thresholds."""
+    def convert(t: float) -> tuple[float, ...]:
+        pe = list(session.view().per_exit)
+        pe[j] = float(t)
+        return tuple(pe)
+
+    session.bind(st.slider, f"exit {j + 1}", "per_exit", lo, hi, step=pol.ui_step, format=fmt,
+                 key=f"w:per_exit:{j}", show=lambda pe: float(np.clip(pe[j], lo, hi)), convert=convert)
+
+
+def presets_row(presets: dict, cal) -> None:
+    if not presets:
+        return
+    st.caption(f"Calibrated budgets (chosen on the {CAL}: {md(cal[1]) if cal else 'none; the test trace'}):")
+    cols = st.columns(len(presets))
+    for col, (b, p) in zip(cols, presets.items(), strict=True):
+        if isinstance(p, str):  # the reason this budget cannot be met
+            col.button(f"{b:.0%} of the GMACs", key=f"preset{b}", disabled=True, help=md(p))
+        else:
+            col.button(f"{b:.0%} of the GMACs", key=f"preset{b}", on_click=adopt, args=(p.thresholds,),
+                       help=f"Thresholds for {b:.0%} of the last exit's GMACs, chosen on the {CAL}")
+
+
+def in_use_line(policy: str, thresholds) -> str:
+    cmp = ">=" if get_policy(policy).higher_is_confident else "<="
+    if isinstance(thresholds, (int, float)):
+        return f"In use: every exit but the last leaves when its {policy} score {cmp} {number(thresholds)}."
+    return ("In use: " + "; ".join(f"exit {j + 1} {cmp} {number(t)}" for j, t in enumerate(thresholds[:-1]))
+            + "; the last exit always answers.")
+
+
+def headline(r: WhatIfResult, where) -> None:
+    m = where.columns(2)
+    m[0].metric("Accuracy", f"{100 * r.accuracy:.2f}%",
+                f"{100 * (r.accuracy - r.last_exit_accuracy):+.2f} pt vs last exit")
+    m[1].metric("Mean GMACs", f"{r.gmacs:.4f}", f"{100 * (r.gmacs / r.last_exit_gmacs - 1):+.1f}% vs last exit",
+                delta_color="inverse")
+    m = where.columns(2)
+    m[0].metric("Speed-up", f"{r.speedup:.2f}x")
+    m[1].metric("Leaving early", f"{100 * r.early_share:.1f}%")
 
 
 @st.fragment
 def live() -> None:
-    lo, hi = pol.ui_range(k)
-    step, default = pol.ui_step, float(pol.default_threshold)
-    st.session_state.setdefault("mode", "One global threshold")
-    st.session_state.setdefault(f"g{policy}", default)
-    for j in range(k - 1):
-        st.session_state.setdefault(f"t{policy}{j}", default)
-    modes = ["One global threshold", "Per-exit thresholds"] if k > 1 else ["One global threshold"]
+    v = session.view()
+    pol = get_policy(v.policy)
     cal = state.calibration_set(ckpt)
-    if k > 1 and pol.calibratable and cal:
-        modes.append(CERTIFIED)
-    if k == 1:
-        st.info("This model has one exit: every image runs the whole network, whatever the threshold.")
-        st.session_state["mode"] = modes[0]
-    mode = st.radio("Thresholds", modes, horizontal=True, key=state.kept("mode"))
-    presets = state.budget_presets(str(ckpt), policy) if pol.calibratable else {}
-    if presets:
-        cols = st.columns(len(presets) + 1)
-        cols[0].write(f"Calibrated budgets (chosen on {md(cal[1]) if cal else 'the test trace'}):")
-        for col, (b, p) in zip(cols[1:], presets.items(), strict=True):
-            if isinstance(p, str):  # the reason this budget cannot be met
-                col.button(f"{b:.0%} of the last exit's GMACs", key=f"preset{b}", disabled=True, help=md(p))
-            else:
-                col.button(
-                    f"{b:.0%} of the last exit's GMACs",
-                    key=f"preset{b}",
-                    on_click=apply_preset,
-                    args=(p.thresholds, lo, hi),
-                )
-    # filled at the end of this run: the resampling (about 0.5 s) then overlaps the browser drawing the charts
-    spread_slot = st.empty() if presets and not isinstance(presets.get(0.5), str) else None
-    if mode == CERTIFIED:
-        c1, c2 = st.columns(2)
-        loss = c1.number_input("Largest accuracy loss against the last exit (points)", 0.1, 20.0, 1.0, 0.1,
-                               key=state.kept("cert_loss"))
-        delta = c2.number_input("Risk delta (the promise may fail with at most this probability)", 0.01, 0.5, 0.1,
-                                0.01, key=state.kept("cert_delta"))
-        c = state.certified(str(ckpt), policy, loss / 100, delta)
-        (st.success if c.thresholds else st.warning)(md(c.message) + f" Calibration set: {md(cal[1])}.")
-        thresholds = c.thresholds or [pol.never] * (k - 1) + [None]
-    elif mode == "One global threshold":
-        thresholds: float | list[float] = st.slider(
-            f"Confidence threshold ({policy})", lo, hi, step=step, key=state.kept(f"g{policy}"), help=pol.help
-        )
-    else:
-        cols = st.columns(k - 1)
-        thresholds = [
-            c.number_input(f"exit {j + 1}", lo, hi, step=step, key=state.kept(f"t{policy}{j}"))
-            for j, c in enumerate(cols)
-        ]
-    r = whatif(arrays, thresholds, policy, detail=True, intervals=True)
-    live_results(r, thresholds, spread_slot)
+    left, right = st.columns([2, 3], gap="medium")
+    with left:
+        threshold_controls(v, pol, cal)
+        v = session.view()
+        presets = state.budget_presets(str(ckpt), v.policy) if pol.calibratable else {}
+        presets_row(presets, cal)
+        policy, thresholds = state.thresholds_in_use()
+        if v.mode == "certified":
+            c = state.certified(str(ckpt), policy, v.cert_loss / 100, v.cert_delta)
+            (st.success if c.thresholds else st.warning)(md(c.message) + f" Calibration set: {md(cal[1])}.")
+        r = whatif(arrays, thresholds, policy, detail=True, intervals=True)
+        st.caption(md(in_use_line(policy, r.thresholds)))
+        headline(r, st)
+    others = [p for p in state.checkpoints() if p != ckpt and state.has_test_trace(p)
+              and state.card(str(p))["config"]["model"]["num_classes"] == arrays.num_classes]
+    labels = [None] + [state.label(p) for p in others]
+    with right:
+        session.bind(st.selectbox, "Compare with", "compare", labels,
+                     format_func=lambda x: "nothing" if x is None else x)
+        st.plotly_chart(curve_figure(r, policy), key="curve", on_select=adopt_point, selection_mode="points",
+                        config={"displayModeBar": False})
+        st.caption(f"Click a point to use its thresholds. Hover shows its thresholds, exit shares and 95 % interval. "
+                   f"Thresholds of the curve are chosen on the {CAL}, its numbers measured on the test trace.")
+    details(r, policy)
+    session.publish()  # a fragment run ends here: the link follows every slider move
 
 
-def show_spread(slot) -> None:
-    """How far the calibrated 50 % budget moves when the calibration set is resampled (caption in `slot`)."""
-    sp = state.budget_spread(str(ckpt), policy, 0.5)
-    if sp is not None:
-        slot.caption(f"How far a calibrated choice can move: the 50 % budget, chosen again on {sp.reps} resamples of "
-                     f"the {sp.validation_images:,} calibration images, gives {100 * sp.accuracy[0]:.2f} - "
-                     f"{100 * sp.accuracy[2]:.2f} % test accuracy at {sp.gmacs[0]:.3f} - {sp.gmacs[2]:.3f} mean "
-                     "GMACs (5th - 95th percentile).")
-
-
-def live_results(r: WhatIfResult, thresholds: float | list[float], spread_slot) -> None:
-    """Everything the current thresholds give: metrics, predicted time, intervals, charts, exports."""
-    st.session_state["whatif_thresholds"] = r.thresholds
-    state.remember()  # a slider move re-runs only this fragment: keep its value and the link in step
-    urlstate.publish()
-    m = st.columns(4)
-    m[0].metric(
-        "Accuracy", f"{100 * r.accuracy:.2f}%", f"{100 * (r.accuracy - r.last_exit_accuracy):+.2f} pt vs last exit"
-    )
-    m[1].metric(
-        "Mean GMACs",
-        f"{r.gmacs:.4f}",
-        f"{100 * (r.gmacs / r.last_exit_gmacs - 1):+.1f}% vs last exit",
-        delta_color="inverse",
-    )
-    m[2].metric("Speed-up", f"{r.speedup:.2f}x")
-    m[3].metric("Leaving early", f"{100 * r.early_share:.1f}%")
+def details(r: WhatIfResult, policy: str) -> None:
+    """Everything else the thresholds in use give: predicted time, intervals, charts, exports."""
+    v = session.view()
+    ci = r.intervals
+    st.caption(f"95 % intervals on these {n_test:,} test images: accuracy {100 * ci.accuracy.lo:.2f} - "
+               f"{100 * ci.accuracy.hi:.2f} %, mean GMACs {ci.gmacs.lo:.4f} - {ci.gmacs.hi:.4f}, speed-up "
+               f"{ci.speedup.lo:.2f} - {ci.speedup.hi:.2f}x. {MEANING}")
     prof = state.profile_of(ckpt)
     if prof is not None:
         t1, t2 = st.columns([1, 3])
-        cost = t1.radio("Cost shown as", ["GMACs", "predicted time"], horizontal=True, key=state.kept("cost_axis"))
-        batch = int(t2.select_slider("Batch size of the prediction", prof.batch_sizes, value=prof.batch_sizes[-1]
-                                     if 64 not in prof.batch_sizes else 64, key=state.kept("cost_batch")))
-        if cost == "predicted time":
+        session.bind(t1.radio, "Cost shown as", "whatif.cost", list(COSTS), format_func=COSTS.get, horizontal=True)
+        ctx = session.context()
+        session.bind(t2.select_slider, "Batch size of the prediction", "whatif.batch", list(prof.batch_sizes),
+                     show=lambda b: b if b is not None else ctx.default_batch, convert=int)
+        batch = v.whatif.batch or ctx.default_batch
+        if v.whatif.cost == "time":
             lp = predict_latency(prof, r.exit_fractions, batch)
             p = st.columns(3)
             p[0].metric("Predicted time per image", f"{lp.ms_per_image:.2f} ms",
@@ -163,11 +209,7 @@ def live_results(r: WhatIfResult, thresholds: float | list[float], spread_slot) 
             p[2].metric("Predicted speed-up", f"{lp.speedup:.2f}x")
             st.caption(md(f"{PREDICTED_NOTE} of this checkpoint on {prof.device_name} ({prof.threads} threads, "
                           f"{prof.precision}, torch {prof.torch_version}) at batch {batch}; `bench-exit` measures."))
-            st.plotly_chart(time_figure(r, prof, batch), key="timecurve")
-    ci = r.intervals
-    st.caption(f"95 % intervals on these {len(arrays.labels):,} test images: accuracy {100 * ci.accuracy.lo:.2f} - "
-               f"{100 * ci.accuracy.hi:.2f} %, mean GMACs {ci.gmacs.lo:.4f} - {ci.gmacs.hi:.4f}, speed-up "
-               f"{ci.speedup.lo:.2f} - {ci.speedup.hi:.2f}x. {MEANING}")
+            st.plotly_chart(time_figure(r, prof, batch, policy), key="timecurve")
 
     g1, g2 = st.columns(2)
     names = [f"exit {j + 1} (block {e})" for j, e in enumerate(trace.meta.get("exits", range(1, k + 1)))]
@@ -187,43 +229,49 @@ def live_results(r: WhatIfResult, thresholds: float | list[float], spread_slot) 
         layout=dict(title="Accuracy per exit", yaxis_tickformat=".0%", height=320, barmode="group"),
     )
     g2.plotly_chart(fig, key="exitacc")
-
-    st.plotly_chart(curve_figure(r, thresholds), key="curve")
     # drawn on request: each Plotly figure costs the first view about 0.3 s in the browser
-    if st.toggle("Show how far each exit's confidence can be trusted (reliability)", key=state.kept("show_rel")):
-        curves = state.reliability_curves(str(ckpt))
-        st.write("Expected calibration error per exit (the mean gap between confidence and accuracy; 0 is perfect): "
-                 + " / ".join(f"exit {j + 1}: {c.ece:.3f}" for j, c in enumerate(curves))
-                 + ". `met reliability --fit-on CAL --out temperatures.json` fits per-exit temperatures.")
-        rel = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999"),
-                                   name="perfectly calibrated"))
-        for j, c in enumerate(curves):
-            rel.add_scatter(x=c.confidence, y=c.accuracy, mode="lines+markers", name=f"exit {j + 1}")
-        rel.update_layout(xaxis_title="confidence (top-1 probability)", yaxis_title="accuracy", height=380,
-                          title="Reliability diagram (test trace, 15 bins)")
-        st.plotly_chart(rel, key="reliability")
+    if session.bind(st.toggle, "Show how far each exit's confidence can be trusted (reliability)",
+                    "whatif.reliability"):
+        reliability_chart()
     with st.expander("Per-class accuracy"):
         names_c = trace.class_names
-        st.dataframe(
-            pd.DataFrame(
-                {
-                    "class": names_c,
-                    "accuracy": r.per_class_accuracy,
-                    "images": np.bincount(arrays.labels, minlength=len(names_c)),
-                }
-            ),
-            hide_index=True,
-        )
-    if st.toggle("Show the confusion matrix at these thresholds (click a cell to see its images)",
-                 key=state.kept("show_confusion")):
-        confusion(r)
-    export(r)
-    if spread_slot is not None:
-        show_spread(spread_slot)
+        st.dataframe(pd.DataFrame({"class": names_c, "accuracy": r.per_class_accuracy,
+                                   "images": np.bincount(arrays.labels, minlength=len(names_c))}), hide_index=True)
+    if session.bind(st.toggle, "Show the confusion matrix at these thresholds (click a cell to see its images)",
+                    "whatif.confusion"):
+        confusion(r, policy)
+    export(r, policy)
+    spread(policy)
 
 
-def confusion(r: WhatIfResult) -> None:
-    """The confusion matrix at the current thresholds; clicking a cell shows the images in it."""
+def reliability_chart() -> None:
+    curves = state.reliability_curves(str(ckpt))
+    st.write("Expected calibration error per exit (the mean gap between confidence and accuracy; 0 is perfect): "
+             + " / ".join(f"exit {j + 1}: {c.ece:.3f}" for j, c in enumerate(curves))
+             + ". `met reliability --fit-on CAL --out temperatures.json` fits per-exit temperatures.")
+    rel = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999"),
+                               name="perfectly calibrated"))
+    for j, c in enumerate(curves):
+        rel.add_scatter(x=c.confidence, y=c.accuracy, mode="lines+markers", name=f"exit {j + 1}")
+    rel.update_layout(xaxis_title="confidence (top-1 probability)", yaxis_title="accuracy", height=380,
+                      title="Reliability diagram (test trace, 15 bins)")
+    st.plotly_chart(rel, key="reliability")
+
+
+def spread(policy: str) -> None:
+    """How far the calibrated 50 % budget moves when the calibration set is resampled."""
+    if not get_policy(policy).calibratable:
+        return
+    sp = state.budget_spread(str(ckpt), policy, 0.5)
+    if sp is not None:
+        st.caption(f"How far a calibrated choice can move: the 50 % budget, chosen again on {sp.reps} resamples of "
+                   f"the {sp.validation_images:,} images of the {CAL}, gives {100 * sp.accuracy[0]:.2f} - "
+                   f"{100 * sp.accuracy[2]:.2f} % test accuracy at {sp.gmacs[0]:.3f} - {sp.gmacs[2]:.3f} mean "
+                   "GMACs (5th - 95th percentile).")
+
+
+def confusion(r: WhatIfResult, policy: str) -> None:
+    """The confusion matrix at the thresholds in use; a clicked cell opens its images in Explore samples."""
     names_c = [plot(c) for c in trace.class_names]
     c = len(names_c)
     z = np.asarray(r.confusion)
@@ -234,146 +282,137 @@ def confusion(r: WhatIfResult) -> None:
     fig.add_scatter(x=pj, y=ti, mode="markers", marker=dict(symbol="square", size=24, opacity=0.01),
                     showlegend=False, text=z.ravel(),
                     hovertemplate="true %{y}, predicted %{x}: %{text} images<extra></extra>")
+    cell = session.view().whatif.cell
+    if cell is not None:
+        fig.add_shape(type="rect", x0=cell[1] - 0.5, x1=cell[1] + 0.5, y0=cell[0] - 0.5, y1=cell[0] + 0.5,
+                      line=dict(color="#d55e00", width=3))
     fig.update_layout(title="Confusion matrix at these thresholds (click a cell to see its images)", height=520,
                       xaxis=dict(title="predicted", tickvals=list(range(c)), ticktext=names_c),
                       yaxis=dict(title="true class", tickvals=list(range(c)), ticktext=names_c, autorange="reversed"),
                       clickmode="event+select")
-    event = st.plotly_chart(fig, key="confusion", on_select="rerun", selection_mode="points")
-    pts = event.selection.points if event else []
-    if not pts:
+    st.plotly_chart(fig, key="confusion", on_select=pick_cell, selection_mode="points")
+    if cell is None:
         return
-    true, pred = int(pts[0]["y"]), int(pts[0]["x"])
+    true, pred = cell
     o = outcomes(arrays, r.thresholds, policy)
-    idx = np.flatnonzero((arrays.labels == true) & (o.pred == pred))
-    st.markdown(f"**{len(idx):,} test images of class {md(trace.class_names[true])} predicted as "
-                f"{md(trace.class_names[pred])}**" + (f" (showing {min(16, len(idx))})" if len(idx) else ""))
-    root = state.dataset_root(trace)
-    cols = st.columns(8)
-    for j, i in enumerate(idx[:16]):
-        state.thumbnail(cols[j % 8], root, str(trace.ids[i]), f"{trace.ids[i]}, exit {o.exits[i] + 1}")
+    count = int(((arrays.labels == true) & (o.pred == pred)).sum())
+    st.markdown(f"**{count:,} test images of class {md(trace.class_names[true])} predicted as "
+                f"{md(trace.class_names[pred])}**")
+    if count and st.button(f"Open these {count:,} images in Explore samples", key="open_cell",
+                           on_click=open_cell_in_samples, args=(cell,)):
+        st.switch_page("views/samples.py")
 
 
-def sweep_frame(path: Path) -> pd.DataFrame:
-    return pd.DataFrame([p.to_dict() for p in state.sweep_table(str(path), cal_policy)])
+@st.cache_data(show_spinner=False)
+def curve_rows(path: str, policy: str) -> pd.DataFrame:
+    """The sweep's candidates chosen on the calibration set, measured on test, with what a hover shows: the
+    thresholds, the share leaving at each exit and the accuracy's 95 % interval."""
+    (_, test), _ = state.traces_of(Path(path))
+    rows = state.sweep_table(path, policy)
+    n = len(test.labels)
+    out = []
+    for i, p in enumerate(rows):
+        w = whatif(test, p.thresholds, policy)
+        lo, hi = clopper_pearson(np.round(p.test_accuracy * n), n)
+        out.append({"i": i, "gmacs": p.test_gmacs, "accuracy": p.test_accuracy, "pareto": p.pareto,
+                    "hover": plot(f"thresholds {' / '.join(number(t) for t in p.thresholds[:-1])}") + "<br>"
+                    + "leaving at each exit: " + " / ".join(f"{100 * f:.1f}%" for f in w.exit_fractions) + "<br>"
+                    + f"accuracy {100 * p.test_accuracy:.2f}% (95 % interval {100 * float(lo):.2f} - "
+                      f"{100 * float(hi):.2f}%), {p.test_gmacs:.4f} GMACs<br>chosen on the {CAL}: accuracy "
+                      f"{100 * p.cal_accuracy:.2f}%", "lo": float(lo), "hi": float(hi)})
+    return pd.DataFrame(out)
 
 
-def time_figure(r: WhatIfResult, prof: LatencyProfile, batch: int) -> go.Figure:
+def time_figure(r: WhatIfResult, prof: LatencyProfile, batch: int, policy: str) -> go.Figure:
     """The Pareto front of the accuracy-versus-GMACs curve, with its cost as predicted time on the profile."""
-    front = sweep_frame(ckpt).query("pareto").sort_values("test_gmacs")
-    pts = [whatif(arrays, th, cal_policy) for th in front.thresholds]
+    pol = curve_policy(policy)
+    rows = state.sweep_table(str(ckpt), pol)
+    front = [p for p in rows if p.pareto]
+    front.sort(key=lambda p: p.test_gmacs)
+    pts = [whatif(arrays, p.thresholds, pol) for p in front]
     ms = [predict_latency(prof, p.exit_fractions, batch).ms_per_image for p in pts]
     fig = go.Figure(go.Scatter(x=ms, y=[p.accuracy for p in pts], mode="lines+markers",
-                               name="Pareto front (chosen on calibration)"))
+                               name=f"Pareto front (chosen on the {CAL})"))
     fig.add_scatter(x=[predict_latency(prof, r.exit_fractions, batch).ms_per_image], y=[r.accuracy], mode="markers",
-                    name="current thresholds", marker=dict(size=16, color="red", symbol="star"))
+                    name="thresholds in use", marker=dict(size=16, color="red", symbol="star"))
     fig.update_layout(title=plot(f"Accuracy versus predicted time per image ({prof.device_name}, batch {batch})"),
                       xaxis_title="predicted ms per image", yaxis_title="accuracy", yaxis_tickformat=".0%", height=420)
     return fig
 
 
-def curve_figure(r: WhatIfResult, thresholds: float | list[float]) -> go.Figure:
-    rows = sweep_frame(ckpt)
-    front = rows[rows.pareto].sort_values("test_gmacs")
+def curve_figure(r: WhatIfResult, policy: str) -> go.Figure:
+    pol = curve_policy(policy)
+    rows = curve_rows(str(ckpt), pol)
+    front = rows[rows.pareto].sort_values("gmacs")
+    rest = rows[~rows.pareto]
     fig = go.Figure()
-    fig.add_scatter(
-        x=rows.test_gmacs,
-        y=rows.test_accuracy,
-        mode="markers",
-        name="candidate thresholds",
-        marker=dict(size=4, color="#bbb"),
-    )
-    n = len(arrays.labels)
-    lo, hi = clopper_pearson(np.round(front.test_accuracy.to_numpy() * n), n)
-    fig.add_scatter(x=np.concatenate([front.test_gmacs, front.test_gmacs[::-1]]), y=np.concatenate([hi, lo[::-1]]),
+    fig.add_scatter(x=rest.gmacs, y=rest.accuracy, mode="markers", name="other candidates",
+                    marker=dict(size=7, color="#999"), customdata=rest.i, hovertext=rest.hover,
+                    hovertemplate="%{hovertext}<extra></extra>")
+    fig.add_scatter(x=np.concatenate([front.gmacs, front.gmacs[::-1]]), y=np.concatenate([front.hi, front.lo[::-1]]),
                     fill="toself", line=dict(width=0), fillcolor="rgba(31,119,180,0.15)", hoverinfo="skip",
                     name="95 % interval (test sample)")
-    fig.add_scatter(x=front.test_gmacs, y=front.test_accuracy, mode="lines+markers",
-                    name=plot(f"{state.label(ckpt)} (Pareto front, chosen on calibration)"))
+    fig.add_scatter(x=front.gmacs, y=front.accuracy, mode="lines+markers", marker=dict(size=8),
+                    name=plot(f"{state.label(ckpt)} (Pareto front)"), customdata=front.i, hovertext=front.hover,
+                    hovertemplate="%{hovertext}<extra></extra>")
+    compare = state.by_label(session.view().compare) if session.view().compare else None
     if compare is not None:
         (_, arr_b), _ = state.traces_of(compare)
-        rows_b = sweep_frame(compare)
-        fb = rows_b[rows_b.pareto].sort_values("test_gmacs")
-        fig.add_scatter(
-            x=fb.test_gmacs, y=fb.test_accuracy, mode="lines", name=plot(state.label(compare)), line=dict(dash="dash")
-        )
-        rb = whatif(arr_b, thresholds, policy)
-        fig.add_scatter(
-            x=[rb.gmacs],
-            y=[rb.accuracy],
-            mode="markers",
-            name=plot(f"{state.label(compare)} at this threshold"),
-            marker=dict(size=12, symbol="diamond"),
-        )
+        same = state.same_test_images(Path(state.test_trace_path(ckpt)), Path(state.test_trace_path(compare)))
+        where = "" if same else f", on its own {len(arr_b.labels):,} test images"
+        fb = curve_rows(str(compare), pol)
+        fb = fb[fb.pareto].sort_values("gmacs")
+        fig.add_scatter(x=fb.gmacs, y=fb.accuracy, mode="lines", name=plot(f"{state.label(compare)}{where}"),
+                        line=dict(dash="dash"), hoverinfo="skip")
+        rb = whatif(arr_b, r.thresholds, policy)
+        fig.add_scatter(x=[rb.gmacs], y=[rb.accuracy], mode="markers", hoverinfo="skip",
+                        name=plot(f"{state.label(compare)} at these thresholds{where}"),
+                        marker=dict(size=12, symbol="diamond"))
     for name, pts in state.ladder_points(str(ckpt)).items():
-        fig.add_scatter(
-            x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=name, marker=dict(symbol="x", size=9)
-        )
-    for b, p in state.budget_presets(str(ckpt), cal_policy).items():
+        fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=plot(name),
+                        marker=dict(symbol="x", size=9), hoverinfo="skip")
+    for b, p in state.budget_presets(str(ckpt), pol).items():
         if isinstance(p, str):
             continue
-        fig.add_scatter(
-            x=[p.gmacs],
-            y=[p.accuracy],
-            mode="markers+text",
-            text=[f"{b:.0%}"],
-            textposition="top center",
-            name=f"budget {b:.0%}",
-            marker=dict(size=10, symbol="square"),
-            showlegend=False,
-        )
-    fig.add_scatter(
-        x=[r.gmacs],
-        y=[r.accuracy],
-        mode="markers",
-        name="current thresholds",
-        marker=dict(size=16, color="red", symbol="star"),
-    )
+        fig.add_scatter(x=[p.gmacs], y=[p.accuracy], mode="markers+text", text=[f"{b:.0%}"], hoverinfo="skip",
+                        textposition="top center", name=f"budget {b:.0%}", marker=dict(size=10, symbol="square"),
+                        showlegend=False)
+    fig.add_scatter(x=[r.gmacs], y=[r.accuracy], mode="markers", name="thresholds in use", hoverinfo="skip",
+                    marker=dict(size=16, color="red", symbol="star"))
     fig.update_layout(
-        title="Accuracy versus mean GMACs (test trace; thresholds chosen on validation)",
-        xaxis_title=f"mean GMACs per image ({MAC_NOTE})",
-        yaxis_title="accuracy",
-        yaxis_tickformat=".0%",
-        height=460,
+        title=f"Accuracy versus mean GMACs ({n_test:,} test images; thresholds chosen on the {CAL})",
+        xaxis_title=f"mean GMACs per image ({MAC_NOTE})", yaxis_title="accuracy", yaxis_tickformat=".0%",
+        height=470, margin=dict(t=50, b=10), clickmode="event+select",
+        legend=dict(orientation="h", yanchor="top", y=-0.2, x=0),
     )
     return fig
 
 
-def export(r: WhatIfResult) -> None:
+def export(r: WhatIfResult, policy: str) -> None:
     c1, c2, c3 = st.columns(3)
-    rows = sweep_frame(ckpt)
+    pol = curve_policy(policy)
+    rows = pd.DataFrame([p.to_dict() for p in state.sweep_table(str(ckpt), pol)])
     rows["thresholds"] = rows.thresholds.map(json.dumps)
-    c1.download_button("Sweep as CSV", rows.to_csv(index=False), f"{ckpt.name}-sweep.csv", "text/csv")
-    rule = ExitRule(
-        policy,
-        r.thresholds,
-        state.label(ckpt),
-        state.checkpoint_sha256(ckpt),
-        {"accuracy": r.accuracy, "gmacs": r.gmacs, "speedup": r.speedup, "exit_fractions": r.exit_fractions},
-        SIMULATED_NOTE,
-    )
-    c2.download_button(
-        "Thresholds as JSON",
-        rule.to_json(),
-        f"{ckpt.name}-thresholds.json",
-        "application/json",
-        help="an exit rule: `met predict --rule FILE` and `met bench-exit --rule FILE` read it",
-    )
-    if c3.button(
-        "Measure the real batched early exit", key="measure", help="runs the model on 256 test images, batch 64"
-    ):
-        measure(r.thresholds)
+    c1.download_button("Sweep as CSV", rows.to_csv(index=False), f"{ckpt.name}-sweep.csv", "text/csv",
+                       help=f"Every candidate chosen on the {CAL} (cal_ columns) and measured on test (test_ columns)")
+    rule = ExitRule(policy, r.thresholds, state.label(ckpt), state.checkpoint_sha256(ckpt),
+                    {"accuracy": r.accuracy, "gmacs": r.gmacs, "speedup": r.speedup,
+                     "exit_fractions": r.exit_fractions}, SIMULATED_NOTE)
+    c2.download_button("Thresholds as JSON", rule.to_json(), f"{ckpt.name}-thresholds.json", "application/json",
+                       help="an exit rule: `met predict --rule FILE` and `met bench-exit --rule FILE` read it")
+    if c3.button("Measure the real batched early exit", key="measure",
+                 help="runs the model on 256 test images, batch 64"):
+        measure(r.thresholds, policy)
 
 
-def measure(thresholds: list) -> None:
+def measure(thresholds: list, policy: str) -> None:
     from met_core.data import decode_all, open_dataset, transform_for
     from met_core.inference import measure_speedup
 
     root = state.dataset_root(trace)
     if root is None:
-        st.warning(
-            "The test images are not on disk, so the real early exit cannot be measured; set the dataset "
-            "folder on the Explore samples page."
-        )
+        st.warning("The test images are not on disk, so the real early exit cannot be measured; set the dataset "
+                   "folder on the Explore samples page.")
         return
     with st.spinner("Running real batched early exit vs the full network on 256 images..."):
         try:
