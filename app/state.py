@@ -102,11 +102,13 @@ def context(model: str | None = None) -> Context:
     except METError:
         prof = None
     twin = label(path.parent / f"{path.name}-nogr")
+    comparable = tuple(label(p) for p in paths if p != path and has_test_trace(p)
+                       and card(str(p))["config"]["model"]["num_classes"] == cfg["num_classes"])
     return Context(
         model=label(path), models=labels, num_exits=len(cfg["exits"]), class_names=tuple(cfg.get("class_names") or ()),
         ids=ids, batch_sizes=tuple(prof.batch_sizes) if prof else (),
         certifiable=any((path / n).is_file() for n in (CAL_TRACE_FILE, VAL_TRACE_FILE)),
-        twin=twin if twin in labels else None)
+        comparable=comparable, twin=twin if twin in comparable else None)
 
 
 def thresholds_in_use() -> tuple[str, float | list[float | None]]:

@@ -47,6 +47,7 @@ class Context:
     ids: tuple[str, ...]  # test-trace sample ids, in trace order
     batch_sizes: tuple[int, ...] = ()  # the latency profile's (empty: no profile, no time axis)
     certifiable: bool = False  # a calibration set exists
+    comparable: tuple[str, ...] = ()  # listed models with a test trace of the same classes (what-if comparisons)
     twin: str | None = None  # the default comparison on the what-if page (the model's no-graph-reg twin)
 
     @property
@@ -145,7 +146,7 @@ class View:
         k = ctx.num_exits
         if self.model != ctx.model:
             self.model = ctx.model
-        if self.compare is not None and (self.compare not in ctx.models or self.compare == ctx.model):
+        if self.compare is not None and self.compare not in ctx.comparable:
             self.compare = d.compare
         if self.policy not in POLICIES:
             self.policy = DEFAULT_POLICY
@@ -304,7 +305,9 @@ def _model(text: str, ctx: Context) -> str:
 
 
 def _compare(text: str, ctx: Context) -> str | None:
-    return None if text == "none" else _model(text, ctx)
+    if text != "none" and text not in ctx.comparable:
+        raise METError("none or a listed model with a test trace of the same classes")
+    return None if text == "none" else text
 
 
 def _exit0(text: str, ctx: Context) -> int:
@@ -496,7 +499,7 @@ def _read_thresholds(view: View, raw: dict[str, Any], ctx: Context, problems: li
             view.threshold = vals[0]
         else:
             view.per_exit = vals
-            if "mode" not in raw:
+            if name == "t" and "mode" not in raw:  # an older link: several values in t= meant per-exit mode
                 raw["mode"] = "per-exit"
 
 
@@ -507,7 +510,7 @@ def write_link(view: View, ctx: Context) -> dict[str, str]:
     out = {"model": view.model}
     for p in PARAMS:
         v = get(view, p.path)
-        if v == get(d, p.path):
+        if v == (DEFAULT_POLICY if p.name == "policy" else get(d, p.path)):
             continue
         if p.name in _CELL_PARAMS:
             out[p.name] = f"{ctx.class_names[v[0]]},{ctx.class_names[v[1]]}"

@@ -15,17 +15,21 @@ pytestmark = pytest.mark.skipif(not (CKPT / "cifar10-met" / "test_trace.npz").is
                                 reason="shipped checkpoints missing: run bench/rebuild_checkpoints.py")
 
 
-def app(page: str | None = None, **state) -> AppTest:
-    """The app after its first run, then switched to `page` and run again (a switch before the first run is
-    ignored: the app would stay on its default page)."""
+def app(page: str | None = "views/whatif.py", **query: str) -> AppTest:
+    """The app opened with a link's query parameters, then switched to `page` and run again (a switch before the
+    first run is ignored: the app would stay on its default page)."""
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
-    for k, v in state.items():
-        at.session_state[k] = v
+    at.query_params.update(query)
     at.run()
     if page:
         at.switch_page(page).run()
     assert not at.exception, [e.message for e in at.exception]
     return at
+
+
+def view(at: AppTest):
+    """The session's typed view (app/view.py)."""
+    return at.session_state["met_session"].view
 
 
 def shown(text: str) -> str:
@@ -41,7 +45,7 @@ def test_whatif_slider_shows_met_core_numbers():
     at = app()
     arrays = TraceArrays.from_trace(load_trace(CKPT / "cifar10-met" / "test_trace.npz"))
     for t in (0.5, 0.95):
-        at.slider(key="gmax-softmax").set_value(t).run()
+        at.slider(key="w:threshold").set_value(t).run()
         assert not at.exception
         r = whatif(arrays, t)
         assert metric(at, "Accuracy") == f"{100 * r.accuracy:.2f}%"
@@ -52,18 +56,19 @@ def test_whatif_slider_shows_met_core_numbers():
 def test_whatif_presets_and_policies():
     at = app()
     at.button(key="preset0.5").click().run()
-    assert not at.exception and at.radio(key="mode").value == "Per-exit thresholds"
+    assert not at.exception and at.radio(key="w:mode").value == "per-exit"
     gm = float(metric(at, "Mean GMACs"))
     arrays = TraceArrays.from_trace(load_trace(CKPT / "cifar10-met" / "test_trace.npz"))
     assert gm < arrays.gmacs[-1]
-    at.radio(key="mode").set_value("One global threshold").run()
-    at.radio(key="policy").set_value("entropy").run()
+    at.radio(key="w:mode").set_value("global").run()
+    at.radio(key="w:policy").set_value("entropy").run()
     assert not at.exception
-    at.radio(key="policy").set_value("patience").run()
+    at.radio(key="w:policy").set_value("patience").run()
     assert not at.exception
 
 
 @pytest.mark.parametrize("page,title,own", [
+    ("views/start.py", "MET Explorer", "Try this"),
     ("views/how_met_works.py", "How MET works", "Model card"),
     ("views/models.py", "Models", "Add a checkpoint folder"),
     ("views/samples.py", "Explore samples", None),
@@ -94,14 +99,14 @@ def test_selecting_a_models_row_changes_every_page():
     # a click on it (the table's key names the model in use)
     at.session_state["model_table-cifar10-met"] = {"selection": {"rows": [row], "columns": [], "cells": []}}
     at.run()
-    assert not at.exception and "hymenoptera" in at.session_state["checkpoint"]
+    assert not at.exception and view(at).model == "hymenoptera-met" and at.query_params["model"] == "hymenoptera-met"
     at.switch_page("views/whatif.py").run()
     assert not at.exception and any("hymenoptera-met" in shown(c.value) for c in at.caption)
 
 
 def test_upload_of_a_real_photo_yields_a_prediction():
     photo = next((HYMENOPTERA / "val" / "bees").glob("*.jpg"))
-    at = app("views/samples.py", checkpoint=str(CKPT / "hymenoptera-met"))
+    at = app("views/samples.py", model="hymenoptera-met")
     at.file_uploader(key="uploads").set_value([(photo.name, photo.read_bytes(), "image/jpeg"),
                                                ("broken.jpg", b"not an image", "image/jpeg")]).run()
     assert not at.exception
@@ -112,7 +117,7 @@ def test_upload_of_a_real_photo_yields_a_prediction():
 
 def test_missing_checkpoint_folder_is_one_sentence():
     at = app("views/models.py")
-    at.text_input(key="new_ckpt").set_value("/no/such/folder").run()
+    at.text_input(key="w:local.new_checkpoint").set_value("/no/such/folder").run()
     at.button(key="add_ckpt").click().run()
     assert not at.exception and any("does not exist" in shown(e.value) for e in at.error)
 
@@ -122,8 +127,10 @@ def test_clicking_a_sample_shows_its_confidence_ladder():
     first = next(b for b in at.button if b.key and b.key.startswith("s"))
     first.click().run()
     assert not at.exception
-    assert at.session_state["sample"] == int(first.key[1:])
-    assert any("true class" in shown(h.value) for h in at.subheader)
+    trace = load_trace(CKPT / "cifar10-met" / "test_trace.npz")
+    sid = str(trace.ids[int(first.key[1:])])
+    assert view(at).samples.sample == sid and at.query_params["sample"] == sid
+    assert any(shown(m.value).startswith(f"{sid}: true class") for m in at.markdown)
 
 
 def test_measure_button_runs_the_real_early_exit():
@@ -135,8 +142,8 @@ def test_measure_button_runs_the_real_early_exit():
 
 def test_hostile_uploads_each_get_their_own_message_and_state_is_kept(hostile_images):
     folder, expected = hostile_images
-    at = app(checkpoint=str(CKPT / "hymenoptera-met"))
-    at.slider(key="gmax-softmax").set_value(0.9).run()
+    at = app(model="hymenoptera-met")
+    at.slider(key="w:threshold").set_value(0.9).run()
     at.switch_page("views/samples.py").run()
     at.file_uploader(key="uploads").set_value(
         [(n, (folder / n).read_bytes(), "image/png") for n in sorted(expected)]
@@ -147,16 +154,14 @@ def test_hostile_uploads_each_get_their_own_message_and_state_is_kept(hostile_im
     for bad in (n for n, good in expected.items() if not good):
         assert sum(e.startswith(bad + " ") for e in errors) == 1, (bad, errors)
     assert all("\n" not in e and "Traceback" not in e for e in errors)
-    assert set(at.session_state["whatif_thresholds"]) == {0.9} and at.session_state["checkpoint"].endswith(
-        "hymenoptera-met"
-    )
+    assert (view(at).mode, view(at).threshold, view(at).model) == ("global", 0.9, "hymenoptera-met")
     at.switch_page("views/whatif.py").run()
-    assert not at.exception and at.slider(key="gmax-softmax").value == 0.9
+    assert not at.exception and at.slider(key="w:threshold").value == 0.9
 
 
 def test_dozens_of_uploads_are_capped_with_a_message():
     photos = sorted((HYMENOPTERA / "val" / "ants").glob("*.jpg"))[:40]
-    at = app("views/samples.py", checkpoint=str(CKPT / "hymenoptera-met"))
+    at = app("views/samples.py", model="hymenoptera-met")
     at.file_uploader(key="uploads").set_value([(p.name, p.read_bytes(), "image/jpeg") for p in photos]).run()
     assert not at.exception
     assert any("40 files uploaded; only the first 32 are answered" in w.value for w in at.warning)
@@ -213,18 +218,18 @@ HOSTILE_CHECKPOINTS = {
 def test_hostile_checkpoint_folders_get_one_sentence_and_keep_state(tmp_path, kind):
     path = _hostile_checkpoint(tmp_path, kind)
     at = app()
-    at.slider(key="gmax-softmax").set_value(0.7).run()
+    at.slider(key="w:threshold").set_value(0.7).run()
     at.switch_page("views/models.py").run()
-    at.text_input(key="new_ckpt").set_value(str(path)).run()
+    at.text_input(key="w:local.new_checkpoint").set_value(str(path)).run()
     at.button(key="add_ckpt").click().run()
     assert not at.exception
     if kind in ("nan-trace", "other-models-trace"):  # the folder itself is sound: it is added, its trace refused
-        at.session_state["checkpoint"] = str(path)  # what selecting its row in the table does
+        view(at).model = str(path)  # what selecting its row in the table does
         at.switch_page("views/whatif.py").run()
         assert not at.exception
     errors = [shown(e.value) for e in at.error]
     assert len(errors) == 1 and HOSTILE_CHECKPOINTS[kind] in errors[0] and "\n" not in errors[0], errors
-    assert at.session_state["gmax-softmax"] == 0.7
+    assert view(at).threshold == 0.7
 
 
 def test_a_pixel_strip_and_two_uploads_with_one_name(tmp_path):
@@ -238,7 +243,7 @@ def test_a_pixel_strip_and_two_uploads_with_one_name(tmp_path):
     Image.new("L", (1, 30_000), 90).save(strip, "PNG", optimize=True)
     assert len(strip.getvalue()) < 2000
     photo = next((HYMENOPTERA / "val" / "bees").glob("*.jpg")).read_bytes()
-    at = app("views/samples.py", checkpoint=str(CKPT / "hymenoptera-met"))
+    at = app("views/samples.py", model="hymenoptera-met")
     at.file_uploader(key="uploads").set_value([("same.jpg", photo, "image/jpeg"), ("same.jpg", photo, "image/jpeg"),
                                                ("strip.png", strip.getvalue(), "image/png")]).run()
     assert not at.exception
@@ -252,7 +257,7 @@ def test_whatif_shows_intervals_and_a_certified_mode_with_met_cores_numbers():
 
     at = app()
     assert any("95 % intervals on these 10,000 test images: accuracy" in c.value for c in at.caption)
-    at.radio(key="mode").set_value("Certified (largest loss)").run()
+    at.radio(key="w:mode").set_value("certified").run()
     assert not at.exception
     cal_file = next(p for p in (CKPT / "cifar10-met" / n for n in ("cal_trace.npz", "val_trace.npz")) if p.is_file())
     c = certify_max_loss(TraceArrays.from_trace(load_trace(cal_file)), 0.01, 0.1)
@@ -267,14 +272,17 @@ def test_a_link_restores_model_policy_thresholds_and_page_and_a_bad_value_is_one
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
     at.query_params.update({"model": "cifar10-met", "policy": "max-softmax", "t": "0.6,0.7,0.9", "exit": "9"})
     at.run()
+    warned = [shown(w.value) for w in at.warning]
+    at.switch_page("views/whatif.py").run()
     assert not at.exception
     arrays = TraceArrays.from_trace(load_trace(CKPT / "cifar10-met" / "test_trace.npz"))
     r = whatif(arrays, [0.6, 0.7, 0.9])
-    assert at.radio(key="mode").value == "Per-exit thresholds"
+    assert at.radio(key="w:mode").value == "per-exit"
     assert metric(at, "Accuracy") == f"{100 * r.accuracy:.2f}%" and metric(at, "Mean GMACs") == f"{r.gmacs:.4f}"
-    warned = [shown(w.value) for w in at.warning]
     assert warned == ["The link's exit was ignored: it must be an exit number from 1 to 4."], warned
-    assert at.query_params["t"] == "0.6,0.7,0.9" and at.query_params["model"] == "cifar10-met"
+    # an old-style link (t= with one value per exit) is rewritten in today's form: per-exit mode and te=
+    assert at.query_params["te"] == "0.6,0.7,0.9" and at.query_params["mode"] == "per-exit"
+    assert at.query_params["model"] == "cifar10-met" and "t" not in at.query_params
 
 
 @pytest.mark.parametrize("bad", ["1e999", "nan", "0.5," * 200, "<b>x</b>", "0.1,0.2"])
@@ -285,7 +293,8 @@ def test_hostile_link_thresholds_are_refused_in_one_sentence(bad):
     assert not at.exception
     warned = [shown(w.value) for w in at.warning]
     assert len(warned) == 2 and all(w.startswith("The link's ") and "\n" not in w for w in warned), warned
-    assert at.slider(key="gmax-softmax").value == 0.8  # the default view still opens
+    at.switch_page("views/whatif.py").run()
+    assert at.slider(key="w:threshold").value == 0.8  # the default view still opens
 
 
 def test_journey_of_a_test_image_leaves_where_the_trace_says():
@@ -296,7 +305,7 @@ def test_journey_of_a_test_image_leaves_where_the_trace_says():
     o = outcomes(arrays, 0.8)
     for i in (0, int(o.exits.argmax())):
         at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
-        at.query_params["image"] = str(trace.ids[i])
+        at.query_params.update({"image": str(trace.ids[i]), "step": "4"})  # the last step: where it leaves
         at.run()
         at.switch_page("views/journey.py").run()
         assert not at.exception

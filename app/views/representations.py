@@ -40,7 +40,8 @@ r_view = v.representations
 # by default the model whose graph-regularization strength differs most from this one's
 default_other = max(others, key=lambda p: abs(lam(p) - lam(ckpt)), default=None)
 other = state.by_label(r_view.compare) if r_view.compare else default_other
-if other not in others:
+if other not in others:  # not traced on the same images with features: the page's default, in the link too
+    session.update(lambda view: setattr(view.representations, "compare", None))
     other = default_other
 labels = [state.label(p) for p in others]
 c1, c2, c3 = st.columns(3)

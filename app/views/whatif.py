@@ -170,9 +170,7 @@ def live() -> None:
         r = whatif(arrays, thresholds, policy, detail=True, intervals=True)
         st.caption(md(in_use_line(policy, r.thresholds)))
         headline(r, st)
-    others = [p for p in state.checkpoints() if p != ckpt and state.has_test_trace(p)
-              and state.card(str(p))["config"]["model"]["num_classes"] == arrays.num_classes]
-    labels = [None] + [state.label(p) for p in others]
+    labels = [None, *session.context().comparable]
     with right:
         session.bind(st.selectbox, "Compare with", "compare", labels,
                      format_func=lambda x: "nothing" if x is None else x)
