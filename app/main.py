@@ -10,6 +10,8 @@ from app import session, state  # noqa: E402
 from app.safe import md  # noqa: E402
 
 st.set_page_config(page_title="MET Explorer", layout="wide")
+# less empty space above the title, so that controls and their numbers share the first screen on a projector
+st.html("<style>[data-testid='stMainBlockContainer'] { padding-top: 2.2rem; }</style>")
 
 PAGES = [
     st.Page("views/start.py", title="Start here", url_path="start", default=True),

@@ -146,12 +146,24 @@ def publish() -> None:
 
 
 COPY_LINK = """<button class="met-copy" title="Copies the address of this view: whoever opens it sees the same view"
-onclick="const u = window.location.href; const b = this;
-const done = () => { b.textContent = 'Link copied'; setTimeout(() => { b.textContent = 'Copy link'; }, 2000); };
-if (navigator.clipboard && window.isSecureContext) { navigator.clipboard.writeText(u).then(done, () => fallback()); }
-else { fallback(); }
-function fallback() { const t = document.createElement('textarea'); t.value = u; document.body.appendChild(t);
-t.select(); document.execCommand('copy'); t.remove(); done(); }">Copy link</button>
+>Copy link</button>
+<script>
+if (!window.__metCopyLink) {  // one listener per page, whatever the number of reruns
+  window.__metCopyLink = true;
+  document.addEventListener("click", (e) => {
+    const b = e.target.closest && e.target.closest(".met-copy");
+    if (!b) return;
+    const u = window.location.href;
+    const done = () => { b.textContent = "Link copied"; setTimeout(() => { b.textContent = "Copy link"; }, 2000); };
+    const fallback = () => {
+      const t = document.createElement("textarea"); t.value = u; document.body.appendChild(t);
+      t.select(); document.execCommand("copy"); t.remove(); done();
+    };
+    if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(u).then(done, fallback);
+    else fallback();
+  });
+}
+</script>
 <style>.met-copy { padding: 0.3rem 0.8rem; border-radius: 0.5rem; border: 1px solid rgba(128,128,128,0.6);
 background: transparent; color: inherit; font: inherit; cursor: pointer; }</style>"""
 

@@ -25,7 +25,7 @@ MAX_PARAM_CHARS = 400
 MAX_SELECTION_CHARS = 8000  # a lasso over the 1,000 feature rows: at most about 6,000 characters as ranges
 MAX_LIST = 64
 
-MODES = {"global": "One global threshold", "per-exit": "Per-exit thresholds", "certified": "Certified (largest loss)"}
+MODES = {"global": "One global threshold", "per-exit": "Per exit", "certified": "Certified (largest loss)"}
 COSTS = {"gmacs": "GMACs", "time": "predicted time"}
 VERDICTS = ("all", "correct", "wrong")
 COLOURS = ("class", "correct", "exit taken")

@@ -73,12 +73,12 @@ left = j.steps[-1]
 n = len(j.steps)
 step = min(v.journey.step, n)
 if n > 1:
-    b1, b2, b3 = st.columns([1, 6, 1])
-    b1.button("Previous exit", key="journey_prev", disabled=step <= 1, width="stretch", on_click=session.update,
+    b1, b2, b3 = st.columns([1.4, 5, 1.4], vertical_alignment="center")
+    b1.button("◀ Previous exit", key="journey_prev", disabled=step <= 1, width="stretch", on_click=session.update,
               args=(lambda view: setattr(view.journey, "step", max(1, min(view.journey.step, n) - 1)),))
     session.bind(b2.slider, "Step through the exits", "journey.step", 1, n, format="exit %d",
                  show=lambda k: min(k, n), label_visibility="collapsed")
-    b3.button("Next exit", key="journey_next", disabled=step >= n, width="stretch", on_click=session.update,
+    b3.button("Next exit ▶", key="journey_next", disabled=step >= n, width="stretch", on_click=session.update,
               args=(lambda view: setattr(view.journey, "step", min(n, view.journey.step + 1)),))
 s = j.steps[step - 1]
 

@@ -133,9 +133,9 @@ with tab_browse:
         col = cols[j % COLS]
         state.thumbnail(col, root, str(trace.ids[i]))
         mark = "✓" if correct[i] else "✗"
-        col.button(f"{mark} {md(names[pred[i]])} {conf[i]:.2f} · exit {ex[i] + 1}", key=f"s{i}", on_click=show,
-                   args=(int(i),), help=md(f"{trace.ids[i]}, true class {names[arrays.labels[i]]}: details"),
-                   width="stretch")
+        col.caption(f"{mark} {md(names[pred[i]])} {conf[i]:.2f} · exit {ex[i] + 1}")
+        col.button("Details", key=f"s{i}", on_click=show, args=(int(i),), type="tertiary",
+                   help=md(f"{trace.ids[i]}, true class {names[arrays.labels[i]]}: image and confidence ladder"))
     if s.sample is not None:
         detail(session.context().ids.index(s.sample))
 

@@ -94,6 +94,7 @@ def threshold_controls(v: View, pol, cal) -> None:
         path = "threshold" if v.mode == "global" else "per_exit"
         rlo, rhi = threshold_range(v.policy, k)
         session.bind(st.text_input, "Exact value" + ("" if count == 1 else "s, comma-separated"), path,
+                     label_visibility="collapsed", placeholder="exact value",
                      show=lambda t: number(t) if count == 1 else ", ".join(map(number, t)),
                      convert=lambda text: (parse_thresholds(text, v.policy, k, count)[0] if count == 1
                                            else parse_thresholds(text, v.policy, k, count)),
@@ -161,23 +162,23 @@ def live() -> None:
     with left:
         threshold_controls(v, pol, cal)
         v = session.view()
-        presets = state.budget_presets(str(ckpt), v.policy) if pol.calibratable else {}
-        presets_row(presets, cal)
         policy, thresholds = state.thresholds_in_use()
+        r = whatif(arrays, thresholds, policy, detail=True, intervals=True)
+        headline(r, st)
+        st.caption(md(in_use_line(policy, r.thresholds)))
         if v.mode == "certified":
             c = state.certified(str(ckpt), policy, v.cert_loss / 100, v.cert_delta)
             (st.success if c.thresholds else st.warning)(md(c.message) + f" Calibration set: {md(cal[1])}.")
-        r = whatif(arrays, thresholds, policy, detail=True, intervals=True)
-        st.caption(md(in_use_line(policy, r.thresholds)))
-        headline(r, st)
+        presets = state.budget_presets(str(ckpt), v.policy) if pol.calibratable else {}
+        presets_row(presets, cal)
     labels = [None, *session.context().comparable]
     with right:
         session.bind(st.selectbox, "Compare with", "compare", labels,
                      format_func=lambda x: "nothing" if x is None else x)
         st.plotly_chart(curve_figure(r, policy), key="curve", on_select=adopt_point, selection_mode="points",
                         config={"displayModeBar": False})
-        st.caption(f"Click a point to use its thresholds. Hover shows its thresholds, exit shares and 95 % interval. "
-                   f"Thresholds of the curve are chosen on the {CAL}, its numbers measured on the test trace.")
+        st.caption(f"Click a point to use its thresholds; hover shows its thresholds, exit shares and 95 % interval. "
+                   f"The curve's thresholds are chosen on the {CAL}, its numbers measured on the test trace.")
     details(r, policy)
     session.publish()  # a fragment run ends here: the link follows every slider move
 
@@ -378,7 +379,7 @@ def curve_figure(r: WhatIfResult, policy: str) -> go.Figure:
     fig.add_scatter(x=[r.gmacs], y=[r.accuracy], mode="markers", name="thresholds in use", hoverinfo="skip",
                     marker=dict(size=16, color="red", symbol="star"))
     fig.update_layout(
-        title=f"Accuracy versus mean GMACs ({n_test:,} test images; thresholds chosen on the {CAL})",
+        title=f"Accuracy versus mean GMACs on {n_test:,} test images",
         xaxis_title=f"mean GMACs per image ({MAC_NOTE})", yaxis_title="accuracy", yaxis_tickformat=".0%",
         height=470, margin=dict(t=50, b=10), clickmode="event+select",
         legend=dict(orientation="h", yanchor="top", y=-0.2, x=0),

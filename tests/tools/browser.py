@@ -100,3 +100,31 @@ def wait_text(drv, text: str, timeout: float = 90) -> None:
 def click_nav(drv, title: str) -> None:
     """Go to another page as a person does (the sidebar link), which keeps the session."""
     drv.find_element("xpath", f"//*[@data-testid='stSidebarNav']//a[contains(., \"{title}\")]").click()
+
+
+def no_exception(drv) -> None:
+    assert not drv.find_elements("css selector", '[data-testid="stException"]'), drv.find_element(
+        "tag name", "body"
+    ).text[:2000]
+
+
+def metric_value(drv, label: str) -> str:
+    for m in drv.find_elements("css selector", '[data-testid="stMetric"]'):
+        if m.text.startswith(label):
+            return m.find_element("css selector", '[data-testid="stMetricValue"]').text
+    raise AssertionError(f"no metric {label}")
+
+
+def wait_until(predicate, timeout: float = 60, what: str = "the page to change") -> None:
+    """Poll `predicate()` until it is true (a bound on a hang, not a speed goal)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def main_text(drv) -> str:
+    """What the page's main area shows as text (widgets' values, metrics, captions, chart labels)."""
+    return drv.find_element("css selector", '[data-testid="stMainBlockContainer"]').text
