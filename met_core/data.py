@@ -170,18 +170,40 @@ def open_dataset(spec: str, split: str = "train", download: bool = True, data_ro
     return image_folder(path)
 
 
+# Folders and files that tools leave beside people's images and that get zipped up with datasets: never a class
+# or a sample. Hidden names (a leading dot: .ipynb_checkpoints, .DS_Store, .git, macOS's ._photo.jpg twins) are
+# skipped too, at every depth; what was skipped is reported in one note.
+TOOL_MADE = frozenset(n.lower() for n in (
+    "__MACOSX", "__pycache__", "@eaDir", "@__thumb", "@Recycle", "#recycle", "#snapshot", "$RECYCLE.BIN",
+    "System Volume Information", "lost+found", "Thumbs.db", "ehthumbs.db", "desktop.ini"))
+
+
+def skipped_name(name: str) -> bool:
+    """Whether a folder or file name is hidden or tool-made (TOOL_MADE, case-insensitive)."""
+    return name.startswith(".") or name.lower() in TOOL_MADE
+
+
 def image_folder(root: Path) -> ImageDataset:
-    """Scan `root/<class>/<file>`; non-image extensions are skipped, unreadable images fail when loaded."""
+    """Scan `root/<class>/<file>`; non-image extensions are skipped, unreadable images fail when loaded; hidden
+    and tool-made folders and files (`skipped_name`) are no class and no sample at any depth, and one note
+    says what was skipped."""
     if not root.is_dir():
         raise METError(f"{root} is not a folder; give an ImageFolder tree (one sub-folder per class).")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    skipped = sorted(d.name for d in root.iterdir() if skipped_name(d.name))
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not skipped_name(d.name))
     if not classes:
         raise METError(f"{root} has no class sub-folders; lay it out as {root}/<class>/<image>.")
     ids, labels = [], []
     for label, c in enumerate(classes):
-        for dirpath, _, files in sorted(os.walk(root / c)):
+        walked = []
+        for dirpath, dirnames, files in os.walk(root / c):
+            rel = os.path.relpath(dirpath, root)
+            skipped += [os.path.join(rel, n) for n in sorted(dirnames + files) if skipped_name(n)]
+            dirnames[:] = [d for d in dirnames if not skipped_name(d)]  # never descended into
+            walked.append((dirpath, files))
+        for dirpath, files in sorted(walked):  # the order (and so the seeded splits) of earlier versions
             for f in sorted(files):
-                if (f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+                if (f.lower().endswith(IMAGE_EXTENSIONS) and not skipped_name(f)
                         and os.path.isfile(os.path.join(dirpath, f))):  # regular files only: no pipes or devices
                     ids.append(os.path.relpath(os.path.join(dirpath, f), root))
                     labels.append(label)
@@ -191,10 +213,13 @@ def image_folder(root: Path) -> ImageDataset:
     empty = [c for c, n in zip(classes, counts) if n == 0]
     notes = [f"warning: the class folder(s) {', '.join(repr(c[:40]) for c in empty[:5])} hold no images; they stay "
              "classes (no sample has their label), so class indices match the folder names."] if empty else []
+    if skipped:
+        notes.append(f"note: skipped {len(skipped)} hidden or tool-made folder(s) and file(s) "
+                     f"({', '.join(repr(s[:60]) for s in skipped[:3])}{', ...' if len(skipped) > 3 else ''}); "
+                     "they are never classes or samples.")
     root_s = str(root.resolve())
     return ImageDataset(root_s, ids, np.asarray(labels, dtype=np.int64), classes,
                         lambda i: load_image(os.path.join(root_s, ids[i])), notes=notes)
-
 
 
 def _torchvision_dataset(name: str, split: str, download: bool, data_root: str | None) -> ImageDataset:
