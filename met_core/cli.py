@@ -370,11 +370,11 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     r = apply(test, choose(val), args.policy)
     out = r.to_dict()
-    lines = [f"measured on the {'test' if args.apply else 'validation'} trace:"] + _whatif_lines(r.measured)
+    lines = [f"measured on the {'test' if args.apply else 'calibration'} trace:"] + _whatif_lines(r.measured)
     if args.spread:
         sp = selection_spread(val, test, choose, args.policy, reps=args.spread, seed=args.seed)
         out["selection_spread"] = sp.to_dict()
-        lines.append(f"chosen again on {sp.reps} resamples of the {sp.validation_images} validation images, the test "
+        lines.append(f"chosen again on {sp.reps} resamples of the {sp.validation_images} calibration images, the test "
                      f"accuracy spans {100 * sp.accuracy[0]:.2f} - {100 * sp.accuracy[2]:.2f}% and the mean GMACs "
                      f"{sp.gmacs[0]:.3f} - {sp.gmacs[2]:.3f} (5th - 95th percentile)")
     _emit(args, out, lines)
@@ -614,8 +614,8 @@ def _whatif_args(w: argparse.ArgumentParser) -> None:
 def _calibrate_args(c: argparse.ArgumentParser) -> None:
     from .policies import CALIBRATABLE, DEFAULT_POLICY
 
-    c.add_argument("--trace", required=True, help="validation trace the thresholds are chosen on")
-    c.add_argument("--apply", help="test trace the chosen thresholds are measured on (default: the validation trace)")
+    c.add_argument("--trace", required=True, help="calibration trace the thresholds are chosen on (held-out or validation images)")
+    c.add_argument("--apply", help="test trace the chosen thresholds are measured on (default: the calibration trace)")
     c.add_argument("--budget", type=number(float, Range(0, 100, lo_open=True)),
                    help="mean cost target, a fraction of the last exit's GMACs (0.5 = half)")
     c.add_argument("--max-loss", type=number(float, Range(0, 1)),
@@ -627,7 +627,7 @@ def _calibrate_args(c: argparse.ArgumentParser) -> None:
                    help="with --max-loss D: certified thresholds, losing at most D with probability >= 1 - delta "
                    "over the calibration images (Learn-then-Test)")
     c.add_argument("--spread", type=number(int, Range(0, 10_000)), default=0, metavar="REPS",
-                   help="choose again on REPS bootstrap resamples of the validation trace and report how much the "
+                   help="choose again on REPS bootstrap resamples of the calibration trace and report how much the "
                    "test figures move")
     c.add_argument("--seed", type=number(int, SEED), default=0)
     c.add_argument("--temperatures", metavar="FILE", help="per-exit temperatures (met reliability --out FILE)")
@@ -689,7 +689,7 @@ SUBCOMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], None], Callable
     ("trace", "run a checkpoint over a dataset split and store every exit's outputs", cmd_trace, _trace_args),
     ("info", "config, per-exit GMACs and parameter counts of a checkpoint", cmd_info, add_checkpoint_args),
     ("whatif", "metrics of thresholds on a trace (simulated from cached exit outputs)", cmd_whatif, _whatif_args),
-    ("calibrate", "choose thresholds on a validation trace, measure them on a test trace", cmd_calibrate,
+    ("calibrate", "choose thresholds on a calibration trace, measure them on a test trace", cmd_calibrate,
      _calibrate_args),
     ("reliability", "expected calibration error and reliability of each exit; fit per-exit temperatures",
      cmd_reliability, _reliability_args),
