@@ -385,7 +385,7 @@ def ladder_points(ckpt: str) -> dict[str, list[tuple[float, float]]]:
         except METError:
             continue
         if same_test_images(Path(ckpt) / TEST_TRACE_FILE, p):
-            out[p.parent.name] = list(zip(a.gmacs.tolist(), exit_accuracy_all(a)))
+            out[label(p.parent)] = list(zip(a.gmacs.tolist(), exit_accuracy_all(a)))
     return out
 
 

@@ -325,3 +325,31 @@ def test_models_table_has_test_and_validation_accuracy_per_exit():
         f"{100 * a:.1f}" for a in exit_accuracy_all(arrays))
     assert table.loc["cifar10-met-strong-gr", "graph reg. lambda"] == 2.0
     assert table.loc["cifar10-met", "val. accuracy per exit (%)"].count("/") == 3
+
+
+def test_every_chart_uses_the_fixed_class_exit_and_model_colours():
+    """The figures the pages build, drawn with AppTest: every coloured series takes its colour from app/palette."""
+    import json
+
+    from app.palette import CLASS_COLOURS, OKABE_ITO
+
+    allowed = {c.lower() for c in (*CLASS_COLOURS, *OKABE_ITO)} | {"#888", "#999", "#000", "#555", "#777"}
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    at.query_params.update({"cm": "1", "rel": "1"})
+    at.run()
+    seen = 0
+    for page in ("views/whatif.py", "views/representations.py", "views/journey.py"):
+        at.switch_page(page).run()
+        assert not at.exception
+        for chart in at.get("plotly_chart"):
+            fig = json.loads(chart.proto.spec)
+            for trace in fig.get("data", []):
+                colours = []
+                for holder in (trace.get("marker") or {}, trace.get("line") or {}):
+                    c = holder.get("color")
+                    colours += c if isinstance(c, list) else [c] if isinstance(c, str) else []
+                for c in colours:
+                    seen += 1
+                    assert c.lower().replace(" ", "") in {a.replace(" ", "") for a in allowed}, (page, trace.get(
+                        "name"), c)
+    assert seen > 50

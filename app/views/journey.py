@@ -6,6 +6,7 @@ import streamlit as st
 
 from app import session, state
 from app.drawing import network_figure
+from app.palette import HIGHLIGHT, OTHER
 from app.safe import md, plot
 from met_core.errors import METError, user_message
 from met_core.images import load_image
@@ -20,13 +21,13 @@ cfg = state.card(str(ckpt))["config"]["model"]
 blocks, gmacs, names = cfg["exits"], arrays.gmacs.tolist(), list(trace.class_names)
 policy, thresholds = state.thresholds_in_use()
 pol = get_policy(policy)
-st.title("An image's journey")
-st.caption(md(f"{state.label(ckpt)}, policy {policy} at the thresholds in use ({state.describe(thresholds)}). Each "
-              "exit is tried in turn; the image leaves at the first exit whose score passes, and the blocks after it "
-              "never run."))
+st.title("An image's journey", help=md(
+    f"{state.label(ckpt)}, policy {policy} at the thresholds in use ({state.describe(thresholds)}). Each exit is "
+    "tried in turn; the image leaves at the first exit whose score passes, and the blocks after it never run."))
 v = session.view()
-session.bind(st.radio, "Image", "local.journey_upload", [False, True], horizontal=True,
-             format_func=lambda up: "Upload an image" if up else "A test image")
+c0, c1, c2 = st.columns([1.2, 1, 2])
+session.bind(c0.radio, "Image", "local.journey_upload", [False, True], horizontal=True,
+             format_func=lambda up: "Upload one" if up else "A test image")
 root = state.dataset_root(trace)
 picture, path = None, None
 if not session.local().journey_upload:
@@ -39,7 +40,6 @@ if not session.local().journey_upload:
         c = names.index(name)
         return ids[int(np.flatnonzero(arrays.labels == c)[0])]
 
-    c1, c2 = st.columns([1, 2])
     session.bind(c1.selectbox, "Class", "journey.image", names, key="w:journey.class",
                  show=lambda image: names[int(arrays.labels[ids.index(image or ids[0])])], convert=pick_class,
                  then=lambda view: setattr(view.journey, "step", 1))
@@ -49,9 +49,9 @@ if not session.local().journey_upload:
     if root is not None:
         path = root / sid
     probs, true = arrays.probs[i], int(arrays.labels[i])
-    st.caption("Probabilities from the test trace (the model's real outputs for this image, cached).")
+    source = "Probabilities from the test trace (the model's real outputs for this image, cached)."
 else:
-    up = st.file_uploader("An image (PNG, JPEG, ...)", key="journey_upload")
+    up = c1.file_uploader("An image (PNG, JPEG, ...)", key="journey_upload")
     if up is None:
         st.info("Upload an image to follow it through the network.")
         st.stop()
@@ -66,7 +66,7 @@ else:
         state.fail(pred.error)
     up.seek(0)
     picture, probs, true = up, np.asarray(pred.exit_probs[: pred.exit + 1]), None
-    st.caption("Probabilities from running the model on your image now (real early exit: later exits never ran).")
+    source = "Probabilities from running the model on your image now (real early exit: later exits never ran)."
 
 j: Journey = journey(probs, gmacs, blocks, thresholds, policy)
 left = j.steps[-1]
@@ -81,41 +81,61 @@ if n > 1:
     b3.button("Next exit ▶", key="journey_next", disabled=step >= n, width="stretch", on_click=session.update,
               args=(lambda view: setattr(view.journey, "step", min(n, view.journey.step + 1)),))
 s = j.steps[step - 1]
+# the left and right arrow keys press Previous / Next (unless the focus is in a text field or on a control that
+# uses the arrows itself)
+st.html("""<script>
+if (!window.__metJourneyKeys) {
+  window.__metJourneyKeys = true;
+  document.addEventListener("keydown", (e) => {
+    if (!["ArrowLeft", "ArrowRight"].includes(e.key) || e.altKey || e.ctrlKey || e.metaKey) return;
+    const t = e.target; if (t && (t.closest("input, textarea, select, [role=slider], [role=combobox]"))) return;
+    const label = e.key === "ArrowRight" ? "Next exit" : "Previous exit";
+    const b = [...document.querySelectorAll("button")].find((x) => x.innerText.includes(label) && !x.disabled);
+    if (b) { e.preventDefault(); b.click(); }
+  });
+}
+</script>""", unsafe_allow_javascript=True)
 
-c_img, c_info = st.columns([1, 3])
+# the network: blocks run so far, blocks still ahead, and the blocks skipped after the exit the image leaves at
+drawing = network_figure(blocks, gmacs, bool(cfg["adapters"]), font=BIG - 6, run_upto=s.block,
+                         leaves_after=left.block, height=165)
+st.plotly_chart(drawing, key="journey_network", width="stretch", config={"displayModeBar": False})
+c_img, c_num, c_bar = st.columns([0.9, 1.9, 2.2])
 with c_img:
     try:
         if picture is not None or path is not None:
             st.image(load_image(picture if picture is not None else path, name=None if path is None else str(path)),
-                     width="stretch")
+                     width=150)
     except METError as e:
         st.caption(md(user_message(e)))
     if true is not None:
-        st.markdown(f"### true class: {md(names[true])}")
-with c_info:
-    m = st.columns(4)
+        st.markdown(f"#### true class: {md(names[true])}")
+    st.caption(source)
+with c_num:
+    m = [*st.columns(2), *st.columns(2)]
     m[0].metric("Blocks run", f"{s.block} of {blocks[-1]}")
-    m[1].metric("GMACs spent", f"{s.gmacs:.3f}", f"{100 * s.gmacs / j.full_gmacs:.0f}% of the full network",
-                delta_color="off")
+    m[1].metric("GMACs spent", f"{s.gmacs:.3f}", f"{100 * s.gmacs / j.full_gmacs:.0f}% of all",
+                delta_color="off", delta_arrow="off")
     cmp = ">=" if pol.higher_is_confident else "<="
-    m[2].metric(f"Exit {s.exit + 1} score ({policy})", f"{s.score:.3f}",
-                "last exit: always answers" if s.threshold is None else f"needs {cmp} {s.threshold:.3f}",
-                delta_color="off")
+    m[2].metric(f"Exit {s.exit + 1} score", f"{s.score:.3f}", help=f"The {policy} score of this exit.",
+                delta="last exit: answers" if s.threshold is None else f"needs {cmp} {s.threshold:.3f}",
+                delta_color="off", delta_arrow="off")
     m[3].metric("Decision", "leaves here" if s.leaves else "goes on")
-    bar = go.Figure(go.Bar(x=[plot(c) for c in names], y=s.probs,
-                           marker_color=["crimson" if c == s.predicted else "#7aa6d6" for c in range(len(names))]))
-    bar.update_layout(title=f"Exit {s.exit + 1} (after block {s.block}): class probabilities", height=380,
-                      font=dict(size=BIG - 6), title_font=dict(size=BIG), yaxis=dict(range=[0, 1]))
-    st.plotly_chart(bar, key="journey_probs")
+    bar = go.Figure(go.Bar(x=[plot(c) for c in names], y=s.probs, name="class probability",
+                           marker=dict(color=[HIGHLIGHT if c == s.predicted else OTHER for c in range(len(names))],
+                                       pattern_shape=["/" if c == s.predicted else "" for c in range(len(names))])))
+    if s.threshold is not None and policy == "max-softmax":  # the score is the top probability: the bar to beat
+        bar.add_hline(y=s.threshold, line_dash="dash", line_width=2, line_color="#888",
+                      annotation_text=f"threshold {s.threshold:.2f}", annotation_position="top left")
+    bar.update_layout(title=f"Exit {s.exit + 1}: class probabilities", height=250,
+                      font=dict(size=BIG - 6), title_font=dict(size=BIG - 2), yaxis=dict(range=[0, 1]),
+                      margin=dict(t=40, b=10, l=10, r=10))
+    c_bar.plotly_chart(bar, key="journey_probs", config={"displayModeBar": False})
 
-# the network: blocks run so far, blocks still ahead, and the blocks skipped after the exit the image leaves at
-drawing = network_figure(blocks, gmacs, bool(cfg["adapters"]), font=BIG - 4, run_upto=s.block,
-                         leaves_after=left.block)
-st.plotly_chart(drawing, key="journey_network", width="stretch", config={"displayModeBar": False})
 saved = (f"saving {j.saved_gmacs:.3f} GMACs ({100 * j.saved_share:.0f}% of the full network)"
          if j.saved_gmacs > 0 else "the whole network ran")
 verdict = "" if true is None else (" (correct)" if j.predicted == true else f" (wrong: it is {names[true]})")
-st.markdown(f"## Leaves at exit {j.exit + 1}, after block {left.block}: predicts **{md(names[j.predicted])}**"
+st.markdown(f"### Leaves at exit {j.exit + 1}, after block {left.block}: predicts **{md(names[j.predicted])}**"
             f"{md(verdict)}, {saved}.")
 st.dataframe([{"exit": t.exit + 1, "after block": t.block, "GMACs so far": round(t.gmacs, 3),
                "predicted": names[t.predicted], "confidence": round(max(t.probs), 3), "score": round(t.score, 3),

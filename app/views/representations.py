@@ -6,6 +6,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from app import session, state
+from app.palette import CORRECT, WRONG, class_style, exit_style, model_colour
 from app.safe import md, plot
 from app.view import COLOURS
 from met_core.errors import METError, user_message
@@ -103,22 +104,24 @@ for j, ck in enumerate([ckpt, other]):
     (_, arr), _ = state.traces_of(ck)
     o = outcomes(arr, thresholds, policy)
     ex, corr = o.exits[rows], o.correct[rows]
-    values = {
-        "class": np.asarray(trace.class_names)[arr.labels[rows]],
-        "correct": np.where(corr, "correct", "wrong"),
-        "exit taken": np.char.add("exit ", (ex + 1).astype(str)),
-    }[color_by]
-    for val in np.unique(values):
-        sel = values == val
+    if color_by == "class":
+        groups = [(plot(trace.class_names[c]), arr.labels[rows] == c, *class_style(c)) for c in range(arr.num_classes)]
+    elif color_by == "correct":
+        groups = [("correct", corr, *CORRECT), ("wrong", ~corr, *WRONG)]
+    else:
+        groups = [(f"exit {e + 1}", ex == e, *exit_style(e)) for e in range(arr.num_exits)]
+    for name, sel, colour, symbol in groups:
+        if not sel.any():
+            continue
         fig.add_trace(
             go.Scattergl(
                 x=fr["xy"][j][sel, 0],
                 y=fr["xy"][j][sel, 1],
                 mode="markers",
-                name=plot(val),
-                legendgroup=str(val),
+                name=name,
+                legendgroup=name,
                 showlegend=j == 0,
-                marker=dict(size=4),
+                marker=dict(size=5, color=colour, symbol=symbol),
                 customdata=rows[sel],
                 hovertext=[plot(t) for t in trace.ids[rows[sel]]],
             ),
@@ -169,10 +172,12 @@ st.write(md(
 
 sp = [spreads(str(p), key_rows) for p in (ckpt, other)]
 bars = go.Figure()
-for j, n in enumerate(names):
-    for kind, colour in (("same_class", ("#1f77b4", "#ff7f0e")[j]), ("other_class", ("#aec7e8", "#ffbb78")[j])):
+for j, (n, p) in enumerate(zip(names, (ckpt, other))):
+    colour = model_colour(state.label(p), session.context().models)
+    for kind, pattern in (("same_class", ""), ("other_class", "/")):
         bars.add_bar(x=[f"exit {e + 1}" for e in range(len(sp[j]))], y=[getattr(x, kind) for x in sp[j]],
-                     name=plot(f"{n}: {kind.replace('_', '-')} pairs"), marker_color=colour, offsetgroup=f"{j}{kind}")
+                     name=plot(f"{n}: {kind.replace('_', '-')} pairs"), offsetgroup=f"{j}{kind}",
+                     marker=dict(color=colour, pattern_shape=pattern, line=dict(width=1, color=colour)))
 bars.update_layout(title="How far apart the features are: mean cosine distance (2 - 2 cos) of same-class and of "
                    "other-class pairs", barmode="group", height=380, yaxis_title="mean cosine distance")
 st.plotly_chart(bars, key="spread")

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import session, state
+from app.palette import HIGHLIGHT, OTHER, exit_style
 from app.safe import md, plot
 from app.view import SORTS, VERDICTS, View
 from met_core.errors import METError, user_message
@@ -68,10 +69,11 @@ def detail(i: int) -> None:
     x = [f"exit {j + 1}" for j in range(arrays.num_exits)]
     fig = go.Figure(go.Bar(x=x, y=score, text=[plot(names[c]) for c in arrays.probs[i].argmax(-1)],
                            name=f"{policy} score (bar text: the exit's predicted class)",
-                           marker_color=["#d55e00" if j == ex[i] else "#0072b2" for j in range(arrays.num_exits)]))
+                           marker=dict(color=[HIGHLIGHT if j == ex[i] else OTHER for j in range(arrays.num_exits)],
+                                       pattern_shape=["/" if j == ex[i] else "" for j in range(arrays.num_exits)])))
     shown_t = [float(v) if np.isfinite(v) else None for v in t]
     fig.add_scatter(x=x[:-1], y=shown_t[:-1], mode="markers", name="threshold",
-                    marker=dict(symbol="line-ew", size=40, line=dict(width=3, color="#000")))
+                    marker=dict(symbol="line-ew", size=40, line=dict(width=3, color="#888")))
     verb = "at least" if pol.higher_is_confident else "at most"
     fig.update_layout(title=plot(f"Confidence ladder: an exit answers when its score is {verb} its threshold"),
                       height=360, legend=dict(orientation="h", y=-0.15),
@@ -184,7 +186,8 @@ with tab_upload:
             classes = [plot(c) for c in model.cfg.class_names]
             for n, r in enumerate(ok[:4]):  # two uploads may share a name: keys by position
                 probs = [p for p in r.exit_probs if p is not None]
-                fig = go.Figure([go.Bar(name=f"exit {j + 1}", x=classes, y=p) for j, p in enumerate(probs)])
+                fig = go.Figure([go.Bar(name=f"exit {j + 1}", x=classes, y=p, marker_color=exit_style(j)[0])
+                                 for j, p in enumerate(probs)])
                 fig.update_layout(title=plot(f"{r.file}: per-exit probabilities (computed exits only)"),
                                   barmode="group", height=300)
                 st.plotly_chart(fig, key=f"upload{n}")

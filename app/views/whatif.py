@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import session, state
+from app.palette import HIGHLIGHT, OTHER, exit_style, model_colour
 from app.safe import md, plot
 from app.view import COSTS, MODES, View, number, parse_thresholds, threshold_range
 from met_core.errors import METError, user_message
@@ -214,7 +215,8 @@ def details(r: WhatIfResult, policy: str) -> None:
     names = [f"exit {j + 1} (block {e})" for j, e in enumerate(trace.meta.get("exits", range(1, k + 1)))]
     g1.plotly_chart(
         go.Figure(
-            go.Bar(x=names, y=r.exit_fractions, text=[f"{100 * f:.1f}%" for f in r.exit_fractions]),
+            go.Bar(x=names, y=r.exit_fractions, text=[f"{100 * f:.1f}%" for f in r.exit_fractions],
+                   marker_color=[exit_style(j)[0] for j in range(k)]),
             layout=dict(title="Share of images leaving at each exit", yaxis_tickformat=".0%", height=320),
         ),
         key="hist",
@@ -222,8 +224,9 @@ def details(r: WhatIfResult, policy: str) -> None:
     acc_all = exit_accuracy_all(arrays)
     fig = go.Figure(
         [
-            go.Bar(name="all images at this exit", x=names, y=acc_all),
-            go.Bar(name="images that leave here", x=names, y=[a or 0 for a in r.exit_accuracy]),
+            go.Bar(name="all images at this exit", x=names, y=acc_all, marker_color=OTHER),
+            go.Bar(name="images that leave here", x=names, y=[a or 0 for a in r.exit_accuracy],
+                   marker=dict(color=HIGHLIGHT, pattern_shape="/")),
         ],
         layout=dict(title="Accuracy per exit", yaxis_tickformat=".0%", height=320, barmode="group"),
     )
@@ -251,7 +254,9 @@ def reliability_chart() -> None:
     rel = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999"),
                                name="perfectly calibrated"))
     for j, c in enumerate(curves):
-        rel.add_scatter(x=c.confidence, y=c.accuracy, mode="lines+markers", name=f"exit {j + 1}")
+        colour, symbol = exit_style(j)
+        rel.add_scatter(x=c.confidence, y=c.accuracy, mode="lines+markers", name=f"exit {j + 1}",
+                        line=dict(color=colour), marker=dict(symbol=symbol, size=9, color=colour))
     rel.update_layout(xaxis_title="confidence (top-1 probability)", yaxis_title="accuracy", height=380,
                       title="Reliability diagram (test trace, 15 bins)")
     st.plotly_chart(rel, key="reliability")
@@ -330,17 +335,23 @@ def time_figure(r: WhatIfResult, prof: LatencyProfile, batch: int, policy: str) 
     front.sort(key=lambda p: p.test_gmacs)
     pts = [whatif(arrays, p.thresholds, pol) for p in front]
     ms = [predict_latency(prof, p.exit_fractions, batch).ms_per_image for p in pts]
-    fig = go.Figure(go.Scatter(x=ms, y=[p.accuracy for p in pts], mode="lines+markers",
+    colour = model_colour(state.label(ckpt), session.context().models)
+    fig = go.Figure(go.Scatter(x=ms, y=[p.accuracy for p in pts], mode="lines+markers", line=dict(color=colour),
                                name=f"Pareto front (chosen on the {CAL})"))
     fig.add_scatter(x=[predict_latency(prof, r.exit_fractions, batch).ms_per_image], y=[r.accuracy], mode="markers",
-                    name="thresholds in use", marker=dict(size=16, color="red", symbol="star"))
+                    name="thresholds in use", marker=STAR | dict(color=colour))
     fig.update_layout(title=plot(f"Accuracy versus predicted time per image ({prof.device_name}, batch {batch})"),
                       xaxis_title="predicted ms per image", yaxis_title="accuracy", yaxis_tickformat=".0%", height=420)
     return fig
 
 
+STAR = dict(size=18, symbol="star", line=dict(width=1.5, color="#000"))
+
+
 def curve_figure(r: WhatIfResult, policy: str) -> go.Figure:
     pol = curve_policy(policy)
+    models = session.context().models
+    colour = model_colour(state.label(ckpt), models)
     rows = curve_rows(str(ckpt), pol)
     front = rows[rows.pareto].sort_values("gmacs")
     rest = rows[~rows.pareto]
@@ -349,9 +360,10 @@ def curve_figure(r: WhatIfResult, policy: str) -> go.Figure:
                     marker=dict(size=7, color="#999"), customdata=rest.i, hovertext=rest.hover,
                     hovertemplate="%{hovertext}<extra></extra>")
     fig.add_scatter(x=np.concatenate([front.gmacs, front.gmacs[::-1]]), y=np.concatenate([front.hi, front.lo[::-1]]),
-                    fill="toself", line=dict(width=0), fillcolor="rgba(31,119,180,0.15)", hoverinfo="skip",
+                    fill="toself", line=dict(width=0), fillcolor=colour, opacity=0.2, hoverinfo="skip",
                     name="95 % interval (test sample)")
-    fig.add_scatter(x=front.gmacs, y=front.accuracy, mode="lines+markers", marker=dict(size=8),
+    fig.add_scatter(x=front.gmacs, y=front.accuracy, mode="lines+markers", marker=dict(size=8, color=colour),
+                    line=dict(color=colour),
                     name=plot(f"{state.label(ckpt)} (Pareto front)"), customdata=front.i, hovertext=front.hover,
                     hovertemplate="%{hovertext}<extra></extra>")
     compare = state.by_label(session.view().compare) if session.view().compare else None
@@ -361,23 +373,24 @@ def curve_figure(r: WhatIfResult, policy: str) -> go.Figure:
         where = "" if same else f", on its own {len(arr_b.labels):,} test images"
         fb = curve_rows(str(compare), pol)
         fb = fb[fb.pareto].sort_values("gmacs")
+        c_b = model_colour(state.label(compare), models)
         fig.add_scatter(x=fb.gmacs, y=fb.accuracy, mode="lines", name=plot(f"{state.label(compare)}{where}"),
-                        line=dict(dash="dash"), hoverinfo="skip")
+                        line=dict(dash="dash", color=c_b), hoverinfo="skip")
         rb = whatif(arr_b, r.thresholds, policy)
         fig.add_scatter(x=[rb.gmacs], y=[rb.accuracy], mode="markers", hoverinfo="skip",
                         name=plot(f"{state.label(compare)} at these thresholds{where}"),
-                        marker=dict(size=12, symbol="diamond"))
+                        marker=dict(size=13, symbol="diamond", color=c_b, line=dict(width=1, color="#000")))
     for name, pts in state.ladder_points(str(ckpt)).items():
         fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=plot(name),
-                        marker=dict(symbol="x", size=9), hoverinfo="skip")
+                        marker=dict(symbol="x", size=10, color=model_colour(name, models)), hoverinfo="skip")
     for b, p in state.budget_presets(str(ckpt), pol).items():
         if isinstance(p, str):
             continue
         fig.add_scatter(x=[p.gmacs], y=[p.accuracy], mode="markers+text", text=[f"{b:.0%}"], hoverinfo="skip",
-                        textposition="top center", name=f"budget {b:.0%}", marker=dict(size=10, symbol="square"),
-                        showlegend=False)
+                        textposition="top center", name=f"budget {b:.0%}", showlegend=False,
+                        marker=dict(size=10, symbol="square", color=colour, line=dict(width=1, color="#000")))
     fig.add_scatter(x=[r.gmacs], y=[r.accuracy], mode="markers", name="thresholds in use", hoverinfo="skip",
-                    marker=dict(size=16, color="red", symbol="star"))
+                    marker=STAR | dict(color=colour))
     fig.update_layout(
         title=f"Accuracy versus mean GMACs on {n_test:,} test images",
         xaxis_title=f"mean GMACs per image ({MAC_NOTE})", yaxis_title="accuracy", yaxis_tickformat=".0%",
