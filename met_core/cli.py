@@ -430,7 +430,7 @@ def cmd_bench_exit(args: argparse.Namespace) -> None:
     import torch
 
     from .checkpoint import checkpoint_hash
-    from .data import decode_all, open_dataset, transform_for
+    from .data import decode_all, open_dataset, seeded_subset, transform_for
     from .inference import measure_speedup
     from .latency import LATENCY_FILE, predict_latency, read_profile
 
@@ -439,9 +439,8 @@ def cmd_bench_exit(args: argparse.Namespace) -> None:
     model = engine(args, device)
     prof_path = Path(args.profile) if args.profile else Path(args.checkpoint) / LATENCY_FILE
     prof = read_profile(prof_path, model.num_exits) if args.profile or prof_path.exists() else None
-    ds = open_dataset(args.dataset, split=args.split, download=not args.no_download, data_root=args.data_root)
-    if args.limit and args.limit < len(ds):
-        ds = ds.subset(np.sort(np.random.default_rng(args.seed).choice(len(ds), args.limit, replace=False)))
+    ds = seeded_subset(open_dataset(args.dataset, split=args.split, download=not args.no_download,
+                                    data_root=args.data_root), args.limit, args.seed)
     ds.transform = model.manifest.transform() if args.engine == "onnx" else transform_for(model.cfg)
     x, _ = decode_all(ds, "decode", progress=not args.quiet)
     rows, lines = [], [f"real batched early exit ({args.engine}) on {len(x)} images ({policy}), median of "
@@ -614,7 +613,8 @@ def _whatif_args(w: argparse.ArgumentParser) -> None:
 def _calibrate_args(c: argparse.ArgumentParser) -> None:
     from .policies import CALIBRATABLE, DEFAULT_POLICY
 
-    c.add_argument("--trace", required=True, help="calibration trace the thresholds are chosen on (held-out or validation images)")
+    c.add_argument("--trace", required=True,
+                   help="calibration trace the thresholds are chosen on (held-out or validation images)")
     c.add_argument("--apply", help="test trace the chosen thresholds are measured on (default: the calibration trace)")
     c.add_argument("--budget", type=number(float, Range(0, 100, lo_open=True)),
                    help="mean cost target, a fraction of the last exit's GMACs (0.5 = half)")

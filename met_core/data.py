@@ -319,3 +319,11 @@ def dataset_for_checkpoint(cfg: dict[str, Any], dataset: str | None, split: str,
         raise METError(f"--holdout must be between 1 and the {len(free):,} images the checkpoint never saw, "
                        f"got {holdout}.")
     return ds.subset(np.sort(np.random.default_rng(seed).choice(free, size=holdout, replace=False)))
+
+
+def seeded_subset(ds: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
+    """`n` images of `ds` drawn without replacement by `seed`, in the dataset's order (all of it when n is 0 or at
+    least its size): the subset `met trace --limit`, `met bench-exit --limit` and the app's measurement use."""
+    if not n or n >= len(ds):
+        return ds
+    return ds.subset(np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False)))

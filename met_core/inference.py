@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -146,9 +146,12 @@ class SpeedupResult:
 
 def measure_speedup(model: METModel | OnnxEarlyExit, x: torch.Tensor, thresholds: float | Sequence[float],
                     policy: str = "max-softmax", batch_size: int = 64, repeats: int = 5,
-                    precision: str = "fp32") -> SpeedupResult:
+                    precision: str = "fp32",
+                    on_progress: Callable[[int, int], None] | None = None) -> SpeedupResult:
     """Real batched early exit vs every image to the last exit: same images, same process, interleaved, median.
-    `model` is a METModel (PyTorch) or an ONNX export's runner."""
+    `model` is a METModel (PyTorch) or an ONNX export's runner. `on_progress(images, total)` is called after each
+    pass over the images (2 warm-up passes and 2 per repeat), counting images run so far; an exception it raises
+    stops the measurement."""
     from .export import OnnxEarlyExit
 
     pol = get_policy(policy)
@@ -182,12 +185,24 @@ def measure_speedup(model: METModel | OnnxEarlyExit, x: torch.Tensor, thresholds
             sync()
             return res
 
+    passes, total = 0, (2 + 2 * repeats) * len(x)
+
+    def passed() -> None:
+        nonlocal passes
+        passes += 1
+        if on_progress is not None:
+            on_progress(passes * len(x), total)
+
     res = run_early()  # warm-up, and the exits the prediction is based on
+    passed()
     run_full()
+    passed()
     full_s, early_s = [], []
     for _ in range(repeats):
         t0 = time.perf_counter(); run_full(); full_s.append(time.perf_counter() - t0)  # noqa: E702
+        passed()
         t0 = time.perf_counter(); run_early(); early_s.append(time.perf_counter() - t0)  # noqa: E702
+        passed()
     return SpeedupResult(
         predicted_speedup=float(gm[-1] / gm[res.exits].mean()),
         measured_speedup=float(statistics.median(full_s) / statistics.median(early_s)),

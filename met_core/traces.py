@@ -250,7 +250,8 @@ def run_trace(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Trace | None:
     """Run every exit over `ds` once, batched, on the model's device; keep logits for all samples and head
-    inputs for a seeded subset. `on_batch(done, total)` is called after each batch (the app's progress bar);
+    inputs for a seeded subset. `on_batch(done, total)` is called after each batch with the images traced so far
+    and in all (this process's share; the app's progress bar);
     it may raise (e.g. TraceCancelled) to stop the run.
 
     Under torchrun the batches (the same ones one process would run) are dealt out to the processes in turn;
@@ -277,8 +278,8 @@ def run_trace(
     batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     mine = batches[ctx.rank :: ctx.world_size]
     loader = torch.utils.data.DataLoader(ds, batch_sampler=mine, num_workers=workers, pin_memory=device.type == "cuda")
-    for done, (x, _, idx) in enumerate(tqdm(loader, desc="trace", disable=not progress, unit="batch",
-                                           total=len(mine)), 1):
+    done, todo = 0, sum(len(b) for b in mine)
+    for x, _, idx in tqdm(loader, desc="trace", disable=not progress, unit="batch", total=len(mine)):
         with torch.no_grad(), autocast(device, precision):
             z = model.forward_features(x.to(device, non_blocking=True))
             logits[idx] = torch.stack(model.forward_head(z), 1).float().cpu()
@@ -286,8 +287,9 @@ def run_trace(
         keep = rows >= 0
         if keep.any():
             feats[:, torch.from_numpy(rows[keep])] = torch.stack(z)[:, torch.from_numpy(keep).to(device)].float().cpu()
+        done += len(idx)
         if on_batch is not None:
-            on_batch(done, len(mine))
+            on_batch(done, todo)
     logits, feats = sum_across(logits, ctx), sum_across(feats, ctx)  # each row was written by one process only
     if not ctx.is_main:
         return None
@@ -327,18 +329,22 @@ def trace_checkpoint(
     progress: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
     notes: Callable[[str], None] | None = None,
+    on_model: Callable[[], None] | None = None,
 ) -> Trace | None:
     """The trace of a checkpoint over a dataset, as `met trace` and the app's Models page make it: the dataset is
-    checked against the checkpoint's classes first (one sentence), and the trace records which model made it."""
-    from .checkpoint import checkpoint_hash, load_checkpoint
-    from .data import dataset_for_checkpoint, transform_for
+    checked against the checkpoint's classes before any model is loaded (one sentence, at once), and the trace
+    records which model made it. `on_model()` is called just before the model is loaded, `on_batch` and `notes` as
+    in `run_trace` and `dataset_for_checkpoint`."""
+    from .checkpoint import checkpoint_hash, load_checkpoint, read_config
+    from .data import dataset_for_checkpoint, seeded_subset, transform_for
     from .flops import MAC_NOTE, exit_gmacs
 
-    model, cfg = load_checkpoint(checkpoint, weights, device)
+    # everything that needs no model first (the folder, its classes, its images): a mismatch is answered at once
+    cfg = read_config(Path(checkpoint), own_weights=weights is not None)
     ds = dataset_for_checkpoint(cfg, dataset, split, download, data_root, holdout, seed)
     for note in ds.notes:
         (notes or (lambda _: None))(note)
-    want = list(model.cfg.class_names)
+    want = list(cfg["model"].get("class_names") or [])
     if len(ds.class_names) != len(want):
         raise METError(f"the dataset has {len(ds.class_names)} classes and the checkpoint {len(want)}; trace a "
                        "dataset with the checkpoint's classes (one sub-folder per class).")
@@ -347,8 +353,10 @@ def trace_checkpoint(
                        f"{want[:5]}...; name its sub-folders as the checkpoint's classes.")
     if not len(ds):
         raise METError("the dataset has no images; put image files (.jpg, .png, ...) in its class sub-folders.")
-    if limit and limit < len(ds):
-        ds = ds.subset(np.sort(np.random.default_rng(seed).choice(len(ds), size=limit, replace=False)))
+    ds = seeded_subset(ds, limit, seed)
+    if on_model is not None:
+        on_model()
+    model, cfg = load_checkpoint(checkpoint, weights, device)
     ds.transform = transform_for(model.cfg)
     meta = {"checkpoint": Path(checkpoint).name, "checkpoint_sha256": checkpoint_hash(checkpoint),
             "dataset": dataset or cfg.get("data", {}).get("dataset"), "dataset_root": ds.root,

@@ -133,11 +133,44 @@ def test_clicking_a_sample_shows_its_confidence_ladder():
     assert any(shown(m.value).startswith(f"{sid}: true class") for m in at.markdown)
 
 
-def test_measure_button_runs_the_real_early_exit():
+def test_measure_button_runs_the_real_early_exit_in_the_background_and_explains_the_gap():
+    from app import jobs
+
     at = app()
     at.button(key="measure").click().run(timeout=300)
     assert not at.exception
-    assert any("Real early exit: measured speed-up" in s.value for s in at.success), [e.value for e in at.error]
+    job = jobs.registry()[at.session_state["met_session.local"].measure_job]
+    assert job.running or job.result is not None  # the page returned while the job runs
+    job.thread.join(900)  # a bound on a hang, not a speed goal
+    assert job.error is None and job.result.images == jobs.MEASURE_IMAGES
+    assert job.done == job.total == (2 + 2 * jobs.MEASURE_REPEATS) * jobs.MEASURE_IMAGES  # progress counts images
+    at.run()
+    assert not at.exception
+    assert any(s.value.startswith("Measured: ") for s in at.success), [e.value for e in at.error]
+    assert any("Why measured and predicted differ" in m.value for m in at.markdown)
+
+
+def test_a_trace_job_answers_a_class_mismatch_before_loading_any_model_and_cancel_writes_nothing(tmp_path,
+                                                                                               monkeypatch):
+    from app import jobs
+    from met_core.paths import runs_dir
+
+    from .conftest import CIFAR_TEST
+
+    monkeypatch.setenv("MET_RUNS_DIR", str(tmp_path / "runs"))
+    odd = tmp_path / "three classes"
+    for c in ("airplane", "bird", "cat"):
+        (odd / c).mkdir(parents=True)
+        (odd / c / "0000.jpg").symlink_to(CIFAR_TEST / c / "0000.jpg")
+    job = jobs.registry()[jobs.trace(str(CKPT / "cifar10-met"), str(odd), "test", 0)]
+    job.thread.join(600)
+    assert job.error.startswith("the dataset has 3 classes and the checkpoint 10")
+    assert not any("loading" in s or "converting" in s for s in job.stages), job.stages  # no model was loaded
+    job = jobs.TraceJob(checkpoint=str(CKPT / "cifar10-met"), dataset=str(CIFAR_TEST), limit=300)
+    job.cancel.set()  # cancelled as soon as the first batch reports
+    job.run()
+    assert job.error == "cancelled; nothing was written." and "running every exit over the images" in job.stages
+    assert not runs_dir().exists() or not any(runs_dir().iterdir())
 
 
 def test_hostile_uploads_each_get_their_own_message_and_state_is_kept(hostile_images):

@@ -82,12 +82,14 @@ with st.form("trace_form"):
     c3, c4 = st.columns(2)
     split = c3.radio("Split (torchvision names only)", ["test", "train"], horizontal=True)
     limit = c4.number_input("At most this many images (0: all)", 0, 10_000_000, 0, step=100)
-    go_ = st.form_submit_button("Run the trace", disabled=bool(job and job.running))
+    busy = bool(job and job.running)
+    go_ = st.form_submit_button("Run the trace", disabled=busy,
+                                help="A trace of yours is running: wait for it below, or cancel it" if busy else None)
 if go_:
     if not data.strip():
         st.error("Give a dataset folder or name first.")
     else:
-        session.local().trace_job = jobs.start(str(model), data.strip(), split, int(limit))
+        session.local().trace_job = jobs.trace(str(model), data.strip(), split, int(limit))
         st.rerun()
 
 
@@ -100,10 +102,7 @@ def poll() -> None:
         if job.result:
             session.set_model(state.label(Path(job.result)))
         st.rerun(scope="app")
-    frac = job.done / job.total if job.total else 0.0
-    st.progress(frac, text=f"{job.stage}: {job.done} of {job.total or '?'} batches")
-    if st.button("Cancel", key="cancel_trace"):
-        job.cancel.set()
+    jobs.draw_progress(job, "cancel_trace")
 
 
 if job is not None and job.running:

@@ -8,11 +8,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import session, state
+from app import jobs, session, state
 from app.palette import HIGHLIGHT, OTHER, exit_style, model_colour
 from app.safe import md, plot
 from app.view import COSTS, MODES, View, number, parse_thresholds, threshold_range
-from met_core.errors import METError, user_message
 from met_core.exit_rule import ExitRule
 from met_core.flops import MAC_NOTE
 from met_core.intervals import MEANING, clopper_pearson
@@ -401,7 +400,7 @@ def curve_figure(r: WhatIfResult, policy: str) -> go.Figure:
 
 
 def export(r: WhatIfResult, policy: str) -> None:
-    c1, c2, c3 = st.columns(3)
+    c1, c2 = st.columns(2)
     pol = curve_policy(policy)
     rows = pd.DataFrame([p.to_dict() for p in state.sweep_table(str(ckpt), pol)])
     rows["thresholds"] = rows.thresholds.map(json.dumps)
@@ -412,35 +411,73 @@ def export(r: WhatIfResult, policy: str) -> None:
                      "exit_fractions": r.exit_fractions}, SIMULATED_NOTE)
     c2.download_button("Thresholds as JSON", rule.to_json(), f"{ckpt.name}-thresholds.json", "application/json",
                        help="an exit rule: `met predict --rule FILE` and `met bench-exit --rule FILE` read it")
-    if c3.button("Measure the real batched early exit", key="measure",
-                 help="runs the model on 256 test images, batch 64"):
-        measure(r.thresholds, policy)
 
 
-def measure(thresholds: list, policy: str) -> None:
-    from met_core.data import decode_all, open_dataset, transform_for
-    from met_core.inference import measure_speedup
+def start_measuring() -> None:
+    policy, thresholds = state.thresholds_in_use()
+    root = state.dataset_root(trace)
+    thresholds = thresholds if isinstance(thresholds, list) else [float(thresholds)] * (k - 1) + [None]
+    session.local().measure_job = jobs.measure(str(ckpt), str(root), thresholds, policy)
 
+
+@st.fragment(run_every=0.5)
+def measuring(job: jobs.Job) -> None:
+    """While this session's measurement runs: its progress and Cancel; when it ends, the page again."""
+    if not job.running:
+        st.rerun(scope="app")
+    jobs.draw_progress(job, "cancel_measure")
+
+
+def measure_panel() -> None:
+    """Measure the real batched early exit in the background (progress in images, time left, Cancel), then
+    compare it with what the GMACs and the latency profile predict, piece by piece."""
+    st.subheader("Measured, not simulated")
+    job_id = session.local().measure_job
+    job = jobs.registry().get(job_id) if job_id else None
+    busy = job is not None and job.running
     root = state.dataset_root(trace)
     if root is None:
-        st.warning("The test images are not on disk, so the real early exit cannot be measured; set the dataset "
-                   "folder on the Explore samples page.")
+        st.button("Measure the real batched early exit", key="measure", disabled=True,
+                  help="The test images are not on disk: set their folder in the sidebar of Explore samples")
         return
-    with st.spinner("Running real batched early exit vs the full network on 256 images..."):
-        try:
-            mdl = state.model(str(ckpt))
-            ds = open_dataset(str(root))
-            ds = ds.subset(np.sort(np.random.default_rng(0).choice(len(ds), min(256, len(ds)), replace=False)))
-            ds.transform = transform_for(mdl.cfg)
-            x, _ = decode_all(ds, "decode", progress=False)
-            res = measure_speedup(mdl, x, thresholds, policy, batch_size=64, repeats=3)
-        except METError as e:
-            st.error(md(user_message(e)))
-            return
-    st.success(
-        f"Real early exit: measured speed-up {res.measured_speedup:.2f}x vs predicted "
-        f"{res.predicted_speedup:.2f}x on {res.images} images ({100 * res.early_exit_share:.0f}% left early)."
-    )
+    st.button("Measure the real batched early exit", key="measure", disabled=busy, on_click=start_measuring,
+              help=f"Runs the model on {jobs.MEASURE_IMAGES} seeded test images at batch {jobs.MEASURE_BATCH}, the "
+                   "early exit and the full network in turn, in the background" + (" (running now)" if busy else ""))
+    if busy:
+        measuring(job)
+    elif job is not None and job.error:
+        st.error(md(job.error))
+    elif job is not None and job.result is not None:
+        explain(job.result, job.policy, job.thresholds)
+
+
+def explain(res, policy: str, thresholds: list) -> None:
+    """The measured speed-up beside the GMACs' and the latency profile's predictions, and where the time goes."""
+    st.success(f"Measured: {res.measured_speedup:.2f}x faster than the full network on {res.images} images at batch "
+               f"{res.batch_size} ({100 * res.early_exit_share:.0f}% left early; {policy} at "
+               f"{md(state.describe(thresholds))}). GMACs predicted {res.predicted_speedup:.2f}x.")
+    prof = state.profile_of(ckpt)
+    if prof is None:
+        st.caption("GMACs count only the blocks; the stem, the exit heads and moving the continuing images on also "
+                   "take time. `met profile` measures those pieces and explains the gap here.")
+        return
+    b = res.batch_size
+    lp = predict_latency(prof, res.exit_fractions, b)
+    stage_gm = np.diff(np.concatenate([[0.0], np.asarray(arrays.gmacs)]))
+    rows = [{"piece": "stem (patches and position)", "GMACs": None, "ms per batch": prof.piece(prof.stem_ms, b)}]
+    for j in range(k):
+        rows.append({"piece": f"blocks to exit {j + 1}", "GMACs": float(stage_gm[j]),
+                     "ms per batch": prof.piece(prof.stage_ms[j], b)})
+        rows.append({"piece": f"exit {j + 1} head and test", "GMACs": None,
+                     "ms per batch": prof.piece(prof.head_ms[j], b)})
+    rows.append({"piece": "moving the continuing images on", "GMACs": None,
+                 "ms per batch": prof.piece(prof.compact_ms, b)})
+    st.write(f"Why measured and predicted differ: the GMACs count only the blocks. The latency profile of this "
+             f"checkpoint ({md(prof.device_name)}, {prof.threads} threads) also times the pieces the GMACs leave out, "
+             f"and predicts {lp.speedup:.2f}x at batch {b} against {res.measured_speedup:.2f}x measured (and "
+             f"{res.predicted_speedup:.2f}x from GMACs). Each piece at batch {b}, as the profile measured it:")
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
 
 
 live()
+measure_panel()
