@@ -305,6 +305,26 @@ def profile_of(ckpt: Path) -> LatencyProfile | None:
         fail(user_message(e))
 
 
+@st.cache_resource(show_spinner=False)
+def _ood_rule(path: str, mtime: float):
+    from met_core.ood import load_ood
+
+    return load_ood(path)
+
+
+def ood_rule(ckpt: Path):
+    """The checkpoint's out-of-distribution caution (met ood), or None; one sentence if its file is damaged."""
+    from met_core.ood import OOD_FILE
+
+    f = ckpt / OOD_FILE
+    if not f.is_file():
+        return None
+    try:
+        return _ood_rule(str(f), f.stat().st_mtime)
+    except METError as e:
+        fail(user_message(e))
+
+
 @st.cache_data(show_spinner=False)
 def reliability_curves(ckpt: str) -> list[ReliabilityCurve]:
     """Reliability diagram and ECE of each exit on the test trace."""

@@ -406,6 +406,29 @@ def cmd_reliability(args: argparse.Namespace) -> None:
     _emit(args, out, lines)
 
 
+def cmd_ood(args: argparse.Namespace) -> None:
+    from .checkpoint import checkpoint_hash
+    from .ood import OOD_FILE, fit_ood, save_ood
+    from .traces import load_trace
+
+    cal = load_trace(args.trace)
+    if cal.meta.get("checkpoint_sha256") != checkpoint_hash(args.checkpoint):
+        raise METError(f"{args.trace} was made by another model than {args.checkpoint}; trace it with this one.")
+    if cal.meta.get("split") not in ("holdout", "val"):
+        raise METError(f"{args.trace} is a trace of the '{cal.meta.get('split')}' split; fit on held-out images "
+                       "(met trace --split holdout --features N), never on the test split.")
+    k = args.exit - 1
+    if not 0 <= k < cal.num_exits or not len(cal.feature_index):
+        raise METError(f"{args.trace} has no features at exit {args.exit}; trace with --features N (N >= 400).")
+    what = "held-out training images" if cal.meta.get("split") == "holdout" else "validation images"
+    rule = fit_ood(cal.features[k], args.false_alarm, args.k, k, args.seed, what)
+    out = Path(args.out) if args.out else Path(args.checkpoint) / OOD_FILE
+    save_ood(out, rule)
+    _emit(args, {"file": str(out), "threshold": rule.threshold, "false_alarm": rule.false_alarm, "k": rule.k,
+                 "exit": args.exit, "reference_images": len(rule.reference),
+                 "threshold_images": rule.threshold_images}, [f"wrote {out}: {rule.describe()}"])
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from .checkpoint import checkpoint_hash
     from .inference import predict_files
@@ -641,6 +664,18 @@ def _reliability_args(rl: argparse.ArgumentParser) -> None:
     rl.add_argument("--bins", type=number(int, Range(2, 1000)), default=15)
 
 
+def _ood_args(o: argparse.ArgumentParser) -> None:
+    o.add_argument("--checkpoint", required=True, help="checkpoint folder (ood.npz is written into it)")
+    o.add_argument("--trace", required=True, help="a calibration trace with features (met trace --split holdout "
+                   "--features N): half its feature rows are the reference, half set the threshold")
+    o.add_argument("--false-alarm", type=number(float, Range(0, 1, lo_open=True, hi_open=True)), default=0.05,
+                   help="the largest share of in-distribution images flagged (a conformal bound)")
+    o.add_argument("--k", type=number(int, Range(1, 100)), default=5, help="neighbours the distance averages")
+    o.add_argument("--exit", type=number(int, Range(1, 64)), default=1, help="the exit whose features are scored")
+    o.add_argument("--seed", type=number(int, Range(0, 2**32 - 1)), default=0, help="seed of the reference split")
+    o.add_argument("--out", help="where to write (default: CHECKPOINT/ood.npz)")
+
+
 def _predict_args(pr: argparse.ArgumentParser) -> None:
     add_checkpoint_args(pr)
     pr.add_argument("images", nargs="+", help="image files")
@@ -693,6 +728,8 @@ SUBCOMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], None], Callable
      _calibrate_args),
     ("reliability", "expected calibration error and reliability of each exit; fit per-exit temperatures",
      cmd_reliability, _reliability_args),
+    ("ood", "fit the out-of-distribution caution (kNN distance of exit features, conformal threshold)", cmd_ood,
+     _ood_args),
     ("predict", "real early-exit prediction on image files", cmd_predict, _predict_args),
     ("bench-exit", "measure real batched early exit against running every image to the last exit", cmd_bench_exit,
      _bench_exit_args),

@@ -386,3 +386,16 @@ def test_every_chart_uses_the_fixed_class_exit_and_model_colours():
                     assert c.lower().replace(" ", "") in {a.replace(" ", "") for a in allowed}, (page, trace.get(
                         "name"), c)
     assert seen > 50
+
+
+def test_an_upload_is_shown_with_its_own_time_and_a_photo_of_another_kind_gets_a_caution():
+    photo = next((HYMENOPTERA / "val" / "bees").glob("*.jpg"))
+    cifar = next((ROOT.parent / "shared" / "datasets" / "cifar10" / "test" / "cat").glob("*.jpg"))
+    at = app("views/samples.py")
+    at.file_uploader(key="uploads").set_value([(photo.name, photo.read_bytes(), "image/jpeg"),
+                                               (cifar.name, cifar.read_bytes(), "image/jpeg")]).run()
+    assert not at.exception
+    assert len(at.image) >= 2  # the uploads themselves, as thumbnails
+    cautions = [shown(w.value) for w in at.warning if "Probably not one of this model's classes" in shown(w.value)]
+    assert len(cautions) == 1, [shown(w.value) for w in at.warning]  # the bee, not the CIFAR-10 cat
+    assert any("at most 5 % of images like the training data are flagged" in shown(c.value) for c in at.caption)

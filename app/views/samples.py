@@ -13,7 +13,7 @@ from app.palette import HIGHLIGHT, OTHER, exit_style
 from app.safe import md, plot
 from app.view import SORTS, VERDICTS, View
 from met_core.errors import METError, user_message
-from met_core.images import IMAGE_EXTENSIONS
+from met_core.images import IMAGE_EXTENSIONS, load_image
 from met_core.policies import as_thresholds, get_policy
 from met_core.whatif import outcomes
 
@@ -157,10 +157,15 @@ with tab_upload:
         except METError as e:
             state.fail(user_message(e))
         from met_core.inference import predict_images  # torch: only once someone uploads
+        from met_core.ood import score_images
 
+        items = [(f.name, f.getvalue()) for f in files]
         t0 = time.perf_counter()
-        results = predict_images(model, [(f.name, io.BytesIO(f.getvalue())) for f in files], thresholds, policy)
+        # one at a time: each upload's own time (a batch would give every row the batch's average)
+        results = [predict_images(model, [(n, io.BytesIO(b))], thresholds, policy)[0] for n, b in items]
         elapsed = time.perf_counter() - t0
+        rule = state.ood_rule(ckpt)
+        scores = score_images(model, rule, [(n, io.BytesIO(b)) for n, b in items]) if rule else [None] * len(items)
         ok = [r for r in results if r.error is None]
         for r in results:
             if r.error is not None:
@@ -176,13 +181,32 @@ with tab_upload:
                             "confidence": round(r.confidence, 4),
                             "GMACs": round(r.gmacs, 4),
                             "of full": f"{100 * r.gmacs / r.gmacs_full:.0f}%",
-                            "ms per image": round(1e3 * r.seconds, 1),
+                            "ms": round(1e3 * r.seconds, 1),
                         }
                         for r in ok
                     ]
                 ).set_index("file")
             )  # static: ≤ 32 rows
-            st.caption(f"Real early exit on {len(ok)} image(s) in {elapsed:.2f} s in total (preprocessing included).")
+            st.caption(f"Real early exit on {len(ok)} image(s), one at a time, in {elapsed:.2f} s in total "
+                       "(preprocessing included; the ms column is each image's own time).")
+            if rule is not None:
+                st.caption(md("Caution mark: " + rule.describe() + "."))
+            else:
+                st.caption("This model has no out-of-distribution reference (`met ood`), so no upload is checked "
+                           "for being one of its classes.")
+            cols = st.columns(4)
+            for n, (r, (name, data), score) in enumerate(zip(results, items, scores)):
+                if r.error is not None:
+                    continue
+                col = cols[n % 4]
+                col.image(load_image(io.BytesIO(data), name), width="stretch")
+                col.markdown(md(f"{r.file}: {r.class_name} ({r.confidence:.2f}) at exit {r.exit + 1}, "
+                                f"{1e3 * r.seconds:.0f} ms"))
+                if score is not None and score > rule.threshold:
+                    col.warning(md(f"Probably not one of this model's classes (distance {score:.3f} > "
+                                   f"{rule.threshold:.3f}): the answer is a guess among "
+                                   f"{', '.join(model.cfg.class_names[:10])}. The Models page lists models "
+                                   "trained on other images."))
             classes = [plot(c) for c in model.cfg.class_names]
             for n, r in enumerate(ok[:4]):  # two uploads may share a name: keys by position
                 probs = [p for p in r.exit_probs if p is not None]
