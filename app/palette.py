@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from plotly.colors import qualitative
 
 CLASS_COLOURS: tuple[str, ...] = tuple(qualitative.Safe)
-OKABE_ITO: tuple[str, ...] = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442")
+# ordered so that neighbours in a list differ in hue, not only in lightness
+OKABE_ITO: tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442")
 SYMBOLS: tuple[str, ...] = ("circle", "square", "diamond", "triangle-up", "cross", "triangle-down", "star",
                             "hexagon", "pentagon", "x")
 CORRECT = ("#0072B2", "circle")  # (colour, marker shape)

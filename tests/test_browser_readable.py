@@ -74,3 +74,96 @@ def test_text_and_plot_labels_reach_4_5_to_1_in_light_and_dark_mode(tmp_path, mo
         drv.quit()
         proc.terminate()
         proc.wait(10)
+
+
+# every text element whose content is wider or taller than its box (cut off with an ellipsis, or spilling out)
+CLIPPED = """
+const sel = '[data-testid="stMetricValue"], [data-testid="stMetricLabel"], [data-testid="stMetricDelta"], ' +
+  'button, [data-testid="stWidgetLabel"], [data-testid="stMarkdownContainer"], ' +
+  '[data-testid="stCaptionContainer"], h1, h2, h3, [data-testid="stTab"]';
+const main = document.querySelector('[data-testid="stMain"]') || document.body;
+return [...main.querySelectorAll(sel)]
+  .filter((e) => e.offsetParent !== null && (e.innerText || '').trim())
+  .filter((e) => e.scrollWidth > e.clientWidth + 1 || e.scrollHeight > e.clientHeight + 2)
+  .map((e) => `${e.tagName} '${e.innerText.trim().slice(0, 60)}' ${e.scrollWidth}x${e.scrollHeight} in ` +
+              `${e.clientWidth}x${e.clientHeight}`);
+"""
+
+PAGES = (("", "Try this"), ("how", "Model card"), ("whatif", "Accuracy versus mean GMACs"),
+         ("samples", "images match"), ("journey", "Leaves at exit"), ("representations", "kNN accuracy is"),
+         ("models", "Add a checkpoint folder"))
+
+
+def projector(drv) -> None:
+    """A 1280 x 720 viewport (the window's size minus the browser's own bars)."""
+    drv.set_window_size(1280, 720)
+    w, h = drv.execute_script("return [window.innerWidth, window.innerHeight];")
+    drv.set_window_size(1280 + 1280 - w, 720 + 720 - h)
+
+
+@pytest.fixture(scope="module")
+def served():
+    proc, url = start_server()
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.mark.parametrize("page,ready", PAGES)
+def test_every_page_at_1280_by_720_has_no_clipped_or_overflowing_text(served, tmp_path, page, ready):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    drv = make_browser(tmp_path / "profile")
+    try:
+        projector(drv)
+        drv.get(f"{served}/{page}")
+        wait_text(drv, ready, timeout=180)
+        wait_until(lambda: not drv.find_elements("css selector", '[data-testid="stStatusWidgetRunningIcon"]'),
+                   timeout=120, what="the page's run to finish")
+        import time
+
+        time.sleep(2)
+        drv.save_screenshot(str(ARTIFACTS / f"projector-{page or 'start'}.png"))
+        clipped = drv.execute_script(CLIPPED)
+        assert clipped == [], clipped
+    finally:
+        drv.quit()
+
+
+def test_the_journey_fits_a_projector_and_steps_with_buttons_and_arrow_keys(served, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    from met_core.traces import load_trace
+    from met_core.whatif import TraceArrays, outcomes
+
+    trace = load_trace(ROOT / "checkpoints" / "cifar10-met" / "test_trace.npz")
+    o = outcomes(TraceArrays.from_trace(trace), 0.8)
+    i = int(next(j for j in range(len(o.exits)) if o.exits[j] == 3))  # an image that leaves at the last exit
+    drv = make_browser(tmp_path / "profile")
+    try:
+        projector(drv)
+        drv.get(f"{served}/journey?image={trace.ids[i]}")
+        wait_text(drv, "Leaves at exit 4", timeout=180)
+
+        def shown_step() -> str:
+            return next(m.text for m in drv.find_elements("css selector", '[data-testid="stMetric"]')
+                        if m.text.startswith("Blocks run")).split("\n")[1]
+
+        assert shown_step() == "3 of 12"  # it starts at exit 1
+        parts = {"Previous": "//button[contains(., 'Previous exit')]", "Next": "//button[contains(., 'Next exit')]",
+                 "image": "//*[@data-testid='stImage']", "decision": "//*[@data-testid='stMetric'][.//p[.='Decision']]",
+                 "drawing": "(//*[@data-testid='stPlotlyChart'])[1]"}
+        for name, xp in parts.items():
+            r = drv.find_element("xpath", xp).rect
+            assert r["y"] >= 0 and r["y"] + r["height"] <= 720, (name, r)  # in the first screen, no scrolling
+        drv.find_element("xpath", parts["Next"]).click()
+        wait_until(lambda: shown_step() == "6 of 12", what="exit 2 after Next")
+        drv.find_element("tag name", "body").send_keys(Keys.ARROW_RIGHT)
+        wait_until(lambda: shown_step() == "9 of 12", what="exit 3 after the right arrow key")
+        drv.find_element("tag name", "body").send_keys(Keys.ARROW_RIGHT)
+        wait_until(lambda: shown_step() == "12 of 12", what="exit 4 after the right arrow key")
+        assert not drv.find_element("xpath", parts["Next"]).is_enabled()  # the exit where it leaves: the last step
+        drv.find_element("tag name", "body").send_keys(Keys.ARROW_LEFT)
+        wait_until(lambda: shown_step() == "9 of 12", what="exit 3 after the left arrow key")
+        drv.save_screenshot(str(ARTIFACTS / "projector-journey-stepped.png"))
+    finally:
+        drv.quit()

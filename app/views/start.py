@@ -54,13 +54,13 @@ def try_hard_image() -> None:
     session.update(lambda v: setattr(v.journey, "image", session.context().ids[i]))
 
 
-c1, c2, c3 = st.columns(3)
-if c1.button("Spend half the compute: what does it cost?", key="try_budget", on_click=try_budget,
+c1, c2, c3 = st.columns(3)  # labels short enough for a 1280 px projector
+if c1.button("Half the compute: what does it cost?", key="try_budget", on_click=try_budget,
              help="Thresholds chosen on the calibration set for 50 % of the last exit's GMACs, on the what-if page"):
     st.switch_page("views/whatif.py")
-if c2.button("Follow a hard image to the last exit", key="try_journey", on_click=try_hard_image,
+if c2.button("Follow a hard image", key="try_journey", on_click=try_hard_image,
              help="The first test image that only the last exit answers, on the journey page"):
     st.switch_page("views/journey.py")
-if c3.button("See what graph regularization changes", key="try_reps",
+if c3.button("What graph regularization changes", key="try_reps",
              help="The first exit's features of this model and of its comparison, side by side"):
     st.switch_page("views/representations.py")

@@ -124,13 +124,15 @@ def _per_exit_slider(j: int, lo: float, hi: float, pol, fmt: str) -> None:
 def presets_row(presets: dict, cal) -> None:
     if not presets:
         return
-    st.caption(f"Calibrated budgets (chosen on the {CAL}: {md(cal[1]) if cal else 'none; the test trace'}):")
+    st.caption(f"Calibrated budgets, as a share of the last exit's GMACs (chosen on the {CAL}: "
+               f"{md(cal[1]) if cal else 'none; the test trace'}):")
     cols = st.columns(len(presets))
     for col, (b, p) in zip(cols, presets.items(), strict=True):
         if isinstance(p, str):  # the reason this budget cannot be met
-            col.button(f"{b:.0%} of the GMACs", key=f"preset{b}", disabled=True, help=md(p))
+            col.button(f"{b:.0%}", key=f"preset{b}", disabled=True, width="stretch",
+                       help=md(f"No thresholds reach {b:.0%} of the GMACs: {p}"))
         else:
-            col.button(f"{b:.0%} of the GMACs", key=f"preset{b}", on_click=adopt, args=(p.thresholds,),
+            col.button(f"{b:.0%}", key=f"preset{b}", on_click=adopt, args=(p.thresholds,), width="stretch",
                        help=f"Thresholds for {b:.0%} of the last exit's GMACs, chosen on the {CAL}")
 
 
@@ -394,7 +396,7 @@ def curve_figure(r: WhatIfResult, policy: str) -> go.Figure:
         title=f"Accuracy versus mean GMACs on {n_test:,} test images",
         xaxis_title=f"mean GMACs per image ({MAC_NOTE})", yaxis_title="accuracy", yaxis_tickformat=".0%",
         height=470, margin=dict(t=50, b=10), clickmode="event+select",
-        legend=dict(orientation="h", yanchor="top", y=-0.2, x=0),
+        legend=dict(orientation="h", yanchor="top", y=-0.3, x=0),
     )
     return fig
 
