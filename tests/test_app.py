@@ -399,3 +399,23 @@ def test_an_upload_is_shown_with_its_own_time_and_a_photo_of_another_kind_gets_a
     cautions = [shown(w.value) for w in at.warning if "Probably not one of this model's classes" in shown(w.value)]
     assert len(cautions) == 1, [shown(w.value) for w in at.warning]  # the bee, not the CIFAR-10 cat
     assert any("at most 5 % of images like the training data are flagged" in shown(c.value) for c in at.caption)
+
+
+def test_the_start_page_names_the_model_and_its_try_this_buttons_open_prepared_views():
+    from met_core.calibration import apply, calibrate_budget
+    from met_core.whatif import outcomes
+
+    test = TraceArrays.from_trace(load_trace(CKPT / "cifar10-met" / "test_trace.npz"))
+    cal = TraceArrays.from_trace(load_trace(CKPT / "cifar10-met" / "cal_trace.npz"))
+    at = app(page=None)
+    assert [t.value for t in at.title] == ["MET Explorer"]
+    assert any("The model in use: cifar10" in shown(c.value) for c in at.caption)
+    at.button(key="try_budget").click().run()
+    assert not at.exception and [t.value for t in at.title] == ["Threshold what-if"]
+    want = apply(test, calibrate_budget(cal, 0.5, "max-softmax"), "max-softmax").measured
+    assert view(at).mode == "per-exit" and metric(at, "Mean GMACs") == f"{want.gmacs:.4f}"
+    at.switch_page("views/start.py").run()
+    at.button(key="try_journey").click().run()
+    assert not at.exception and [t.value for t in at.title] == ["An image's journey"]
+    o = outcomes(test, want.thresholds, "max-softmax")
+    assert o.exits[list(load_trace(CKPT / "cifar10-met" / "test_trace.npz").ids).index(view(at).journey.image)] == 3
