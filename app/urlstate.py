@@ -16,7 +16,7 @@ import streamlit as st
 
 from app import state
 from met_core.errors import METError
-from met_core.policies import POLICIES, get_policy
+from met_core.policies import POLICIES, as_thresholds, get_policy
 
 MAX_PARAM_CHARS = 400
 MAX_LIST = 64
@@ -82,8 +82,14 @@ def _thresholds(text: str) -> list[float]:
         vals = [float(t) for t in _items(text)]
     except ValueError:
         vals = []
+    must = (f"one threshold or {k - 1} comma-separated thresholds between {lo:g} and {hi:g}"
+            + (" (whole numbers)" if pol.counts_exits else ""))
     if len(vals) not in (1, k - 1) or not all(lo <= v <= hi for v in vals):
-        raise METError(f"one threshold or {k - 1} comma-separated thresholds between {lo:g} and {hi:g}")
+        raise METError(must)
+    try:
+        as_thresholds(vals, k, pol)  # the policy's own check (patience: whole counts)
+    except METError:
+        raise METError(must) from None
     return vals
 
 

@@ -123,16 +123,17 @@ class METModel(nn.Module):
         """
         import numpy as np
 
+        from .policies import exit_probs
+
         n, k_total = x.shape[0], self.num_exits
         exit_of = np.full(n, -1)
-        probs = np.full((n, k_total, self.cfg.num_classes), np.nan, dtype=np.float32)
+        probs = np.full((n, k_total, self.cfg.num_classes), np.nan)  # float64: what the decision sees
         active = np.arange(n)
         stem = self.forward_stem(x)
         tokens = stem
         for k in range(k_total):
             tokens = self.forward_stage(tokens if self.cfg.diagonal_mode == "stage" else stem, k)
-            p = torch.softmax(self.heads[k](self.pool(tokens)).float(), dim=-1).cpu().numpy()
-            probs[active, k] = p
+            probs[active, k] = exit_probs(self.heads[k](self.pool(tokens)).float().cpu().numpy())
             if k == k_total - 1:
                 exit_of[active] = k
                 break

@@ -43,7 +43,7 @@ if source == "A test image":
     i = where[sid]
     if root is not None:
         path = root / sid
-    probs, true = arrays.probs[i], int(arrays.labels[i])
+    probs, true = arrays.row_probs(i), int(arrays.labels[i])  # float64: what the what-if decides on
     st.caption("Probabilities from the test trace (the model's real outputs for this image, cached).")
 else:
     up = st.file_uploader("An image (PNG, JPEG, ...)", key="journey_upload")
