@@ -7,12 +7,13 @@ Thresholds are one global number or one per exit (the last one is ignored); each
 (`Policy.check`: patience takes whole counts 1..K).
 
 The probabilities every exit decision sees come from one function, `exit_probs`: a softmax in float64
-(the largest logit subtracted first), in the what-if (`exit_scores`, over a trace's logits), the PyTorch early exit, the ONNX
-runner and the journey. In float32 a top probability above 1 - 6e-8 rounds to exactly 1.0 (a logit margin
-of about 17), so a max-softmax threshold of 1.0 let 14 % of the CIFAR-10 test images leave early; in
-float64 only a margin above about 37 over all other classes together reaches 1.0 (7 early-exit scores of the
-40,000 on that trace). So a max-softmax threshold of 1.0 means "leave only when the other classes together
-hold less than 1.1e-16 of probability", and anything above 1 (the slider's top end) means "never leave early".
+(the largest logit subtracted first), in the what-if (`exit_scores`, over a trace's logits), the PyTorch
+early exit, the ONNX runner and the journey. In float32 a top probability above 1 - 6e-8 rounds to exactly
+1.0 (a logit margin of about 17), so a max-softmax threshold of 1.0 let 14 % of the CIFAR-10 test images
+leave early; in float64 only a margin above about 37 over all other classes together reaches 1.0 (7
+early-exit scores of the 30,000 on that trace). So a max-softmax threshold of 1.0 means "leave only when
+the other classes together hold less than 1.1e-16 of probability", and anything above 1 (the slider's top
+end) means "never leave early".
 """
 from __future__ import annotations
 
