@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .intervals import WhatIfIntervals, whatif_intervals
+from .limits import MAX_CONFUSION_CLASSES
 from .policies import Policy, as_thresholds, exit_index, exit_probs, exit_scores, get_policy
 from .traces import SIMULATED_NOTE, Trace
 
@@ -101,7 +102,8 @@ class WhatIfResult:
     last_exit_gmacs: float
     note: str = SIMULATED_NOTE
     per_class_accuracy: list[float | None] | None = None  # with detail=True
-    confusion: list[list[int]] | None = None  # with detail=True; rows: true class, columns: predicted
+    confusion: list[list[int]] | None = None  # with detail=True and at most MAX_CONFUSION_CLASSES classes; rows:
+    #                                          true class, columns: predicted
     intervals: WhatIfIntervals | None = None  # with intervals=True: 95 % intervals of the numbers above
 
     @property
@@ -112,8 +114,9 @@ class WhatIfResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; the detail fields only when computed."""
         d = asdict(self)
-        if self.confusion is None:
-            del d["per_class_accuracy"], d["confusion"]
+        for name in ("per_class_accuracy", "confusion"):
+            if d[name] is None:
+                del d[name]
         d["intervals"] = self.intervals.to_dict() if self.intervals else None
         if self.intervals is None:
             del d["intervals"]
@@ -141,12 +144,13 @@ def whatif(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str
         last_exit_accuracy=float(arrays.correct[:, -1].mean()), last_exit_gmacs=float(arrays.gmacs[-1]))
     if intervals:
         out.intervals = whatif_intervals(int(correct.sum()), counts, right, arrays.gmacs, seed)
-    if detail:
+    if detail:  # per-class accuracy in O(N + C); the C x C confusion matrix only up to MAX_CONFUSION_CLASSES
         c = arrays.num_classes
-        conf = np.bincount(arrays.labels * c + o.pred, minlength=c * c).reshape(c, c)
-        per_class_n = conf.sum(1)
-        out.per_class_accuracy = [float(conf[i, i] / m) if m else None for i, m in enumerate(per_class_n)]
-        out.confusion = conf.tolist()
+        per_class_n = np.bincount(arrays.labels, minlength=c)
+        right_c = np.bincount(arrays.labels, weights=correct, minlength=c)
+        out.per_class_accuracy = [float(r / m) if m else None for r, m in zip(right_c, per_class_n, strict=True)]
+        if c <= MAX_CONFUSION_CLASSES:
+            out.confusion = np.bincount(arrays.labels * c + o.pred, minlength=c * c).reshape(c, c).tolist()
     return out
 
 

@@ -14,6 +14,7 @@ from met_core.exit_rule import ExitRule
 from met_core.flops import MAC_NOTE
 from met_core.intervals import MEANING, clopper_pearson
 from met_core.latency import PREDICTED_NOTE, LatencyProfile, predict_latency
+from met_core.limits import MAX_CONFUSION_CLASSES
 from met_core.policies import CALIBRATABLE, POLICIES, get_policy
 from met_core.traces import SIMULATED_NOTE
 from met_core.whatif import WhatIfResult, exit_accuracy_all, outcomes, whatif
@@ -56,6 +57,7 @@ st.session_state["compared"] = compare
 
 
 CERTIFIED = "Certified (largest loss)"
+MAX_DRAWN_CLASSES = 100  # a confusion heatmap with a clickable marker per cell: 10,000 cells at most
 
 
 def apply_preset(thresholds: list, lo: float, hi: float) -> None:
@@ -214,8 +216,12 @@ def live_results(r: WhatIfResult, thresholds: float | list[float], spread_slot) 
             ),
             hide_index=True,
         )
-    if st.toggle("Show the confusion matrix at these thresholds (click a cell to see its images)",
-                 key=state.kept("show_confusion")):
+    if r.confusion is None or len(trace.class_names) > MAX_DRAWN_CLASSES:  # a drawing bounded by its cells
+        st.caption(f"The confusion matrix is drawn for models of up to {MAX_DRAWN_CLASSES} classes; this one has "
+                   f"{len(trace.class_names):,} (per-class accuracy above; `met whatif --detail` writes the matrix "
+                   f"for up to {MAX_CONFUSION_CLASSES:,}).")
+    elif st.toggle("Show the confusion matrix at these thresholds (click a cell to see its images)",
+                   key=state.kept("show_confusion")):
         confusion(r)
     export(r)
     if spread_slot is not None:
