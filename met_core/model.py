@@ -38,7 +38,8 @@ class METModel(nn.Module):
                                    cfg.sharing, cfg.exit_diagonals) if cfg.adapters else None)
         self.feature_dim = 2 * dim if cfg.head_input == "cls+mean" else dim
         head_bytes = len(cfg.exits) * (self.feature_dim + 1) * cfg.num_classes * 4  # float32, before allocating
-        if head_bytes > MAX_TRAINED_BYTES:
+        on_meta = torch.empty(0).device.type == "meta"  # shapes only (checkpoint.expected_shapes): no memory
+        if head_bytes > MAX_TRAINED_BYTES and not on_meta:
             raise METError(f"{len(cfg.exits)} heads of {self.feature_dim:,} x {cfg.num_classes:,} classes would take "
                            f"{head_bytes:,} bytes, more than the {MAX_TRAINED_BYTES:,} a checkpoint's trained tensors "
                            "may hold (training needs 4 times that); use fewer exits or classes"
