@@ -181,7 +181,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     ds = open_dataset(args.dataset, split=args.split, download=not args.no_download, data_root=args.data_root)
     for note in ds.notes:
         log(note)
-    train_idx, val_idx = subsample_split(ds.labels, tcfg.per_class, tcfg.val_fraction, tcfg.seed)
+    train_idx, val_idx = subsample_split(ds.labels, tcfg.per_class, tcfg.val_fraction, tcfg.seed, ds.class_names,
+                                         warn=log)
     model = build_model(args, ds, tcfg.seed)
     mcfg = model.cfg
     train_ds, val_ds = ds.subset(train_idx), ds.subset(val_idx)
@@ -206,7 +207,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     }, result)
     _emit(args, {"out": str(out), **{k: v for k, v in result.items() if k != "history"}}, [
         f"saved {out}/config.json, model.safetensors, metrics.json",
-        f"validation accuracy per exit: {' / '.join(f'{100 * a:.1f}%' for a in metrics.val_accuracy or [])}",
+        "validation accuracy per exit: " + (' / '.join(f'{100 * a:.1f}%' for a in metrics.val_accuracy or [])
+                                            or "none (no validation images)"),
         f"GMACs per exit ({MAC_NOTE}): {' / '.join(f'{g:.3f}' for g in gm)}",
         f"training time: {metrics.train_time_s:.0f} s ({metrics.data_path} data path); "
         f"peak memory (RSS, with loader workers): {metrics.peak_rss_gb:.2f} GB",

@@ -135,7 +135,7 @@ class TrainConfig:
     distill_temperature: float = _f(3.0, "Softmax temperature T of self-distillation (the term is scaled by T^2).",
                                     Range(0, 1000, lo_open=True))
     classes_per_batch: int = _f(0, "P of the class-balanced P x M sampler used with graph regularisation; 0 = all "
-                                "classes.", Range(0, 100_000))
+                                "classes; at most batch_size / 2 either way (M >= 2).", Range(0, 100_000))
     per_class: int = _f(0, "Training images per class taken from the dataset (VTAB-1k style); 0 = all.",
                         Range(0, 100_000_000))
     val_fraction: float = _f(0.2, "Share of the sub-sampled images held out for validation (800/200 for 1,000).",

@@ -267,24 +267,60 @@ def _tv_labels(ds) -> list[int]:
     return [int(ds[i][1]) for i in range(len(ds))]
 
 
+def split_sizes(n: int, val_fraction: float) -> int:
+    """Validation images of a class of `n`: round(val_fraction * n), but never all of them (a class keeps at
+    least one training image)."""
+    return min(int(round(val_fraction * n)), max(n - 1, 0))
+
+
+def smallest_splittable_class(val_fraction: float) -> int:
+    """The fewest images a class needs for `val_fraction` to give it one validation and one training image."""
+    n = max(2, int(0.5 / val_fraction) + 1)  # round(x) >= 1 from x > 0.5; then a step or two for the rounding
+    while n > 2 and split_sizes(n - 1, val_fraction) >= 1:
+        n -= 1
+    while split_sizes(n, val_fraction) < 1:
+        n += 1
+    return n
+
+
 def subsample_split(
-    labels: np.ndarray, per_class: int, val_fraction: float, seed: int
+    labels: np.ndarray, per_class: int, val_fraction: float, seed: int,
+    class_names: Sequence[str] | None = None, warn: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """VTAB-1k style: `per_class` images per class (0 = all), each class split train/val, seeded.
 
     Returns sorted (train, val) index arrays. 100 per class with val_fraction 0.2 gives 80/20 per class.
+    A split that cannot be made as asked is said once, through `warn`, with what to do: classes too small
+    for `val_fraction` to give them a validation image (all of them: the run has no validation images),
+    and a class is never left without a training image.
     """
     rng = np.random.default_rng(seed)
-    train, val = [], []
-    for c in np.unique(labels):
+    train, val, without = [], [], []
+    classes = np.unique(labels)
+    for c in classes:
         idx = rng.permutation(np.flatnonzero(labels == c))
         if per_class:
             if len(idx) < per_class:
                 raise METError(f"class {c} has only {len(idx)} images, fewer than --per-class {per_class}.")
             idx = idx[:per_class]
-        n_val = int(round(val_fraction * len(idx)))
+        n_val = split_sizes(len(idx), val_fraction)
+        if val_fraction > 0 and n_val == 0:
+            without.append(int(c))
         val.extend(idx[:n_val])
         train.extend(idx[n_val:])
+    if without and warn is not None:
+        need = smallest_splittable_class(val_fraction)
+        if len(without) == len(classes):
+            warn(f"warning: --val-fraction {val_fraction:g} gives no validation image to any class (each has fewer "
+                 f"than {need} images), so this run has no validation images: no validation accuracy is reported "
+                 f"and `met trace --split val` has nothing to trace; give each class at least {need} images, or "
+                 "pass --val-fraction 0 to train on all of them without this warning.")
+        else:
+            names = [str(class_names[c]) if class_names is not None else str(c) for c in without]
+            warn(f"warning: --val-fraction {val_fraction:g} gives no validation image to {len(without)} of "
+                 f"{len(classes)} classes ({', '.join(repr(n[:40]) for n in names[:5])}"
+                 f"{' ...' if len(names) > 5 else ''}: fewer than {need} images each); the validation accuracy "
+                 "covers the other classes only.")
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
 
 
@@ -307,17 +343,33 @@ def dataset_for_checkpoint(cfg: dict[str, Any], dataset: str | None, split: str,
         raise METError("this checkpoint records no dataset; pass --dataset.")
     ds = open_dataset(src, split=data.get("split", "train"), download=download, data_root=data_root)
     where = {sid: i for i, sid in enumerate(ds.ids)}
-    if split == "val":
-        missing = [s for s in data.get("val_ids", []) if s not in where]
-        if missing or not data.get("val_ids"):
-            raise METError(f"the checkpoint's validation images are not all in {src} ({len(missing)} missing); "
-                           "pass the dataset it was trained on.")
-        return ds.subset([where[s] for s in data["val_ids"]])
     used = {where[s] for s in data.get("train_ids", []) + data.get("val_ids", []) if s in where}
     free = np.setdiff1d(np.arange(len(ds)), np.fromiter(used, dtype=np.int64, count=len(used)))
-    if holdout < 1 or holdout > len(free):
-        raise METError(f"--holdout must be between 1 and the {len(free):,} images the checkpoint never saw, "
-                       f"got {holdout}.")
+    if split == "val":
+        if not data.get("val_ids"):
+            fraction = cfg.get("train", {}).get("val_fraction")
+            raise METError("this checkpoint was trained without validation images"
+                           + (f" (--val-fraction {fraction:g} gave none)" if isinstance(fraction, (int, float))
+                              else "")
+                           + ", so --split val has nothing to trace; trace "
+                           + (f"some of the {len(free):,} images it never saw (--split holdout --holdout N) or "
+                              if len(free) else "")
+                           + "a test split.")
+        missing = [s for s in data["val_ids"] if s not in where]
+        if missing:
+            raise METError(f"the checkpoint's validation images are not all in {src} ({len(missing)} of "
+                           f"{len(data['val_ids'])} missing); pass the dataset it was trained on.")
+        return ds.subset([where[s] for s in data["val_ids"]])
+    if not len(free):
+        raise METError(f"the checkpoint trained or validated on all {len(ds):,} images of {src}, so none is left "
+                       "for --split holdout; trace another split (a test split), or train with --per-class below "
+                       "the class sizes to leave images out.")
+    if holdout < 1:
+        raise METError(f"--split holdout needs --holdout N: how many of the {len(free):,} images the checkpoint "
+                       "never saw to trace.")
+    if holdout > len(free):
+        raise METError(f"--holdout {holdout:,} asks for more than the {len(free):,} images of {src} the checkpoint "
+                       f"never saw; pass --holdout {len(free)} or fewer.")
     return ds.subset(np.sort(np.random.default_rng(seed).choice(free, size=holdout, replace=False)))
 
 

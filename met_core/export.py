@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import METError
 from .limits import MAX_WEIGHTS_BYTES, read_tagged_json, regular_file
-from .policies import as_thresholds, get_policy
+from .policies import as_thresholds, exit_probs, get_policy
 
 if TYPE_CHECKING:
     from .model import EarlyExitResult, METModel
@@ -82,7 +82,7 @@ def export_onnx(model: METModel, out: Path, policy: str, thresholds: Any, checkp
                        "stem, so it cannot be exported stage by stage; export a model trained with --diagonal-mode "
                        "stage.")
     pol = get_policy(policy)
-    t = as_thresholds(thresholds, model.num_exits)
+    t = as_thresholds(thresholds, model.num_exits, pol)
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     s, names = model.cfg.img_size, []
@@ -156,16 +156,14 @@ class OnnxEarlyExit:
 
         pol = get_policy(policy or self.manifest.policy)
         k_total = len(self.sessions)
-        t = as_thresholds(self.manifest.thresholds if thresholds is None else thresholds, k_total)
+        t = as_thresholds(self.manifest.thresholds if thresholds is None else thresholds, k_total, pol)
         n, c = len(x), len(self.manifest.class_names)
         exit_of = np.full(n, -1)
-        probs = np.full((n, k_total, c), np.nan, dtype=np.float32)
+        probs = np.full((n, k_total, c), np.nan)  # float64: what the decision sees
         active, tokens = np.arange(n), np.ascontiguousarray(x, dtype=np.float32)
         for k, sess in enumerate(self.sessions):
             tokens, logits = sess.run(None, {"input": tokens})
-            e = np.exp(logits - logits.max(-1, keepdims=True))
-            p = e / e.sum(-1, keepdims=True)
-            probs[active, k] = p
+            probs[active, k] = exit_probs(logits)
             if k == k_total - 1:
                 exit_of[active] = k
                 break

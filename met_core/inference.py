@@ -47,7 +47,7 @@ def early_exit(model: METModel, x: torch.Tensor, thresholds: float | Sequence[fl
                batch_size: int = 64, precision: str = "fp32") -> EarlyExitResult:
     """Batched real early exit over a tensor of preprocessed images, on the model's device."""
     pol = get_policy(policy)
-    t = as_thresholds(thresholds, model.num_exits)
+    t = as_thresholds(thresholds, model.num_exits, pol)
     device = next(model.parameters()).device
     parts = []
     for i in range(0, len(x), batch_size):
@@ -157,17 +157,17 @@ def measure_speedup(model: METModel | OnnxEarlyExit, x: torch.Tensor, thresholds
     pol = get_policy(policy)
     if isinstance(model, OnnxEarlyExit):
         k, gm = model.num_exits, np.asarray(model.manifest.gmacs)
-        t = as_thresholds(thresholds, k)
+        t = as_thresholds(thresholds, k, pol)
         xn = x.numpy()
 
         def run_full() -> None:
-            model(xn, [pol.never] * (k - 1) + [None], policy, batch_size)
+            model(xn, [pol.skip(k)] * (k - 1) + [None], policy, batch_size)
 
         def run_early() -> EarlyExitResult:
             return model(xn, t, policy, batch_size)
     else:
         k, gm = model.num_exits, np.asarray(exit_gmacs(model))
-        t = as_thresholds(thresholds, k)
+        t = as_thresholds(thresholds, k, pol)
         device = next(model.parameters()).device
 
         def sync() -> None:

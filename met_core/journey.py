@@ -61,7 +61,7 @@ def journey(probs: np.ndarray, gmacs: Sequence[float], blocks: Sequence[int], th
     if p.ndim != 2 or not 1 <= len(p) <= k or len(blocks) != k:
         raise METError(f"a journey needs 1 to {k} exits' probabilities of one image, got shape {p.shape}.")
     pol = get_policy(policy)
-    t = as_thresholds(thresholds, k)
+    t = as_thresholds(thresholds, k, pol)
     scores = pol.score(p[None])[0]
     steps = []
     for j in range(len(p)):

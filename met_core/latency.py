@@ -117,7 +117,7 @@ def profile_model(model, batch_sizes: Sequence[int], precision: str = "fp32", re
     import torch
 
     from .devices import autocast, device_name
-    from .policies import get_policy
+    from .policies import exit_probs, get_policy
 
     pol = get_policy(policy)
     device = next(model.parameters()).device
@@ -129,7 +129,7 @@ def profile_model(model, batch_sizes: Sequence[int], precision: str = "fp32", re
     s = model.cfg.img_size
     gen = torch.Generator().manual_seed(0)
     stem_ms, compact_ms, full_ms, scale = [], [], [], []
-    never = np.array([pol.never] * (model.num_exits - 1) + [np.inf])  # every image to the last exit
+    never = np.array([pol.skip(model.num_exits)] * (model.num_exits - 1) + [np.inf])  # every image to the last exit
     stage_ms: list[list[float]] = [[] for _ in range(model.num_exits)]
     head_ms: list[list[float]] = [[] for _ in range(model.num_exits)]
     with torch.no_grad(), autocast(device, precision):
@@ -144,7 +144,7 @@ def profile_model(model, batch_sizes: Sequence[int], precision: str = "fp32", re
                 tokens = model.forward_stage(src, k)
 
                 def head(k: int = k, t: torch.Tensor = tokens) -> np.ndarray:
-                    p = torch.softmax(model.heads[k](model.pool(t)).float(), dim=-1).cpu().numpy()
+                    p = exit_probs(model.heads[k](model.pool(t)).float().cpu().numpy())
                     return pol.passes(pol.score(p[:, None])[:, -1], 0.5)
 
                 head_ms[k].append(_median_ms(head, sync, repeats, warmup))

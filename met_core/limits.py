@@ -24,6 +24,7 @@ MAX_WEIGHTS_BYTES = 4 * 2**30  # a backbone weights file (ViT-L/14 in fp32 is 1.
 MAX_IMAGE_FILE_BYTES = 256 * 2**20  # an image file on disk
 MAX_IMAGE_PIXELS = 40_000_000  # decoded pixels of one image (120 MB as RGB)
 MAX_RESIZED_PIXELS = 16_000_000  # what resizing the short side to the model's size may produce before the crop
+MAX_CONFUSION_CLASSES = 1_000  # a what-if's confusion matrix is C x C: at most 8 MB (per-class accuracy: any C)
 
 
 def regular_file(path: str | os.PathLike, what: str, max_bytes: int, inside: Path | None = None) -> int:

@@ -15,6 +15,8 @@ from torch import nn
 
 from .adapters import EAdapters
 from .config import SITES_PER_BLOCK, METConfig
+from .errors import METError
+from .limits import MAX_TRAINED_BYTES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,6 +37,13 @@ class METModel(nn.Module):
         self.adapters = (EAdapters(self.depth, dim, len(cfg.exits), cfg.adapter_dim, cfg.adapter_scale,
                                    cfg.sharing, cfg.exit_diagonals) if cfg.adapters else None)
         self.feature_dim = 2 * dim if cfg.head_input == "cls+mean" else dim
+        head_bytes = len(cfg.exits) * (self.feature_dim + 1) * cfg.num_classes * 4  # float32, before allocating
+        on_meta = torch.empty(0).device.type == "meta"  # shapes only (checkpoint.expected_shapes): no memory
+        if head_bytes > MAX_TRAINED_BYTES and not on_meta:
+            raise METError(f"{len(cfg.exits)} heads of {self.feature_dim:,} x {cfg.num_classes:,} classes would take "
+                           f"{head_bytes:,} bytes, more than the {MAX_TRAINED_BYTES:,} a checkpoint's trained tensors "
+                           "may hold (training needs 4 times that); use fewer exits or classes"
+                           + (", or --head-input cls (half as wide)." if cfg.head_input == "cls+mean" else "."))
         self.heads = nn.ModuleList(nn.Linear(self.feature_dim, cfg.num_classes) for _ in cfg.exits)
         starts = [0] + list(cfg.exits[:-1])
         self.stages = [range(s, e) for s, e in zip(starts, cfg.exits)]  # 0-based block indices per exit
@@ -123,16 +132,17 @@ class METModel(nn.Module):
         """
         import numpy as np
 
+        from .policies import exit_probs
+
         n, k_total = x.shape[0], self.num_exits
         exit_of = np.full(n, -1)
-        probs = np.full((n, k_total, self.cfg.num_classes), np.nan, dtype=np.float32)
+        probs = np.full((n, k_total, self.cfg.num_classes), np.nan)  # float64: what the decision sees
         active = np.arange(n)
         stem = self.forward_stem(x)
         tokens = stem
         for k in range(k_total):
             tokens = self.forward_stage(tokens if self.cfg.diagonal_mode == "stage" else stem, k)
-            p = torch.softmax(self.heads[k](self.pool(tokens)).float(), dim=-1).cpu().numpy()
-            probs[active, k] = p
+            probs[active, k] = exit_probs(self.heads[k](self.pool(tokens)).float().cpu().numpy())
             if k == k_total - 1:
                 exit_of[active] = k
                 break

@@ -17,24 +17,36 @@ if TYPE_CHECKING:
     from .config import TrainConfig
 
 
+def classes_in_batch(num_classes: int, batch_size: int, classes_per_batch: int) -> tuple[int, int]:
+    """(P, M) of a class-balanced batch: P classes (all by default, `classes_per_batch` if given) of M images
+    each, M >= 2 so that every class in the batch has a same-class pair, and P x M within `batch_size`:
+    with more classes than batch_size / 2, a batch takes batch_size / 2 of them, so the batch (and the graph
+    terms, which grow with its square) is bounded by the batch size, not by the class count."""
+    p = num_classes if classes_per_batch <= 0 else min(classes_per_batch, num_classes)
+    p = max(1, min(p, batch_size // 2))
+    return p, max(2, batch_size // p)
+
+
 def class_balanced_batches(labels: np.ndarray, batch_size: int, classes_per_batch: int,
                            rng: np.random.Generator) -> list[np.ndarray]:
-    """One epoch of P x M batches (P classes, M images each) so every batch has same-class pairs.
+    """One epoch of P x M batches (P classes, M images each; `classes_in_batch`) so every batch has same-class
+    pairs.
 
     Each class is drawn without replacement and refilled when used up; the epoch has as many
     batches as plain shuffling would.
     """
-    classes = np.unique(labels)
-    p = len(classes) if classes_per_batch <= 0 else min(classes_per_batch, len(classes))
-    m = max(2, batch_size // p)
-    pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in classes}
+    classes, counts = np.unique(labels, return_counts=True)
+    p, m = classes_in_batch(len(classes), batch_size, classes_per_batch)
+    members = np.split(np.argsort(labels, kind="stable"), np.cumsum(counts)[:-1])  # each class's images, once
+    pools = {c: list(rng.permutation(idx)) for c, idx in zip(classes, members, strict=True)}
+    of = dict(zip(classes, members, strict=True))
     batches = []
     for _ in range(math.ceil(len(labels) / (p * m))):
         chosen = rng.choice(classes, size=p, replace=False)
         batch = []
         for c in chosen:
             while len(pools[c]) < m:  # refill (repeatedly, for classes smaller than M)
-                pools[c] += list(rng.permutation(np.flatnonzero(labels == c)))
+                pools[c] += list(rng.permutation(of[c]))
             batch += [pools[c].pop() for _ in range(m)]
         batches.append(rng.permutation(np.asarray(batch)))
     return batches

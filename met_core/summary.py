@@ -80,7 +80,8 @@ class ModelSummary:
             ("dataset", f"{self.dataset} ({self.train_images:,} train / {self.val_images:,} validation images)"),
             ("classes", f"{len(self.class_names)}: " + ", ".join(self.class_names[:20])
                         + (" ..." if len(self.class_names) > 20 else "")),
-            ("validation accuracy per exit", " / ".join(f"{100 * a:.1f}%" for a in self.val_accuracy or []) or "n/a"),
+            ("validation accuracy per exit", " / ".join(f"{100 * a:.1f}%" for a in self.val_accuracy or [])
+             or ("none (no validation images)" if self.val_images == 0 else "n/a")),
             ("training", f"{self.train_time_s or 0:.0f} s on {self.trained_on}"),
         ]
 

@@ -12,13 +12,17 @@ from typing import Any
 import numpy as np
 
 from .intervals import WhatIfIntervals, whatif_intervals
-from .policies import Policy, as_thresholds, exit_index, get_policy
+from .limits import MAX_CONFUSION_CLASSES
+from .policies import Policy, as_thresholds, exit_index, exit_probs, exit_scores, get_policy
 from .traces import SIMULATED_NOTE, Trace
 
 
 @dataclass
 class TraceArrays:
-    """What-if inputs derived once from a trace: (N, K) predictions, correctness, confidence, scores."""
+    """What-if inputs derived once from a trace: (N, K) predictions, correctness, confidence, scores.
+
+    `probs` (float32) are for showing; the policies' scores come from the trace's logits through
+    `policies.exit_scores` (float64), the same function the real early exits use."""
 
     pred: np.ndarray
     correct: np.ndarray
@@ -26,7 +30,14 @@ class TraceArrays:
     gmacs: np.ndarray
     num_classes: int
     probs: np.ndarray
+    logits: np.ndarray | None = None  # None: the log of `probs` (arrays built from probabilities alone)
+    temperatures: tuple[float, ...] | None = None
     _scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.logits is None:
+            with np.errstate(divide="ignore"):
+                self.logits = np.log(np.asarray(self.probs, dtype=np.float64))
 
     @classmethod
     def from_trace(cls, trace: Trace, temperatures: Sequence[float] | None = None) -> TraceArrays:
@@ -34,17 +45,21 @@ class TraceArrays:
         p = trace.probs(temperatures)
         pred = p.argmax(-1)
         return cls(pred, pred == trace.labels[:, None], trace.labels, np.asarray(trace.gmacs, float),
-                   p.shape[-1], p)
+                   p.shape[-1], p, trace.logits, None if temperatures is None else tuple(map(float, temperatures)))
 
     def take(self, rows: np.ndarray) -> TraceArrays:
         """The same arrays for a subset (or a resample) of the samples."""
         return TraceArrays(self.pred[rows], self.correct[rows], self.labels[rows], self.gmacs, self.num_classes,
-                           self.probs[rows])
+                           self.probs[rows], self.logits[rows], self.temperatures)
 
     def score(self, policy: Policy) -> np.ndarray:
         if policy.name not in self._scores:
-            self._scores[policy.name] = policy.score(self.probs)
+            self._scores[policy.name] = exit_scores(self.logits, policy, self.temperatures)
         return self._scores[policy.name]
+
+    def row_probs(self, i: int) -> np.ndarray:
+        """Sample i's (K, C) probabilities as the exit decisions see them (float64, `policies.exit_probs`)."""
+        return exit_probs(self.logits[i], self.temperatures)
 
     @property
     def num_exits(self) -> int:
@@ -54,7 +69,7 @@ class TraceArrays:
 def exits_for(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str = "max-softmax") -> np.ndarray:
     """Each sample's exit under the rule."""
     pol = get_policy(policy)
-    return exit_index(arrays.score(pol), as_thresholds(thresholds, arrays.num_exits), pol)
+    return exit_index(arrays.score(pol), as_thresholds(thresholds, arrays.num_exits, pol), pol)
 
 
 @dataclass
@@ -87,7 +102,8 @@ class WhatIfResult:
     last_exit_gmacs: float
     note: str = SIMULATED_NOTE
     per_class_accuracy: list[float | None] | None = None  # with detail=True
-    confusion: list[list[int]] | None = None  # with detail=True; rows: true class, columns: predicted
+    confusion: list[list[int]] | None = None  # with detail=True and at most MAX_CONFUSION_CLASSES classes; rows:
+    #                                          true class, columns: predicted
     intervals: WhatIfIntervals | None = None  # with intervals=True: 95 % intervals of the numbers above
 
     @property
@@ -98,8 +114,9 @@ class WhatIfResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; the detail fields only when computed."""
         d = asdict(self)
-        if self.confusion is None:
-            del d["per_class_accuracy"], d["confusion"]
+        for name in ("per_class_accuracy", "confusion"):
+            if d[name] is None:
+                del d[name]
         d["intervals"] = self.intervals.to_dict() if self.intervals else None
         if self.intervals is None:
             del d["intervals"]
@@ -112,7 +129,7 @@ def whatif(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str
 
     `detail` adds per-class accuracy and the confusion matrix; `intervals` their 95 % intervals (seeded).
     """
-    t = as_thresholds(thresholds, arrays.num_exits)
+    t = as_thresholds(thresholds, arrays.num_exits, get_policy(policy))
     o = outcomes(arrays, t, policy)
     ex, correct = o.exits, o.correct
     n, k = arrays.pred.shape
@@ -127,12 +144,13 @@ def whatif(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str
         last_exit_accuracy=float(arrays.correct[:, -1].mean()), last_exit_gmacs=float(arrays.gmacs[-1]))
     if intervals:
         out.intervals = whatif_intervals(int(correct.sum()), counts, right, arrays.gmacs, seed)
-    if detail:
+    if detail:  # per-class accuracy in O(N + C); the C x C confusion matrix only up to MAX_CONFUSION_CLASSES
         c = arrays.num_classes
-        conf = np.bincount(arrays.labels * c + o.pred, minlength=c * c).reshape(c, c)
-        per_class_n = conf.sum(1)
-        out.per_class_accuracy = [float(conf[i, i] / m) if m else None for i, m in enumerate(per_class_n)]
-        out.confusion = conf.tolist()
+        per_class_n = np.bincount(arrays.labels, minlength=c)
+        right_c = np.bincount(arrays.labels, weights=correct, minlength=c)
+        out.per_class_accuracy = [float(r / m) if m else None for r, m in zip(right_c, per_class_n, strict=True)]
+        if c <= MAX_CONFUSION_CLASSES:
+            out.confusion = np.bincount(arrays.labels * c + o.pred, minlength=c * c).reshape(c, c).tolist()
     return out
 
 

@@ -330,6 +330,18 @@ def test_hostile_link_thresholds_are_refused_in_one_sentence(bad):
     assert at.slider(key="w:threshold").value == 0.8  # the default view still opens
 
 
+@pytest.mark.parametrize("bad", ["0.5", "2.5", "5"])
+def test_a_link_with_a_patience_threshold_that_is_no_count_of_exits_is_refused(bad):
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    at.query_params.update({"policy": "patience", "t": bad})
+    at.run()
+    assert not at.exception
+    warned = [shown(w.value) for w in at.warning]
+    assert warned == ["The link's t was ignored: it must be one whole number between 1 and 4."], warned
+    at.switch_page("views/whatif.py").run()
+    assert at.slider(key="w:threshold").value == 2  # the policy's default count
+
+
 def test_journey_of_a_test_image_leaves_where_the_trace_says():
     from met_core.whatif import outcomes
 

@@ -27,13 +27,13 @@ def test_journey_leaves_where_the_exit_rule_sends_each_image(policy):
     o = outcomes(arrays, t, policy)
     gm, blocks = arrays.gmacs.tolist(), [3, 6, 9, 12]
     for i in range(300):
-        j = journey(arrays.probs[i], gm, blocks, t, policy)
+        j = journey(arrays.row_probs(i), gm, blocks, t, policy)
         assert (j.exit, j.predicted) == (o.exits[i], o.pred[i])
         assert [s.leaves for s in j.steps] == [False] * j.exit + [True]
         assert j.steps[-1].gmacs == gm[j.exit] and j.saved_gmacs == pytest.approx(gm[-1] - gm[j.exit])
     # probabilities only up to the exit a real early exit stopped at give the same journey
     k = int(o.exits[0])
-    assert journey(arrays.probs[0][: k + 1], gm, blocks, t, policy).exit == k
+    assert journey(arrays.row_probs(0)[: k + 1], gm, blocks, t, policy).exit == k
 
 
 def test_journey_refuses_malformed_input_in_one_sentence():

@@ -9,7 +9,7 @@ from met_core.checkpoint import load_checkpoint
 from met_core.data import decode_all, make_transform, open_dataset
 from met_core.errors import METError
 from met_core.inference import early_exit, measure_speedup, predict_files
-from met_core.policies import POLICIES, as_thresholds, exit_index
+from met_core.policies import POLICIES, as_thresholds, exit_index, exit_probs
 
 from .conftest import CIFAR_TEST, HYMENOPTERA, run_cli
 
@@ -22,7 +22,7 @@ def model_and_images(tiny_checkpoint):
     ds.transform = make_transform(model.cfg.img_size, model.cfg.mean, model.cfg.std)
     x, _ = decode_all(ds, "decode", progress=False)
     with torch.no_grad():
-        probs = torch.softmax(model(x), -1).transpose(0, 1).numpy()  # (N, K, C), every exit
+        probs = exit_probs(model(x).transpose(0, 1).numpy())  # (N, K, C), every exit, as the decisions see them
     return model, x, probs
 
 

@@ -54,10 +54,10 @@ def test_image_modes_orientation_and_first_frame(hostile_images):
 def test_decompression_bomb_is_refused_from_the_header(hostile_images):
     folder, _ = hostile_images
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: the bound holds on a busy machine
     with pytest.raises(METError, match="decompression bomb|over the limit"):
         load_image(folder / "bomb-400-megapixels.png")
-    seconds, peak = time.perf_counter() - t0, tracemalloc.get_traced_memory()[1]
+    seconds, peak = time.process_time() - t0, tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 5_000_000 and seconds < 1.0  # 400 MB of pixels were never decoded
 

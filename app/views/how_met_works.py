@@ -23,9 +23,11 @@ st.dataframe([{"field": k, "value": v} for k, v in state.summary(ckpt).card()], 
 
 st.subheader("The ideas")
 st.markdown("""
-- **Early exit.** Exits sit after some blocks; each is a linear head on the CLS token after the backbone's frozen
-  final norm. At inference the exits are tried in order and an image stops at the first exit whose confidence reaches
-  the threshold; the last exit always answers. An image that stops early skips all later blocks: that is the saving.
+- **Early exit.** Exits sit after some blocks; each is a linear head on the block's output after the backbone's
+  frozen final norm: the CLS token, the mean of the patch tokens, or both concatenated (this model's `head_input`
+  below; the shipped CIFAR-10 models use both). At inference the exits are tried in order and an image stops at
+  the first exit whose confidence reaches the threshold; the last exit always answers. An image that stops early
+  skips all later blocks: that is the saving.
 - **E-adapters.** Small bottleneck layers (`x + s * up(GELU(down(x)) * g_k)`) sit before the attention and before the
   MLP of every block. The down- and up-projections are **shared by all exits**; each exit owns only a diagonal `g_k`
   (a length-r scaling vector), so exits get their own features at almost no extra parameters.

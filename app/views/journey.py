@@ -48,7 +48,7 @@ if not session.local().journey_upload:
                  then=lambda view: setattr(view.journey, "step", 1))  # ids are plain text in a selectbox
     if root is not None:
         path = root / sid
-    probs, true = arrays.probs[i], int(arrays.labels[i])
+    probs, true = arrays.row_probs(i), int(arrays.labels[i])  # float64: what the what-if decides on
     source = "Probabilities from the test trace (the model's real outputs for this image, cached)."
 else:
     up = c1.file_uploader("An image (PNG, JPEG, ...)", key="journey_upload")

@@ -16,11 +16,13 @@ from met_core.exit_rule import ExitRule
 from met_core.flops import MAC_NOTE
 from met_core.intervals import MEANING, clopper_pearson
 from met_core.latency import PREDICTED_NOTE, LatencyProfile, predict_latency
+from met_core.limits import MAX_CONFUSION_CLASSES
 from met_core.policies import CALIBRATABLE, POLICIES, get_policy
 from met_core.traces import SIMULATED_NOTE
 from met_core.whatif import WhatIfResult, exit_accuracy_all, outcomes, whatif
 
-CAL = "calibration set"  # the one name of the images thresholds are chosen on, on every title, legend and header
+CAL = "calibration set"
+MAX_DRAWN_CLASSES = 100  # a confusion heatmap with a clickable marker per cell: 10,000 cells at most  # the one name of the images thresholds are chosen on, on every title, legend and header
 
 ckpt = state.current()
 (trace, arrays), _ = state.traces_of(ckpt)
@@ -240,8 +242,12 @@ def details(r: WhatIfResult, policy: str) -> None:
         names_c = trace.class_names
         st.dataframe(pd.DataFrame({"class": names_c, "accuracy": r.per_class_accuracy,
                                    "images": np.bincount(arrays.labels, minlength=len(names_c))}), hide_index=True)
-    if session.bind(st.toggle, "Show the confusion matrix at these thresholds (click a cell to see its images)",
-                    "whatif.confusion"):
+    if r.confusion is None or len(trace.class_names) > MAX_DRAWN_CLASSES:  # a drawing bounded by its cells
+        st.caption(f"The confusion matrix is drawn for models of up to {MAX_DRAWN_CLASSES} classes; this one has "
+                   f"{len(trace.class_names):,} (per-class accuracy above; `met whatif --detail` writes the matrix "
+                   f"for up to {MAX_CONFUSION_CLASSES:,}).")
+    elif session.bind(st.toggle, "Show the confusion matrix at these thresholds (click a cell to see its images)",
+                      "whatif.confusion"):
         confusion(r, policy)
     export(r, policy)
     spread(policy)
