@@ -21,8 +21,8 @@ from met_core.policies import CALIBRATABLE, POLICIES, get_policy
 from met_core.traces import SIMULATED_NOTE
 from met_core.whatif import WhatIfResult, exit_accuracy_all, outcomes, whatif
 
-CAL = "calibration set"
-MAX_DRAWN_CLASSES = 100  # a confusion heatmap with a clickable marker per cell: 10,000 cells at most  # the one name of the images thresholds are chosen on, on every title, legend and header
+CAL = "calibration set"  # the one name of the images thresholds are chosen on, on every title, legend and header
+MAX_DRAWN_CLASSES = 100  # a confusion heatmap with a clickable marker per cell: 10,000 cells at most
 
 ckpt = state.current()
 (trace, arrays), _ = state.traces_of(ckpt)
