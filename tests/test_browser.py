@@ -71,6 +71,7 @@ def test_every_page_renders(server, browser, path, text):
     wait_text(browser, text, timeout=180)
     time.sleep(1.5)
     no_exception(browser)
+    assert "Page not found" not in browser.find_element("tag name", "body").text  # every page has its own address
     nav = browser.find_element("css selector", '[data-testid="stSidebarNav"]').text
     assert "Threshold what-if" in nav and "Explore samples" in nav, nav  # st.navigation, not a legacy pages/ folder
     browser.save_screenshot(str(ARTIFACTS / f"{path or 'start'}.png"))
