@@ -50,6 +50,9 @@ def adopt_point() -> None:
     policy = curve_policy(v.policy)
     rows = state.sweep_table(str(ckpt), policy)
     if 0 <= idx[0] < len(rows):
+        if policy != v.policy:
+            session.local().notice = (f"The curve's thresholds are {policy} thresholds ({v.policy} has no continuous "
+                                      f"score to calibrate), so the policy is now {policy}.")
         session.update(lambda view: (view.set_policy(policy, session.context()), view.adopt(rows[idx[0]].thresholds)))
 
 
