@@ -196,7 +196,8 @@ def details(r: WhatIfResult, policy: str) -> None:
     ci = r.intervals
     st.caption(f"95 % intervals on these {n_test:,} test images: accuracy {100 * ci.accuracy.lo:.2f} - "
                f"{100 * ci.accuracy.hi:.2f} %, mean GMACs {ci.gmacs.lo:.4f} - {ci.gmacs.hi:.4f}, speed-up "
-               f"{ci.speedup.lo:.2f} - {ci.speedup.hi:.2f}x. {MEANING}")
+               f"{ci.speedup.lo:.2f} - {ci.speedup.hi:.2f}x. What they mean: "
+               + MEANING.removeprefix("95 % intervals: "))
     prof = state.profile_of(ckpt)
     if prof is not None:
         t1, t2 = st.columns([1, 3])
@@ -213,8 +214,9 @@ def details(r: WhatIfResult, policy: str) -> None:
                         delta_color="inverse")
             p[1].metric("Predicted throughput", f"{lp.images_per_s:.0f} images/s")
             p[2].metric("Predicted speed-up", f"{lp.speedup:.2f}x")
-            st.caption(md(f"{PREDICTED_NOTE} of this checkpoint on {prof.device_name} ({prof.threads} threads, "
-                          f"{prof.precision}, torch {prof.torch_version}) at batch {batch}; `bench-exit` measures."))
+            threads = "" if "threads" in prof.device_name else f"{prof.threads} threads, "
+            st.caption(md(f"{PREDICTED_NOTE} of this checkpoint on {prof.device_name} ({threads}{prof.precision}, "
+                          f"torch {prof.torch_version}) at batch {batch}; the button at the bottom measures."))
             st.plotly_chart(time_figure(r, prof, batch, policy), key="timecurve")
 
     g1, g2 = st.columns(2)
