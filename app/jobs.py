@@ -134,7 +134,7 @@ class MeasureJob(Job):
 
     checkpoint: str = ""
     dataset_root: str = ""
-    thresholds: list[float | None] = field(default_factory=list)
+    thresholds: float | list[float | None] = 0.8
     policy: str = "max-softmax"
 
     def work(self) -> None:
@@ -150,7 +150,9 @@ class MeasureJob(Job):
         self.enter("decoding the images", len(ds))
         x, _ = decode_all(ds, "decode", progress=False)
         self.progress(len(ds), len(ds))
-        self.enter("running the early exit and the full network in turn", 1)
+        passes = 2 + 2 * MEASURE_REPEATS
+        self.enter(f"running the early exit and the full network in turn ({passes} passes over the {len(x)} "
+                   "images)", passes * len(x))
         self.result = measure_speedup(model, x, self.thresholds, self.policy, batch_size=MEASURE_BATCH,
                                       repeats=MEASURE_REPEATS, on_progress=self.progress)
 
@@ -195,7 +197,6 @@ def trace(checkpoint: str, dataset: str, split: str, limit: int) -> str:
     return start(TraceJob(checkpoint=checkpoint, dataset=data, split=split, limit=limit))
 
 
-def measure(checkpoint: str, dataset_root: str, thresholds: list[float | None], policy: str) -> str:
+def measure(checkpoint: str, dataset_root: str, thresholds: float | list[float | None], policy: str) -> str:
     """Start measuring the real batched early exit; returns the job's id."""
-    return start(MeasureJob(checkpoint=checkpoint, dataset_root=dataset_root, thresholds=list(thresholds),
-                            policy=policy))
+    return start(MeasureJob(checkpoint=checkpoint, dataset_root=dataset_root, thresholds=thresholds, policy=policy))

@@ -14,7 +14,8 @@ from plotly.colors import qualitative
 
 CLASS_COLOURS: tuple[str, ...] = tuple(qualitative.Safe)
 # ordered so that neighbours in a list differ in hue, not only in lightness
-OKABE_ITO: tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442")
+# (its yellow is left out too: a line in it is barely visible on white)
+OKABE_ITO: tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9")
 SYMBOLS: tuple[str, ...] = ("circle", "square", "diamond", "triangle-up", "cross", "triangle-down", "star",
                             "hexagon", "pentagon", "x")
 CORRECT = ("#0072B2", "circle")  # (colour, marker shape)
@@ -24,8 +25,9 @@ OTHER = "#56B4E9"
 
 
 def class_style(i: int) -> tuple[str, str]:
-    """(colour, marker shape) of class i: fixed for a class on every chart."""
-    return CLASS_COLOURS[i % len(CLASS_COLOURS)], SYMBOLS[(i // len(CLASS_COLOURS)) % len(SYMBOLS)]
+    """(colour, marker shape) of class i: fixed for a class on every chart; neighbouring classes differ in shape
+    too, so classes whose colours are close (ship and truck) stay apart."""
+    return CLASS_COLOURS[i % len(CLASS_COLOURS)], SYMBOLS[i % len(SYMBOLS)]
 
 
 def exit_style(k: int) -> tuple[str, str]:

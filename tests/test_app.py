@@ -146,8 +146,14 @@ def test_measure_button_runs_the_real_early_exit_in_the_background_and_explains_
     assert job.done == job.total == (2 + 2 * jobs.MEASURE_REPEATS) * jobs.MEASURE_IMAGES  # progress counts images
     at.run()
     assert not at.exception
-    assert any(s.value.startswith("Measured: ") for s in at.success), [e.value for e in at.error]
+    assert any(shown(s.value).startswith("Measured for cifar10-met: ") for s in at.success), [e.value for e in at.error]
     assert any("Why measured and predicted differ" in m.value for m in at.markdown)
+    at.switch_page("views/models.py").run()
+    at.session_state["model_table-cifar10-met"] = {"selection": {"rows": [list(
+        at.dataframe[0].value["checkpoint"]).index("hymenoptera-met")], "columns": [], "cells": []}}
+    at.run()
+    at.switch_page("views/whatif.py").run()
+    assert not any("Measured for" in shown(s.value) for s in at.success)  # that measurement was another model's
 
 
 def test_a_trace_job_answers_a_class_mismatch_before_loading_any_model_and_cancel_writes_nothing(tmp_path,

@@ -1,8 +1,10 @@
 """How MET works: the loaded model drawn from its real config, its model card, and the method in plain words."""
+import pandas as pd
 import streamlit as st
 
 from app import state
 from app.drawing import network_figure
+from app.safe import md
 from met_core.config import METConfig, TrainConfig, config_help
 
 ckpt = state.current()
@@ -42,4 +44,4 @@ rows += [
     {"option": k, "value": str(t.get(k)), "meaning": helps[k]}
     for k in ("graph_reg", "graph_reg_kind", "epochs", "lr", "head_lr", "seed")
 ]
-st.dataframe(rows, hide_index=True)
+st.table(pd.DataFrame([{k: md(v) for k, v in r.items()} for r in rows]).set_index("option"))  # wraps long text

@@ -64,6 +64,15 @@ else:
         state.fail(user_message(e))
     if pred.error:
         state.fail(pred.error)
+    rule = state.ood_rule(ckpt)
+    if rule is not None:
+        from met_core.ood import score_images
+
+        up.seek(0)
+        score = score_images(state.model(str(ckpt)), rule, [(up.name, up)])[0]
+        if score is not None and score > rule.threshold:
+            st.warning(md(f"Probably not one of this model's classes (distance {score:.3f} > {rule.threshold:.3f}): "
+                          "whatever it predicts is a guess among its classes. " + rule.describe() + "."))
     up.seek(0)
     picture, probs, true = up, np.asarray(pred.exit_probs[: pred.exit + 1]), None
     source = "Probabilities from running the model on your image now (real early exit: later exits never ran)."
@@ -120,13 +129,14 @@ with c_num:
     m[2].metric(f"Exit {s.exit + 1} score", f"{s.score:.3f}", help=f"The {policy} score of this exit.",
                 delta="last exit: answers" if s.threshold is None else f"needs {cmp} {s.threshold:.3f}",
                 delta_color="off", delta_arrow="off")
-    m[3].metric("Decision", "leaves here" if s.leaves else "goes on")
+    m[3].metric("Decision", "leaves" if s.leaves else "goes on")
     bar = go.Figure(go.Bar(x=[plot(c) for c in names], y=s.probs, name="class probability",
                            marker=dict(color=[HIGHLIGHT if c == s.predicted else OTHER for c in range(len(names))],
                                        pattern_shape=["/" if c == s.predicted else "" for c in range(len(names))])))
     if s.threshold is not None and policy == "max-softmax":  # the score is the top probability: the bar to beat
         bar.add_hline(y=s.threshold, line_dash="dash", line_width=2, line_color="#888",
-                      annotation_text=f"threshold {s.threshold:.2f}", annotation_position="top left")
+                      annotation_text=f"threshold {s.threshold:.2f}", annotation_position="top right",
+                      annotation_yshift=4)
     bar.update_layout(title=f"Exit {s.exit + 1}: class probabilities", height=250,
                       font=dict(size=BIG - 6), title_font=dict(size=BIG - 2), yaxis=dict(range=[0, 1]),
                       margin=dict(t=40, b=10, l=10, r=10))
@@ -134,9 +144,9 @@ with c_num:
 
 saved = (f"saving {j.saved_gmacs:.3f} GMACs ({100 * j.saved_share:.0f}% of the full network)"
          if j.saved_gmacs > 0 else "the whole network ran")
-verdict = "" if true is None else (" (correct)" if j.predicted == true else f" (wrong: it is {names[true]})")
+verdict = "" if true is None else (" (correct)" if j.predicted == true else f" (wrong: it is {md(names[true])})")
 st.markdown(f"### Leaves at exit {j.exit + 1}, after block {left.block}: predicts **{md(names[j.predicted])}**"
-            f"{md(verdict)}, {saved}.")
+            f"{verdict}, {saved}.")
 st.dataframe([{"exit": t.exit + 1, "after block": t.block, "GMACs so far": round(t.gmacs, 3),
                "predicted": names[t.predicted], "confidence": round(max(t.probs), 3), "score": round(t.score, 3),
                "threshold": "always answers" if t.threshold is None else round(t.threshold, 3),

@@ -157,6 +157,28 @@ fig.update_layout(height=560, dragmode="lasso")
 st.plotly_chart(fig, key="umap", on_select=select_points, selection_mode=("lasso", "box"))
 st.caption("Draw a lasso or a box around points in either panel: the same images are ringed in both, and can be "
            "opened in Explore samples.")
+picked = list(r_view.rows)
+if picked:
+    st.subheader(f"{len(picked)} selected samples")
+    b1, b2 = st.columns(2)
+    if b1.button(f"Open these {len(picked):,} images in Explore samples", key="open_selection",
+                 on_click=open_in_samples, args=(tuple(picked),)):
+        st.switch_page("views/samples.py")
+    b2.button("Clear the selection", key="clear_selection",
+              on_click=session.update, args=(lambda view: setattr(view.representations, "rows", ()),))
+    lab = arrays.labels[picked]
+    o = outcomes(arrays, thresholds, policy)
+    ex, corr = o.exits[picked], o.correct[picked]
+    st.write(md(
+        f"accuracy at their exits ({names[0]}): {100 * corr.mean():.1f}%; "
+        f"classes: " + ", ".join(f"{trace.class_names[c]} {n}" for c, n in zip(*np.unique(lab, return_counts=True)))
+    ))
+    st.dataframe(
+        pd.DataFrame(
+            {"id": trace.ids[picked], "class": np.asarray(trace.class_names)[lab], "exit": ex + 1, "correct": corr}
+        ),
+        hide_index=True,
+    )
 st.dataframe(pd.DataFrame([{
     "model": state.label(p), "graph reg. lambda": lam(p), f"kNN accuracy, exit {k + 1} (%)": 100 * fr["knn"][j],
     f"silhouette, exit {k + 1}": fr["sil"][j], f"test accuracy, exit {k + 1} (%)": 100 * acc[j][k],
@@ -189,25 +211,3 @@ st.caption(md(
     "its scale, barely change, and the regulariser has not made the classes easier to tell apart."
 ))
 
-picked = list(r_view.rows)
-if picked:
-    st.subheader(f"{len(picked)} selected samples")
-    b1, b2 = st.columns(2)
-    if b1.button(f"Open these {len(picked):,} images in Explore samples", key="open_selection",
-                 on_click=open_in_samples, args=(tuple(picked),)):
-        st.switch_page("views/samples.py")
-    b2.button("Clear the selection", key="clear_selection",
-              on_click=session.update, args=(lambda view: setattr(view.representations, "rows", ()),))
-    lab = arrays.labels[picked]
-    o = outcomes(arrays, thresholds, policy)
-    ex, corr = o.exits[picked], o.correct[picked]
-    st.write(md(
-        f"accuracy at their exits ({names[0]}): {100 * corr.mean():.1f}%; "
-        f"classes: " + ", ".join(f"{trace.class_names[c]} {n}" for c, n in zip(*np.unique(lab, return_counts=True)))
-    ))
-    st.dataframe(
-        pd.DataFrame(
-            {"id": trace.ids[picked], "class": np.asarray(trace.class_names)[lab], "exit": ex + 1, "correct": corr}
-        ),
-        hide_index=True,
-    )

@@ -68,6 +68,7 @@ def detail(i: int) -> None:
     t = as_thresholds(thresholds, arrays.num_exits)
     x = [f"exit {j + 1}" for j in range(arrays.num_exits)]
     fig = go.Figure(go.Bar(x=x, y=score, text=[plot(names[c]) for c in arrays.probs[i].argmax(-1)],
+                           textposition="outside",
                            name=f"{policy} score (bar text: the exit's predicted class)",
                            marker=dict(color=[HIGHLIGHT if j == ex[i] else OTHER for j in range(arrays.num_exits)],
                                        pattern_shape=["/" if j == ex[i] else "" for j in range(arrays.num_exits)])))
@@ -92,7 +93,8 @@ with tab_browse:
     c1, c2, c3, c4 = st.columns([2, 2, 3, 2])
     session.bind(c1.multiselect, "Exit taken", "samples.exits", list(range(1, arrays.num_exits + 1)),
                  show=list, convert=tuple, then=first_page)
-    session.bind(c2.radio, "Prediction", "samples.verdict", list(VERDICTS), horizontal=True, then=first_page)
+    session.bind(c2.selectbox, "Prediction", "samples.verdict", list(VERDICTS), then=first_page,
+                 format_func={"all": "correct and wrong", "correct": "correct only", "wrong": "wrong only"}.get)
     session.bind(c3.multiselect, "True class", "samples.classes", names, show=list, convert=tuple, then=first_page)
     session.bind(c4.selectbox, "Sort by", "samples.sort", list(SORTS), format_func=SORTS.get, then=first_page)
     mask = np.ones(len(ex), bool)
@@ -123,11 +125,12 @@ with tab_browse:
     pages = max(1, -(-len(order) // GRID))
     if s.page > pages:
         s.page = pages
-    p1, p2, p3, p4 = st.columns([3, 1, 2, 1])
+    p1, p2, p3, p4 = st.columns([3, 1, 2, 1], vertical_alignment="center")
     p1.write(f"{len(order):,} of {len(ex):,} images match; page {s.page} of {pages:,}.")
     p2.button("Previous", key="prev_page", disabled=s.page <= 1,
               on_click=session.update, args=(lambda v: setattr(v.samples, "page", v.samples.page - 1),))
-    session.bind(p3.number_input, "Page", "samples.page", 1, pages, step=1, label_visibility="collapsed")
+    if pages > 1:  # a slider cannot show a value it does not have
+        session.bind(p3.slider, "Page", "samples.page", 1, pages, label_visibility="collapsed")
     p4.button("Next", key="next_page", disabled=s.page >= pages,
               on_click=session.update, args=(lambda v: setattr(v.samples, "page", v.samples.page + 1),))
     cols = st.columns(COLS)
@@ -181,7 +184,7 @@ with tab_upload:
                             "confidence": round(r.confidence, 4),
                             "GMACs": round(r.gmacs, 4),
                             "of full": f"{100 * r.gmacs / r.gmacs_full:.0f}%",
-                            "ms": round(1e3 * r.seconds, 1),
+                            "ms": f"{1e3 * r.seconds:.0f}",
                         }
                         for r in ok
                     ]

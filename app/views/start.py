@@ -51,7 +51,7 @@ def try_hard_image() -> None:
     o = outcomes(arrays, thresholds, policy)
     deep = np.flatnonzero(o.exits == arrays.num_exits - 1)
     i = int(deep[0]) if len(deep) else 0
-    session.update(lambda v: setattr(v.journey, "image", session.context().ids[i]))
+    session.update(lambda v: (setattr(v.journey, "image", session.context().ids[i]), setattr(v.journey, "step", 1)))
 
 
 c1, c2, c3 = st.columns(3)  # labels short enough for a 1280 px projector

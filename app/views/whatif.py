@@ -89,7 +89,8 @@ def threshold_controls(v: View, pol, cal) -> None:
     fmt = "%d" if pol.counts_exits else "%.2f"
 
     if v.mode == "global":
-        session.bind(st.slider, f"Confidence threshold ({v.policy})", "threshold", lo, hi, step=pol.ui_step,
+        label = "Agreeing exits needed (patience)" if pol.counts_exits else f"Threshold on the {v.policy} score"
+        session.bind(st.slider, label, "threshold", lo, hi, step=pol.ui_step,
                      format=fmt, help=pol.help, show=lambda t: float(np.clip(t, lo, hi)), convert=float)
     elif v.mode == "per-exit":
         for j in range(k - 1):
@@ -107,9 +108,9 @@ def threshold_controls(v: View, pol, cal) -> None:
                      help=f"At full precision, from {number(rlo)} to {number(rhi)}; what is used is exactly this.")
     else:
         c1, c2 = st.columns(2)
-        session.bind(c1.number_input, "Largest accuracy loss against the last exit (points)", "cert_loss", 0.1,
+        session.bind(c1.slider, "Largest accuracy loss against the last exit (points)", "cert_loss", 0.1,
                      20.0, step=0.1)
-        session.bind(c2.number_input, "Risk delta (the promise may fail with at most this probability)",
+        session.bind(c2.slider, "Risk delta (the promise may fail with at most this probability)",
                      "cert_delta", 0.01, 0.5, step=0.01)
     if (text := session.notice()) is not None:
         st.warning(md(text))
@@ -142,7 +143,12 @@ def presets_row(presets: dict, cal) -> None:
 
 
 def in_use_line(policy: str, thresholds) -> str:
-    cmp = ">=" if get_policy(policy).higher_is_confident else "<="
+    pol = get_policy(policy)
+    cmp = ">=" if pol.higher_is_confident else "<="
+    if pol.counts_exits:
+        counts = [thresholds] * (k - 1) if isinstance(thresholds, (int, float)) else thresholds[:-1]
+        return ("In use: an image leaves at the first exit where at least this many consecutive exits agree: "
+                + "; ".join(f"exit {j + 1}: {number(t)}" for j, t in enumerate(counts)) + "; the last always answers.")
     if isinstance(thresholds, (int, float)):
         return f"In use: every exit but the last leaves when its {policy} score {cmp} {number(thresholds)}."
     return ("In use: " + "; ".join(f"exit {j + 1} {cmp} {number(t)}" for j, t in enumerate(thresholds[:-1]))
@@ -224,6 +230,7 @@ def details(r: WhatIfResult, policy: str) -> None:
     g1.plotly_chart(
         go.Figure(
             go.Bar(x=names, y=r.exit_fractions, text=[f"{100 * f:.1f}%" for f in r.exit_fractions],
+                   textposition="outside", cliponaxis=False,
                    marker_color=[exit_style(j)[0] for j in range(k)]),
             layout=dict(title="Share of images leaving at each exit", yaxis_tickformat=".0%", height=320),
         ),
@@ -245,8 +252,9 @@ def details(r: WhatIfResult, policy: str) -> None:
         reliability_chart()
     with st.expander("Per-class accuracy"):
         names_c = trace.class_names
-        st.dataframe(pd.DataFrame({"class": names_c, "accuracy": r.per_class_accuracy,
-                                   "images": np.bincount(arrays.labels, minlength=len(names_c))}), hide_index=True)
+        st.dataframe(pd.DataFrame({"class": names_c, "accuracy (%)": 100 * np.asarray(r.per_class_accuracy),
+                                   "images": np.bincount(arrays.labels, minlength=len(names_c))}), hide_index=True,
+                     column_config={"accuracy (%)": st.column_config.NumberColumn(format="%.2f")})
     if r.confusion is None or len(trace.class_names) > MAX_DRAWN_CLASSES:  # a drawing bounded by its cells
         st.caption(f"The confusion matrix is drawn for models of up to {MAX_DRAWN_CLASSES} classes; this one has "
                    f"{len(trace.class_names):,} (per-class accuracy above; `met whatif --detail` writes the matrix "
@@ -372,7 +380,7 @@ def curve_figure(r: WhatIfResult, policy: str) -> go.Figure:
                     marker=dict(size=7, color="#999"), customdata=rest.i, hovertext=rest.hover,
                     hovertemplate="%{hovertext}<extra></extra>")
     fig.add_scatter(x=np.concatenate([front.gmacs, front.gmacs[::-1]]), y=np.concatenate([front.hi, front.lo[::-1]]),
-                    fill="toself", line=dict(width=0), fillcolor=colour, opacity=0.2, hoverinfo="skip",
+                    fill="toself", line=dict(width=0), fillcolor=colour, opacity=0.3, hoverinfo="skip",
                     name="95 % interval (test sample)")
     fig.add_scatter(x=front.gmacs, y=front.accuracy, mode="lines+markers", marker=dict(size=8, color=colour),
                     line=dict(color=colour),
@@ -404,10 +412,11 @@ def curve_figure(r: WhatIfResult, policy: str) -> go.Figure:
     fig.add_scatter(x=[r.gmacs], y=[r.accuracy], mode="markers", name="thresholds in use", hoverinfo="skip",
                     marker=STAR | dict(color=colour))
     fig.update_layout(
-        title=f"Accuracy versus mean GMACs on {n_test:,} test images",
+        title=f"Accuracy versus mean GMACs on {n_test:,} test images" + (
+            "" if pol == policy else f" ({pol} thresholds: {policy} has no continuous score to calibrate)"),
         xaxis_title=f"mean GMACs per image ({MAC_NOTE})", yaxis_title="accuracy", yaxis_tickformat=".0%",
-        height=470, margin=dict(t=50, b=10), clickmode="event+select",
-        legend=dict(orientation="h", yanchor="top", y=-0.3, x=0),
+        height=540, margin=dict(t=50, b=10), clickmode="event+select",
+        legend=dict(orientation="h", yanchor="top", y=-0.3, x=0, font=dict(size=11)),
     )
     return fig
 
@@ -417,6 +426,7 @@ def export(r: WhatIfResult, policy: str) -> None:
     pol = curve_policy(policy)
     rows = pd.DataFrame([p.to_dict() for p in state.sweep_table(str(ckpt), pol)])
     rows["thresholds"] = rows.thresholds.map(json.dumps)
+    rows.insert(0, "policy", pol)
     c1.download_button("Sweep as CSV", rows.to_csv(index=False), f"{ckpt.name}-sweep.csv", "text/csv",
                        help=f"Every candidate chosen on the {CAL} (cal_ columns) and measured on test (test_ columns)")
     rule = ExitRule(policy, r.thresholds, state.label(ckpt), state.checkpoint_sha256(ckpt),
@@ -428,9 +438,7 @@ def export(r: WhatIfResult, policy: str) -> None:
 
 def start_measuring() -> None:
     policy, thresholds = state.thresholds_in_use()
-    root = state.dataset_root(trace)
-    thresholds = thresholds if isinstance(thresholds, list) else [float(thresholds)] * (k - 1) + [None]
-    session.local().measure_job = jobs.measure(str(ckpt), str(root), thresholds, policy)
+    session.local().measure_job = jobs.measure(str(ckpt), str(state.dataset_root(trace)), thresholds, policy)
 
 
 @st.fragment(run_every=0.5)
@@ -447,6 +455,8 @@ def measure_panel() -> None:
     st.subheader("Measured, not simulated")
     job_id = session.local().measure_job
     job = jobs.registry().get(job_id) if job_id else None
+    if job is not None and job.checkpoint != str(ckpt):  # measured for another model: not this page's
+        job = None
     busy = job is not None and job.running
     root = state.dataset_root(trace)
     if root is None:
@@ -466,7 +476,8 @@ def measure_panel() -> None:
 
 def explain(res, policy: str, thresholds: list) -> None:
     """The measured speed-up beside the GMACs' and the latency profile's predictions, and where the time goes."""
-    st.success(f"Measured: {res.measured_speedup:.2f}x faster than the full network on {res.images} images at batch "
+    st.success(f"Measured for {md(state.label(ckpt))}: {res.measured_speedup:.2f}x faster than the full network on "
+               f"{res.images} images at batch "
                f"{res.batch_size} ({100 * res.early_exit_share:.0f}% left early; {policy} at "
                f"{md(state.describe(thresholds))}). GMACs predicted {res.predicted_speedup:.2f}x.")
     prof = state.profile_of(ckpt)
@@ -477,13 +488,14 @@ def explain(res, policy: str, thresholds: list) -> None:
     b = res.batch_size
     lp = predict_latency(prof, res.exit_fractions, b)
     stage_gm = np.diff(np.concatenate([[0.0], np.asarray(arrays.gmacs)]))
-    rows = [{"piece": "stem (patches and position)", "GMACs": None, "ms per batch": prof.piece(prof.stem_ms, b)}]
+    rows = [{"piece": "stem (patches and position)", "GMACs": "not counted",
+             "ms per batch": prof.piece(prof.stem_ms, b)}]
     for j in range(k):
-        rows.append({"piece": f"blocks to exit {j + 1}", "GMACs": float(stage_gm[j]),
+        rows.append({"piece": f"blocks to exit {j + 1}", "GMACs": f"{stage_gm[j]:.3f}",
                      "ms per batch": prof.piece(prof.stage_ms[j], b)})
-        rows.append({"piece": f"exit {j + 1} head and test", "GMACs": None,
+        rows.append({"piece": f"exit {j + 1} head and test", "GMACs": "not counted",
                      "ms per batch": prof.piece(prof.head_ms[j], b)})
-    rows.append({"piece": "moving the continuing images on", "GMACs": None,
+    rows.append({"piece": "moving the continuing images on", "GMACs": "not counted",
                  "ms per batch": prof.piece(prof.compact_ms, b)})
     st.write(f"Why measured and predicted differ: the GMACs count only the blocks. The latency profile of this "
              f"checkpoint ({md(prof.device_name)}, {prof.threads} threads) also times the pieces the GMACs leave out, "
