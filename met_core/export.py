@@ -142,15 +142,19 @@ class OnnxEarlyExit:
         return len(self.sessions)
 
     def __call__(self, x: np.ndarray, thresholds: Any = None, policy: str | None = None,
-                 batch_size: int = 64) -> EarlyExitResult:
-        """Early exit of preprocessed images (N, 3, S, S), in batches."""
+                 batch_size: int = 64, replay: np.ndarray | None = None) -> EarlyExitResult:
+        """Early exit of preprocessed images (N, 3, S, S), in batches; `replay` (N,) gives each image's exit
+        instead of the rule (as `METModel.forward_early_exit`)."""
         from .model import EarlyExitResult
 
-        parts = [self.run_batch(x[i:i + batch_size], thresholds, policy) for i in range(0, len(x), batch_size)]
+        parts = [self.run_batch(x[i:i + batch_size], thresholds, policy,
+                                None if replay is None else replay[i:i + batch_size])
+                 for i in range(0, len(x), batch_size)]
         return EarlyExitResult(*(np.concatenate([getattr(p, f) for p in parts])
                                  for f in ("classes", "exits", "confidence", "probs")))
 
-    def run_batch(self, x: np.ndarray, thresholds: Any = None, policy: str | None = None) -> EarlyExitResult:
+    def run_batch(self, x: np.ndarray, thresholds: Any = None, policy: str | None = None,
+                  replay: np.ndarray | None = None) -> EarlyExitResult:
         """One batch: stage by stage, the images that pass their exit's threshold leave it."""
         from .model import EarlyExitResult
 
@@ -169,7 +173,8 @@ class OnnxEarlyExit:
             if k == k_total - 1:
                 exit_of[active] = k
                 break
-            leave = pol.passes(pol.score(probs[active, : k + 1])[:, -1], t[k])
+            leave = (pol.passes(pol.score(probs[active, : k + 1])[:, -1], t[k]) if replay is None
+                     else replay[active] <= k)
             exit_of[active[leave]] = k
             active, tokens = active[~leave], tokens[~leave]
             if active.size == 0:
