@@ -432,12 +432,12 @@ def cmd_bench_exit(args: argparse.Namespace) -> None:
     from .checkpoint import checkpoint_hash
     from .data import decode_all, open_dataset, transform_for
     from .inference import measure_speedup
-    from .latency import LATENCY_FILE, predict_latency, read_profile
+    from .latency import predict_latency, read_profile
 
     runtime, _, device = runtime_setup(args)
     policy, thresholds = _rule(args, checkpoint_hash(args.checkpoint) if args.rule else None)
     model = engine(args, device)
-    prof_path = Path(args.profile) if args.profile else Path(args.checkpoint) / LATENCY_FILE
+    prof_path = Path(args.profile) if args.profile else profile_path(args)
     prof = read_profile(prof_path, model.num_exits) if args.profile or prof_path.exists() else None
     ds = open_dataset(args.dataset, split=args.split, download=not args.no_download, data_root=args.data_root)
     if args.limit and args.limit < len(ds):
@@ -493,18 +493,36 @@ def cmd_export(args: argparse.Namespace) -> None:
                                           f"the onnx checker); policy {m.policy}, thresholds {m.thresholds}"])
 
 
+def profile_path(args: argparse.Namespace) -> Path:
+    """Where an engine's latency profile lives by default: CHECKPOINT/latency.json for PyTorch, beside the graphs
+    (ONNX_DIR/latency.json) for the ONNX export; --profile / --out choose another file."""
+    from .latency import LATENCY_FILE
+
+    if args.engine == "onnx":
+        return Path(args.onnx or Path(args.checkpoint) / "onnx") / LATENCY_FILE
+    return Path(args.checkpoint) / LATENCY_FILE
+
+
 def cmd_profile(args: argparse.Namespace) -> None:
     from .checkpoint import checkpoint_hash, load_checkpoint
-    from .latency import LATENCY_FILE, profile_model
+    from .latency import profile_model, profile_onnx
 
     runtime, _, device = runtime_setup(args)
-    model, _ = load_checkpoint(args.checkpoint, args.weights, device)
-    prof = profile_model(model, args.batch, runtime.precision, args.repeats,
-                         progress=(lambda s: None) if args.quiet else (lambda s: log(f"profiling {s}")))
+    progress = (lambda s: None) if args.quiet else (lambda s: log(f"profiling {s}"))
+    if args.engine == "onnx":
+        if runtime.precision != "fp32":
+            raise METError("the ONNX export runs in fp32 on the CPU; profile it without --precision.")
+        model = engine(args, device)
+        prof = profile_onnx(model, args.batch, args.repeats, progress=progress)
+    else:
+        model, _ = load_checkpoint(args.checkpoint, args.weights, device)
+        prof = profile_model(model, args.batch, runtime.precision, args.repeats, progress=progress)
     prof.checkpoint_sha256 = checkpoint_hash(args.checkpoint)
-    out = Path(args.out) if args.out else Path(args.checkpoint) / LATENCY_FILE
+    out = Path(args.out) if args.out else profile_path(args)
     out.write_text(prof.to_json() + "\n")
-    lines = [f"wrote {out}: {prof.device_name}, {prof.threads} threads, torch {prof.torch_version}, {prof.precision}",
+    lines = [f"wrote {out} ({prof.engine}): {prof.device_name}, {prof.threads} threads, "
+             f"{'torch ' if prof.engine == 'pytorch' else ''}{prof.torch_version}, "
+             f"{prof.precision}",
              "batch | stem ms | " + " | ".join(f"stage {k + 1} ms | head {k + 1} ms" for k in range(model.num_exits))
              + " | compaction ms"]
     for i, b in enumerate(prof.batch_sizes):
@@ -658,7 +676,7 @@ def _bench_exit_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--batch", type=_list_parser(int, BATCH, 16), default=[64], metavar="B1,B2,...",
                    help="batch sizes to measure (default 64)")
     b.add_argument("--profile", metavar="FILE", help="latency profile for the predicted column (default: "
-                   "CHECKPOINT/latency.json when it exists)")
+                   "CHECKPOINT/latency.json, or ONNX_DIR/latency.json with --engine onnx, when it exists)")
     b.add_argument("--limit", type=number(int, COUNT), default=512, help="images to use (a seeded random subset)")
     b.add_argument("--repeats", type=number(int, Range(1, 1000)), default=5)
     b.add_argument("--seed", type=number(int, SEED), default=0)
@@ -679,7 +697,9 @@ def _profile_args(pf: argparse.ArgumentParser) -> None:
     add_checkpoint_args(pf)
     pf.add_argument("--batch", type=_list_parser(int, BATCH, 16), default=[1, 8, 64, 256], metavar="B1,B2,...")
     pf.add_argument("--repeats", type=number(int, Range(1, 1000)), default=10)
-    pf.add_argument("--out", help="where to write the profile (default: CHECKPOINT/latency.json)")
+    pf.add_argument("--out", help="where to write the profile (default: CHECKPOINT/latency.json; with --engine onnx "
+                    "ONNX_DIR/latency.json)")
+    add_engine(pf)
     add_dataclass_args(pf, RuntimeConfig, "runtime", only=("device", "precision"))
 
 

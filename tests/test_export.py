@@ -75,3 +75,31 @@ def test_export_refuses_what_cannot_be_run_stage_by_stage_and_graphs_outside_the
     (bad / "exits.json").write_text(json.dumps(manifest))
     with pytest.raises(METError, match="outside"):
         OnnxEarlyExit(bad)
+
+
+def test_onnx_engine_has_its_own_latency_profile_used_by_bench_exit(exported, tiny_checkpoint):
+    from met_core.latency import read_profile
+
+    run_cli("profile", "--checkpoint", str(tiny_checkpoint), "--engine", "onnx", "--onnx", str(exported),
+            "--batch", "1,4", "--repeats", "2", "--quiet")
+    prof = read_profile(exported / "latency.json", 4)  # beside the graphs, not the checkpoint's PyTorch profile
+    assert prof.engine == "onnx" and prof.batch_sizes == [1, 4] and prof.stem_ms == [0.0, 0.0]
+    assert prof.torch_version.startswith("onnxruntime") and prof.threads == OnnxEarlyExit(exported).threads
+    assert all(t > 0 for t in sum(prof.stage_ms, []) + prof.compact_ms + prof.full_pass_ms)
+    for j, full in enumerate(prof.full_pass_ms):  # the pieces sum to one measured whole pass
+        assert sum(r[j] for r in prof.stage_ms + prof.head_ms) == pytest.approx(full, rel=1e-6)
+    rows = json.loads(run_cli("bench-exit", "--checkpoint", str(tiny_checkpoint), "--dataset", str(CIFAR_TEST),
+                              "--limit", "8", "--batch", "4", "--repeats", "1", "--threshold", str(THRESHOLD),
+                              "--engine", "onnx", "--onnx", str(exported), "--json", "--quiet").stdout)
+    assert rows[0]["profile"]["ms_per_image"] > 0
+
+
+def test_onnx_sessions_use_the_given_threads_all_graph_optimisations_and_sleeping_threads():
+    import onnxruntime as ort
+
+    from met_core.export import session_options
+
+    so = session_options(3)
+    assert so.intra_op_num_threads == 3 and so.inter_op_num_threads == 1
+    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
