@@ -488,9 +488,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     policy, thresholds = _rule(args, sha if args.rule else None)
     model, _ = load_checkpoint(args.checkpoint, args.weights)
     out = Path(args.out) if args.out else Path(args.checkpoint) / "onnx"
-    m = export_onnx(model, out, policy, thresholds, sha, exit_gmacs(model))
-    _emit(args, json.loads(m.to_json()), [f"wrote {len(m.stages)} stage graphs and exits.json to {out} (checked with "
-                                          f"the onnx checker); policy {m.policy}, thresholds {m.thresholds}"])
+    m = export_onnx(model, out, policy, thresholds, sha, exit_gmacs(model), args.quantize)
+    _emit(args, json.loads(m.to_json()), [f"wrote {len(m.stages)} {m.quantization} stage graphs and exits.json to "
+                                          f"{out} (checked with the onnx checker); policy {m.policy}, thresholds "
+                                          f"{m.thresholds}"])
 
 
 def profile_path(args: argparse.Namespace) -> Path:
@@ -690,6 +691,9 @@ def _export_args(ex: argparse.ArgumentParser) -> None:
     add_checkpoint_args(ex)
     ex.add_argument("--format", choices=["onnx"], default="onnx")
     ex.add_argument("--out", help="folder to write (default: CHECKPOINT/onnx)")
+    ex.add_argument("--quantize", choices=["fp32", "int8"], default="fp32",
+                    help="int8: onnxruntime's dynamic quantization of every stage graph (int8 weights of the matrix "
+                    "products; no calibration set)")
     add_rule(ex)
 
 

@@ -39,6 +39,7 @@ class ExitsManifest:
     preprocessing: dict[str, Any]
     gmacs: list[float]
     checkpoint_sha256: str
+    quantization: str = "fp32"  # or "int8": weights of the matrix products int8, activations quantized per run
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **asdict(self)}, indent=2, allow_nan=False)
@@ -68,8 +69,11 @@ def stage_module(model: METModel, k: int):
 
 
 def export_onnx(model: METModel, out: Path, policy: str, thresholds: Any, checkpoint_sha256: str,
-                gmacs: list[float]) -> ExitsManifest:
-    """Write stage_1.onnx ... stage_K.onnx and exits.json; each graph is validated with the onnx checker."""
+                gmacs: list[float], quantize: str = "fp32") -> ExitsManifest:
+    """Write stage_1.onnx ... stage_K.onnx and exits.json; each graph is validated with the onnx checker.
+
+    quantize="int8": onnxruntime's dynamic quantization of each graph (the matrix products' weights stored in
+    int8, activations quantized on the fly; no calibration set), written in place of the fp32 graphs."""
     import warnings
 
     import onnx
@@ -81,6 +85,8 @@ def export_onnx(model: METModel, out: Path, policy: str, thresholds: Any, checkp
         raise METError("this checkpoint uses per-exit-path diagonals: each exit recomputes every block from the "
                        "stem, so it cannot be exported stage by stage; export a model trained with --diagonal-mode "
                        "stage.")
+    if quantize not in ("fp32", "int8"):
+        raise METError(f"--quantize must be fp32 or int8, got {quantize!r}.")
     pol = get_policy(policy)
     t = as_thresholds(thresholds, model.num_exits)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,13 +102,27 @@ def export_onnx(model: METModel, out: Path, policy: str, thresholds: Any, checkp
                                   input_names=["input"], output_names=["tokens", "logits"],
                                   dynamic_axes={"input": {0: "batch"}, "tokens": {0: "batch"}, "logits": {0: "batch"}})
             onnx.checker.check_model(str(out / name))
+            if quantize == "int8":
+                quantize_int8(out / name)
             names.append(name)
             x, _ = stage_module(model, k)(x)
     manifest = ExitsManifest(names, pol.name, [float(v) if np.isfinite(v) else None for v in t],
                              list(model.cfg.class_names), s, preprocessing_record(model.cfg), list(gmacs),
-                             checkpoint_sha256)
+                             checkpoint_sha256, quantize)
     (out / EXITS_FILE).write_text(manifest.to_json() + "\n")
     return manifest
+
+
+def quantize_int8(path: Path) -> None:
+    """Replace an fp32 graph by its dynamically quantized int8 version (MatMul / Gemm weights, signed int8)."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        q = Path(tmp) / path.name
+        quantize_dynamic(str(path), str(q), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        q.replace(path)
 
 
 def read_manifest(folder: Path) -> ExitsManifest:
@@ -119,6 +139,8 @@ def read_manifest(folder: Path) -> ExitsManifest:
     for name in m.stages:
         regular_file(folder / str(name), "a stage graph", MAX_WEIGHTS_BYTES, inside=folder)
     get_policy(m.policy)
+    if m.quantization not in ("fp32", "int8"):
+        raise METError(f"{folder / EXITS_FILE} names an unknown quantization; export again.")
     pre = m.preprocessing
     if not (isinstance(pre, dict) and all(isinstance(pre.get(k), list) and len(pre[k]) == 3 for k in ("mean", "std"))
             and pre.get("interpolation", "bicubic") in ("bicubic", "bilinear")):

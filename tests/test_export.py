@@ -103,3 +103,22 @@ def test_onnx_sessions_use_the_given_threads_all_graph_optimisations_and_sleepin
     assert so.intra_op_num_threads == 3 and so.inter_op_num_threads == 1
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+INT8_AGREEMENT_FLOOR = 0.8  # per exit, int8 class == fp32 class; the tiny checkpoint is barely trained (close logits):
+# measured 0.84-0.95 on these 64 images
+
+
+def test_int8_export_agrees_with_fp32_at_every_exit_above_the_floor(exported, images, tiny_checkpoint, tmp_path):
+    info = json.loads(run_cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "int8"),
+                              "--threshold", str(THRESHOLD), "--quantize", "int8", "--json").stdout)
+    assert info["quantization"] == "int8"
+    assert sum(f.stat().st_size for f in (tmp_path / "int8").glob("*.onnx")) < sum(
+        f.stat().st_size for f in exported.glob("*.onnx"))
+    _, x = images
+    never = [2.0, 2.0, 2.0, None]  # every image to the last exit: every exit's probabilities
+    fp32 = OnnxEarlyExit(exported)(x.numpy(), never).probs.argmax(-1)
+    int8 = OnnxEarlyExit(tmp_path / "int8")(x.numpy(), never).probs.argmax(-1)
+    agreement = (fp32 == int8).mean(0)
+    print("int8 / fp32 agreement per exit:", agreement)
+    assert (agreement >= INT8_AGREEMENT_FLOOR).all()
