@@ -221,7 +221,11 @@ def cmd_trace(args: argparse.Namespace) -> None:
     from .traces import save_trace, trace_checkpoint
 
     runtime, ctx, device = runtime_setup(args)
-    trace = trace_checkpoint(args.checkpoint, args.dataset, args.split, weights=args.weights, device=device,
+    onnx = None
+    if args.engine == "onnx":
+        from .export import OnnxEarlyExit
+        onnx = OnnxEarlyExit(args.onnx or Path(args.checkpoint) / "onnx")
+    trace = trace_checkpoint(args.checkpoint, args.dataset, args.split, weights=args.weights, device=device, onnx=onnx,
                              download=not args.no_download, data_root=args.data_root, holdout=args.holdout,
                              limit=args.limit, batch_size=args.batch_size, features=args.features, seed=args.seed,
                              precision=runtime.precision, workers=runtime.workers, ctx=ctx,
@@ -614,6 +618,7 @@ def _trace_args(r: argparse.ArgumentParser) -> None:
                    "never trained or validated on (a calibration set; never the test split)")
     r.add_argument("--batch-size", type=number(int, BATCH), default=64)
     r.add_argument("--seed", type=number(int, SEED), default=0)
+    add_engine(r)
     add_data_root(r)
     add_dataclass_args(r, RuntimeConfig, "runtime", only=("device", "precision", "workers"))
 

@@ -191,6 +191,14 @@ class OnnxEarlyExit:
         tokens, logits = self.sessions[k].run(None, {"input": x})
         return tokens, logits
 
+    def all_logits(self, x: np.ndarray) -> np.ndarray:
+        """Every exit's logits (N, K, C) of preprocessed images (N, 3, S, S), no early exit: what a trace stores."""
+        tokens, out = np.ascontiguousarray(x, dtype=np.float32), []
+        for k in range(self.num_exits):
+            tokens, logits = self.run_stage(k, tokens)
+            out.append(logits)
+        return np.stack(out, 1)
+
     def __call__(self, x: np.ndarray, thresholds: Any = None, policy: str | None = None,
                  batch_size: int = 64, replay: np.ndarray | None = None) -> EarlyExitResult:
         """Early exit of preprocessed images (N, 3, S, S), in batches; `replay` (N,) gives each image's exit

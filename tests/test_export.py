@@ -122,3 +122,11 @@ def test_int8_export_agrees_with_fp32_at_every_exit_above_the_floor(exported, im
     agreement = (fp32 == int8).mean(0)
     print("int8 / fp32 agreement per exit:", agreement)
     assert (agreement >= INT8_AGREEMENT_FLOOR).all()
+    # the what-if recomputed from the int8 exits: a trace made by the int8 engine
+    out = tmp_path / "int8_trace.npz"
+    info = json.loads(run_cli("trace", "--checkpoint", str(tiny_checkpoint), "--engine", "onnx", "--onnx",
+                              str(tmp_path / "int8"), "--dataset", str(CIFAR_TEST), "--limit", "32", "--out", str(out),
+                              "--json", "--quiet").stdout)
+    assert info["samples"] == 32 and len(info["exit_accuracy"]) == 4 and info["features"] == 0
+    w = json.loads(run_cli("whatif", "--trace", str(out), "--threshold", str(THRESHOLD), "--json").stdout)
+    assert 0 <= w["accuracy"] <= 1 and sum(w["exit_fractions"]) == pytest.approx(1)
