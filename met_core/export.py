@@ -115,13 +115,20 @@ def export_onnx(model: METModel, out: Path, policy: str, thresholds: Any, checkp
 
 def quantize_int8(path: Path) -> None:
     """Replace an fp32 graph by its dynamically quantized int8 version (MatMul / Gemm weights, signed int8)."""
+    import logging
     import tempfile
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    root = logging.getLogger()
+    level = root.level
     with tempfile.TemporaryDirectory() as tmp:
         q = Path(tmp) / path.name
-        quantize_dynamic(str(path), str(q), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        try:
+            root.setLevel(logging.ERROR)  # the quantizer logs advice on the root logger at WARNING, for every graph
+            quantize_dynamic(str(path), str(q), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        finally:
+            root.setLevel(level)
         q.replace(path)
 
 
