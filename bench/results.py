@@ -430,9 +430,10 @@ def main() -> int:
         dep = met["dir"] / "deployment.md"
         if dep.is_file():
             lines += ["## Where early exit stops paying (measured)", "",
-                      "Real batched early exit against the full network, PyTorch and ONNX (onnxruntime) engines, "
-                      "as printed by `python bench/deployment.py --record` (measured on the machine it names; the "
-                      "profile-predicted column comes from the checkpoint's `latency.json`):", "",
+                      "Real batched early exit against the full network, PyTorch, ONNX and ONNX int8 (onnxruntime) "
+                      "engines, as printed by `python bench/deployment.py --record` (measured on the machine it "
+                      "names; each engine's profile-predicted column comes from its own profile, measured in the "
+                      "same run):", "",
                       *dep.read_text().splitlines()[:40], ""]
         r = met.get("within_half_point")
         if r is not None:

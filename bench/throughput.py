@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -31,18 +32,34 @@ from met_core.train import StreamSource, TensorSource, build_optimizer, lr_sched
 GOALS = {"cpu": 0.6, "cuda": 0.4}
 
 
-def matmul_peak(device: torch.device, precision: str, n: int, repeats: int = 5) -> float:
-    """FLOP/s of the best of `repeats` n x n matmuls in the run's compute dtype."""
+def matmul_peak(device: torch.device, precision: str, n: int, repeats: int = 5, inner: int = 1) -> float:
+    """FLOP/s of the best of `repeats` timings of `inner` back-to-back n x n matmuls in the run's compute dtype
+    (after one untimed warm-up; on CUDA, timed with events: one matmul of a large GPU is too short to time alone)."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        sync(device)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+
+    def run() -> None:
+        for _ in range(inner):
+            torch.matmul(a, b, out=out)
+
+    best = min(seconds(run, device) for _ in range(repeats + 1))
+    return 2 * n ** 3 * inner / best
+
+
+def seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of fn(): CUDA events around it on a GPU (synchronised before and after), perf_counter on CPU."""
+    if device.type != "cuda":
         t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
+        fn()
+        return time.perf_counter() - t0
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
 
 
 def sync(device: torch.device) -> None:

@@ -223,7 +223,11 @@ def cmd_trace(args: argparse.Namespace) -> None:
     from .traces import save_trace, trace_checkpoint
 
     runtime, ctx, device = runtime_setup(args)
-    trace = trace_checkpoint(args.checkpoint, args.dataset, args.split, weights=args.weights, device=device,
+    onnx = None
+    if args.engine == "onnx":
+        from .export import OnnxEarlyExit
+        onnx = OnnxEarlyExit(args.onnx or Path(args.checkpoint) / "onnx")
+    trace = trace_checkpoint(args.checkpoint, args.dataset, args.split, weights=args.weights, device=device, onnx=onnx,
                              download=not args.no_download, data_root=args.data_root, holdout=args.holdout,
                              limit=args.limit, batch_size=args.batch_size, features=args.features, seed=args.seed,
                              precision=runtime.precision, workers=runtime.workers, ctx=ctx,
@@ -457,12 +461,12 @@ def cmd_bench_exit(args: argparse.Namespace) -> None:
     from .checkpoint import checkpoint_hash
     from .data import decode_all, open_dataset, seeded_subset, transform_for
     from .inference import measure_speedup
-    from .latency import LATENCY_FILE, predict_latency, read_profile
+    from .latency import predict_latency, read_profile
 
     runtime, _, device = runtime_setup(args)
     policy, thresholds = _rule(args, checkpoint_hash(args.checkpoint) if args.rule else None)
     model = engine(args, device)
-    prof_path = Path(args.profile) if args.profile else Path(args.checkpoint) / LATENCY_FILE
+    prof_path = Path(args.profile) if args.profile else profile_path(args)
     prof = read_profile(prof_path, model.num_exits) if args.profile or prof_path.exists() else None
     ds = seeded_subset(open_dataset(args.dataset, split=args.split, download=not args.no_download,
                                     data_root=args.data_root), args.limit, args.seed)
@@ -512,23 +516,42 @@ def cmd_export(args: argparse.Namespace) -> None:
     policy, thresholds = _rule(args, sha if args.rule else None)
     model, _ = load_checkpoint(args.checkpoint, args.weights)
     out = Path(args.out) if args.out else Path(args.checkpoint) / "onnx"
-    m = export_onnx(model, out, policy, thresholds, sha, exit_gmacs(model))
-    _emit(args, json.loads(m.to_json()), [f"wrote {len(m.stages)} stage graphs and exits.json to {out} (checked with "
-                                          f"the onnx checker); policy {m.policy}, thresholds {m.thresholds}"])
+    m = export_onnx(model, out, policy, thresholds, sha, exit_gmacs(model), args.quantize)
+    _emit(args, json.loads(m.to_json()), [f"wrote {len(m.stages)} {m.quantization} stage graphs and exits.json to "
+                                          f"{out} (checked with the onnx checker); policy {m.policy}, thresholds "
+                                          f"{m.thresholds}"])
+
+
+def profile_path(args: argparse.Namespace) -> Path:
+    """Where an engine's latency profile lives by default: CHECKPOINT/latency.json for PyTorch, beside the graphs
+    (ONNX_DIR/latency.json) for the ONNX export; --profile / --out choose another file."""
+    from .latency import LATENCY_FILE
+
+    if args.engine == "onnx":
+        return Path(args.onnx or Path(args.checkpoint) / "onnx") / LATENCY_FILE
+    return Path(args.checkpoint) / LATENCY_FILE
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
     from .checkpoint import checkpoint_hash, load_checkpoint
-    from .latency import LATENCY_FILE, profile_model
+    from .latency import profile_model, profile_onnx
 
     runtime, _, device = runtime_setup(args)
-    model, _ = load_checkpoint(args.checkpoint, args.weights, device)
-    prof = profile_model(model, args.batch, runtime.precision, args.repeats,
-                         progress=(lambda s: None) if args.quiet else (lambda s: log(f"profiling {s}")))
+    progress = (lambda s: None) if args.quiet else (lambda s: log(f"profiling {s}"))
+    if args.engine == "onnx":
+        if runtime.precision != "fp32":
+            raise METError("the ONNX export runs in fp32 on the CPU; profile it without --precision.")
+        model = engine(args, device)
+        prof = profile_onnx(model, args.batch, args.repeats, progress=progress)
+    else:
+        model, _ = load_checkpoint(args.checkpoint, args.weights, device)
+        prof = profile_model(model, args.batch, runtime.precision, args.repeats, progress=progress)
     prof.checkpoint_sha256 = checkpoint_hash(args.checkpoint)
-    out = Path(args.out) if args.out else Path(args.checkpoint) / LATENCY_FILE
+    out = Path(args.out) if args.out else profile_path(args)
     out.write_text(prof.to_json() + "\n")
-    lines = [f"wrote {out}: {prof.device_name}, {prof.threads} threads, torch {prof.torch_version}, {prof.precision}",
+    lines = [f"wrote {out} ({prof.engine}): {prof.device_name}, {prof.threads} threads, "
+             f"{'torch ' if prof.engine == 'pytorch' else ''}{prof.torch_version}, "
+             f"{prof.precision}",
              "batch | stem ms | " + " | ".join(f"stage {k + 1} ms | head {k + 1} ms" for k in range(model.num_exits))
              + " | compaction ms"]
     for i, b in enumerate(prof.batch_sizes):
@@ -619,6 +642,7 @@ def _trace_args(r: argparse.ArgumentParser) -> None:
                    "never trained or validated on (a calibration set; never the test split)")
     r.add_argument("--batch-size", type=number(int, BATCH), default=64)
     r.add_argument("--seed", type=number(int, SEED), default=0)
+    add_engine(r)
     add_data_root(r)
     add_dataclass_args(r, RuntimeConfig, "runtime", only=("device", "precision", "workers"))
 
@@ -695,7 +719,7 @@ def _bench_exit_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--batch", type=_list_parser(int, BATCH, 16), default=[64], metavar="B1,B2,...",
                    help="batch sizes to measure (default 64)")
     b.add_argument("--profile", metavar="FILE", help="latency profile for the predicted column (default: "
-                   "CHECKPOINT/latency.json when it exists)")
+                   "CHECKPOINT/latency.json, or ONNX_DIR/latency.json with --engine onnx, when it exists)")
     b.add_argument("--limit", type=number(int, COUNT), default=512, help="images to use (a seeded random subset)")
     b.add_argument("--repeats", type=number(int, Range(1, 1000)), default=5)
     b.add_argument("--seed", type=number(int, SEED), default=0)
@@ -709,6 +733,9 @@ def _export_args(ex: argparse.ArgumentParser) -> None:
     add_checkpoint_args(ex)
     ex.add_argument("--format", choices=["onnx"], default="onnx")
     ex.add_argument("--out", help="folder to write (default: CHECKPOINT/onnx)")
+    ex.add_argument("--quantize", choices=["fp32", "int8"], default="fp32",
+                    help="int8: onnxruntime's dynamic quantization of every stage graph (int8 weights of the matrix "
+                    "products; no calibration set)")
     add_rule(ex)
 
 
@@ -716,7 +743,9 @@ def _profile_args(pf: argparse.ArgumentParser) -> None:
     add_checkpoint_args(pf)
     pf.add_argument("--batch", type=_list_parser(int, BATCH, 16), default=[1, 8, 64, 256], metavar="B1,B2,...")
     pf.add_argument("--repeats", type=number(int, Range(1, 1000)), default=10)
-    pf.add_argument("--out", help="where to write the profile (default: CHECKPOINT/latency.json)")
+    pf.add_argument("--out", help="where to write the profile (default: CHECKPOINT/latency.json; with --engine onnx "
+                    "ONNX_DIR/latency.json)")
+    add_engine(pf)
     add_dataclass_args(pf, RuntimeConfig, "runtime", only=("device", "precision"))
 
 

@@ -44,15 +44,17 @@ def head_inputs(model: METModel, data: torch.Tensor | ImageDataset, device: torc
 
 
 def early_exit(model: METModel, x: torch.Tensor, thresholds: float | Sequence[float], policy: str = "max-softmax",
-               batch_size: int = 64, precision: str = "fp32") -> EarlyExitResult:
-    """Batched real early exit over a tensor of preprocessed images, on the model's device."""
+               batch_size: int = 64, precision: str = "fp32", replay: np.ndarray | None = None) -> EarlyExitResult:
+    """Batched real early exit over a tensor of preprocessed images, on the model's device; `replay` (N,) gives
+    each image's exit instead of the rule (see `METModel.forward_early_exit`)."""
     pol = get_policy(policy)
     t = as_thresholds(thresholds, model.num_exits, pol)
     device = next(model.parameters()).device
     parts = []
     for i in range(0, len(x), batch_size):
         with autocast(device, precision):
-            parts.append(model.forward_early_exit(x[i:i + batch_size].to(device), t, pol))
+            part = None if replay is None else replay[i:i + batch_size]
+            parts.append(model.forward_early_exit(x[i:i + batch_size].to(device), t, pol, part))
     return EarlyExitResult(*(np.concatenate([getattr(p, f) for p in parts])
                              for f in ("classes", "exits", "confidence", "probs")))
 
@@ -146,12 +148,13 @@ class SpeedupResult:
 
 def measure_speedup(model: METModel | OnnxEarlyExit, x: torch.Tensor, thresholds: float | Sequence[float],
                     policy: str = "max-softmax", batch_size: int = 64, repeats: int = 5,
-                    precision: str = "fp32",
+                    precision: str = "fp32", replay: np.ndarray | None = None,
                     on_progress: Callable[[int, int], None] | None = None) -> SpeedupResult:
     """Real batched early exit vs every image to the last exit: same images, same process, interleaved, median.
-    `model` is a METModel (PyTorch) or an ONNX export's runner. `on_progress(images, total)` is called after each
-    pass over the images (2 warm-up passes and 2 per repeat), counting images run so far; an exception it raises
-    stops the measurement."""
+    `model` is a METModel (PyTorch) or an ONNX export's runner. `replay` (N,): each image leaves at this exit
+    instead of where the rule sends it (a replayed exit pattern: the timing needs no trained weights).
+    `on_progress(images, total)` is called after each pass over the images (2 warm-up passes and 2 per repeat),
+    counting images run so far; an exception it raises stops the measurement."""
     from .export import OnnxEarlyExit
 
     pol = get_policy(policy)
@@ -164,7 +167,7 @@ def measure_speedup(model: METModel | OnnxEarlyExit, x: torch.Tensor, thresholds
             model(xn, [pol.skip(k)] * (k - 1) + [None], policy, batch_size)
 
         def run_early() -> EarlyExitResult:
-            return model(xn, t, policy, batch_size)
+            return model(xn, t, policy, batch_size, replay)
     else:
         k, gm = model.num_exits, np.asarray(exit_gmacs(model))
         t = as_thresholds(thresholds, k, pol)
@@ -181,7 +184,7 @@ def measure_speedup(model: METModel | OnnxEarlyExit, x: torch.Tensor, thresholds
             sync()
 
         def run_early() -> EarlyExitResult:
-            res = early_exit(model, x, t, policy, batch_size, precision)
+            res = early_exit(model, x, t, policy, batch_size, precision, replay)
             sync()
             return res
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import METError
 from .limits import read_tagged_json
+from .policies import exit_probs, get_policy
 
 FORMAT = "met-latency/1"
 LATENCY_FILE = "latency.json"
@@ -48,6 +49,7 @@ class LatencyProfile:
     checkpoint_sha256: str = ""
     full_pass_ms: list[float] | None = None  # one whole pass to the last exit, per batch size
     piece_scale: list[float] | None = None  # full pass over the sum of the pieces timed alone (applied already)
+    engine: str = "pytorch"  # or "onnx": the per-stage export run by onnxruntime (its stem is inside stage 1)
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **asdict(self)}, indent=2, allow_nan=False)
@@ -111,13 +113,59 @@ def _median_ms(fn: Callable[[], object], sync: Callable[[], None], repeats: int,
     return statistics.median(times)
 
 
+def _scale_to_whole_pass(stem_ms: list[float], stage_ms: list[list[float]], head_ms: list[list[float]],
+                         full_ms: float) -> float:
+    """Scale the last-measured stem, stage and head times so that they sum to one whole pass; returns the factor."""
+    scale = full_ms / (stem_ms[-1] + sum(r[-1] for r in stage_ms) + sum(r[-1] for r in head_ms))
+    stem_ms[-1] *= scale
+    for r in stage_ms + head_ms:
+        r[-1] *= scale
+    return scale
+
+
+def profile_onnx(runner, batch_sizes: Sequence[int], repeats: int = 10, warmup: int = 2, policy: str = "max-softmax",
+                 progress: Callable[[str], None] = lambda s: None) -> LatencyProfile:
+    """The same profile for an ONNX export's runner (`met_core.export.OnnxEarlyExit`): each stage graph (its
+    blocks and its exit's logits; the stem is inside stage 1, so `stem_ms` is 0), each exit's softmax and exit
+    test, the compaction of the continuing tokens, and one whole pass; inputs are seeded random images."""
+    import platform
+
+    import onnxruntime as ort
+
+    pol = get_policy(policy)
+    k_total, s = runner.num_exits, runner.manifest.img_size
+    rng = np.random.default_rng(0)
+    stem_ms, compact_ms, full_ms, scale = [], [], [], []
+    stage_ms: list[list[float]] = [[] for _ in range(k_total)]
+    head_ms: list[list[float]] = [[] for _ in range(k_total)]
+    never = [pol.never] * (k_total - 1) + [None]
+    for b in batch_sizes:
+        progress(f"batch {b}")
+        x = rng.standard_normal((b, 3, s, s), dtype=np.float32)
+        stem_ms.append(0.0)
+        tokens = x
+        for k in range(k_total):
+            stage_ms[k].append(_median_ms(lambda k=k, t=tokens: runner.run_stage(k, t), lambda: None, repeats, warmup))
+            tokens, logits = runner.run_stage(k, tokens)
+            head_ms[k].append(_median_ms(lambda z=logits: pol.passes(pol.score(exit_probs(z)[:, None])[:, -1], 0.5),
+                                         lambda: None, repeats, warmup))
+        keep = np.arange(b) % 2 == 0  # half continue
+        compact_ms.append(_median_ms(lambda t=tokens, m=keep: np.ascontiguousarray(t[m]), lambda: None, repeats,
+                                     warmup))
+        full_ms.append(_median_ms(lambda x=x: runner.run_batch(x, never, policy), lambda: None, repeats, warmup))
+        scale.append(_scale_to_whole_pass(stem_ms, stage_ms, head_ms, full_ms[-1]))
+    name = f"CPU ({platform.processor() or platform.machine()}, {runner.threads} threads)"
+    return LatencyProfile("cpu", name, runner.threads, f"onnxruntime {ort.__version__}", "fp32", list(batch_sizes),
+                          stem_ms, stage_ms, head_ms, compact_ms, full_pass_ms=full_ms, piece_scale=scale,
+                          engine="onnx")
+
+
 def profile_model(model, batch_sizes: Sequence[int], precision: str = "fp32", repeats: int = 10, warmup: int = 2,
                   policy: str = "max-softmax", progress: Callable[[str], None] = lambda s: None) -> LatencyProfile:
     """Time each piece of the real early-exit path at each batch size (inputs: seeded random images)."""
     import torch
 
     from .devices import autocast, device_name
-    from .policies import exit_probs, get_policy
 
     pol = get_policy(policy)
     device = next(model.parameters()).device
@@ -151,11 +199,7 @@ def profile_model(model, batch_sizes: Sequence[int], precision: str = "fp32", re
             keep = torch.arange(b, device=device) % 2 == 0  # half continue
             compact_ms.append(_median_ms(lambda t=tokens, m=keep: (t[m], m.nonzero()), sync, repeats, warmup))
             full_ms.append(_median_ms(lambda x=x: model.forward_early_exit(x, never, pol), sync, repeats, warmup))
-            alone = stem_ms[-1] + sum(r[-1] for r in stage_ms) + sum(r[-1] for r in head_ms)
-            scale.append(full_ms[-1] / alone)
-            stem_ms[-1] *= scale[-1]
-            for r in stage_ms + head_ms:
-                r[-1] *= scale[-1]
+            scale.append(_scale_to_whole_pass(stem_ms, stage_ms, head_ms, full_ms[-1]))
     return LatencyProfile(str(device), device_name(device), torch.get_num_threads(), torch.__version__, precision,
                           list(batch_sizes), stem_ms, stage_ms, head_ms, compact_ms, full_pass_ms=full_ms,
                           piece_scale=scale)
@@ -185,6 +229,8 @@ def read_profile(path: str | Path, num_exits: int | None = None) -> LatencyProfi
         raise METError(f"{path} has malformed timings; profile the checkpoint again (met profile).")
     if num_exits is not None and len(prof.stage_ms) != num_exits:
         raise METError(f"{path} profiles {len(prof.stage_ms)} exits, not {num_exits}; profile this checkpoint.")
+    if prof.engine not in ("pytorch", "onnx"):
+        raise METError(f"{path} names an unknown engine; profile the checkpoint again (met profile).")
     for name in ("device", "device_name", "torch_version", "precision", "checkpoint_sha256"):
         setattr(prof, name, str(getattr(prof, name))[:200])
     return prof

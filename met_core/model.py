@@ -124,11 +124,14 @@ class METModel(nn.Module):
 
     # --- real early exit --------------------------------------------------------------------------
     @torch.no_grad()
-    def forward_early_exit(self, x: torch.Tensor, thresholds: np.ndarray, policy: Policy) -> EarlyExitResult:
+    def forward_early_exit(self, x: torch.Tensor, thresholds: np.ndarray, policy: Policy,
+                           replay: np.ndarray | None = None) -> EarlyExitResult:
         """Run block by block; at each exit the images whose score passes leave the batch and stop computing.
 
         Only the images still running continue (batch compaction). Same classes and exits as
-        computing every exit and applying the rule afterwards.
+        computing every exit and applying the rule afterwards. `replay` (N,), 0-based exit per image: each
+        image leaves there whatever its score (a recorded exit pattern replayed, e.g. for timing random
+        weights); the work done is the same as the rule's would be.
         """
         import numpy as np
 
@@ -146,8 +149,10 @@ class METModel(nn.Module):
             if k == k_total - 1:
                 exit_of[active] = k
                 break
-            score = policy.score(probs[active, : k + 1])[:, -1]
-            leave = policy.passes(score, thresholds[k])
+            if replay is None:
+                leave = policy.passes(policy.score(probs[active, : k + 1])[:, -1], thresholds[k])
+            else:
+                leave = replay[active] <= k
             exit_of[active[leave]] = k
             keep = torch.from_numpy(~leave).to(tokens.device)
             active = active[~leave]

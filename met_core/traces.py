@@ -305,6 +305,21 @@ def run_trace(
     ).validate("the new trace")
 
 
+def run_trace_onnx(runner: Any, ds: ImageDataset, meta: dict[str, Any], batch_size: int = 64, workers: int = 0,
+                   progress: bool = False) -> Trace:
+    """Every exit's logits over `ds` from an ONNX export's runner (no head inputs), as a trace."""
+    import torch
+    from tqdm.auto import tqdm
+
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
+    logits = np.concatenate([runner.all_logits(x.numpy()) for x, _, _ in tqdm(loader, desc="trace", unit="batch",
+                                                                              disable=not progress)])
+    k, d = runner.num_exits, 0
+    return Trace(logits.astype(np.float16), np.asarray(ds.labels), np.asarray(ds.ids, dtype=str),
+                 np.asarray(runner.manifest.gmacs), list(ds.class_names), np.zeros(0, np.int64),
+                 np.zeros((k, 0, d), np.float16), meta).validate("the new trace")
+
+
 class TraceCancelled(METError):
     """Raised from an `on_batch` hook to stop a trace; nothing is written."""
 
@@ -330,21 +345,28 @@ def trace_checkpoint(
     on_batch: Callable[[int, int], None] | None = None,
     notes: Callable[[str], None] | None = None,
     on_model: Callable[[], None] | None = None,
+    onnx: Any = None,
 ) -> Trace | None:
     """The trace of a checkpoint over a dataset, as `met trace` and the app's Models page make it: the dataset is
     checked against the checkpoint's classes before any model is loaded (one sentence, at once), and the trace
     records which model made it. `on_model()` is called just before the model is loaded, `on_batch` and `notes` as
-    in `run_trace` and `dataset_for_checkpoint`."""
+    in `run_trace` and `dataset_for_checkpoint`. `onnx`: an export's runner (`met_core.export.OnnxEarlyExit`, e.g.
+    int8) runs the exits instead of PyTorch (logits only: no head inputs are kept)."""
     from .checkpoint import checkpoint_hash, load_checkpoint, read_config
+    from .config import METConfig, config_from_dict
     from .data import dataset_for_checkpoint, seeded_subset, transform_for
     from .flops import MAC_NOTE, exit_gmacs
 
     # everything that needs no model first (the folder, its classes, its images): a mismatch is answered at once
     cfg = read_config(Path(checkpoint), own_weights=weights is not None)
+    mcfg = config_from_dict(METConfig, cfg["model"])
+    if onnx is not None and onnx.manifest.checkpoint_sha256 != checkpoint_hash(checkpoint):
+        raise METError(f"the ONNX export in {onnx.folder} was made from another checkpoint; export this one "
+                       "again (met export).")
     ds = dataset_for_checkpoint(cfg, dataset, split, download, data_root, holdout, seed)
     for note in ds.notes:
         (notes or (lambda _: None))(note)
-    want = list(cfg["model"].get("class_names") or [])
+    want = list(mcfg.class_names)
     if len(ds.class_names) != len(want):
         raise METError(f"the dataset has {len(ds.class_names)} classes and the checkpoint {len(want)}; trace a "
                        "dataset with the checkpoint's classes (one sub-folder per class).")
@@ -354,13 +376,17 @@ def trace_checkpoint(
     if not len(ds):
         raise METError("the dataset has no images; put image files (.jpg, .png, ...) in its class sub-folders.")
     ds = seeded_subset(ds, limit, seed)
-    if on_model is not None:
-        on_model()
-    model, cfg = load_checkpoint(checkpoint, weights, device)
-    ds.transform = transform_for(model.cfg)
+    if onnx is None:
+        if on_model is not None:
+            on_model()
+        model, cfg = load_checkpoint(checkpoint, weights, device)
+    ds.transform = transform_for(mcfg)
     meta = {"checkpoint": Path(checkpoint).name, "checkpoint_sha256": checkpoint_hash(checkpoint),
             "dataset": dataset or cfg.get("data", {}).get("dataset"), "dataset_root": ds.root,
-            "split": split, "exits": model.cfg.exits, "mac_note": MAC_NOTE, "note": SIMULATED_NOTE}
+            "split": split, "exits": mcfg.exits, "mac_note": MAC_NOTE, "note": SIMULATED_NOTE}
+    if onnx is not None:
+        meta["engine"] = f"onnx {onnx.manifest.quantization}"
+        return run_trace_onnx(onnx, ds, meta, batch_size, workers, progress)
     return run_trace(model, ds, exit_gmacs(model), meta, batch_size=batch_size, features=features, seed=seed,
                      progress=progress, precision=precision, workers=workers, ctx=ctx, on_batch=on_batch)
 

@@ -75,3 +75,58 @@ def test_export_refuses_what_cannot_be_run_stage_by_stage_and_graphs_outside_the
     (bad / "exits.json").write_text(json.dumps(manifest))
     with pytest.raises(METError, match="outside"):
         OnnxEarlyExit(bad)
+
+
+def test_onnx_engine_has_its_own_latency_profile_used_by_bench_exit(exported, tiny_checkpoint):
+    from met_core.latency import read_profile
+
+    run_cli("profile", "--checkpoint", str(tiny_checkpoint), "--engine", "onnx", "--onnx", str(exported),
+            "--batch", "1,4", "--repeats", "2", "--quiet")
+    prof = read_profile(exported / "latency.json", 4)  # beside the graphs, not the checkpoint's PyTorch profile
+    assert prof.engine == "onnx" and prof.batch_sizes == [1, 4] and prof.stem_ms == [0.0, 0.0]
+    assert prof.torch_version.startswith("onnxruntime") and prof.threads == OnnxEarlyExit(exported).threads
+    assert all(t > 0 for t in sum(prof.stage_ms, []) + prof.compact_ms + prof.full_pass_ms)
+    for j, full in enumerate(prof.full_pass_ms):  # the pieces sum to one measured whole pass
+        assert sum(r[j] for r in prof.stage_ms + prof.head_ms) == pytest.approx(full, rel=1e-6)
+    rows = json.loads(run_cli("bench-exit", "--checkpoint", str(tiny_checkpoint), "--dataset", str(CIFAR_TEST),
+                              "--limit", "8", "--batch", "4", "--repeats", "1", "--threshold", str(THRESHOLD),
+                              "--engine", "onnx", "--onnx", str(exported), "--json", "--quiet").stdout)
+    assert rows[0]["profile"]["ms_per_image"] > 0
+
+
+def test_onnx_sessions_use_the_given_threads_all_graph_optimisations_and_sleeping_threads():
+    import onnxruntime as ort
+
+    from met_core.export import session_options
+
+    so = session_options(3)
+    assert so.intra_op_num_threads == 3 and so.inter_op_num_threads == 1
+    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+INT8_AGREEMENT_FLOOR = 0.8  # per exit, int8 class == fp32 class; the tiny checkpoint is barely trained (close logits):
+# measured 0.84-0.95 on these 64 images
+
+
+def test_int8_export_agrees_with_fp32_at_every_exit_above_the_floor(exported, images, tiny_checkpoint, tmp_path):
+    info = json.loads(run_cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "int8"),
+                              "--threshold", str(THRESHOLD), "--quantize", "int8", "--json").stdout)
+    assert info["quantization"] == "int8"
+    assert sum(f.stat().st_size for f in (tmp_path / "int8").glob("*.onnx")) < sum(
+        f.stat().st_size for f in exported.glob("*.onnx"))
+    _, x = images
+    never = [2.0, 2.0, 2.0, None]  # every image to the last exit: every exit's probabilities
+    fp32 = OnnxEarlyExit(exported)(x.numpy(), never).probs.argmax(-1)
+    int8 = OnnxEarlyExit(tmp_path / "int8")(x.numpy(), never).probs.argmax(-1)
+    agreement = (fp32 == int8).mean(0)
+    print("int8 / fp32 agreement per exit:", agreement)
+    assert (agreement >= INT8_AGREEMENT_FLOOR).all()
+    # the what-if recomputed from the int8 exits: a trace made by the int8 engine
+    out = tmp_path / "int8_trace.npz"
+    info = json.loads(run_cli("trace", "--checkpoint", str(tiny_checkpoint), "--engine", "onnx", "--onnx",
+                              str(tmp_path / "int8"), "--dataset", str(CIFAR_TEST), "--limit", "32", "--out", str(out),
+                              "--json", "--quiet").stdout)
+    assert info["samples"] == 32 and len(info["exit_accuracy"]) == 4 and info["features"] == 0
+    w = json.loads(run_cli("whatif", "--trace", str(out), "--threshold", str(THRESHOLD), "--json").stdout)
+    assert 0 <= w["accuracy"] <= 1 and sum(w["exit_fractions"]) == pytest.approx(1)
