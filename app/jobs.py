@@ -51,6 +51,11 @@ class Job:
         self.stage, self.done, self.total, self.stage_started = stage, 0, total, time.monotonic()
         self.stages.append(stage)
 
+    def relabel(self, stage: str) -> None:
+        """A new stage name that keeps the last stage's count (saving, finished)."""
+        self.stage = stage
+        self.stages.append(stage)
+
     def progress(self, done: int, total: int) -> None:
         """The hook met_core calls after each batch or pass: records progress, and stops the work on Cancel."""
         self.done, self.total = done, total
@@ -75,8 +80,7 @@ class Job:
         except OSError as e:
             self.error = f"the job could not read or write a file ({e.strerror}); check the folders it names."
         finally:
-            self.stage = "finished"  # done and total keep the last stage's count
-            self.stages.append(self.stage)
+            self.relabel("finished")
 
     def work(self) -> None:
         raise NotImplementedError
@@ -108,7 +112,7 @@ class TraceJob(Job):
         self.enter("checking the dataset folder and its classes")
         trace = trace_checkpoint(self.checkpoint, self.dataset, self.split, limit=self.limit, features=FEATURES,
                                  download=True, on_batch=self._traced, on_model=self._loading)
-        self.enter("saving")
+        self.relabel("saving")
         dest = runs_dir() / run_name(self.checkpoint, self.dataset, self.split, self.limit)
         try:
             with tempfile.TemporaryDirectory() as tmp:

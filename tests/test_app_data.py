@@ -91,7 +91,7 @@ def test_tracing_a_user_folder_makes_a_run_the_app_finds(tiny_checkpoint, tmp_pa
     monkeypatch.setenv("MET_RUNS_DIR", str(tmp_path / "runs"))
     classes = sorted(p.name for p in CIFAR_TEST.iterdir())
     folder = _user_folder(tmp_path / "my images", classes)
-    job = jobs.TraceJob(str(tiny_checkpoint), str(folder), "test", 0)
+    job = jobs.TraceJob(checkpoint=str(tiny_checkpoint), dataset=str(folder), split="test", limit=0)
     job.run()
     assert job.error is None and job.done == job.total >= 1, job.error
     run = state.discover()[-1]
@@ -106,16 +106,17 @@ def test_a_cancelled_or_mismatched_trace_is_one_sentence_and_writes_nothing(tiny
 
     monkeypatch.setenv("MET_RUNS_DIR", str(tmp_path / "runs"))
     classes = sorted(p.name for p in CIFAR_TEST.iterdir())
-    job = jobs.TraceJob(str(tiny_checkpoint), str(_user_folder(tmp_path / "a", classes)), "test", 0)
+    job = jobs.TraceJob(checkpoint=str(tiny_checkpoint), dataset=str(_user_folder(tmp_path / "a", classes)))
     job.cancel.set()
     job.run()
-    assert job.error == "the trace was cancelled; nothing was written." and job.result is None
-    few = jobs.TraceJob(str(tiny_checkpoint), str(_user_folder(tmp_path / "b", classes[:3])), "test", 0)
+    assert job.error == "cancelled; nothing was written." and job.result is None
+    few = jobs.TraceJob(checkpoint=str(tiny_checkpoint), dataset=str(_user_folder(tmp_path / "b", classes[:3])))
     few.run()
     assert few.error.startswith("the dataset has 3 classes and the checkpoint 10;"), few.error
+    assert not any("loading" in st_ for st_ in few.stages)  # answered before any model was loaded
     (tmp_path / "c" / "cat").mkdir(parents=True)
     (tmp_path / "c" / "cat" / "note.txt").write_text("not an image")
-    empty = jobs.TraceJob(str(tiny_checkpoint), str(tmp_path / "c"), "test", 0)
+    empty = jobs.TraceJob(checkpoint=str(tiny_checkpoint), dataset=str(tmp_path / "c"), split="test", limit=0)
     empty.run()
     assert "has class folders but no image files" in empty.error, empty.error
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
