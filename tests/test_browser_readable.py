@@ -144,11 +144,15 @@ def test_the_journey_fits_a_projector_and_steps_with_buttons_and_arrow_keys(serv
         drv.get(f"{served}/journey?image={trace.ids[i]}")
         wait_text(drv, "Leaves at exit 4", timeout=180)
 
-        def shown_step() -> str:
-            return next(m.text for m in drv.find_elements("css selector", '[data-testid="stMetric"]')
-                        if m.text.startswith("Blocks run")).split("\n")[1]
+        def shown_step() -> str | None:
+            """The 'Blocks run' figure, or None while the page is redrawing it."""
+            try:
+                return next((m.text.split("\n")[1] for m in drv.find_elements("css selector",
+                             '[data-testid="stMetric"]') if m.text.startswith("Blocks run")), None)
+            except Exception:  # an element replaced while it was read
+                return None
 
-        assert shown_step() == "3 of 12"  # it starts at exit 1
+        wait_until(lambda: shown_step() == "3 of 12", what="exit 1 first")  # it starts at exit 1
         parts = {"Previous": "//button[contains(., 'Previous exit')]", "Next": "//button[contains(., 'Next exit')]",
                  "image": "//*[@data-testid='stImage']", "decision": "//*[@data-testid='stMetric'][.//p[.='Decision']]",
                  "drawing": "(//*[@data-testid='stPlotlyChart'])[1]"}
