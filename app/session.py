@@ -35,6 +35,7 @@ class Local:
     measure_job: str | None = None  # id of this session's background measurement of the real early exit
     journey_upload: bool = False  # the journey follows an uploaded image instead of a test image
     notice: str | None = None  # a one-time sentence about an entry that was not used
+    changed_key: str | None = None  # the widget whose change started this run (its browser value is the newest)
 
 
 @dataclass
@@ -102,6 +103,7 @@ def _changed(path: str, key: str, convert: Callable[[Any], Any], then: Callable[
         entry = "The empty entry" if str(raw).strip() == "" else f"'{raw}'"
         local().notice = f"{entry} was not used: it must be {e}. The value in use is kept."
         return
+    local().changed_key = key
     if path == "policy":
         v.set_policy(value, context())
     elif path.startswith("local."):
@@ -121,7 +123,13 @@ def bind(widget: Callable[..., Any], label: str, path: str, *args: Any, show: Ca
     leaves a notice), then `then(view)` runs. Returns what the widget returns."""
     key = key or f"w:{path}"
     current = getattr(local(), path.removeprefix("local.")) if path.startswith("local.") else get(view(), path)
-    st.session_state[key] = show(current)
+    want = show(current)
+    # Assigning a widget's value sends it to the browser, which would undo key presses made there while this run
+    # was under way (fast arrow keys on a slider): the widget that started the run keeps its own newest value, the
+    # others are set only when they differ from the view.
+    mine = key == local().changed_key and key in st.session_state
+    if not mine and (key not in st.session_state or st.session_state[key] != want):
+        st.session_state[key] = want
     return widget(label, *args, key=key, on_change=_changed, args=(path, key, convert, then), **kwargs)
 
 
@@ -141,6 +149,7 @@ def notice() -> str | None:
 
 def publish() -> None:
     """Write the view into the query string (nothing when it already says the same)."""
+    local().changed_key = None
     want = write_link(view(), context())
     if {k: st.query_params[k] for k in st.query_params} != want:
         st.query_params.from_dict(want)

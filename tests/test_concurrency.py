@@ -84,7 +84,7 @@ def session(url: str, photos: list, profile) -> dict:
     drv = make_browser(profile)
     seen: dict = {"errors": []}
     try:
-        drv.get(url)
+        drv.get(f"{url}/whatif")
         wait_text(drv, "Accuracy versus mean GMACs", timeout=240)
         for steps in STEPS:
             rng = drv.find_element("css selector", '[data-testid="stSlider"] input[type="range"]')

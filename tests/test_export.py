@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -84,7 +86,9 @@ def test_onnx_engine_has_its_own_latency_profile_used_by_bench_exit(exported, ti
             "--batch", "1,4", "--repeats", "2", "--quiet")
     prof = read_profile(exported / "latency.json", 4)  # beside the graphs, not the checkpoint's PyTorch profile
     assert prof.engine == "onnx" and prof.batch_sizes == [1, 4] and prof.stem_ms == [0.0, 0.0]
-    assert prof.torch_version.startswith("onnxruntime") and prof.threads == OnnxEarlyExit(exported).threads
+    fresh = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                               capture_output=True, text=True, check=True).stdout)  # the CLI's own default
+    assert prof.torch_version.startswith("onnxruntime") and prof.threads == fresh
     assert all(t > 0 for t in sum(prof.stage_ms, []) + prof.compact_ms + prof.full_pass_ms)
     for j, full in enumerate(prof.full_pass_ms):  # the pieces sum to one measured whole pass
         assert sum(r[j] for r in prof.stage_ms + prof.head_ms) == pytest.approx(full, rel=1e-6)
