@@ -35,7 +35,6 @@ class Local:
     measure_job: str | None = None  # id of this session's background measurement of the real early exit
     journey_upload: bool = False  # the journey follows an uploaded image instead of a test image
     notice: str | None = None  # a one-time sentence about an entry that was not used
-    changed_key: str | None = None  # the widget whose change started this run (its browser value is the newest)
 
 
 @dataclass
@@ -103,7 +102,6 @@ def _changed(path: str, key: str, convert: Callable[[Any], Any], then: Callable[
         entry = "The empty entry" if str(raw).strip() == "" else f"'{raw}'"
         local().notice = f"{entry} was not used: it must be {e}. The value in use is kept."
         return
-    local().changed_key = key
     if path == "policy":
         v.set_policy(value, context())
     elif path.startswith("local."):
@@ -124,11 +122,9 @@ def bind(widget: Callable[..., Any], label: str, path: str, *args: Any, show: Ca
     key = key or f"w:{path}"
     current = getattr(local(), path.removeprefix("local.")) if path.startswith("local.") else get(view(), path)
     want = show(current)
-    # Assigning a widget's value sends it to the browser, which would undo key presses made there while this run
-    # was under way (fast arrow keys on a slider): the widget that started the run keeps its own newest value, the
-    # others are set only when they differ from the view.
-    mine = key == local().changed_key and key in st.session_state
-    if not mine and (key not in st.session_state or st.session_state[key] != want):
+    # only when they differ: assigning a widget's value sends it to the browser, which would undo a key press
+    # made there while this run was under way (fast arrow keys on a slider)
+    if key not in st.session_state or st.session_state[key] != want:
         st.session_state[key] = want
     return widget(label, *args, key=key, on_change=_changed, args=(path, key, convert, then), **kwargs)
 
@@ -149,7 +145,6 @@ def notice() -> str | None:
 
 def publish() -> None:
     """Write the view into the query string (nothing when it already says the same)."""
-    local().changed_key = None
     want = write_link(view(), context())
     if {k: st.query_params[k] for k in st.query_params} != want:
         st.query_params.from_dict(want)

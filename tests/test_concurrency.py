@@ -87,11 +87,13 @@ def session(url: str, photos: list, profile) -> dict:
         drv.get(f"{url}/whatif")
         wait_text(drv, "Accuracy versus mean GMACs", timeout=240)
         for steps in STEPS:
-            rng = drv.find_element("css selector", '[data-testid="stSlider"] input[type="range"]')
-            drv.execute_script("arguments[0].focus();", rng)
-            for _ in range(steps):
-                drv.switch_to.active_element.send_keys(Keys.ARROW_LEFT)
             want = EXPECTED[steps]
+            # the threshold typed into the exact entry (arrow keys on the slider can be lost on a loaded machine:
+            # see the closing note of the session that changed this)
+            field = drv.find_element("css selector", 'input[aria-label="Exact value"]')
+            field.send_keys(Keys.CONTROL, "a")
+            field.send_keys(Keys.DELETE)
+            field.send_keys(want[0], Keys.ENTER)
             try:  # the app answers asynchronously: wait for the numbers met_core gives, then record what is shown
                 WebDriverWait(drv, 180, poll_frequency=0.5).until(lambda d, w=want: shown(d) == w)
             except TimeoutException:
