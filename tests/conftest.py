@@ -87,3 +87,14 @@ def make_hostile_images(folder: Path) -> dict[str, bool]:
 def hostile_images(tmp_path_factory) -> tuple[Path, dict[str, bool]]:
     folder = tmp_path_factory.mktemp("hostile")
     return folder, make_hostile_images(folder)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """`streamlit run app/main.py` on a free localhost port, one per test module that asks for it; its URL."""
+    from .tools.browser import start_server
+
+    proc, url = start_server()
+    yield url
+    proc.terminate()
+    proc.wait(10)

@@ -38,13 +38,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server():
-    proc, url = start_server()
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
 
 @pytest.fixture(scope="module")
 def browser():

@@ -101,21 +101,14 @@ def projector(drv) -> None:
     drv.set_window_size(1280 + 1280 - w, 720 + 720 - h)
 
 
-@pytest.fixture(scope="module")
-def served():
-    proc, url = start_server()
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
 
 @pytest.mark.parametrize("page,ready", PAGES)
-def test_every_page_at_1280_by_720_has_no_clipped_or_overflowing_text(served, tmp_path, page, ready):
+def test_every_page_at_1280_by_720_has_no_clipped_or_overflowing_text(server, tmp_path, page, ready):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     drv = make_browser(tmp_path / "profile")
     try:
         projector(drv)
-        drv.get(f"{served}/{page}")
+        drv.get(f"{server}/{page}")
         wait_text(drv, ready, timeout=180)
         wait_until(lambda: not drv.find_elements("css selector", '[data-testid="stStatusWidgetRunningIcon"]'),
                    timeout=120, what="the page's run to finish")
@@ -129,7 +122,7 @@ def test_every_page_at_1280_by_720_has_no_clipped_or_overflowing_text(served, tm
         drv.quit()
 
 
-def test_the_journey_fits_a_projector_and_steps_with_buttons_and_arrow_keys(served, tmp_path):
+def test_the_journey_fits_a_projector_and_steps_with_buttons_and_arrow_keys(server, tmp_path):
     from selenium.webdriver.common.keys import Keys
 
     from met_core.traces import load_trace
@@ -141,7 +134,7 @@ def test_the_journey_fits_a_projector_and_steps_with_buttons_and_arrow_keys(serv
     drv = make_browser(tmp_path / "profile")
     try:
         projector(drv)
-        drv.get(f"{served}/journey?image={trace.ids[i]}")
+        drv.get(f"{server}/journey?image={trace.ids[i]}")
         wait_text(drv, "Leaves at exit 4", timeout=180)
 
         def shown_step() -> str | None:

@@ -22,7 +22,6 @@ from .tools.browser import (
     make_browser,
     metric_value,
     no_exception,
-    start_server,
     wait_text,
     wait_until,
 )
@@ -36,13 +35,6 @@ pytestmark = [
     pytest.mark.skipif(not (CK / "test_trace.npz").is_file(), reason="no shipped checkpoints"),
 ]
 
-
-@pytest.fixture(scope="module")
-def server():
-    proc, url = start_server()
-    yield url
-    proc.terminate()
-    proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +91,16 @@ def settle(drv, seconds: float = 1.5) -> None:
     wait_until(lambda: not drv.find_elements("css selector", '[data-testid="stStatusWidgetRunningIcon"]'),
                timeout=120, what="the app's run to finish")
     time.sleep(seconds)
+
+
+def chart(drv, index_or_title: int | str):
+    """A Plotly chart of the page (by position or by text in it), scrolled into view, and its drag area."""
+    charts = drv.find_elements("css selector", '[data-testid="stPlotlyChart"]')
+    c = charts[index_or_title] if isinstance(index_or_title, int) else next(
+        x for x in charts if index_or_title in x.text)
+    drv.execute_script("arguments[0].scrollIntoView({block: 'center'});", c)
+    time.sleep(1)
+    return c, c.find_elements("css selector", ".nsewdrag")[0]
 
 
 def slider_text(drv) -> str:
@@ -208,14 +210,10 @@ def test_a_click_on_the_curve_adopts_that_points_thresholds(server, pair, test_a
     drv.get(f"{server}/whatif")
     wait_text(drv, "Accuracy versus mean GMACs", timeout=180)
     settle(drv)
-    chart = next(c for c in drv.find_elements("css selector", '[data-testid="stPlotlyChart"]')
-                 if "Accuracy versus mean GMACs" in c.text)
-    drv.execute_script("arguments[0].scrollIntoView({block: 'center'});", chart)
-    time.sleep(1)
-    front = chart.find_elements("css selector", ".scatterlayer .trace")[2]  # candidates, band, Pareto front
+    curve, area = chart(drv, "Accuracy versus mean GMACs")
+    front = curve.find_elements("css selector", ".scatterlayer .trace")[2]  # candidates, band, Pareto front
     points = front.find_elements("css selector", "path.point")
     target = points[len(points) // 3]
-    area = chart.find_element("css selector", ".nsewdrag")
     dx = target.location["x"] + target.size["width"] / 2 - (area.location["x"] + area.size["width"] / 2)
     dy = target.location["y"] + target.size["height"] / 2 - (area.location["y"] + area.size["height"] / 2)
     ActionChains(drv).move_to_element_with_offset(area, dx, dy).click().perform()
@@ -239,10 +237,7 @@ def test_a_lasso_on_representations_opens_the_same_images_in_explore_samples(ser
     drv.get(f"{server}/representations")
     wait_text(drv, "kNN accuracy is", timeout=180)
     settle(drv)
-    chart = drv.find_elements("css selector", '[data-testid="stPlotlyChart"]')[0]
-    drv.execute_script("arguments[0].scrollIntoView({block: 'center'});", chart)
-    time.sleep(1)
-    area = chart.find_elements("css selector", ".nsewdrag")[0]  # the left panel
+    _, area = chart(drv, 0)  # the left panel's drag area
     w, h = area.size["width"], area.size["height"]
     (ActionChains(drv).move_to_element_with_offset(area, -w / 3, -h / 3).click_and_hold()
      .move_by_offset(w / 3, 0).move_by_offset(w / 3, 0).move_by_offset(0, h / 3).move_by_offset(0, h / 3)
@@ -273,11 +268,7 @@ def test_a_confusion_cell_opens_its_images_in_explore_samples(server, pair, test
     drv.get(f"{server}/whatif?cm=1")
     wait_text(drv, "Confusion matrix at these thresholds", timeout=180)
     settle(drv)
-    chart = next(c for c in drv.find_elements("css selector", '[data-testid="stPlotlyChart"]')
-                 if "Confusion matrix" in c.text)
-    drv.execute_script("arguments[0].scrollIntoView({block: 'center'});", chart)
-    time.sleep(1)
-    area = chart.find_element("css selector", ".nsewdrag")
+    _, area = chart(drv, "Confusion matrix")
     w, h = area.size["width"], area.size["height"]
     true, pred = 3, 5  # cat predicted as dog
     ActionChains(drv).move_to_element_with_offset(area, (pred + 0.5) / 10 * w - w / 2,
