@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import METError
 from .policies import CALIBRATABLE, Policy, get_policy
-from .whatif import TraceArrays, WhatIfResult, whatif
+from .whatif import TraceArrays, WhatIfResult, rule_figures, whatif
 
 
 @dataclass
@@ -85,7 +85,8 @@ def thresholds_for_shares(arrays: TraceArrays, shares: np.ndarray, policy: str =
         if take <= 0 or cand.size == 0:
             t = np.inf  # nobody leaves here
         else:
-            t = np.sort(cand)[::-1][min(take, cand.size) - 1]
+            m = min(take, cand.size)
+            t = np.partition(cand, cand.size - m)[cand.size - m]  # the m-th largest
             remaining &= ~(s[:, j] >= t)
         out.append(_policy_value(t, pol.higher_is_confident, pol.never))
     return out + [None]
@@ -114,10 +115,9 @@ def sweep(arrays: TraceArrays, policy: str = "max-softmax", n_q: int = 41, n_glo
     for t in np.unique(np.quantile(scores, np.linspace(0, 1, n_global))) if scores.size else []:
         cands.append(([float(t)] * (k - 1) + [None], f"global {t:.4g}"))
     cands.append(([pol.never] * (k - 1) + [None], "last exit only"))
-    points = []
-    for th, src in cands:
-        r = whatif(arrays, th, policy)
-        points.append(OperatingPoint(th, r.accuracy, r.gmacs, r.exit_fractions, src))
+    fig = rule_figures(arrays, [th for th, _ in cands], policy)
+    points = [OperatingPoint(th, float(a), float(g), f.tolist(), src)
+              for (th, src), a, g, f in zip(cands, fig.accuracy, fig.gmacs, fig.exit_fractions, strict=True)]
     points.sort(key=lambda p: (p.gmacs, -p.accuracy))
     best = -1.0
     for p in points:
@@ -128,11 +128,10 @@ def sweep(arrays: TraceArrays, policy: str = "max-softmax", n_q: int = 41, n_glo
 
 def sweep_applied(val: TraceArrays, test: TraceArrays, policy: str = "max-softmax") -> list[AppliedPoint]:
     """Every candidate chosen on `val` with its validation figures and the same thresholds measured on `test`."""
-    rows = []
-    for p in sweep(val, policy):
-        r = whatif(test, p.thresholds, policy)
-        rows.append(AppliedPoint(p.thresholds, p.source, p.pareto, p.accuracy, p.gmacs, r.accuracy, r.gmacs))
-    return rows
+    points = sweep(val, policy)
+    fig = rule_figures(test, [p.thresholds for p in points], policy)
+    return [AppliedPoint(p.thresholds, p.source, p.pareto, p.accuracy, p.gmacs, float(a), float(g))
+            for p, a, g in zip(points, fig.accuracy, fig.gmacs, strict=True)]
 
 
 def calibrate_budget(val: TraceArrays, budget: float, policy: str = "max-softmax") -> OperatingPoint:

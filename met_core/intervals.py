@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta
+from scipy.special import betaincinv  # scipy.stats' beta.ppf, without importing scipy.stats (~1 s)
 
 LEVEL = 0.95
 MEANING = ("95 % intervals: drawing another set of test images from the same source, intervals built this way "
@@ -33,8 +33,8 @@ def clopper_pearson(k: np.ndarray | int, n: np.ndarray | int, level: float = LEV
     k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
     a = (1 - level) / 2
     with np.errstate(invalid="ignore", divide="ignore"):
-        lo = np.where(k > 0, beta.ppf(a, k, n - k + 1), 0.0)
-        hi = np.where(k < n, beta.ppf(1 - a, k + 1, n - k), 1.0)
+        lo = np.where(k > 0, betaincinv(k, n - k + 1, a), 0.0)
+        hi = np.where(k < n, betaincinv(k + 1, n - k, 1 - a), 1.0)
     bad = n <= 0
     return np.where(bad, np.nan, lo), np.where(bad, np.nan, hi)
 

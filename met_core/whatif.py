@@ -154,6 +154,44 @@ def whatif(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str
     return out
 
 
+@dataclass
+class RuleFigures:
+    """Accuracy, mean GMACs and exit shares of many exit rules on one trace (`rule_figures`)."""
+
+    accuracy: np.ndarray  # (R,) float64, 0..1
+    gmacs: np.ndarray  # (R,) float64, mean GMACs per image
+    exit_fractions: np.ndarray  # (R, K) float64, each row sums to 1
+
+
+_RULE_CHUNK = 1 << 24  # booleans (rules x samples) held at once by rule_figures
+
+
+def rule_figures(arrays: TraceArrays, thresholds: Sequence[float | Sequence[float | None]],
+                 policy: str = "max-softmax") -> RuleFigures:
+    """`whatif`'s accuracy, mean GMACs and exit shares for R rules at once (vectorised over rules, in chunks of
+    at most 16 M booleans): what a sweep of candidate thresholds needs, about 10x faster than R calls of `whatif`.
+    Mean GMACs are summed per exit (counts x GMACs), so they may differ from `whatif`'s in the last bits.
+
+    thresholds: R entries, each a global threshold or a per-exit vector (`as_thresholds`). Raises METError as
+    `as_thresholds` does.
+    """
+    pol = get_policy(policy)
+    n, k = arrays.pred.shape
+    t = np.stack([as_thresholds(x, k, pol) for x in thresholds]) if len(thresholds) else np.zeros((0, k))
+    score = arrays.score(pol)
+    right, counts = np.zeros(len(t)), np.zeros((len(t), k))
+    step = max(1, _RULE_CHUNK // max(1, n))
+    for a in range(0, len(t), step):
+        b = min(a + step, len(t))
+        remaining = np.ones((b - a, n), dtype=bool)
+        for j in range(k):  # images leave at the first exit whose score passes; the last exit takes the rest
+            leave = remaining & pol.passes(score[None, :, j], t[a:b, j, None]) if j < k - 1 else remaining
+            counts[a:b, j] = np.count_nonzero(leave, axis=1)
+            right[a:b] += np.count_nonzero(leave & arrays.correct[None, :, j], axis=1)
+            remaining &= ~leave
+    return RuleFigures(right / n, counts @ np.asarray(arrays.gmacs, np.float64) / n, counts / n)
+
+
 def exit_accuracy_all(arrays: TraceArrays) -> list[float]:
     """Accuracy of every exit on all samples (no early exit)."""
     return arrays.correct.mean(0).tolist()

@@ -5,8 +5,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from met_core.embeddings import aligned_pair, cache_name
+from met_core.embeddings import aligned_pair, cache_name, shared_rows
 from met_core.errors import METError
+from met_core.geometry import knn_accuracy, silhouette
 from met_core.journey import journey
 from met_core.policies import POLICIES
 from met_core.traces import load_trace
@@ -44,9 +45,9 @@ def test_journey_refuses_malformed_input_in_one_sentence():
 
 
 def _small(path, rows: int):
-    """A shipped trace with features kept for its first `rows` stored samples (a fast UMAP)."""
+    """A shipped trace with features kept for `rows` of its stored samples, every 10th (a fast UMAP, all classes)."""
     t = load_trace(path)
-    return replace(t, feature_index=t.feature_index[:rows], features=t.features[:, :rows])
+    return replace(t, feature_index=t.feature_index[::10][:rows], features=t.features[:, ::10][:, :rows])
 
 
 @needs_shipped
@@ -60,8 +61,18 @@ def test_aligned_embeddings_are_fitted_once_then_read_in_either_order(tmp_path):
     assert again.cached and np.allclose(again.xy_a, first.xy_a) and np.allclose(again.xy_b, first.xy_b)
     swapped = aligned_pair(b, a, 0, d[::-1], [tmp_path], tmp_path)
     assert swapped.cached and np.allclose(swapped.xy_a, first.xy_b)
-    # a damaged cache file is not trusted: the pair is fitted again and the file replaced
+    # the geometry kept with the embedding is that of each model's own features on the shared rows, in either order
+    rows, ia, ib = shared_rows(a, b)
+    fa, fb = a.features[0][ia], b.features[0][ib]
+    assert first.knn == again.knn == (knn_accuracy(fa, a.labels[rows]), knn_accuracy(fb, b.labels[rows]))
+    assert first.silhouette == pytest.approx((silhouette(fa, a.labels[rows]), silhouette(fb, b.labels[rows])))
+    assert swapped.knn == first.knn[::-1] and swapped.silhouette == first.silhouette[::-1]
+    # a file written before the geometry was kept is fitted again
     name, _ = cache_name(*d, 0)
+    with np.load(tmp_path / name) as z:
+        np.savez(tmp_path / name, rows=z["rows"], xy_lo=z["xy_lo"], xy_hi=z["xy_hi"])
+    assert not aligned_pair(a, b, 0, d, [tmp_path], tmp_path).cached
+    # a damaged cache file is not trusted: the pair is fitted again and the file replaced
     (tmp_path / name).write_bytes(b"PK\x03\x04 not a zip")
     assert not aligned_pair(a, b, 0, d, [tmp_path], tmp_path).cached
     assert aligned_pair(a, b, 0, d, [tmp_path], tmp_path).cached

@@ -16,10 +16,11 @@ from met_core.calibration import (
     thresholds_for_shares,
 )
 from met_core.errors import METError
+from met_core.policies import POLICIES
 from met_core.traces import Trace, load_trace
-from met_core.whatif import TraceArrays, whatif
+from met_core.whatif import TraceArrays, rule_figures, whatif
 
-from .conftest import CIFAR_TEST, run_cli
+from .conftest import CIFAR_TEST, ROOT, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,23 @@ def test_sweep_marks_a_monotone_pareto_front(real_trace):
     assert all(a.gmacs <= b.gmacs and a.accuracy < b.accuracy for a, b in zip(front, front[1:]))
     for p in pts:  # nothing off the front beats a front point at no more cost
         assert not any(q.gmacs <= p.gmacs and q.accuracy > p.accuracy for q in pts) or not p.pareto
+
+
+@pytest.mark.parametrize("policy", ["max-softmax", "entropy", "patience"])
+def test_rule_figures_are_whatif_for_many_rules_at_once(policy, monkeypatch):
+    a = TraceArrays.from_trace(load_trace(ROOT / "checkpoints" / "cifar10-met" / "test_trace.npz"))
+    pol = POLICIES[policy]
+    rng = np.random.default_rng(0)
+    lo, hi = pol.ui_range(a.num_exits)
+    draw = (lambda m: np.round(rng.uniform(lo, hi, m)).tolist()) if pol.counts_exits else (
+        lambda m: rng.uniform(lo, hi, m).tolist())
+    rules = draw(5) + [draw(3) + [None] for _ in range(5)]
+    monkeypatch.setattr("met_core.whatif._RULE_CHUNK", 3 * 10_000)  # three rules per chunk: chunks are joined
+    fig = rule_figures(a, rules, policy)
+    for i, t in enumerate(rules):
+        r = whatif(a, t, policy)
+        assert (fig.accuracy[i], fig.exit_fractions[i].tolist()) == (r.accuracy, r.exit_fractions)
+        assert fig.gmacs[i] == pytest.approx(r.gmacs, rel=1e-12)
 
 
 def test_geometric_shares_are_met():

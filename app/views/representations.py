@@ -10,7 +10,7 @@ from app.palette import CORRECT, WRONG, class_style, exit_style, model_colour
 from app.safe import md, plot
 from app.view import COLOURS
 from met_core.errors import METError, user_message
-from met_core.geometry import ClassSpread, class_spread, knn_accuracy, silhouette
+from met_core.geometry import ClassSpread, class_spread
 from met_core.whatif import exit_accuracy_all, outcomes
 
 ckpt = state.current()
@@ -62,13 +62,6 @@ def features_at(path: str, k: int, rows: tuple[int, ...]) -> tuple[np.ndarray, n
 
 
 @st.cache_data(show_spinner=False)
-def geometry(path: str, k: int, rows: tuple[int, ...]) -> tuple[float, float]:
-    """kNN accuracy and silhouette of a trace's features at exit k on the given sample rows."""
-    f, y = features_at(path, k, rows)
-    return knn_accuracy(f, y), silhouette(f, y)
-
-
-@st.cache_data(show_spinner=False)
 def spreads(path: str, rows: tuple[int, ...]) -> list[ClassSpread]:
     """Same-class and other-class mean cosine distance at every exit."""
     (t, _), _ = state.traces_of(state.Path(path))
@@ -85,8 +78,7 @@ except METError as e:
     state.fail(user_message(e))
 key_rows = tuple(int(r) for r in pair.rows)
 fr = {"rows": pair.rows, "xy": [pair.xy_a, pair.xy_b]}
-geo = [geometry(str(p), k, key_rows) for p in (ckpt, other)]
-fr["knn"], fr["sil"] = [g[0] for g in geo], [g[1] for g in geo]
+fr["knn"], fr["sil"] = list(pair.knn), list(pair.silhouette)
 acc = [exit_accuracy_all(state.traces_of(p)[0][1]) for p in (ckpt, other)]
 rows = fr["rows"]
 policy, thresholds = state.thresholds_in_use()
