@@ -158,6 +158,11 @@ def label(path: Path) -> str:
     return str(path)
 
 
+def name(path: Path) -> str:
+    """A checkpoint as a person reads it wherever a model is named: its label and the data it was trained on."""
+    return f"{label(path)} ({summary(path).training_data})"
+
+
 def by_label(text: str) -> Path | None:
     """The listed checkpoint a label (e.g. from a link) names, or None."""
     return next((p for p in checkpoints() if label(p) == text), None)
