@@ -328,6 +328,28 @@ class TraceCancelled(METError):
     """Raised from an `on_batch` hook to stop a trace; nothing is written."""
 
 
+def trace_bytes(images: int, num_exits: int, num_classes: int, feature_rows: int, feature_dim: int,
+                id_chars: int) -> int:
+    """Bytes a trace's arrays take decompressed, as `load_trace` counts them against limits.MAX_TRACE_BYTES:
+    float16 logits (N, K, C), int64 labels, ids of `id_chars` characters (4 bytes each), float16 features of
+    `feature_rows` images (K, rows, D), class names of at most MAX_TEXT_CHARS characters (4 bytes each) and 64 KiB
+    for GMACs and meta (a trace's meta is a few KiB)."""
+    return (images * num_exits * num_classes * 2 + images * 8 + images * id_chars * 4
+            + num_exits * min(feature_rows, images) * (feature_dim * 2 + 8)
+            + 4 * MAX_TEXT_CHARS["class_names"] * num_classes + 2**16)
+
+
+def _feature_dim(checkpoint: Path) -> int:
+    """Width of the head input, read from the first head's weight shape in the safetensors header (no tensors)."""
+    from safetensors import safe_open
+
+    from .checkpoint import WEIGHTS_FILE
+
+    with safe_open(str(checkpoint / WEIGHTS_FILE), "np") as f:
+        heads = [k for k in f.keys() if k.startswith("heads.") and k.endswith(".weight")]
+        return int(f.get_slice(heads[0]).get_shape()[1]) if heads else 0
+
+
 def trace_checkpoint(
     checkpoint: str | Path,
     dataset: str | None,
@@ -380,6 +402,18 @@ def trace_checkpoint(
     if not len(ds):
         raise METError("the dataset has no images; put image files (.jpg, .png, ...) in its class sub-folders.")
     ds = seeded_subset(ds, limit, seed)
+    rows, dim = (0 if onnx is not None else features), _feature_dim(Path(checkpoint))
+    id_chars = max((len(str(i)) for i in ds.ids), default=0)
+    size = trace_bytes(len(ds), len(mcfg.exits), len(want), rows, dim, id_chars)
+    if size > MAX_TRACE_BYTES:
+        k, c = len(mcfg.exits), len(want)
+        base = trace_bytes(0, k, c, 0, dim, id_chars)
+        fixed = base + k * min(rows, len(ds)) * (dim * 2 + 8)  # what does not shrink with --limit
+        fits = max(0, (MAX_TRACE_BYTES - fixed) // (trace_bytes(1, k, c, 0, dim, id_chars) - base))
+        raise METError(f"a trace of {len(ds):,} images of {len(want):,} classes would take {size / 2**20:,.1f} MiB, "
+                       f"more than the {MAX_TRACE_BYTES / 2**20:g} MiB a trace may hold; "
+                       + (f"trace at most {fits:,} images (--limit {fits})." if fits else
+                          "store fewer feature rows (--features)."))
     if onnx is None:
         if on_model is not None:
             on_model()
