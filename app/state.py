@@ -37,7 +37,8 @@ from met_core.whatif import TraceArrays, WhatIfResult
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = Path(os.environ.get("MET_CHECKPOINTS", ROOT / "checkpoints"))
-DEFAULT = "cifar10-met"
+# the model the app opens on: the first of these that is shipped (all of CIFAR-10, else the VTAB-1k model)
+DEFAULTS = ("cifar10-full-met", "cifar10-met")
 BUDGETS = (0.25, 0.5, 0.75)
 SPREAD_REPS = 20  # resamples of the calibration set behind the what-if page's spread caption (~25 ms each)
 
@@ -48,7 +49,8 @@ def discover(root: Path = CHECKPOINTS) -> list[Path]:
     found = sorted(p.parent for p in root.glob(f"**/{CONFIG_FILE}"))
     runs = runs_dir()
     mine = sorted(p.parent for p in runs.glob(f"*/{CONFIG_FILE}")) if runs.is_dir() else []
-    return sorted(found, key=lambda p: (p.name != DEFAULT, str(p))) + [p for p in mine if p not in found]
+    rank = {name: i for i, name in enumerate(DEFAULTS)}
+    return sorted(found, key=lambda p: (rank.get(p.name, len(rank)), str(p))) + [p for p in mine if p not in found]
 
 
 def checkpoints() -> list[Path]:

@@ -93,19 +93,19 @@ def drop_features(path: Path) -> None:
 
 def ship_embeddings(out: Path) -> None:
     """The aligned UMAP of every pair of shipped models traced on the same test set with features, at every exit,
-    into OUT/embeddings: the Representations page then opens at once on a fresh start (met_core.embeddings)."""
-    import shutil
+    into OUT/embeddings (pairs already there are kept): the Representations page then opens at once on a fresh
+    start (met_core.embeddings)."""
     from itertools import combinations
 
-    from met_core.embeddings import aligned_pair
+    from met_core.embeddings import aligned_pair, cache_name
     from met_core.traces import load_trace, trace_digest
 
     folder = out / "embeddings"
-    shutil.rmtree(folder, ignore_errors=True)  # files of older traces would never be read again
     groups: dict[Path, list[str]] = {}
     for name, (_, test_set, features) in MODELS.items():
         if features and (out / name / "test_trace.npz").is_file():
             groups.setdefault(test_set, []).append(name)
+    keep = set()
     for names in groups.values():
         files = {n: out / n / "test_trace.npz" for n in names}
         traces = {n: load_trace(f) for n, f in files.items()}
@@ -113,8 +113,13 @@ def ship_embeddings(out: Path) -> None:
         for a, b in combinations(names, 2):
             for k in range(traces[a].num_exits):
                 t0 = time.perf_counter()
-                aligned_pair(traces[a], traces[b], k, (digests[a], digests[b]), [], folder)
-                print(f"embedding {a} + {b}, exit {k + 1}: {time.perf_counter() - t0:.1f} s", flush=True)
+                pair = aligned_pair(traces[a], traces[b], k, (digests[a], digests[b]), [folder], folder)
+                keep.add(cache_name(digests[a], digests[b], k)[0])
+                print(f"embedding {a} + {b}, exit {k + 1}: {'kept' if pair.cached else 'fitted'} "
+                      f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    for f in folder.glob("*.npz"):  # files of older traces would never be read again
+        if f.name not in keep:
+            f.unlink()
 
 
 def main() -> int:

@@ -38,8 +38,10 @@ if not len(trace.feature_index):
 others = [p for p in state.checkpoints() if comparable(p)]
 v = session.view()
 r_view = v.representations
-# by default the model whose graph-regularization strength differs most from this one's
-default_other = max(others, key=lambda p: abs(lam(p) - lam(ckpt)), default=None)
+# by default its no-graph-regularization twin (the same data and recipe), else the model whose graph-regularization
+# strength differs most from this one's
+twin = state.by_label(session.context().twin) if session.context().twin else None
+default_other = twin if twin in others else max(others, key=lambda p: abs(lam(p) - lam(ckpt)), default=None)
 other = state.by_label(r_view.compare) if r_view.compare else default_other
 if other not in others:  # not traced on the same images with features: the page's default, in the link too
     session.update(lambda view: setattr(view.representations, "compare", None))
