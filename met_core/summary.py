@@ -67,10 +67,10 @@ class ModelSummary:
 
     @property
     def training_data(self) -> str:
-        """The images it was trained on, in a few words: '45,000 training images', or with '(the paper's VTAB-1k
-        protocol)' for 100 per class, 1,000 in all (800 to train, 200 to validate: Zhai et al. 2019)."""
+        """The images it was trained on, in a few words: '45,000 training images', with ', the paper's VTAB-1k
+        protocol' added for 100 per class, 1,000 in all (800 to train, 200 to validate: Zhai et al. 2019)."""
         vtab = self.per_class == 100 and self.train_images + self.val_images == 1000
-        return f"{self.train_images:,} training images" + (" (the paper's VTAB-1k protocol)" if vtab else "")
+        return f"{self.train_images:,} training images" + (", the paper's VTAB-1k protocol" if vtab else "")
 
     def card(self) -> list[tuple[str, str]]:
         """(field, value) lines of the model card, in reading order."""

@@ -476,7 +476,7 @@ def measure_panel() -> None:
 
 def explain(res, policy: str, thresholds: list) -> None:
     """The measured speed-up beside the GMACs' and the latency profile's predictions, and where the time goes."""
-    st.success(f"Measured for {md(state.label(ckpt))}: {res.measured_speedup:.2f}x faster than the full network on "
+    st.success(f"Measured for {md(state.name(ckpt))}: {res.measured_speedup:.2f}x faster than the full network on "
                f"{res.images} images at batch "
                f"{res.batch_size} ({100 * res.early_exit_share:.0f}% left early; {policy} at "
                f"{md(state.describe(thresholds))}). GMACs predicted {res.predicted_speedup:.2f}x.")
