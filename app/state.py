@@ -319,6 +319,38 @@ def _ood_rule(path: str, mtime: float):
     return load_ood(path)
 
 
+def models_that_accept(ckpt: Path, items: list[tuple[str, bytes]]) -> list[list[str]]:
+    """For each (name, bytes) image, the other listed models with other classes whose out-of-distribution caution
+    (met ood) does not flag it: where an image this model flags may belong. Scores from met_core.ood."""
+    from io import BytesIO
+
+    from met_core.ood import score_images
+
+    mine = card(str(ckpt))["config"]["model"]["class_names"]
+    out: list[list[str]] = [[] for _ in items]
+    for p in checkpoints():
+        if p == ckpt or card(str(p))["config"]["model"]["class_names"] == mine:
+            continue
+        try:
+            rule = ood_rule(p)
+            if rule is None:
+                continue
+            scores = score_images(model(str(p)), rule, [(n, BytesIO(b)) for n, b in items])
+        except METError:
+            continue  # a model that cannot be loaded is simply not suggested
+        for i, sc in enumerate(scores):
+            if sc is not None and sc <= rule.threshold:
+                out[i].append(name(p))
+    return out
+
+
+def suggestion(models: list[str]) -> str:
+    """The sentence under a flagged image: the other models whose own caution accepts it (models_that_accept)."""
+    if not models:
+        return "No other listed model with an out-of-distribution reference accepts it; the Models page lists all."
+    return f"Not flagged by {', '.join(models)}: pick it on the Models page to try it there."
+
+
 def ood_rule(ckpt: Path):
     """The checkpoint's out-of-distribution caution (met ood), or None; one sentence if its file is damaged."""
     from met_core.ood import OOD_FILE

@@ -418,6 +418,8 @@ def test_an_upload_is_shown_with_its_own_time_and_a_photo_of_another_kind_gets_a
     cautions = [shown(w.value) for w in at.warning if "Probably not one of this model's classes" in shown(w.value)]
     assert len(cautions) == 1, [shown(w.value) for w in at.warning]  # the bee, not the CIFAR-10 cat
     assert any("at most 5 % of images like the training data are flagged" in shown(c.value) for c in at.caption)
+    # where the bee may belong: the ants-and-bees model, whose own caution accepts it
+    assert "Not flagged by hymenoptera-met (196 training images): pick it on the Models page" in cautions[0], cautions
 
 
 def test_the_start_page_names_the_model_and_its_try_this_buttons_open_prepared_views():

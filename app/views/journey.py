@@ -71,8 +71,11 @@ else:
         up.seek(0)
         score = score_images(state.model(str(ckpt)), rule, [(up.name, up)])[0]
         if score is not None and score > rule.threshold:
+            up.seek(0)
+            others = state.models_that_accept(ckpt, [(up.name, up.read())])[0]
             st.warning(md(f"Probably not one of this model's classes (distance {score:.3f} > {rule.threshold:.3f}): "
-                          "whatever it predicts is a guess among its classes. " + rule.describe() + "."))
+                          "whatever it predicts is a guess among its classes. " + rule.describe() + ". "
+                          + state.suggestion(others)))
     up.seek(0)
     picture, probs, true = up, np.asarray(pred.exit_probs[: pred.exit + 1]), None
     source = "Probabilities from running the model on your image now (real early exit: later exits never ran)."

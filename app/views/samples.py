@@ -196,6 +196,9 @@ with tab_upload:
             else:
                 st.caption("This model has no out-of-distribution reference (`met ood`), so no upload is checked "
                            "for being one of its classes.")
+            flagged = [i for i, (r, sc) in enumerate(zip(results, scores))
+                       if r.error is None and sc is not None and sc > rule.threshold]
+            elsewhere = dict(zip(flagged, state.models_that_accept(ckpt, [items[i] for i in flagged])))
             cols = st.columns(4)
             for n, (r, (name, data), score) in enumerate(zip(results, items, scores)):
                 if r.error is not None:
@@ -207,8 +210,7 @@ with tab_upload:
                 if score is not None and score > rule.threshold:
                     col.warning(md(f"Probably not one of this model's classes (distance {score:.3f} > "
                                    f"{rule.threshold:.3f}): the answer is a guess among "
-                                   f"{', '.join(model.cfg.class_names[:10])}. The Models page lists models "
-                                   "trained on other images."))
+                                   f"{', '.join(model.cfg.class_names[:10])}. " + state.suggestion(elsewhere[n])))
             classes = [plot(c) for c in model.cfg.class_names]
             for n, r in enumerate(ok[:4]):  # two uploads may share a name: keys by position
                 probs = [p for p in r.exit_probs if p is not None]
