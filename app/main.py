@@ -19,6 +19,13 @@ STYLE = """<style>
 .js-plotly-plot .g-ytitle text, .js-plotly-plot .legendtext, .js-plotly-plot .gtitle {
   fill: currentColor !important; fill-opacity: 0.9 !important; }
 </style>"""
+# Large type for the back of a room: Streamlit sizes its text in rem, so a larger root font scales every label,
+# number and table; Plotly draws in pixels, so its ticks, legends and titles are enlarged on their own.
+LARGE_TYPE = """<style>
+html { font-size: 21px; }
+.js-plotly-plot .xtick text, .js-plotly-plot .ytick text, .js-plotly-plot .legendtext { font-size: 15px !important; }
+.js-plotly-plot .g-xtitle text, .js-plotly-plot .g-ytitle text, .js-plotly-plot .gtitle { font-size: 18px !important; }
+</style>"""
 st.set_page_config(page_title="MET Explorer", layout="wide")
 st.html(STYLE)
 
@@ -39,6 +46,10 @@ with st.sidebar:
     st.caption(f"Model: **{md(state.label(state.current()))}** (change it on the Models page)")
     st.caption("The address bar always holds this view; copy it to share it.")
     session.copy_link_button()
+    session.bind(st.toggle, "Large type (projector)", "local.large_type",
+                 help="Larger text everywhere, for a projector or a screen far away; this browser only.")
+if session.local().large_type:
+    st.html(LARGE_TYPE)
 try:
     nav.run()
 finally:

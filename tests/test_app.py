@@ -440,3 +440,16 @@ def test_the_start_page_names_the_model_and_its_try_this_buttons_open_prepared_v
     assert not at.exception and [t.value for t in at.title] == ["An image's journey"]
     o = outcomes(test, want.thresholds, "max-softmax")
     assert o.exits[list(load_trace(CKPT / DEFAULT_MODEL / "test_trace.npz").ids).index(view(at).journey.image)] == 3
+
+
+def test_large_type_enlarges_every_page_of_this_browser_and_stays_out_of_the_link():
+    def large(at: AppTest) -> bool:
+        return any("html { font-size: 21px; }" in (h.proto.body or "") for h in at.get("html"))
+
+    at = app("views/whatif.py")
+    assert not large(at)
+    at.toggle(key="w:local.large_type").set_value(True).run()
+    assert not at.exception and large(at)
+    at.switch_page("views/journey.py").run()
+    assert not at.exception and large(at) and at.toggle(key="w:local.large_type").value
+    assert not any("large" in k for k in at.query_params)
