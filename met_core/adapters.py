@@ -35,6 +35,9 @@ class EAdapters(nn.Module):
         return site if self.sharing == "site" else 0
 
     def forward(self, x: torch.Tensor, site: int, exit_idx: int) -> torch.Tensor:
+        """x + s * up(GELU(down(x)) * g_k) at adapter site `site` (0-based, two per block) for exit k = `exit_idx`:
+        tokens (B, T, D) -> (B, T, D), the bottleneck (B, T, r). Source: MET's E-adapter (arXiv 2409.13999; our
+        reading in docs/method.md)."""
         j = self.pair_index(site)
         h = self.act(self.down[j](x))
         if self.diag is not None:

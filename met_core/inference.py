@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 @torch.no_grad()
 def head_inputs(model: METModel, data: torch.Tensor | ImageDataset, device: torch.device | None = None,
                 precision: str = "fp32", batch_size: int = 128, workers: int = 0) -> list[torch.Tensor]:
-    """Head inputs of every exit (on the CPU, float32) for a tensor of images or a dataset, batched."""
+    """Head inputs of every exit for a tensor of images (N, 3, H, W) or a dataset, batched: K tensors (N, D')
+    on the CPU in float32 (`METModel.forward_features`), whatever device and precision ran them."""
     model.eval()
     device = device or next(model.parameters()).device
     if isinstance(data, torch.Tensor):
@@ -45,8 +46,10 @@ def head_inputs(model: METModel, data: torch.Tensor | ImageDataset, device: torc
 
 def early_exit(model: METModel, x: torch.Tensor, thresholds: float | Sequence[float], policy: str = "max-softmax",
                batch_size: int = 64, precision: str = "fp32", replay: np.ndarray | None = None) -> EarlyExitResult:
-    """Batched real early exit over a tensor of preprocessed images, on the model's device; `replay` (N,) gives
-    each image's exit instead of the rule (see `METModel.forward_early_exit`)."""
+    """Batched real early exit over preprocessed images x (N, 3, H, W), on the model's device, in batches of
+    `batch_size`; `replay` (N,) gives each image's exit instead of the rule (see `METModel.forward_early_exit`).
+    thresholds: one global value or one per exit (`policies.as_thresholds`; METError when malformed or out of
+    the policy's range). Returns an EarlyExitResult of N rows."""
     pol = get_policy(policy)
     t = as_thresholds(thresholds, model.num_exits, pol)
     device = next(model.parameters()).device

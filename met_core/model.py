@@ -1,8 +1,13 @@
 """The MET wrapper around an unmodified, frozen timm VisionTransformer.
 
 The wrapper walks the backbone's own modules (patch embedding, blocks, final norm) and inserts the
-E-adapters between them, so the backbone's code and weights stay untouched. API after timm:
-`forward_features` gives the head inputs of the exits, `forward_head` their logits.
+E-adapters between them, so the backbone's code and weights stay untouched (Multiple-Exit Tuning,
+Yu et al., arXiv 2409.13999). API after timm, with one difference: timm's `forward_features` returns the
+final token sequence (B, T, D) and `forward_head` pools it; here `forward_features` returns every exit's pooled
+head input z_k (B, D') and `forward_head` maps each to its logits, since each exit pools its own tokens.
+
+Shapes: B images, T tokens (prefix + patches), D the backbone width, D' the head input width (D, or 2D for
+'cls+mean'), K exits, C classes. Tensors are float32 unless run under autocast.
 """
 from __future__ import annotations
 
@@ -25,7 +30,11 @@ if TYPE_CHECKING:
 
 
 class METModel(nn.Module):
-    """A frozen ViT with exits after `cfg.exits`, E-adapters and one linear head per exit."""
+    """A frozen ViT with exits after `cfg.exits`, E-adapters and one linear head per exit.
+
+    Raises METError when `cfg` does not fit the backbone (`METConfig.validate`) or the heads would exceed
+    limits.MAX_TRAINED_BYTES.
+    """
 
     def __init__(self, backbone: VisionTransformer, cfg: METConfig) -> None:
         super().__init__()
@@ -68,12 +77,13 @@ class METModel(nn.Module):
 
     # --- pieces, shared by the all-exits and the early-exit forward ------------------------------
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch embedding, position embedding and pre-norm: the part before any adapter."""
+        """Patch embedding, position embedding and pre-norm: the part before any adapter.
+        x: (B, 3, H, W) normalised images, H = W = cfg.img_size -> tokens (B, T, D)."""
         b = self.backbone
         return b.norm_pre(b.patch_drop(b._pos_embed(b.patch_embed(x))))
 
     def forward_block(self, x: torch.Tensor, i: int, exit_idx: int) -> torch.Tensor:
-        """Block i (0-based) with its two adapter sites, using exit `exit_idx`'s diagonal."""
+        """Block i (0-based) with its two adapter sites, using exit `exit_idx`'s diagonal: (B, T, D) -> (B, T, D)."""
         blk = self.backbone.blocks[i]
         if self.adapters is not None:
             x = self.adapters(x, SITES_PER_BLOCK * i, exit_idx)
@@ -83,7 +93,8 @@ class METModel(nn.Module):
         return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
 
     def forward_stage(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """Tokens after exit k's blocks, from the tokens after exit k-1 (stem output for k = 0).
+        """Tokens after exit k's blocks (k 0-based), from the tokens after exit k-1 (stem output for k = 0):
+        (B, T, D) -> (B, T, D).
 
         Stage-wise diagonals: a continuing image reuses what it has. Per-exit path: exit k's
         representation runs every block up to e_k with g_k, so `x` must be the stem output.
@@ -94,7 +105,8 @@ class METModel(nn.Module):
         return x
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Head input: the frozen final norm, then the CLS token, the mean of patch tokens, or both.
+        """Head input: the frozen final norm, then the CLS token, the mean of patch tokens, or both
+        (`cfg.head_input`): tokens (B, T, D) -> (B, D'), D' = 2D for 'cls+mean' (DINOv2's linear evaluation).
 
         LayerNorm acts per token, so for the CLS input only that token is normalised.
         """
@@ -106,7 +118,11 @@ class METModel(nn.Module):
 
     # --- timm-style API ---------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
-        """Head inputs z_k of exits 0..upto (all by default)."""
+        """Head inputs z_k of exits 0..upto (0-based; all exits by default): K' tensors (B, D').
+
+        Unlike timm's `forward_features` (the final tokens, before pooling), this returns each exit's pooled
+        head input: what the exit heads, the graph regulariser and the OOD caution read. x: (B, 3, H, W).
+        """
         last = self.num_exits - 1 if upto is None else upto
         stem = self.forward_stem(x)
         tokens, feats = stem, []
@@ -116,10 +132,11 @@ class METModel(nn.Module):
         return feats
 
     def forward_head(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Logits (B, C) of each exit from its head input (B, D'), for as many exits as `feats` holds."""
         return [head(z) for head, z in zip(self.heads, feats)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of every exit, shape (num_exits, batch, classes)."""
+        """Logits of every exit: x (B, 3, H, W) -> (K, B, C), every image through every block (training, tracing)."""
         return torch.stack(self.forward_head(self.forward_features(x)))
 
     # --- real early exit --------------------------------------------------------------------------
@@ -132,6 +149,10 @@ class METModel(nn.Module):
         computing every exit and applying the rule afterwards. `replay` (N,), 0-based exit per image: each
         image leaves there whatever its score (a recorded exit pattern replayed, e.g. for timing random
         weights); the work done is the same as the rule's would be.
+
+        x: (B, 3, H, W); thresholds: (K,) float64 as `policies.as_thresholds` gives them (the last is ignored);
+        policy: a registered `policies.Policy`. Returns an EarlyExitResult of B rows. Decisions are taken on
+        float64 probabilities (`policies.exit_probs`), as the simulated what-if takes them.
         """
         import numpy as np
 
@@ -170,7 +191,7 @@ class EarlyExitResult:
     """Per image: predicted class, exit index, confidence, and the per-exit probabilities it computed
     (NaN beyond its exit)."""
 
-    classes: np.ndarray
-    exits: np.ndarray
-    confidence: np.ndarray
-    probs: np.ndarray
+    classes: np.ndarray  # (N,) int64, the class predicted at the exit it left at
+    exits: np.ndarray  # (N,) int64, 0-based exit index
+    confidence: np.ndarray  # (N,) float64, the top probability there
+    probs: np.ndarray  # (N, K, C) float64 probabilities; NaN at exits the image never reached
