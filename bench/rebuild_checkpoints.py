@@ -77,12 +77,12 @@ def run(cmd: list[str]) -> float:
 
 def ship_embeddings(out: Path) -> None:
     """The aligned UMAP of every pair of shipped models traced on the same test set with features, at every exit,
-    into OUT/embeddings: the Representations page then opens at once on a fresh start (met_core.embeddings)."""
+    into OUT/embeddings: the Representations page then opens at once on a fresh start (met_core.analysis.embeddings)."""
     import shutil
     from itertools import combinations
 
-    from met_core.embeddings import aligned_pair
-    from met_core.traces import load_trace, trace_digest
+    from met_core.analysis.embeddings import aligned_pair
+    from met_core.io.traces import load_trace, trace_digest
 
     folder = out / "embeddings"
     shutil.rmtree(folder, ignore_errors=True)  # files of older traces would never be read again

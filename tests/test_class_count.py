@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from met_core.analysis.whatif import TraceArrays, whatif
 from met_core.config import METConfig, TrainConfig
+from met_core.data.sampling import classes_in_batch, plan_epochs
 from met_core.errors import METError
-from met_core.model import METModel
-from met_core.sampling import classes_in_batch, plan_epochs
-from met_core.whatif import TraceArrays, whatif
+from met_core.nn.model import METModel
 
 from .test_bounds import bounded
 

@@ -27,7 +27,7 @@ def test_trace_json_on_real_test_images(tiny_checkpoint, tmp_path):
     res = json.loads(run_cli("trace", "--checkpoint", str(tiny_checkpoint), "--dataset", str(CIFAR_TEST),
                              "--out", str(out), "--limit", "30", "--features", "10", "--json", "--quiet").stdout)
     assert res["samples"] == 30 and res["features"] == 10 and len(res["exit_accuracy"]) == 4
-    from met_core.traces import load_trace
+    from met_core.io.traces import load_trace
     t = load_trace(out)
     assert len(set(t.labels.tolist())) > 3  # a seeded random subset, not the first class folder
     assert t.meta["split"] == "test" and len(t.meta["checkpoint_sha256"]) == 64

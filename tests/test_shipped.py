@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from met_core.checkpoint import inspect_checkpoint
-from met_core.traces import load_trace
+from met_core.io.traces import load_trace
+from met_core.nn.checkpoint import inspect_checkpoint
 
 from .conftest import ROOT
 

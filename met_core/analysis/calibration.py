@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import METError
+from ..errors import METError
 from .policies import CALIBRATABLE, Policy, get_policy
 from .whatif import TraceArrays, WhatIfResult, rule_figures, whatif
 

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.special import bdtr  # scipy.stats' binom.cdf, without importing scipy.stats (~1 s)
 
+from ..errors import METError
 from .calibration import OperatingPoint, oriented_score
-from .errors import METError
 from .policies import get_policy
 from .whatif import TraceArrays, whatif
 

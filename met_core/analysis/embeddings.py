@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import METError
-from .limits import regular_file
-from .traces import Trace
+from ..errors import METError
+from ..io.limits import regular_file
+from ..io.traces import Trace
 
 MAX_EMBEDDING_BYTES = 16 << 20  # a cached pair of 2-D embeddings; far more than 100,000 samples need
 MIN_SHARED = 20
@@ -39,7 +39,7 @@ class AlignedPair:
 
 
 def _geometry(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """[kNN accuracy, silhouette] of one feature set (met_core.geometry, scikit-learn)."""
+    """[kNN accuracy, silhouette] of one feature set (met_core.analysis.geometry, scikit-learn)."""
     from .geometry import knn_accuracy, silhouette
 
     return np.array([knn_accuracy(features, labels), silhouette(features, labels)])

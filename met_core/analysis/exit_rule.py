@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import METError
-from .limits import read_tagged_json
+from ..errors import METError
+from ..io.limits import read_tagged_json
 from .policies import get_policy
 
 FORMAT = "met-exit-rule/1"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import METError
+from ..errors import METError
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import METError
+from ..errors import METError
 from .policies import as_thresholds, get_policy
 
 

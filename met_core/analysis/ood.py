@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import METError
-from .limits import regular_file
+from ..errors import METError
+from ..io.limits import regular_file
 
 OOD_FILE = "ood.npz"
 FORMAT = "met-ood/1"
@@ -129,25 +129,3 @@ def load_ood(path: str | Path) -> OODRule:
         raise METError(f"{path} is not a valid ood.npz (format {FORMAT}); re-create it with `met ood`.")
     return OODRule(unit_rows(ref), float(header["threshold"]), float(header["false_alarm"]), header["k"],
                    header["exit"], int(header.get("threshold_images", 0)), str(header.get("fitted_on", ""))[:200])
-
-
-def score_images(model, rule: OODRule, items) -> list[float | None]:
-    """The OOD score of each (name, path or file) image with a PyTorch METModel (None where it cannot be read)."""
-    import torch
-
-    from .data import transform_for
-    from .images import load_image
-
-    tf = transform_for(model.cfg)
-    out: list[float | None] = []
-    device = next(model.parameters()).device
-    for name, src in items:
-        try:
-            x = tf(load_image(src, name, resize_to=model.cfg.img_size))[None]
-        except METError:
-            out.append(None)
-            continue
-        with torch.no_grad():
-            z = model.forward_features(x.to(device), upto=rule.exit)[rule.exit].float().cpu().numpy()
-        out.append(float(rule.score(z)[0]))
-    return out

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import METError
+from ..errors import METError
 
 SCORE_CHUNK_ELEMENTS = 1 << 21  # float64 probabilities held at once by `exit_scores` (16 MB)
 

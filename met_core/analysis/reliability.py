@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import METError
-from .limits import read_tagged_json
+from ..errors import METError
+from ..io.limits import read_tagged_json
 
 FORMAT = "met-temperatures/1"
 TEMPERATURES_FILE = "temperatures.json"

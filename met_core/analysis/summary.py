@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .flops import MAC_NOTE
+from ..io.traces import MAC_NOTE
 
 
 @dataclass

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from ..io.limits import MAX_CONFUSION_CLASSES
+from ..io.traces import SIMULATED_NOTE, Trace
 from .intervals import WhatIfIntervals, whatif_intervals
-from .limits import MAX_CONFUSION_CLASSES
 from .policies import Policy, as_thresholds, exit_index, exit_probs, exit_scores, get_policy
-from .traces import SIMULATED_NOTE, Trace
 
 
 @dataclass

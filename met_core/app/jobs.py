@@ -2,7 +2,7 @@
 exit (what-if page). One thread per job, so the page (and every other session) stays live while it runs; the page
 polls its progress (images done, rate, time left) and may cancel it.
 
-A trace's result is a checkpoint folder in the user's run folder (met_core.paths.runs_dir): the model's files plus
+A trace's result is a checkpoint folder in the user's run folder (met_core.io.paths.runs_dir): the model's files plus
 the new test trace, found again by `state.discover` on the next start. A measurement's result is met_core's
 `SpeedupResult`.
 """
@@ -19,10 +19,10 @@ from typing import Any
 
 import streamlit as st
 
-from met_core.checkpoint import checkpoint_hash, with_trace
 from met_core.errors import METError, user_message
-from met_core.paths import runs_dir
-from met_core.traces import TraceCancelled, save_trace, trace_checkpoint
+from met_core.io.checkpoint import checkpoint_hash, with_trace
+from met_core.io.paths import runs_dir
+from met_core.io.traces import save_trace
 
 FEATURES = 1000  # head inputs kept for the Representations page (as in the shipped traces)
 MAX_FINISHED = 50  # finished jobs remembered (a session shows its last one's outcome)
@@ -58,6 +58,8 @@ class Job:
 
     def progress(self, done: int, total: int) -> None:
         """The hook met_core calls after each batch or pass: records progress, and stops the work on Cancel."""
+        from met_core.engine.tracing import TraceCancelled
+
         self.done, self.total = done, total
         if self.cancel.is_set():
             raise TraceCancelled("cancelled; nothing was written.")
@@ -92,8 +94,8 @@ def _duration(seconds: float) -> str:
 
 def backbone_note(checkpoint: str) -> str:
     """The loading stage's name: it says so when the backbone is converted once (first use) before loading."""
-    from met_core.backbones import conversion_pending
-    from met_core.checkpoint import read_config
+    from met_core.io.checkpoint import read_config
+    from met_core.nn.backbones import conversion_pending
 
     cfg = read_config(Path(checkpoint))
     if conversion_pending(cfg["model"].get("backbone", ""), cfg["model"].get("weights", "default")):
@@ -109,6 +111,8 @@ class TraceJob(Job):
     limit: int = 0
 
     def work(self) -> None:
+        from met_core.engine.tracing import trace_checkpoint
+
         self.enter("checking the dataset folder and its classes")
         trace = trace_checkpoint(self.checkpoint, self.dataset, self.split, limit=self.limit, features=FEATURES,
                                  download=True, on_batch=self._traced, on_model=self._loading)
@@ -142,9 +146,9 @@ class MeasureJob(Job):
     policy: str = "max-softmax"
 
     def work(self) -> None:
-        from met_core.checkpoint import load_checkpoint
-        from met_core.data import decode_all, open_dataset, seeded_subset, transform_for
-        from met_core.inference import measure_speedup
+        from met_core.data.datasets import decode_all, open_dataset, seeded_subset, transform_for
+        from met_core.engine.inference import measure_speedup
+        from met_core.nn.checkpoint import load_checkpoint
 
         self.enter("reading the test images' folder")
         ds = seeded_subset(open_dataset(self.dataset_root), MEASURE_IMAGES, seed=0)

@@ -1,13 +1,14 @@
-"""MET Explorer: `streamlit run app/main.py`. Opens on the shipped default model, offline."""
+"""MET Explorer: `met app` (installed or in a checkout), or `streamlit run met_core/app/main.py` in a checkout.
+Opens on the shipped default model, offline."""
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the folder holding met_core: a checkout runs uninstalled
 
 import streamlit as st  # noqa: E402
 
-from app import session, state  # noqa: E402
-from app.safe import md  # noqa: E402
+from met_core.app import session, state  # noqa: E402
+from met_core.app.safe import md  # noqa: E402
 
 # Less empty space above the title, so that controls and their numbers share the first screen on a projector.
 # Captions and Plotly's axis labels take the theme's own text colour (Streamlit fades captions to about 3.9:1 and

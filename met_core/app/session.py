@@ -1,5 +1,5 @@
-"""One browser session's view: the typed `View` (app/view.py) every page draws from, the widgets bound to it, and
-the link written from it.
+"""One browser session's view: the typed `View` (met_core/app/view.py) every page draws from, the widgets bound to
+it, and the link written from it.
 
 The flow of a run: `begin` (the first run of a session reads the link into a View; every run fits the view to the
 model in use) -> the page draws widgets with `bind`, each seeded from its view field and writing its changes back
@@ -17,8 +17,8 @@ from typing import Any
 
 import streamlit as st
 
-from app import state
-from app.view import Context, View, get, put, read_link, write_link
+from met_core.app import state
+from met_core.app.view import Context, View, get, put, read_link, write_link
 from met_core.errors import METError
 
 KEY = "met_session"
@@ -31,7 +31,7 @@ class Local:
     dataset_root: str = ""  # where the trace's images are on this machine (Explore samples, sidebar)
     extra_checkpoints: list[str] = field(default_factory=list)  # folders added on the Models page
     new_checkpoint: str = ""  # the Models page's folder field
-    trace_job: str | None = None  # id of this session's background trace (app/jobs.py)
+    trace_job: str | None = None  # id of this session's background trace (met_core/app/jobs.py)
     measure_job: str | None = None  # id of this session's background measurement of the real early exit
     journey_upload: bool = False  # the journey follows an uploaded image instead of a test image
     notice: str | None = None  # a one-time sentence about an entry that was not used

@@ -10,11 +10,17 @@ from typing import Any
 
 import streamlit as st
 
-from app.safe import md
-from app.view import Context
-from met_core.calibration import AppliedPoint, apply, calibrate_budget, sweep_applied
-from met_core.certify import CertifiedRule, Spread, certify_max_loss, selection_spread
-from met_core.checkpoint import (
+from met_core.analysis.calibration import AppliedPoint, apply, calibrate_budget, sweep_applied
+from met_core.analysis.certify import CertifiedRule, Spread, certify_max_loss, selection_spread
+from met_core.analysis.latency import LATENCY_FILE, LatencyProfile, read_profile
+from met_core.analysis.policies import get_policy
+from met_core.analysis.reliability import ReliabilityCurve, reliability
+from met_core.analysis.summary import ModelSummary
+from met_core.analysis.whatif import TraceArrays, WhatIfResult
+from met_core.app.safe import md
+from met_core.app.view import Context
+from met_core.errors import METError, user_message
+from met_core.io.checkpoint import (
     CAL_TRACE_FILE,
     CONFIG_FILE,
     METRICS_FILE,
@@ -22,21 +28,13 @@ from met_core.checkpoint import (
     VAL_TRACE_FILE,
     WEIGHTS_FILE,
     checkpoint_hash,
-    load_checkpoint,
     read_config,
     read_json,
 )
-from met_core.errors import METError, user_message
-from met_core.latency import LATENCY_FILE, LatencyProfile, read_profile
-from met_core.paths import embeddings_dir, locate_dataset, runs_dir
-from met_core.policies import get_policy
-from met_core.reliability import ReliabilityCurve, reliability
-from met_core.summary import ModelSummary
-from met_core.traces import Trace, load_trace
-from met_core.whatif import TraceArrays, WhatIfResult
+from met_core.io.paths import checkout_root, checkpoints_dir, embeddings_dir, locate_dataset, runs_dir
+from met_core.io.traces import Trace, load_trace
 
-ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINTS = Path(os.environ.get("MET_CHECKPOINTS", ROOT / "checkpoints"))
+CHECKPOINTS = checkpoints_dir()  # $MET_CHECKPOINTS (met app --checkpoints DIR), or a checkout's checkpoints/
 DEFAULT = "cifar10-met"
 BUDGETS = (0.25, 0.5, 0.75)
 SPREAD_REPS = 20  # resamples of the calibration set behind the what-if page's spread caption (~25 ms each)
@@ -53,7 +51,7 @@ def discover(root: Path = CHECKPOINTS) -> list[Path]:
 
 def checkpoints() -> list[Path]:
     """Shipped checkpoints, the user's traced runs, and the folders this session added on the Models page."""
-    from app import session
+    from met_core.app import session
 
     extra = [Path(p) for p in session.local().extra_checkpoints]
     found = discover()
@@ -62,7 +60,7 @@ def checkpoints() -> list[Path]:
 
 def current() -> Path:
     """The checkpoint the pages use (the view's model; the Models page picks it)."""
-    from app import session
+    from met_core.app import session
 
     p = by_label(session.view().model)
     if p is None:
@@ -73,7 +71,11 @@ def current() -> Path:
 def _default_model() -> Path:
     found = discover()
     if not found:
-        fail(f"no checkpoints found under {CHECKPOINTS}; rebuild them with `python bench/rebuild_checkpoints.py`.")
+        fail(f"No checkpoints found under {CHECKPOINTS}: "
+             + ("rebuild the shipped ones with `python bench/rebuild_checkpoints.py`, or name a folder of "
+                "checkpoints with `met app --checkpoints DIR`." if checkout_root() is not None else
+                "train one with `met train --dataset FOLDER --out DIR/NAME` (FOLDER: one sub-folder of images per "
+                "class), then start the app with `met app --checkpoints DIR`."))
     return found[0]
 
 
@@ -114,7 +116,7 @@ def context(model: str | None = None) -> Context:
 def thresholds_in_use() -> tuple[str, float | list[float | None]]:
     """(policy, thresholds) every page uses: the view's global or per-exit thresholds, or in certified mode the
     rule certified on the calibration set (every exit but the last skipped when nothing can be certified)."""
-    from app import session
+    from met_core.app import session
 
     v = session.view()
     if v.mode == "certified":
@@ -130,7 +132,7 @@ def certified_thresholds(ckpt: Path, policy: str, loss_points: float, delta: flo
 
 def describe(thresholds: float | list[float | None]) -> str:
     """Thresholds as a person reads them, exactly as they are used: one number, or one per exit but the last."""
-    from app.view import number
+    from met_core.app.view import number
 
     if isinstance(thresholds, (int, float)):
         return number(thresholds)
@@ -200,7 +202,9 @@ def checkpoint_sha256(ckpt: Path) -> str:
 def model(path: str):
     """One model object per checkpoint, shared by every session (inference only, under no_grad), on
     $MET_DEVICE (auto: CUDA when available)."""
-    from met_core.devices import resolve_device
+    from met_core.engine.devices import resolve_device
+    from met_core.nn.checkpoint import load_checkpoint
+
     return load_checkpoint(path, device=resolve_device(os.environ.get("MET_DEVICE", "auto")))[0]
 
 
@@ -307,14 +311,14 @@ def profile_of(ckpt: Path) -> LatencyProfile | None:
 
 @st.cache_resource(show_spinner=False)
 def _ood_rule(path: str, mtime: float):
-    from met_core.ood import load_ood
+    from met_core.analysis.ood import load_ood
 
     return load_ood(path)
 
 
 def ood_rule(ckpt: Path):
     """The checkpoint's out-of-distribution caution (met ood), or None; one sentence if its file is damaged."""
-    from met_core.ood import OOD_FILE
+    from met_core.analysis.ood import OOD_FILE
 
     f = ckpt / OOD_FILE
     if not f.is_file():
@@ -334,7 +338,7 @@ def reliability_curves(ckpt: str) -> list[ReliabilityCurve]:
 
 def thumbnail(col: Any, root: Path | None, sample_id: str, caption: str | None = None) -> None:
     """A dataset image in a grid column (or the sentence saying why it cannot be read), with an optional caption."""
-    from met_core.images import load_image
+    from met_core.io.images import load_image
 
     if root is not None:
         try:
@@ -347,14 +351,14 @@ def thumbnail(col: Any, root: Path | None, sample_id: str, caption: str | None =
 
 def dataset_root(t: Trace) -> Path | None:
     """Where the trace's images are: the sidebar override, $MET_DATASET_ROOT, the recorded root, or ../shared."""
-    from app import session
+    from met_core.app import session
 
     return locate_dataset(t.meta.get("dataset_root"), session.local().dataset_root or None)
 
 
 @st.cache_data(show_spinner=False)
 def _digest(path: str, mtime: float, size: int) -> str:
-    from met_core.traces import trace_digest
+    from met_core.io.traces import trace_digest
 
     return trace_digest(path)
 
@@ -370,7 +374,7 @@ SHIPPED_EMBEDDINGS = CHECKPOINTS / "embeddings"
 
 @st.cache_resource(show_spinner=False)
 def _aligned(a: str, b: str, k: int, da: str, db: str):
-    from met_core.embeddings import aligned_pair
+    from met_core.analysis.embeddings import aligned_pair
 
     (ta, _), (tb, _) = trace(a), trace(b)
     return aligned_pair(ta, tb, k, (da, db), [SHIPPED_EMBEDDINGS, embeddings_dir()], embeddings_dir())
@@ -379,7 +383,7 @@ def _aligned(a: str, b: str, k: int, da: str, db: str):
 def aligned(a: Path, b: Path, k: int):
     """The aligned 2-D embedding of two checkpoints' test-trace features at exit k: shipped, or fitted once and
     kept in the user's cache (keyed by the two trace files' digests), so every later view opens at once."""
-    from met_core.embeddings import cache_name
+    from met_core.analysis.embeddings import cache_name
 
     ta, tb = Path(test_trace_path(a)), Path(test_trace_path(b))
     da, db = digest(ta), digest(tb)
@@ -395,7 +399,7 @@ def aligned(a: Path, b: Path, k: int):
 def ladder_points(ckpt: str) -> dict[str, list[tuple[float, float]]]:
     """(GMACs, test accuracy) at every exit of the baselines beside the default model (the ablation ladder): only
     baselines traced on the same test images as the model's test trace, so no point mixes image sets."""
-    from met_core.whatif import exit_accuracy_all
+    from met_core.analysis.whatif import exit_accuracy_all
 
     out = {}
     base = CHECKPOINTS / "baselines"

@@ -3,7 +3,7 @@
 `View` holds the fields the pages share (model, compared model, exit policy, threshold mode, the global and
 per-exit thresholds at full precision, the certified loss and risk, the cost axis and batch size) and each page's
 own fields (`WhatIfView`, `SamplesView`, `JourneyView`, `RepresentationsView`). Nothing here imports Streamlit:
-`app/session.py` keeps one `View` per browser session, draws the widgets from it and writes their changes back
+`met_core/app/session.py` keeps one `View` per browser session, draws the widgets from it and writes their changes back
 through one callback, and writes the link from it.
 
 Links are untrusted text. `read_link` is the one reader: every parameter is bounded in length, parsed, and
@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from met_core.analysis.policies import DEFAULT_POLICY, POLICIES, get_policy
 from met_core.errors import METError
-from met_core.policies import DEFAULT_POLICY, POLICIES, get_policy
 
 MAX_PARAM_CHARS = 400
 MAX_SELECTION_CHARS = 8000  # a lasso over the 1,000 feature rows: at most about 6,000 characters as ranges
@@ -38,7 +38,7 @@ CERT_DELTA = (0.01, 0.5)
 @dataclass(frozen=True)
 class Context:
     """What the model in use offers, against which a view is checked: listed model labels, its exits, classes and
-    test images. Built by `app.state.context` from the checkpoint's config and test trace."""
+    test images. Built by `met_core.app.state.context` from the checkpoint's config and test trace."""
 
     model: str
     models: tuple[str, ...]
@@ -118,8 +118,8 @@ class View:
         return cls(model=ctx.model, compare=ctx.twin, threshold=t, per_exit=(t,) * (ctx.num_exits - 1))
 
     def thresholds(self) -> float | list[float | None]:
-        """The thresholds of the global or per-exit mode, as met_core.whatif takes them (the certified mode's come
-        from the calibration trace: app.state.thresholds_in_use)."""
+        """The thresholds of the global or per-exit mode, as met_core.analysis.whatif takes them (the certified mode's
+        come from the calibration trace: met_core.app.state.thresholds_in_use)."""
         if self.mode == "per-exit":
             return [*self.per_exit, None]
         return self.threshold

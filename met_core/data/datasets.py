@@ -16,13 +16,13 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from .errors import METError
-from .images import IMAGE_EXTENSIONS, load_image, to_rgb
-from .limits import check_image_size
-from .paths import cache_dir
+from ..errors import METError
+from ..io.images import IMAGE_EXTENSIONS, load_image, to_rgb
+from ..io.limits import check_image_size
+from ..io.paths import cache_dir
 
 if TYPE_CHECKING:
-    from .config import METConfig
+    from ..config import METConfig
 
 
 @dataclass(frozen=True)
@@ -329,7 +329,7 @@ def dataset_for_checkpoint(cfg: dict[str, Any], dataset: str | None, split: str,
     """The dataset a trace runs over: an explicit one; the checkpoint's own validation images ('val', by id);
     or `holdout` images of its training split that it never trained or validated on ('holdout', seeded):
     a calibration set of useful size, never drawn from the test split."""
-    from .paths import locate_dataset
+    from ..io.paths import locate_dataset
 
     data = cfg.get("data", {})
     if split not in ("val", "holdout"):

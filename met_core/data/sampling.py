@@ -14,7 +14,7 @@ import numpy as np
 import torch.utils.data
 
 if TYPE_CHECKING:
-    from .config import TrainConfig
+    from ..config import TrainConfig
 
 
 def classes_in_batch(num_classes: int, batch_size: int, classes_per_batch: int) -> tuple[int, int]:

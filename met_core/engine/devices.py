@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .errors import METError
+from ..errors import METError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

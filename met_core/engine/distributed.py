@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.distributed import PrefixStore
 from torch.distributed.constants import default_pg_timeout
 
-from .errors import METError
+from ..errors import METError
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import METError
-from .limits import MAX_WEIGHTS_BYTES, read_tagged_json, regular_file
-from .policies import as_thresholds, exit_probs, get_policy
+from ..analysis.policies import as_thresholds, exit_probs, get_policy
+from ..errors import METError
+from ..io.limits import MAX_WEIGHTS_BYTES, read_tagged_json, regular_file
 
 if TYPE_CHECKING:
-    from .model import EarlyExitResult, METModel
+    from ..nn.model import EarlyExitResult, METModel
 
 FORMAT = "met-onnx-exits/1"
 EXITS_FILE = "exits.json"
@@ -46,7 +46,7 @@ class ExitsManifest:
 
     def transform(self) -> Any:
         """The preprocessing the exported model expects (as the checkpoint records it)."""
-        from .data import make_transform
+        from ..data.datasets import make_transform
 
         p = self.preprocessing
         return make_transform(self.img_size, p["mean"], p["std"], p.get("interpolation", "bicubic"))
@@ -79,7 +79,7 @@ def export_onnx(model: METModel, out: Path, policy: str, thresholds: Any, checkp
     import onnx
     import torch
 
-    from .data import preprocessing_record
+    from ..data.datasets import preprocessing_record
 
     if model.cfg.diagonal_mode != "stage":
         raise METError("this checkpoint uses per-exit-path diagonals: each exit recomputes every block from the "
@@ -210,7 +210,7 @@ class OnnxEarlyExit:
                  batch_size: int = 64, replay: np.ndarray | None = None) -> EarlyExitResult:
         """Early exit of preprocessed images (N, 3, S, S), in batches; `replay` (N,) gives each image's exit
         instead of the rule (as `METModel.forward_early_exit`)."""
-        from .model import EarlyExitResult
+        from ..nn.model import EarlyExitResult
 
         parts = [self.run_batch(x[i:i + batch_size], thresholds, policy,
                                 None if replay is None else replay[i:i + batch_size])
@@ -221,7 +221,7 @@ class OnnxEarlyExit:
     def run_batch(self, x: np.ndarray, thresholds: Any = None, policy: str | None = None,
                   replay: np.ndarray | None = None) -> EarlyExitResult:
         """One batch: stage by stage, the images that pass their exit's threshold leave it."""
-        from .model import EarlyExitResult
+        from ..nn.model import EarlyExitResult
 
         pol = get_policy(policy or self.manifest.policy)
         k_total = len(self.sessions)

@@ -1,4 +1,4 @@
-"""Real early-exit inference on image files and tensors, and its measured speed-up.
+"""Real early-exit inference on image files and tensors, the OOD score of images, and its measured speed-up.
 
 Shared by the CLI (`predict`, `bench-exit`) and the app's upload page.
 """
@@ -14,15 +14,16 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .data import ImageDataset, transform_for
+from ..analysis.policies import as_thresholds, get_policy
+from ..data.datasets import ImageDataset, transform_for
+from ..errors import METError
+from ..io.images import load_image
+from ..nn.flops import exit_gmacs
+from ..nn.model import EarlyExitResult, METModel
 from .devices import autocast
-from .errors import METError
-from .flops import exit_gmacs
-from .images import load_image
-from .model import EarlyExitResult, METModel
-from .policies import as_thresholds, get_policy
 
 if TYPE_CHECKING:
+    from ..analysis.ood import OODRule
     from .export import OnnxEarlyExit
 
 
@@ -124,6 +125,24 @@ def predict_images(model: METModel | OnnxEarlyExit, items: Sequence[tuple[str, s
             r.gmacs, r.gmacs_full, r.seconds = gm[e], gm[-1], per_image_s
             r.exit_probs = [None if np.isnan(p).any() else p.tolist() for p in res.probs[j]]
     return results
+
+
+def score_images(model, rule: OODRule, items) -> list[float | None]:
+    """The OOD score (met_core.analysis.ood) of each (name, path or file) image with a PyTorch METModel (None
+    where it cannot be read)."""
+    tf = transform_for(model.cfg)
+    out: list[float | None] = []
+    device = next(model.parameters()).device
+    for name, src in items:
+        try:
+            x = tf(load_image(src, name, resize_to=model.cfg.img_size))[None]
+        except METError:
+            out.append(None)
+            continue
+        with torch.no_grad():
+            z = model.forward_features(x.to(device), upto=rule.exit)[rule.exit].float().cpu().numpy()
+        out.append(float(rule.score(z)[0]))
+    return out
 
 
 @dataclass

@@ -20,15 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import RuntimeConfig, TrainConfig
-from .data import ImageDataset, decode_all, decoded_bytes
+from ..config import RuntimeConfig, TrainConfig
+from ..data.datasets import ImageDataset, decode_all, decoded_bytes
+from ..data.sampling import PlannedBatches, plan_epochs, shard
+from ..errors import METError
+from ..nn.losses import met_loss
+from ..nn.model import METModel
 from .devices import autocast, device_name, grad_scaler, resolve_device
 from .distributed import DistContext, gather_rows, sum_across
-from .errors import METError
 from .inference import head_inputs
-from .losses import met_loss
-from .model import METModel
-from .sampling import PlannedBatches, plan_epochs, shard
 
 Batch = tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]
 

@@ -7,7 +7,7 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
-from .errors import METError
+from ..errors import METError
 from .limits import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS, check_image_size, regular_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")

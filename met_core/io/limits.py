@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .errors import METError
+from ..errors import METError
 
 MAX_JSON_BYTES = 64 * 2**20  # config.json (sample ids of a full dataset fit), metrics.json, exit rules
 MAX_TRACE_BYTES = 128 * 2**20  # a trace's arrays, decompressed: what-ifs derive ~6x the logits in float32 from

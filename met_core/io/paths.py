@@ -21,7 +21,7 @@ def runs_dir() -> Path:
 
 
 def embeddings_dir() -> Path:
-    """Where fitted aligned embeddings are kept (met_core.embeddings): <cache>/embeddings."""
+    """Where fitted aligned embeddings are kept (met_core.analysis.embeddings): <cache>/embeddings."""
     return cache_dir() / "embeddings"
 
 
@@ -31,9 +31,25 @@ def locate_dataset(recorded: str | None, override: str | None = None) -> Path | 
     recorded = recorded or ""
     candidates = [override, os.environ.get("MET_DATASET_ROOT"), recorded]
     if "datasets/" in recorded:
-        repo = Path(__file__).resolve().parents[1]
+        repo = Path(__file__).resolve().parents[2]
         candidates.append(str(repo.parent / "shared" / "datasets" / recorded.split("datasets/", 1)[1]))
     for c in candidates:
         if c and Path(c).is_dir():
             return Path(c)
     return None
+
+
+def checkout_root() -> Path | None:
+    """The source checkout this package runs from (the folder holding pyproject.toml and met_core/), or None when
+    it runs installed (from site-packages)."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "met_core" / "__init__.py").is_file() else None
+
+
+def checkpoints_dir() -> Path:
+    """Where the app finds checkpoint folders: $MET_CHECKPOINTS (`met app --checkpoints DIR` sets it), else the
+    checkout's checkpoints/ when run from a checkout, else <cache>/checkpoints (see cache_dir)."""
+    if os.environ.get("MET_CHECKPOINTS"):
+        return Path(os.environ["MET_CHECKPOINTS"])
+    root = checkout_root()
+    return root / "checkpoints" if root is not None else cache_dir() / "checkpoints"

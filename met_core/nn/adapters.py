@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import SITES_PER_BLOCK
+from ..config import SITES_PER_BLOCK
 
 
 class EAdapters(nn.Module):

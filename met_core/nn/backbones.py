@@ -16,9 +16,9 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from .errors import METError
-from .limits import MAX_WEIGHTS_BYTES, regular_file
-from .paths import cache_dir
+from ..errors import METError
+from ..io.limits import MAX_WEIGHTS_BYTES, regular_file
+from ..io.paths import cache_dir
 from .tensorfiles import load_floating, tensors_sha256
 
 IMGFOCUS_NAME = "dinov2_s14_imgfocus"

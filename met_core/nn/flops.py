@@ -2,18 +2,17 @@
 
 Counted: the matrix products (patch embedding, q/k/v, attention scores and mixing, projection, MLP,
 adapter projections, heads). Not counted: norms, activations, softmax, additions, the diagonal scaling.
-`torch.utils.flop_counter` counts the same operations at 2 FLOPs per MAC.
+`torch.utils.flop_counter` counts the same operations at 2 FLOPs per MAC. The unit's label is
+met_core.io.traces.MAC_NOTE.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .config import SITES_PER_BLOCK
+from ..config import SITES_PER_BLOCK
 
 if TYPE_CHECKING:
     from .model import METModel
-
-MAC_NOTE = "GMACs: 1 multiply-add = 1 MAC"
 
 
 def vit_block_macs(tokens: int, dim: int, mlp_hidden: int) -> int:

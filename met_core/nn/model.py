@@ -13,15 +13,15 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from ..config import SITES_PER_BLOCK, METConfig
+from ..errors import METError
+from ..io.limits import MAX_TRAINED_BYTES
 from .adapters import EAdapters
-from .config import SITES_PER_BLOCK, METConfig
-from .errors import METError
-from .limits import MAX_TRAINED_BYTES
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .policies import Policy
+    from ..analysis.policies import Policy
 
 
 class METModel(nn.Module):
@@ -135,7 +135,7 @@ class METModel(nn.Module):
         """
         import numpy as np
 
-        from .policies import exit_probs
+        from ..analysis.policies import exit_probs
 
         n, k_total = x.shape[0], self.num_exits
         exit_of = np.full(n, -1)

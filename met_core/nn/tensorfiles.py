@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .errors import METError
+from ..errors import METError
 
 COMPUTE_DTYPE = torch.float32
 # safetensors' names of floating-point dtypes (those torch reads today: F64 F32 F16 BF16 and the F8 family)

@@ -2,9 +2,9 @@
 import pandas as pd
 import streamlit as st
 
-from app import state
-from app.drawing import network_figure
-from app.safe import md
+from met_core.app import state
+from met_core.app.drawing import network_figure
+from met_core.app.safe import md
 from met_core.config import METConfig, TrainConfig, config_help
 
 ckpt = state.current()

@@ -4,14 +4,14 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import session, state
-from app.drawing import network_figure
-from app.palette import HIGHLIGHT, OTHER
-from app.safe import md, plot
+from met_core.analysis.journey import Journey, journey
+from met_core.analysis.policies import get_policy
+from met_core.app import session, state
+from met_core.app.drawing import network_figure
+from met_core.app.palette import HIGHLIGHT, OTHER
+from met_core.app.safe import md, plot
 from met_core.errors import METError, user_message
-from met_core.images import load_image
-from met_core.journey import Journey, journey
-from met_core.policies import get_policy
+from met_core.io.images import load_image
 
 BIG = 22  # font size of the figures: readable on a projector
 
@@ -56,7 +56,7 @@ else:
         st.info("Upload an image to follow it through the network.")
         st.stop()
     try:
-        from met_core.inference import predict_images
+        from met_core.engine.inference import predict_images
 
         with st.spinner("Running the real early exit on your image..."):
             pred = predict_images(state.model(str(ckpt)), [(up.name, up)], thresholds, policy)[0]
@@ -66,7 +66,7 @@ else:
         state.fail(pred.error)
     rule = state.ood_rule(ckpt)
     if rule is not None:
-        from met_core.ood import score_images
+        from met_core.engine.inference import score_images
 
         up.seek(0)
         score = score_images(state.model(str(ckpt)), rule, [(up.name, up)])[0]

@@ -5,13 +5,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import jobs, session, state
-from app.safe import md
-from met_core.checkpoint import inspect_checkpoint
+from met_core.analysis.whatif import exit_accuracy_all
+from met_core.app import jobs, session, state
+from met_core.app.safe import md
 from met_core.errors import METError, user_message
-from met_core.limits import MAX_PATH_CHARS
-from met_core.paths import runs_dir
-from met_core.whatif import exit_accuracy_all
+from met_core.io.limits import MAX_PATH_CHARS
+from met_core.io.paths import runs_dir
 
 st.title("Models")
 
@@ -116,6 +115,8 @@ st.subheader("Add a checkpoint folder")
 new = session.bind(st.text_input, "Folder with config.json and model.safetensors", "local.new_checkpoint",
                    max_chars=MAX_PATH_CHARS)
 if st.button("Add", key="add_ckpt") and new:
+    from met_core.nn.checkpoint import inspect_checkpoint  # torch (a model on the meta device): only on Add
+
     try:
         inspect_checkpoint(Path(new).expanduser())
     except METError as e:

@@ -5,13 +5,13 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from app import session, state
-from app.palette import CORRECT, WRONG, class_style, exit_style, model_colour
-from app.safe import md, plot
-from app.view import COLOURS
+from met_core.analysis.geometry import ClassSpread, class_spread
+from met_core.analysis.whatif import exit_accuracy_all, outcomes
+from met_core.app import session, state
+from met_core.app.palette import CORRECT, WRONG, class_style, exit_style, model_colour
+from met_core.app.safe import md, plot
+from met_core.app.view import COLOURS
 from met_core.errors import METError, user_message
-from met_core.geometry import ClassSpread, class_spread
-from met_core.whatif import exit_accuracy_all, outcomes
 
 ckpt = state.current()
 (trace, arrays), _ = state.traces_of(ckpt)

@@ -8,14 +8,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import session, state
-from app.palette import HIGHLIGHT, OTHER, exit_style
-from app.safe import md, plot
-from app.view import SORTS, VERDICTS, View
+from met_core.analysis.policies import as_thresholds, get_policy
+from met_core.analysis.whatif import outcomes
+from met_core.app import session, state
+from met_core.app.palette import HIGHLIGHT, OTHER, exit_style
+from met_core.app.safe import md, plot
+from met_core.app.view import SORTS, VERDICTS, View
 from met_core.errors import METError, user_message
-from met_core.images import IMAGE_EXTENSIONS, load_image
-from met_core.policies import as_thresholds, get_policy
-from met_core.whatif import outcomes
+from met_core.io.images import IMAGE_EXTENSIONS, load_image
 
 MAX_UPLOADS = 32
 COLS, ROWS = 8, 3
@@ -159,8 +159,10 @@ with tab_upload:
             model = state.model(str(ckpt))
         except METError as e:
             state.fail(user_message(e))
-        from met_core.inference import predict_images  # torch: only once someone uploads
-        from met_core.ood import score_images
+        from met_core.engine.inference import (
+            predict_images,  # torch: only once someone uploads
+            score_images,
+        )
 
         items = [(f.name, f.getvalue()) for f in files]
         t0 = time.perf_counter()

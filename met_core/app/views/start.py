@@ -2,11 +2,11 @@
 import numpy as np
 import streamlit as st
 
-from app import session, state
-from app.drawing import network_figure
-from app.safe import md
-from met_core.policies import get_policy
-from met_core.whatif import outcomes
+from met_core.analysis.policies import get_policy
+from met_core.analysis.whatif import outcomes
+from met_core.app import session, state
+from met_core.app.drawing import network_figure
+from met_core.app.safe import md
 
 ckpt = state.current()
 cfg = state.card(str(ckpt))["config"]["model"]

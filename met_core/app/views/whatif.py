@@ -8,18 +8,17 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import jobs, session, state
-from app.palette import HIGHLIGHT, OTHER, exit_style, model_colour
-from app.safe import md, plot
-from app.view import COSTS, MODES, View, number, parse_thresholds, threshold_range
-from met_core.exit_rule import ExitRule
-from met_core.flops import MAC_NOTE
-from met_core.intervals import MEANING, clopper_pearson
-from met_core.latency import PREDICTED_NOTE, LatencyProfile, predict_latency
-from met_core.limits import MAX_CONFUSION_CLASSES
-from met_core.policies import CALIBRATABLE, POLICIES, get_policy
-from met_core.traces import SIMULATED_NOTE
-from met_core.whatif import WhatIfResult, exit_accuracy_all, outcomes, whatif
+from met_core.analysis.exit_rule import ExitRule
+from met_core.analysis.intervals import MEANING, clopper_pearson
+from met_core.analysis.latency import PREDICTED_NOTE, LatencyProfile, predict_latency
+from met_core.analysis.policies import CALIBRATABLE, POLICIES, get_policy
+from met_core.analysis.whatif import WhatIfResult, exit_accuracy_all, outcomes, whatif
+from met_core.app import jobs, session, state
+from met_core.app.palette import HIGHLIGHT, OTHER, exit_style, model_colour
+from met_core.app.safe import md, plot
+from met_core.app.view import COSTS, MODES, View, number, parse_thresholds, threshold_range
+from met_core.io.limits import MAX_CONFUSION_CLASSES
+from met_core.io.traces import MAC_NOTE, SIMULATED_NOTE
 
 CAL = "calibration set"  # the one name of the images thresholds are chosen on, on every title, legend and header
 MAX_DRAWN_CLASSES = 100  # a confusion heatmap with a clickable marker per cell: 10,000 cells at most
