@@ -1,4 +1,4 @@
-"""`met SUBCOMMAND` (or `python -m met_core`): train, trace, info, whatif, calibrate, predict, bench-exit.
+"""`met SUBCOMMAND` (or `python -m met_core`): train, trace, info, whatif, calibrate, predict, bench-exit, ..., app.
 
 User errors (METError, missing paths, bad files) print one line `error: ...` and exit with code 2;
 no tracebacks. `--json` prints a machine-readable result on stdout; progress goes to stderr.
@@ -566,6 +566,54 @@ def cmd_profile(args: argparse.Namespace) -> None:
     _emit(args, json.loads(prof.to_json()), lines)
 
 
+# --- app -------------------------------------------------------------------------------------------
+
+APP_MAIN = Path(__file__).resolve().parent / "app" / "main.py"  # shipped in the package (and in a checkout)
+# the Streamlit settings a checkout's .streamlit/config.toml holds, as flags: an installed app has them too
+APP_SETTINGS = {"--client.toolbarMode": "minimal", "--browser.gatherUsageStats": "false"}
+APP_LIBRARIES = ("streamlit", "plotly", "pandas")
+
+
+def app_command(streamlit_args: Sequence[str]) -> list[str]:
+    """`streamlit run` on the package's app with Streamlit's own flags (APP_SETTINGS unless the flags set them)."""
+    given = {a.split("=", 1)[0] for a in streamlit_args if a.startswith("--")}
+    settings = [x for flag, value in APP_SETTINGS.items() if flag not in given for x in (flag, value)]
+    return [sys.executable, "-m", "streamlit", "run", str(APP_MAIN), *settings, *streamlit_args]
+
+
+def cmd_app(args: argparse.Namespace) -> None:
+    """Start the Streamlit app; it finds checkpoints in --checkpoints DIR, else $MET_CHECKPOINTS, else a checkout's
+    checkpoints/ (io.paths.checkpoints_dir). This process becomes Streamlit's (exec), so signals reach the server."""
+    import importlib.util
+    import subprocess
+
+    from .io.paths import checkpoints_dir
+
+    missing = [m for m in APP_LIBRARIES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise METError(f"the app needs {', '.join(missing)}: install the package with its app extra "
+                       "(pip install 'met-explorer[app]', or pip install '.[app]' in a checkout).")
+    if args.checkpoints is not None:
+        folder = Path(args.checkpoints).expanduser()
+        if not folder.is_dir():
+            raise METError(f"--checkpoints {args.checkpoints} is not a folder; name the folder that holds your "
+                           "checkpoint folders.")
+        os.environ["MET_CHECKPOINTS"] = str(folder.resolve())
+    log(f"met app: checkpoints from {checkpoints_dir()}")
+    cmd = app_command(args.streamlit_args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "posix":
+        os.execv(sys.executable, cmd)
+    raise SystemExit(subprocess.call(cmd))
+
+
+def _app_args(a: argparse.ArgumentParser) -> None:
+    a.add_argument("--checkpoints", metavar="DIR", help="the folder holding checkpoint folders (default: "
+                   "$MET_CHECKPOINTS, else the checkout's checkpoints/, else $MET_CACHE_DIR/checkpoints); every "
+                   "other flag goes to Streamlit, e.g. --server.port 8502 --server.headless true")
+
+
 # --- entry point -----------------------------------------------------------------------------------
 
 
@@ -773,6 +821,7 @@ SUBCOMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], None], Callable
      cmd_profile, _profile_args),
     ("export", "write one static ONNX graph per stage and exits.json (early exit outside PyTorch)", cmd_export,
      _export_args),
+    ("app", "start the Streamlit app (needs the app extra); Streamlit's own flags pass through", cmd_app, _app_args),
 ]
 
 
@@ -784,9 +833,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"met_core {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_, func, configure in SUBCOMMANDS:
-        s = sub.add_parser(name, help=help_)
+        s = sub.add_parser(name, help=help_, allow_abbrev=name != "app")  # app: no flag of Streamlit's is ours
         configure(s)
         s.set_defaults(func=func)
+        if name == "app":
+            continue
         s.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
         s.add_argument("--quiet", action="store_true", help="no progress bars")
         s.add_argument("--no-download", action="store_true", help="never download datasets")
@@ -796,7 +847,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "app":  # only `met app` passes unknown flags on (to Streamlit)
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.streamlit_args = extra
         args.func(args)
     except METError as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
