@@ -29,6 +29,9 @@ CIFAR_FULL = ["--dataset", str(DATA / "cifar10" / "train"), "--per-class", "0", 
               "--head-input", "cls+mean", "--augment", "standard", "--data-path", "stream", "--workers", "1",
               "--epochs", "1", "--warmup-epochs", "0.1"]
 
+FULL_DATA = ("cifar10-full-met", "cifar10-full-met-nogr")
+VAL_TRACE, CAL_TRACE = "val_trace.npz", "cal_trace.npz"
+
 # Features stored in a test trace: 1,000 rows (100 per class on CIFAR-10) in float16 at full width. kNN accuracy and
 # silhouette need the real geometry, so the rows are not projected; 1,000 rows keep the interval on a kNN
 # accuracy near +-3 points at 2 MB per exit, which lets three models with features fit the 40 MB cap.
@@ -75,21 +78,34 @@ def run(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def drop_features(path: Path) -> None:
+    """Rewrite a trace without its stored feature rows (met_core.io.traces)."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from met_core.io.traces import load_trace, save_trace
+
+    t = load_trace(path)
+    save_trace(path, replace(t, feature_index=np.zeros(0, dtype=np.int64),
+                             features=np.zeros((t.num_exits, 0, t.features.shape[2]), dtype=t.features.dtype)))
+
+
 def ship_embeddings(out: Path) -> None:
     """The aligned UMAP of every pair of shipped models traced on the same test set with features, at every exit,
-    into OUT/embeddings: the Representations page then opens at once on a fresh start (met_core.analysis.embeddings)."""
-    import shutil
+    into OUT/embeddings (pairs already there are kept): the Representations page then opens at once on a fresh
+    start (met_core.analysis.embeddings)."""
     from itertools import combinations
 
-    from met_core.analysis.embeddings import aligned_pair
+    from met_core.analysis.embeddings import aligned_pair, cache_name
     from met_core.io.traces import load_trace, trace_digest
 
     folder = out / "embeddings"
-    shutil.rmtree(folder, ignore_errors=True)  # files of older traces would never be read again
     groups: dict[Path, list[str]] = {}
     for name, (_, test_set, features) in MODELS.items():
         if features and (out / name / "test_trace.npz").is_file():
             groups.setdefault(test_set, []).append(name)
+    keep = set()
     for names in groups.values():
         files = {n: out / n / "test_trace.npz" for n in names}
         traces = {n: load_trace(f) for n, f in files.items()}
@@ -97,8 +113,13 @@ def ship_embeddings(out: Path) -> None:
         for a, b in combinations(names, 2):
             for k in range(traces[a].num_exits):
                 t0 = time.perf_counter()
-                aligned_pair(traces[a], traces[b], k, (digests[a], digests[b]), [], folder)
-                print(f"embedding {a} + {b}, exit {k + 1}: {time.perf_counter() - t0:.1f} s", flush=True)
+                pair = aligned_pair(traces[a], traces[b], k, (digests[a], digests[b]), [folder], folder)
+                keep.add(cache_name(digests[a], digests[b], k)[0])
+                print(f"embedding {a} + {b}, exit {k + 1}: {'kept' if pair.cached else 'fitted'} "
+                      f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    for f in folder.glob("*.npz"):  # files of older traces would never be read again
+        if f.name not in keep:
+            f.unlink()
 
 
 def main() -> int:
@@ -123,36 +144,25 @@ def main() -> int:
         else:
             seed = [] if "--seed" in flags else ["--seed", "0"]
             t = {"train_s": run(py + ["train", *COMMON, *seed, *flags, "--out", str(d), "--quiet"])}
-        t["val_trace_s"] = run(
-            py
-            + [
-                "trace",
-                "--checkpoint",
-                str(d),
-                "--split",
-                "val",
-                "--out",
-                str(d / "val_trace.npz"),
-                "--features",
-                "0",
-                "--quiet",
-            ]
-        )
+        # the held-out images: a validation split of 200 under VTAB-1k; the 5,000-image calibration set of a
+        # full-data model (never trained on; thresholds, temperatures and the OOD caution are fitted on it)
+        held_out = CAL_TRACE if name in FULL_DATA else VAL_TRACE
+        # a full-data model's held-out trace first keeps 2,000 feature rows for the OOD caution (met ood), then
+        # ships without them (12 MB saved)
+        ood_rows = 2000 if name in FULL_DATA else 0
+        t[f"{held_out.removesuffix('.npz')}_s"] = run(
+            py + ["trace", "--checkpoint", str(d), "--split", "val", "--out", str(d / held_out), "--features",
+                  str(ood_rows), "--quiet"])
+        if ood_rows:
+            t["ood_s"] = run(py + ["ood", "--checkpoint", str(d), "--trace", str(d / held_out), "--quiet"])
+            drop_features(d / held_out)
         t["test_trace_s"] = run(
-            py
-            + [
-                "trace",
-                "--checkpoint",
-                str(d),
-                "--dataset",
-                str(test_set),
-                "--out",
-                str(d / "test_trace.npz"),
-                "--features",
-                str(features),
-                "--quiet",
-            ]
-        )
+            py + ["trace", "--checkpoint", str(d), "--dataset", str(test_set), "--out", str(d / "test_trace.npz"),
+                  "--features", str(features), "--quiet"])
+        if name in FULL_DATA:
+            t["temperatures_s"] = run(py + ["reliability", "--trace", str(d / "test_trace.npz"), "--fit-on",
+                                            str(d / held_out), "--out", str(d / "temperatures.json"), "--quiet"])
+            t["profile_s"] = run(py + ["profile", "--checkpoint", str(d), "--quiet"])
         log[name] = {k: round(v, 1) for k, v in t.items()}
         out.mkdir(parents=True, exist_ok=True)
         log_path.write_text(json.dumps(log, indent=2) + "\n")

@@ -15,6 +15,10 @@ SHARED = ROOT.parent / "shared" / "datasets"
 CIFAR_TRAIN = SHARED / "cifar10" / "train"
 CIFAR_TEST = SHARED / "cifar10" / "test"
 HYMENOPTERA = SHARED / "hymenoptera"
+# the model the app opens on (the first shipped of met_core/app/state.py's DEFAULTS): tests of the default view
+# compute what they expect from its traces
+DEFAULT_MODEL = next((n for n in ("cifar10-full-met", "cifar10-met")
+                      if (ROOT / "checkpoints" / n / "config.json").is_file()), "cifar10-met")
 
 # converted weights go to a per-run cache, so the conversion path runs in every clean test session
 os.environ.setdefault("MET_CACHE_DIR", tempfile.mkdtemp(prefix="met-cache-"))

@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 from met_core.analysis.whatif import TraceArrays, whatif
 from met_core.io.traces import load_trace
 
-from .conftest import HYMENOPTERA, ROOT
+from .conftest import DEFAULT_MODEL, HYMENOPTERA, ROOT
 
 CKPT = ROOT / "checkpoints"
 pytestmark = pytest.mark.skipif(not (CKPT / "cifar10-met" / "test_trace.npz").is_file(),
@@ -43,7 +43,7 @@ def metric(at: AppTest, label: str) -> str:
 
 def test_whatif_slider_shows_met_core_numbers():
     at = app()
-    arrays = TraceArrays.from_trace(load_trace(CKPT / "cifar10-met" / "test_trace.npz"))
+    arrays = TraceArrays.from_trace(load_trace(CKPT / DEFAULT_MODEL / "test_trace.npz"))
     for t in (0.5, 0.95):
         at.slider(key="w:threshold").set_value(t).run()
         assert not at.exception
@@ -58,7 +58,7 @@ def test_whatif_presets_and_policies():
     at.button(key="preset0.5").click().run()
     assert not at.exception and at.radio(key="w:mode").value == "per-exit"
     gm = float(metric(at, "Mean GMACs"))
-    arrays = TraceArrays.from_trace(load_trace(CKPT / "cifar10-met" / "test_trace.npz"))
+    arrays = TraceArrays.from_trace(load_trace(CKPT / DEFAULT_MODEL / "test_trace.npz"))
     assert gm < arrays.gmacs[-1]
     at.radio(key="w:mode").set_value("global").run()
     at.radio(key="w:policy").set_value("entropy").run()
@@ -81,7 +81,7 @@ def test_each_page_renders_its_own_content(page, title, own):
         assert own in [h.value for h in at.subheader]
     if page.endswith("how_met_works.py"):
         card = at.dataframe[0].value
-        assert "cifar10-met" in card["value"].tolist() and "GMACs per exit" in card["field"].tolist()
+        assert DEFAULT_MODEL in card["value"].tolist() and "GMACs per exit" in card["field"].tolist()
     if page.endswith("samples.py"):
         assert any("images match" in m.value for m in at.markdown)
 
@@ -97,7 +97,7 @@ def test_selecting_a_models_row_changes_every_page():
     table = at.dataframe[0].value
     row = next(i for i, name in enumerate(table["checkpoint"]) if name == "hymenoptera-met")
     # a click on it (the table's key names the model in use)
-    at.session_state["model_table-cifar10-met"] = {"selection": {"rows": [row], "columns": [], "cells": []}}
+    at.session_state[f"model_table-{DEFAULT_MODEL}"] = {"selection": {"rows": [row], "columns": [], "cells": []}}
     at.run()
     assert not at.exception and view(at).model == "hymenoptera-met" and at.query_params["model"] == "hymenoptera-met"
     at.switch_page("views/whatif.py").run()
@@ -127,7 +127,7 @@ def test_clicking_a_sample_shows_its_confidence_ladder():
     first = next(b for b in at.button if b.key and b.key.startswith("s"))
     first.click().run()
     assert not at.exception
-    trace = load_trace(CKPT / "cifar10-met" / "test_trace.npz")
+    trace = load_trace(CKPT / DEFAULT_MODEL / "test_trace.npz")
     sid = str(trace.ids[int(first.key[1:])])
     assert view(at).samples.sample == sid and at.query_params["sample"] == sid
     assert any(shown(m.value).startswith(f"{sid}: true class") for m in at.markdown)
@@ -146,10 +146,11 @@ def test_measure_button_runs_the_real_early_exit_in_the_background_and_explains_
     assert job.done == job.total == (2 + 2 * jobs.MEASURE_REPEATS) * jobs.MEASURE_IMAGES  # progress counts images
     at.run()
     assert not at.exception
-    assert any(shown(s.value).startswith("Measured for cifar10-met: ") for s in at.success), [e.value for e in at.error]
+    measured = [shown(s.value) for s in at.success]
+    assert any(m.startswith(f"Measured for {DEFAULT_MODEL} (") for m in measured), [e.value for e in at.error]
     assert any("Why measured and predicted differ" in m.value for m in at.markdown)
     at.switch_page("views/models.py").run()
-    at.session_state["model_table-cifar10-met"] = {"selection": {"rows": [list(
+    at.session_state[f"model_table-{DEFAULT_MODEL}"] = {"selection": {"rows": [list(
         at.dataframe[0].value["checkpoint"]).index("hymenoptera-met")], "columns": [], "cells": []}}
     at.run()
     at.switch_page("views/whatif.py").run()
@@ -298,11 +299,11 @@ def test_whatif_shows_intervals_and_a_certified_mode_with_met_cores_numbers():
     assert any("95 % intervals on these 10,000 test images: accuracy" in c.value for c in at.caption)
     at.radio(key="w:mode").set_value("certified").run()
     assert not at.exception
-    cal_file = next(p for p in (CKPT / "cifar10-met" / n for n in ("cal_trace.npz", "val_trace.npz")) if p.is_file())
+    cal_file = next(p for p in (CKPT / DEFAULT_MODEL / n for n in ("cal_trace.npz", "val_trace.npz")) if p.is_file())
     c = certify_max_loss(TraceArrays.from_trace(load_trace(cal_file)), 0.01, 0.1)
     shown_msgs = [shown(x.value) for x in [*at.success, *at.warning]]
     assert any(c.message in m and cal_file.name in m for m in shown_msgs), shown_msgs
-    test = TraceArrays.from_trace(load_trace(CKPT / "cifar10-met" / "test_trace.npz"))
+    test = TraceArrays.from_trace(load_trace(CKPT / DEFAULT_MODEL / "test_trace.npz"))
     want = whatif(test, c.thresholds or [2.0, 2.0, 2.0, None])
     assert metric(at, "Accuracy") == f"{100 * want.accuracy:.2f}%"
 
@@ -351,7 +352,7 @@ def test_a_link_with_a_patience_threshold_that_is_no_count_of_exits_is_refused(b
 def test_journey_of_a_test_image_leaves_where_the_trace_says():
     from met_core.analysis.whatif import outcomes
 
-    trace = load_trace(CKPT / "cifar10-met" / "test_trace.npz")
+    trace = load_trace(CKPT / DEFAULT_MODEL / "test_trace.npz")
     arrays = TraceArrays.from_trace(trace)
     o = outcomes(arrays, 0.8)
     for i in (0, int(o.exits.argmax())):
@@ -371,11 +372,11 @@ def test_models_table_has_test_and_validation_accuracy_per_exit():
 
     at = app("views/models.py")
     table = at.dataframe[0].value.set_index("checkpoint")
-    arrays = TraceArrays.from_trace(load_trace(CKPT / "cifar10-met" / "test_trace.npz"))
-    assert table.loc["cifar10-met", "test accuracy per exit (%)"] == " / ".join(
+    arrays = TraceArrays.from_trace(load_trace(CKPT / DEFAULT_MODEL / "test_trace.npz"))
+    assert table.loc[DEFAULT_MODEL, "test accuracy per exit (%)"] == " / ".join(
         f"{100 * a:.1f}" for a in exit_accuracy_all(arrays))
     assert table.loc["cifar10-met-strong-gr", "graph reg. lambda"] == 2.0
-    assert table.loc["cifar10-met", "val. accuracy per exit (%)"].count("/") == 3
+    assert table.loc[DEFAULT_MODEL, "val. accuracy per exit (%)"].count("/") == 3
 
 
 def test_every_chart_uses_the_fixed_class_exit_and_model_colours():
@@ -423,8 +424,8 @@ def test_the_start_page_names_the_model_and_its_try_this_buttons_open_prepared_v
     from met_core.analysis.calibration import apply, calibrate_budget
     from met_core.analysis.whatif import outcomes
 
-    test = TraceArrays.from_trace(load_trace(CKPT / "cifar10-met" / "test_trace.npz"))
-    cal = TraceArrays.from_trace(load_trace(CKPT / "cifar10-met" / "cal_trace.npz"))
+    test = TraceArrays.from_trace(load_trace(CKPT / DEFAULT_MODEL / "test_trace.npz"))
+    cal = TraceArrays.from_trace(load_trace(CKPT / DEFAULT_MODEL / "cal_trace.npz"))
     at = app(page=None)
     assert [t.value for t in at.title] == ["MET Explorer"]
     assert any("The model in use: cifar10" in shown(c.value) for c in at.caption)
@@ -436,4 +437,4 @@ def test_the_start_page_names_the_model_and_its_try_this_buttons_open_prepared_v
     at.button(key="try_journey").click().run()
     assert not at.exception and [t.value for t in at.title] == ["An image's journey"]
     o = outcomes(test, want.thresholds, "max-softmax")
-    assert o.exits[list(load_trace(CKPT / "cifar10-met" / "test_trace.npz").ids).index(view(at).journey.image)] == 3
+    assert o.exits[list(load_trace(CKPT / DEFAULT_MODEL / "test_trace.npz").ids).index(view(at).journey.image)] == 3

@@ -215,9 +215,9 @@ def test_the_journey_of_a_test_image_matches_the_real_early_exit(server, browser
     from met_core.io.traces import load_trace
     from met_core.nn.checkpoint import load_checkpoint
 
-    from .conftest import CIFAR_TEST
+    from .conftest import CIFAR_TEST, DEFAULT_MODEL
 
-    ck = ROOT / "checkpoints" / "cifar10-met"
+    ck = ROOT / "checkpoints" / DEFAULT_MODEL
     trace = load_trace(ck / "test_trace.npz")
     conf = trace.probs().max(-1)
     # an image whose confidences are not within float16 rounding of the threshold at any exit

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import DEFAULT_MODEL, ROOT
 from .tools.browser import CHROMIUM, DRIVER, make_browser, start_server, wait_text, wait_until
 
 ARTIFACTS = Path(os.environ.get("MET_ARTIFACTS", ROOT / "test-artifacts" / "screenshots"))
@@ -128,7 +128,7 @@ def test_the_journey_fits_a_projector_and_steps_with_buttons_and_arrow_keys(serv
     from met_core.analysis.whatif import TraceArrays, outcomes
     from met_core.io.traces import load_trace
 
-    trace = load_trace(ROOT / "checkpoints" / "cifar10-met" / "test_trace.npz")
+    trace = load_trace(ROOT / "checkpoints" / DEFAULT_MODEL / "test_trace.npz")
     o = outcomes(TraceArrays.from_trace(trace), 0.8)
     i = int(next(j for j in range(len(o.exits)) if o.exits[j] == 3))  # an image that leaves at the last exit
     drv = make_browser(tmp_path / "profile")

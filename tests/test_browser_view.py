@@ -14,7 +14,7 @@ from met_core.analysis.calibration import sweep_applied
 from met_core.analysis.whatif import TraceArrays, whatif
 from met_core.io.traces import load_trace
 
-from .conftest import ROOT
+from .conftest import DEFAULT_MODEL, ROOT
 from .tools.browser import (
     CHROMIUM,
     DRIVER,
@@ -27,7 +27,7 @@ from .tools.browser import (
 )
 
 ARTIFACTS = Path(os.environ.get("MET_ARTIFACTS", ROOT / "test-artifacts" / "screenshots"))
-CK = ROOT / "checkpoints" / "cifar10-met"
+CK = ROOT / "checkpoints" / DEFAULT_MODEL
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(DRIVER).exists()) and not os.environ.get("CI"),

@@ -60,6 +60,32 @@ def test_heads_too_large_for_a_checkpoint_are_refused_before_they_are_allocated(
         METModel(vit, METConfig(img_size=32, exits=[1, 2, 3, 4], num_classes=100_000))
 
 
+def test_a_trace_the_reader_would_refuse_is_refused_before_the_model_loads(tiny_checkpoint, tmp_path, monkeypatch):
+    """`met trace` of many classes could write a trace over the reader's bound (limits.MAX_TRACE_BYTES); now it
+    says so before any model is loaded, with a --limit whose trace the reader takes. The bound is lowered here so
+    that 300 real CIFAR-10 images exceed it as 7,000 images of 1,000 classes exceed the real one."""
+    import re
+
+    import met_core.engine.tracing as tracing
+    import met_core.io.traces as traces
+
+    from .conftest import CIFAR_TEST
+
+    for module in (traces, tracing):  # the reader's bound (load_trace) and the one met trace checks first
+        monkeypatch.setattr(module, "MAX_TRACE_BYTES", 170_000)
+    loaded = []
+    want = r"a trace of 300 images of 10 classes would take 0\.\d MiB, more than the 0\.\d+ MiB a trace may hold; "
+    with pytest.raises(METError, match=want + r"trace at most [\d,]+ images \(--limit \d+\)\.$") as e:
+        tracing.trace_checkpoint(tiny_checkpoint, str(CIFAR_TEST), limit=300, features=20,
+                                 on_model=lambda: loaded.append(1))
+    assert not loaded
+    n = int(re.search(r"--limit (\d+)", str(e.value)).group(1))
+    assert 100 < n < 300
+    traces.save_trace(tmp_path / "t.npz", tracing.trace_checkpoint(tiny_checkpoint, str(CIFAR_TEST), limit=n,
+                                                                   features=20))
+    assert len(traces.load_trace(tmp_path / "t.npz").labels) == n  # under the same bound
+
+
 def test_per_class_accuracy_for_many_classes_without_a_quadratic_confusion_matrix():
     rng = np.random.default_rng(0)
     n, k, c = 300, 2, 5000  # a confusion matrix of 25,000,000 cells would be 200 MB

@@ -16,7 +16,7 @@ from met_core.analysis.calibration import (
     thresholds_for_shares,
 )
 from met_core.analysis.policies import POLICIES
-from met_core.analysis.whatif import TraceArrays, rule_figures, whatif
+from met_core.analysis.whatif import TraceArrays, outcomes, rule_figures, whatif
 from met_core.errors import METError
 from met_core.io.traces import Trace, load_trace
 
@@ -200,3 +200,10 @@ def test_the_agreement_oracle_by_hand():
     labels = np.array([5, 2, 0])
     a = TraceArrays(pred, pred == labels[:, None], labels, np.array([1.0, 2.0, 3.0]), 6, np.full((3, 3, 6), 1 / 6))
     assert agreement_oracle(a) == (pytest.approx(2 / 3), pytest.approx(2.0))
+
+
+def test_outcomes_confidence_is_the_top_probability_where_each_image_leaves():
+    a = TraceArrays.from_trace(load_trace(ROOT / "checkpoints" / "cifar10-met" / "test_trace.npz"))
+    o = outcomes(a, [0.6, 0.7, 0.9, None])
+    for i in range(0, 10_000, 97):
+        assert o.confidence[i] == a.probs[i, o.exits[i]].max() and o.pred[i] == a.probs[i, o.exits[i]].argmax()

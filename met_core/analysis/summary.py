@@ -29,6 +29,7 @@ class ModelSummary:
     dataset: str | None
     train_images: int
     val_images: int
+    per_class: int | None  # images per class sub-sampled for training (0: all of them)
     val_accuracy: list[float] | None
     train_time_s: float | None
     trained_on: str
@@ -54,7 +55,8 @@ class ModelSummary:
                    exit_gmacs=exit_gmacs or _numbers(metrics.get("exit_gmacs")) or [],
                    trainable_parameters=params["trainable"], frozen_parameters=params["frozen"],
                    dataset=str(data.get("dataset"))[:200], train_images=_count(data.get("train_ids")),
-                   val_images=_count(data.get("val_ids")), val_accuracy=_numbers(metrics.get("val_accuracy")),
+                   val_images=_count(data.get("val_ids")), per_class=_int(train.get("per_class")),
+                   val_accuracy=_numbers(metrics.get("val_accuracy")),
                    train_time_s=_number(metrics.get("train_time_s")), trained_on=trained_on)
 
     @property
@@ -62,6 +64,13 @@ class ModelSummary:
         if self.trainable_parameters and self.frozen_parameters:
             return self.trainable_parameters / self.frozen_parameters
         return None
+
+    @property
+    def training_data(self) -> str:
+        """The images it was trained on, in a few words: '45,000 training images', with ', the paper's VTAB-1k
+        protocol' added for 100 per class, 1,000 in all (800 to train, 200 to validate: Zhai et al. 2019)."""
+        vtab = self.per_class == 100 and self.train_images + self.val_images == 1000
+        return f"{self.train_images:,} training images" + (", the paper's VTAB-1k protocol" if vtab else "")
 
     def card(self) -> list[tuple[str, str]]:
         """(field, value) lines of the model card, in reading order."""
@@ -78,6 +87,7 @@ class ModelSummary:
             ("parameters", f"{self.trainable_parameters:,} trainable, {self.frozen_parameters:,} frozen "
                            f"({100 * share:.2f}%)" if share else "n/a"),
             ("dataset", f"{self.dataset} ({self.train_images:,} train / {self.val_images:,} validation images)"),
+            ("training data", self.training_data),
             ("classes", f"{len(self.class_names)}: " + ", ".join(self.class_names[:20])
                         + (" ..." if len(self.class_names) > 20 else "")),
             ("validation accuracy per exit", " / ".join(f"{100 * a:.1f}%" for a in self.val_accuracy or [])

@@ -76,15 +76,21 @@ def exits_for(arrays: TraceArrays, thresholds: float | Sequence[float], policy: 
 class Outcomes:
     """Per sample under an exit rule: the exit it leaves at, its prediction there, whether that is right."""
 
-    exits: np.ndarray
-    pred: np.ndarray
-    correct: np.ndarray
+    exits: np.ndarray  # (N,) int, 0-based
+    pred: np.ndarray  # (N,) int, the class predicted at that exit
+    correct: np.ndarray  # (N,) bool
+    trace_probs: np.ndarray  # (N, K, C) the trace's probabilities (a view, not a copy)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """(N,) float: the top softmax probability of the answer each sample leaves with (whatever the policy)."""
+        return self.trace_probs[np.arange(len(self.exits)), self.exits].max(-1)
 
 
 def outcomes(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str = "max-softmax") -> Outcomes:
     ex = exits_for(arrays, thresholds, policy)
     rows = np.arange(len(ex))
-    return Outcomes(ex, arrays.pred[rows, ex], arrays.correct[rows, ex])
+    return Outcomes(ex, arrays.pred[rows, ex], arrays.correct[rows, ex], arrays.probs)
 
 
 @dataclass

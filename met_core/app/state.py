@@ -35,7 +35,8 @@ from met_core.io.paths import checkout_root, checkpoints_dir, embeddings_dir, lo
 from met_core.io.traces import Trace, load_trace
 
 CHECKPOINTS = checkpoints_dir()  # $MET_CHECKPOINTS (met app --checkpoints DIR), or a checkout's checkpoints/
-DEFAULT = "cifar10-met"
+# the model the app opens on: the first of these that is shipped (all of CIFAR-10, else the VTAB-1k model)
+DEFAULTS = ("cifar10-full-met", "cifar10-met")
 BUDGETS = (0.25, 0.5, 0.75)
 SPREAD_REPS = 20  # resamples of the calibration set behind the what-if page's spread caption (~25 ms each)
 
@@ -46,7 +47,8 @@ def discover(root: Path = CHECKPOINTS) -> list[Path]:
     found = sorted(p.parent for p in root.glob(f"**/{CONFIG_FILE}"))
     runs = runs_dir()
     mine = sorted(p.parent for p in runs.glob(f"*/{CONFIG_FILE}")) if runs.is_dir() else []
-    return sorted(found, key=lambda p: (p.name != DEFAULT, str(p))) + [p for p in mine if p not in found]
+    rank = {name: i for i, name in enumerate(DEFAULTS)}
+    return sorted(found, key=lambda p: (rank.get(p.name, len(rank)), str(p))) + [p for p in mine if p not in found]
 
 
 def checkpoints() -> list[Path]:
@@ -158,6 +160,11 @@ def label(path: Path) -> str:
         except ValueError:
             continue
     return str(path)
+
+
+def name(path: Path) -> str:
+    """A checkpoint as a person reads it wherever a model is named: its label and the data it was trained on."""
+    return f"{label(path)} ({summary(path).training_data})"
 
 
 def by_label(text: str) -> Path | None:

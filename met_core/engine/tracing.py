@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import METError
-from ..io.traces import MAC_NOTE, SIMULATED_NOTE, Trace
+from ..io.limits import MAX_TRACE_BYTES
+from ..io.traces import MAC_NOTE, SIMULATED_NOTE, Trace, trace_bytes
 
 if TYPE_CHECKING:
     from ..data.datasets import ImageDataset
@@ -107,6 +108,17 @@ class TraceCancelled(METError):
     """Raised from an `on_batch` hook to stop a trace; nothing is written."""
 
 
+def _feature_dim(checkpoint: Path) -> int:
+    """Width of the head input, read from the first head's weight shape in the safetensors header (no tensors)."""
+    from safetensors import safe_open
+
+    from ..io.checkpoint import WEIGHTS_FILE
+
+    with safe_open(str(checkpoint / WEIGHTS_FILE), "np") as f:
+        heads = [k for k in f.keys() if k.startswith("heads.") and k.endswith(".weight")]
+        return int(f.get_slice(heads[0]).get_shape()[1]) if heads else 0
+
+
 def trace_checkpoint(
     checkpoint: str | Path,
     dataset: str | None,
@@ -160,6 +172,18 @@ def trace_checkpoint(
     if not len(ds):
         raise METError("the dataset has no images; put image files (.jpg, .png, ...) in its class sub-folders.")
     ds = seeded_subset(ds, limit, seed)
+    rows, dim = (0 if onnx is not None else features), _feature_dim(Path(checkpoint))
+    id_chars = max((len(str(i)) for i in ds.ids), default=0)
+    size = trace_bytes(len(ds), len(mcfg.exits), len(want), rows, dim, id_chars)
+    if size > MAX_TRACE_BYTES:
+        k, c = len(mcfg.exits), len(want)
+        base = trace_bytes(0, k, c, 0, dim, id_chars)
+        fixed = base + k * min(rows, len(ds)) * (dim * 2 + 8)  # what does not shrink with --limit
+        fits = max(0, (MAX_TRACE_BYTES - fixed) // (trace_bytes(1, k, c, 0, dim, id_chars) - base))
+        raise METError(f"a trace of {len(ds):,} images of {len(want):,} classes would take {size / 2**20:,.1f} MiB, "
+                       f"more than the {MAX_TRACE_BYTES / 2**20:g} MiB a trace may hold; "
+                       + (f"trace at most {fits:,} images (--limit {fits})." if fits else
+                          "store fewer feature rows (--features)."))
     if onnx is None:
         if on_model is not None:
             on_model()

@@ -235,6 +235,17 @@ def load_trace(path: str | Path) -> Trace:
                  arrays["features"], meta).validate(str(path))
 
 
+def trace_bytes(images: int, num_exits: int, num_classes: int, feature_rows: int, feature_dim: int,
+                id_chars: int) -> int:
+    """Bytes a trace's arrays take decompressed, as `load_trace` counts them against limits.MAX_TRACE_BYTES:
+    float16 logits (N, K, C), int64 labels, ids of `id_chars` characters (4 bytes each), float16 features of
+    `feature_rows` images (K, rows, D), class names of at most MAX_TEXT_CHARS characters (4 bytes each) and 64 KiB
+    for GMACs and meta (a trace's meta is a few KiB)."""
+    return (images * num_exits * num_classes * 2 + images * 8 + images * id_chars * 4
+            + num_exits * min(feature_rows, images) * (feature_dim * 2 + 8)
+            + 4 * MAX_TEXT_CHARS["class_names"] * num_classes + 2**16)
+
+
 def trace_digest(path: str | Path) -> str:
     """sha256 of a trace file: the key of what is derived from it (e.g. cached embeddings)."""
     import hashlib

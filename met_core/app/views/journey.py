@@ -22,7 +22,7 @@ blocks, gmacs, names = cfg["exits"], arrays.gmacs.tolist(), list(trace.class_nam
 policy, thresholds = state.thresholds_in_use()
 pol = get_policy(policy)
 st.title("An image's journey", help=md(
-    f"{state.label(ckpt)}, policy {policy} at the thresholds in use ({state.describe(thresholds)}). Each exit is "
+    f"{state.name(ckpt)}, policy {policy} at the thresholds in use ({state.describe(thresholds)}). Each exit is "
     "tried in turn; the image leaves at the first exit whose score passes, and the blocks after it never run."))
 v = session.view()
 c0, c1, c2 = st.columns([1.2, 1, 2])

@@ -39,7 +39,7 @@ def row(p: Path) -> dict:
         "adapters": sm.adapters,
         "recipe": f"{train.get('epochs', '?')} epochs, lr {train.get('lr', '?')}, {sm.img_size} px, "
                   f"head input {sm.head_input}, seed {train.get('seed', '?')}",
-        "trained on": f"{sm.train_images:,} + {sm.val_images:,} val. images of {sm.dataset or '?'}",
+        "trained on": f"{sm.training_data} + {sm.val_images:,} val. images of {sm.dataset or '?'}",
         "test images": f"{test[1]:,} of {test[2]}" if test else "",
         "backbone": sm.backbone,
         "train time (s)": sm.train_time_s,
@@ -66,7 +66,7 @@ picked = list(event.selection.rows) if event else []
 if picked and paths[picked[0]] != cur:  # a click on another row
     session.set_model(state.label(paths[picked[0]]))
     st.rerun()
-st.write(f"Every page uses **{md(state.label(cur))}**.")
+st.write(f"Every page uses **{md(state.name(cur))}**.")
 
 st.subheader("Run a model on a dataset")
 st.caption(md(f"Traces the model over the images once (every exit's output; features of up to {jobs.FEATURES:,}), "

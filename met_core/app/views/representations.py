@@ -38,8 +38,10 @@ if not len(trace.feature_index):
 others = [p for p in state.checkpoints() if comparable(p)]
 v = session.view()
 r_view = v.representations
-# by default the model whose graph-regularization strength differs most from this one's
-default_other = max(others, key=lambda p: abs(lam(p) - lam(ckpt)), default=None)
+# by default its no-graph-regularization twin (the same data and recipe), else the model whose graph-regularization
+# strength differs most from this one's
+twin = state.by_label(session.context().twin) if session.context().twin else None
+default_other = twin if twin in others else max(others, key=lambda p: abs(lam(p) - lam(ckpt)), default=None)
 other = state.by_label(r_view.compare) if r_view.compare else default_other
 if other not in others:  # not traced on the same images with features: the page's default, in the link too
     session.update(lambda view: setattr(view.representations, "compare", None))
@@ -48,7 +50,7 @@ labels = [state.label(p) for p in others]
 c1, c2, c3 = st.columns(3)
 session.bind(c1.selectbox, "Compare with", "representations.compare", labels,
              show=lambda _: state.label(other) if other is not None else None,
-             format_func=lambda x: f"{x} (lambda {lam(state.by_label(x)):g})")  # selectbox: plain text
+             format_func=lambda x: f"{state.name(state.by_label(x))}, lambda {lam(state.by_label(x)):g}")
 session.bind(c2.selectbox, "Exit", "representations.exit", list(range(arrays.num_exits)),
              format_func=lambda j: f"exit {j + 1}")
 session.bind(c3.radio, "Colour by", "representations.colour", list(COLOURS), horizontal=True)
@@ -82,7 +84,7 @@ fr["knn"], fr["sil"] = list(pair.knn), list(pair.silhouette)
 acc = [exit_accuracy_all(state.traces_of(p)[0][1]) for p in (ckpt, other)]
 rows = fr["rows"]
 policy, thresholds = state.thresholds_in_use()
-names = [f"{state.label(p)} (lambda {lam(p):g})" for p in (ckpt, other)]
+names = [f"{state.name(p)}, lambda {lam(p):g}" for p in (ckpt, other)]
 fig = make_subplots(
     1,
     2,
@@ -183,6 +185,19 @@ st.write(md(
     f"{100 * acc[1][k]:.1f}%, at the last exit {100 * acc[0][-1]:.1f}% vs {100 * acc[1][-1]:.1f}%."
     + ("" if pair.cached else " (The embedding was fitted now and kept on disk for every later view.)")
 ))
+
+fronts = go.Figure()
+for n, p, a in zip(names, (ckpt, other), acc):
+    colour = model_colour(state.label(p), session.context().models)
+    front = sorted((r.test_gmacs, r.test_accuracy) for r in state.sweep_table(str(p), "max-softmax") if r.pareto)
+    fronts.add_scatter(x=[g for g, _ in front], y=[x for _, x in front], mode="lines", line=dict(color=colour),
+                       name=plot(f"{n}: Pareto front (max-softmax, chosen on its calibration set)"))
+    fronts.add_scatter(x=state.traces_of(p)[0][1].gmacs, y=a, mode="markers", marker=dict(size=10, color=colour),
+                       name=plot(f"{n}: every image at one exit"))
+fronts.update_layout(title="What each model gives for its compute: test accuracy versus mean GMACs", height=400,
+                     xaxis_title="mean GMACs per image", yaxis_title="test accuracy", yaxis_tickformat=".0%",
+                     legend=dict(orientation="h", yanchor="top", y=-0.25, x=0, font=dict(size=11)))
+st.plotly_chart(fronts, key="fronts")
 
 sp = [spreads(str(p), key_rows) for p in (ckpt, other)]
 bars = go.Figure()

@@ -35,8 +35,7 @@ with st.sidebar:
                  help="Where the images of this trace are on this machine; also settable with $MET_DATASET_ROOT.")
 root = state.dataset_root(trace)
 out = outcomes(arrays, thresholds, policy)
-ex, pred, correct = out.exits, out.pred, out.correct
-conf = arrays.probs[np.arange(len(ex)), ex].max(-1)  # the confidence of the answer each image leaves with
+ex, pred, correct, conf = out.exits, out.pred, out.correct, out.confidence
 names = list(trace.class_names)
 
 

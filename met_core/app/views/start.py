@@ -21,7 +21,7 @@ st.markdown(
 st.plotly_chart(network_figure(cfg["exits"], state.card(str(ckpt))["metrics"].get("exit_gmacs", []),
                                bool(cfg["adapters"]), font=15, height=240), key="start_network",
                 config={"displayModeBar": False})
-st.caption(md(f"The model in use: {state.label(ckpt)} ({len(cfg['exits'])} exits after blocks "
+st.caption(md(f"The model in use: {state.name(ckpt)} ({len(cfg['exits'])} exits after blocks "
               f"{', '.join(map(str, cfg['exits']))}); change it on the Models page."))
 
 st.subheader("What each page answers")

@@ -29,7 +29,7 @@ k = arrays.num_exits
 n_test = len(arrays.labels)
 st.title("Threshold what-if")
 st.caption(
-    f"Every number on this page is **{SIMULATED_NOTE}** of {md(state.label(ckpt))} on {n_test:,} test images "
+    f"Every number on this page is **{SIMULATED_NOTE}** of {md(state.name(ckpt))} on {n_test:,} test images "
     f"({MAC_NOTE}). The button at the bottom measures the real batched early exit."
 )
 
@@ -186,7 +186,7 @@ def live() -> None:
     labels = [None, *session.context().comparable]
     with right:
         session.bind(st.selectbox, "Compare with", "compare", labels,
-                     format_func=lambda x: "nothing" if x is None else x)
+                     format_func=lambda x: "nothing" if x is None else state.name(state.by_label(x)))
         st.plotly_chart(curve_figure(r, policy), key="curve", on_select=adopt_point, selection_mode="points",
                         config={"displayModeBar": False})
         st.caption(f"Click a point to use its thresholds; hover shows its thresholds, exit shares and 95 % interval. "
@@ -383,7 +383,7 @@ def curve_figure(r: WhatIfResult, policy: str) -> go.Figure:
                     name="95 % interval (test sample)")
     fig.add_scatter(x=front.gmacs, y=front.accuracy, mode="lines+markers", marker=dict(size=8, color=colour),
                     line=dict(color=colour),
-                    name=plot(f"{state.label(ckpt)} (Pareto front)"), customdata=front.i, hovertext=front.hover,
+                    name=plot(f"{state.name(ckpt)}, Pareto front"), customdata=front.i, hovertext=front.hover,
                     hovertemplate="%{hovertext}<extra></extra>")
     compare = state.by_label(session.view().compare) if session.view().compare else None
     if compare is not None:
@@ -393,11 +393,11 @@ def curve_figure(r: WhatIfResult, policy: str) -> go.Figure:
         fb = curve_rows(str(compare), pol)
         fb = fb[fb.pareto].sort_values("gmacs")
         c_b = model_colour(state.label(compare), models)
-        fig.add_scatter(x=fb.gmacs, y=fb.accuracy, mode="lines", name=plot(f"{state.label(compare)}{where}"),
+        fig.add_scatter(x=fb.gmacs, y=fb.accuracy, mode="lines", name=plot(f"{state.name(compare)}{where}"),
                         line=dict(dash="dash", color=c_b), hoverinfo="skip")
         rb = whatif(arr_b, r.thresholds, policy)
         fig.add_scatter(x=[rb.gmacs], y=[rb.accuracy], mode="markers", hoverinfo="skip",
-                        name=plot(f"{state.label(compare)} at these thresholds{where}"),
+                        name=plot(f"{state.name(compare)} at these thresholds{where}"),
                         marker=dict(size=13, symbol="diamond", color=c_b, line=dict(width=1, color="#000")))
     for name, pts in state.ladder_points(str(ckpt)).items():
         fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=plot(name),
@@ -475,7 +475,7 @@ def measure_panel() -> None:
 
 def explain(res, policy: str, thresholds: list) -> None:
     """The measured speed-up beside the GMACs' and the latency profile's predictions, and where the time goes."""
-    st.success(f"Measured for {md(state.label(ckpt))}: {res.measured_speedup:.2f}x faster than the full network on "
+    st.success(f"Measured for {md(state.name(ckpt))}: {res.measured_speedup:.2f}x faster than the full network on "
                f"{res.images} images at batch "
                f"{res.batch_size} ({100 * res.early_exit_share:.0f}% left early; {policy} at "
                f"{md(state.describe(thresholds))}). GMACs predicted {res.predicted_speedup:.2f}x.")
