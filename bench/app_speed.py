@@ -9,7 +9,7 @@ browser that has opened the app before (Streamlit's and Plotly's scripts cached:
 has (printed beside it). Needs Debian's chromium and chromium-driver (`--no-browser` skips this part).
 
 Cold start: a fresh Python process imports the app and renders the start page and then the what-if page on the
-shipped default checkpoint with AppTest; a pass also proves that neither `met_core.backbones` nor torch was
+shipped default checkpoint with AppTest; a pass also proves that neither `met_core.nn.backbones` nor torch was
 imported, so those pages never load the backbone. Slider in a browser: the what-if page's threshold slider is moved
 one step at a time with the arrow keys (30 moves); each move is timed in the page, from the key press to the
 Accuracy metric showing its new value (the goal). AppTest's whole-page re-run after a slider move is printed beside
@@ -46,7 +46,7 @@ at.switch_page("views/whatif.py").run()
 first = time.perf_counter() - t0
 assert not at.exception, [e.message for e in at.exception]
 # the backbone module (and with it torch and timm) was never even imported
-assert "met_core.backbones" not in sys.modules and "torch" not in sys.modules, "the first page loaded the backbone"
+assert "met_core.nn.backbones" not in sys.modules and "torch" not in sys.modules, "the first page loaded the backbone"
 times = []
 for i in range(30):
     t = time.perf_counter()
@@ -148,7 +148,8 @@ def main() -> int:
         print(f"slider move to the new Accuracy figure in the browser ({len(moves)} moves): median {med:.0f} ms, "
               f"p90 {p90:.0f} ms (goal: median < {SLIDER_GOAL_MS:.0f} ms, p90 < {SLIDER_P90_GOAL_MS:.0f} ms)")
         ok = ok and med < SLIDER_GOAL_MS and p90 < SLIDER_P90_GOAL_MS
-    out = subprocess.run([sys.executable, "-c", CHILD % {"root": str(ROOT), "main": str(ROOT / "app" / "main.py")}],
+    main = ROOT / "met_core" / "app" / "main.py"
+    out = subprocess.run([sys.executable, "-c", CHILD % {"root": str(ROOT), "main": str(main)}],
                          capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         print(out.stderr[-3000:])

@@ -23,14 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from met_core.checkpoint import checkpoint_hash, load_checkpoint
-from met_core.data import decode_all, open_dataset, transform_for
-from met_core.devices import device_name
-from met_core.export import OnnxEarlyExit, export_onnx
-from met_core.flops import exit_gmacs
-from met_core.inference import SpeedupResult, measure_speedup
-from met_core.latency import predict_latency, profile_model, profile_onnx, read_profile
-from met_core.paths import locate_dataset
+from met_core.analysis.latency import predict_latency, read_profile
+from met_core.data.datasets import decode_all, open_dataset, transform_for
+from met_core.engine.devices import device_name
+from met_core.engine.export import OnnxEarlyExit, export_onnx
+from met_core.engine.inference import SpeedupResult, measure_speedup
+from met_core.engine.profiling import profile_model, profile_onnx
+from met_core.io.checkpoint import checkpoint_hash
+from met_core.io.paths import locate_dataset
+from met_core.nn.checkpoint import load_checkpoint
+from met_core.nn.flops import exit_gmacs
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL = 0.10

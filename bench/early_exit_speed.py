@@ -18,9 +18,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from met_core.checkpoint import load_checkpoint  # noqa: E402
-from met_core.data import decode_all, make_transform, open_dataset  # noqa: E402
-from met_core.inference import early_exit, measure_speedup  # noqa: E402
+from met_core.data.datasets import decode_all, make_transform, open_dataset  # noqa: E402
+from met_core.engine.inference import early_exit, measure_speedup  # noqa: E402
+from met_core.nn.checkpoint import load_checkpoint  # noqa: E402
 
 GOAL = 0.85
 

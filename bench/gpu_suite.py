@@ -42,17 +42,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from throughput import matmul_peak, seconds, step_flops, time_steps  # noqa: E402 (bench/, the script's folder)
 
-from met_core.checkpoint import read_config  # noqa: E402
+from met_core.analysis.latency import predict_latency  # noqa: E402
+from met_core.analysis.policies import as_thresholds, exit_index, get_policy  # noqa: E402
 from met_core.config import METConfig, TrainConfig, config_from_dict  # noqa: E402
-from met_core.devices import device_name, resolve_device  # noqa: E402
-from met_core.distributed import DistContext  # noqa: E402
-from met_core.flops import exit_gmacs  # noqa: E402
-from met_core.inference import measure_speedup  # noqa: E402
-from met_core.latency import predict_latency, profile_model  # noqa: E402
-from met_core.model import METModel  # noqa: E402
-from met_core.policies import as_thresholds, exit_index, get_policy  # noqa: E402
-from met_core.traces import load_trace  # noqa: E402
-from met_core.train import TensorSource  # noqa: E402
+from met_core.engine.devices import device_name, resolve_device  # noqa: E402
+from met_core.engine.distributed import DistContext  # noqa: E402
+from met_core.engine.inference import measure_speedup  # noqa: E402
+from met_core.engine.profiling import profile_model  # noqa: E402
+from met_core.engine.train import TensorSource  # noqa: E402
+from met_core.io.checkpoint import read_config  # noqa: E402
+from met_core.io.traces import load_trace  # noqa: E402
+from met_core.nn.flops import exit_gmacs  # noqa: E402
+from met_core.nn.model import METModel  # noqa: E402
 
 CHECKPOINT = ROOT / "checkpoints" / "cifar10-met"
 PACK = ROOT / "bench" / "gpu" / "pack"
@@ -223,7 +224,7 @@ def recipe_config(img_size: int) -> METConfig:
 def random_model(cfg: METConfig, device: torch.device, depth: int | None = None) -> METModel:
     """A MET model with a randomly initialised backbone (timm, no download) and fresh adapters and heads;
     `depth` keeps the first blocks only, with the exits scaled to them (smoke runs)."""
-    from met_core.backbones import create_backbone
+    from met_core.nn.backbones import create_backbone
 
     torch.manual_seed(0)
     backbone, _ = create_backbone(cfg.backbone, cfg.img_size, weights="none")
@@ -304,8 +305,8 @@ class Suite:
         del model
 
     def trace(self, images: Path) -> None:
-        from met_core.data import open_dataset, transform_for
-        from met_core.traces import run_trace
+        from met_core.data.datasets import open_dataset, transform_for
+        from met_core.engine.tracing import run_trace
 
         s = self.sizes
         model = random_model(recipe_config(s.recipe_px), self.device, s.depth)

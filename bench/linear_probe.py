@@ -22,18 +22,18 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from met_core.backbones import create_backbone  # noqa: E402
+from met_core.analysis.whatif import TraceArrays, exit_accuracy_all  # noqa: E402
 from met_core.config import METConfig, config_from_dict  # noqa: E402
-from met_core.data import (  # noqa: E402
+from met_core.data.datasets import (  # noqa: E402
     decode_all,  # noqa: E402
     make_transform,
     open_dataset,
 )
-from met_core.inference import head_inputs  # noqa: E402
-from met_core.model import METModel  # noqa: E402
-from met_core.paths import locate_dataset  # noqa: E402
-from met_core.traces import load_trace  # noqa: E402
-from met_core.whatif import TraceArrays, exit_accuracy_all  # noqa: E402
+from met_core.engine.inference import head_inputs  # noqa: E402
+from met_core.io.paths import locate_dataset  # noqa: E402
+from met_core.io.traces import load_trace  # noqa: E402
+from met_core.nn.backbones import create_backbone  # noqa: E402
+from met_core.nn.model import METModel  # noqa: E402
 
 
 def main() -> int:

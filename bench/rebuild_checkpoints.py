@@ -82,12 +82,12 @@ def run(cmd: list[str]) -> float:
 
 
 def drop_features(path: Path) -> None:
-    """Rewrite a trace without its stored feature rows (met_core.traces)."""
+    """Rewrite a trace without its stored feature rows (met_core.io.traces)."""
     from dataclasses import replace
 
     import numpy as np
 
-    from met_core.traces import load_trace, save_trace
+    from met_core.io.traces import load_trace, save_trace
 
     t = load_trace(path)
     save_trace(path, replace(t, feature_index=np.zeros(0, dtype=np.int64),
@@ -97,11 +97,11 @@ def drop_features(path: Path) -> None:
 def ship_embeddings(out: Path) -> None:
     """The aligned UMAP of every pair of shipped models traced on the same test set with features, at every exit,
     into OUT/embeddings (pairs already there are kept): the Representations page then opens at once on a fresh
-    start (met_core.embeddings)."""
+    start (met_core.analysis.embeddings)."""
     from itertools import combinations
 
-    from met_core.embeddings import aligned_pair, cache_name
-    from met_core.traces import load_trace, trace_digest
+    from met_core.analysis.embeddings import aligned_pair, cache_name
+    from met_core.io.traces import load_trace, trace_digest
 
     folder = out / "embeddings"
     groups: dict[Path, list[str]] = {}

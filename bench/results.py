@@ -15,7 +15,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from met_core.calibration import (  # noqa: E402
+from met_core.analysis.calibration import (  # noqa: E402
     agreement_oracle,
     apply,
     calibrate_accuracy_loss,
@@ -23,16 +23,15 @@ from met_core.calibration import (  # noqa: E402
     sweep_applied,
     threshold_grid,
 )
-from met_core.certify import certify_max_loss, selection_spread  # noqa: E402
-from met_core.checkpoint import CAL_TRACE_FILE  # noqa: E402
+from met_core.analysis.certify import certify_max_loss, selection_spread  # noqa: E402
+from met_core.analysis.geometry import class_spread, knn_accuracy, silhouette  # noqa: E402
+from met_core.analysis.intervals import MEANING  # noqa: E402
+from met_core.analysis.policies import CALIBRATABLE  # noqa: E402
+from met_core.analysis.reliability import TEMPERATURES_FILE, read_temperatures, reliability  # noqa: E402
+from met_core.analysis.whatif import TraceArrays, exit_accuracy_all, whatif  # noqa: E402
 from met_core.errors import METError  # noqa: E402
-from met_core.flops import MAC_NOTE  # noqa: E402
-from met_core.geometry import class_spread, knn_accuracy, silhouette  # noqa: E402
-from met_core.intervals import MEANING  # noqa: E402
-from met_core.policies import CALIBRATABLE  # noqa: E402
-from met_core.reliability import TEMPERATURES_FILE, read_temperatures, reliability  # noqa: E402
-from met_core.traces import load_trace  # noqa: E402
-from met_core.whatif import TraceArrays, exit_accuracy_all, whatif  # noqa: E402
+from met_core.io.checkpoint import CAL_TRACE_FILE  # noqa: E402
+from met_core.io.traces import MAC_NOTE, load_trace  # noqa: E402
 
 LADDER = [("1. frozen linear probe at each exit", "baselines/cifar10-linear-probe"),
           ("2. single-exit adapter tuning", "baselines/cifar10-single-exit"),
@@ -107,7 +106,8 @@ def ceiling_section(a: TraceArrays, levels: int = 81) -> list[str]:
         f"Every per-exit threshold vector on a grid of {levels} score quantiles per exit "
         f"plus 'nobody leaves here' (up to {levels + 1}^{a.num_exits - 1} rules), scored on the test trace it is "
         "chosen on "
-        "(`met_core.calibration.threshold_grid`). This bounds what any threshold calibration of this model, with "
+        "(`met_core.analysis.calibration.threshold_grid`). This bounds what any threshold calibration of this model, "
+        "with "
         f"either score, could reach (to the grid's resolution, 1/{levels} of the images per exit); "
         "it is not a result, and nothing in this project is chosen with it.",
         "",
@@ -132,7 +132,8 @@ def ceiling_section(a: TraceArrays, levels: int = 81) -> list[str]:
         + "; ".join(f"exit {k + 1}: {100 * x:.1f} %" for k, x in enumerate(agree))
         + ". "
         f"A rule that knew which early answers those are would keep the last exit's {pct(last)} % at "
-        f"{agreement_oracle(a)[1] / g_last:.0%} of its GMACs (`met_core.calibration.agreement_oracle`); the gap "
+        f"{agreement_oracle(a)[1] / g_last:.0%} of its GMACs (`met_core.analysis.calibration.agreement_oracle`); "
+        "the gap "
         "between that and the ceiling above is what a better confidence signal could win.",
         "",
     ]
@@ -254,7 +255,7 @@ GR_MODELS = ("cifar10-met-nogr", "cifar10-met", "cifar10-met-strong-gr")  # one 
 def geometry_table(ms: list[dict]) -> tuple[list[str], int]:
     """Per exit: test accuracy (95 % Clopper-Pearson), and the kNN accuracy (with its interval), silhouette and
     same-class / other-class distances of the early-exit features, on the test rows every model stores."""
-    from met_core.intervals import clopper_pearson
+    from met_core.analysis.intervals import clopper_pearson
 
     lams = [m["config"].get("train", {}).get("graph_reg", 0.0) for m in ms]
     common = ms[0]["test"].feature_index

@@ -17,17 +17,24 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from met_core.backbones import create_backbone
 from met_core.config import METConfig, RuntimeConfig, TrainConfig
-from met_core.data import decode_all, open_dataset, transform_for
-from met_core.devices import autocast, device_name, grad_scaler, resolve_device
-from met_core.distributed import DistContext
-from met_core.flops import exit_gmacs
-from met_core.model import METModel
-from met_core.paths import locate_dataset
-from met_core.sampling import class_balanced_batches
-from met_core.traces import run_trace
-from met_core.train import StreamSource, TensorSource, build_optimizer, lr_schedule, train_one_epoch, wrap_for_training
+from met_core.data.datasets import decode_all, open_dataset, transform_for
+from met_core.data.sampling import class_balanced_batches
+from met_core.engine.devices import autocast, device_name, grad_scaler, resolve_device
+from met_core.engine.distributed import DistContext
+from met_core.engine.tracing import run_trace
+from met_core.engine.train import (
+    StreamSource,
+    TensorSource,
+    build_optimizer,
+    lr_schedule,
+    train_one_epoch,
+    wrap_for_training,
+)
+from met_core.io.paths import locate_dataset
+from met_core.nn.backbones import create_backbone
+from met_core.nn.flops import exit_gmacs
+from met_core.nn.model import METModel
 
 GOALS = {"cpu": 0.6, "cuda": 0.4}
 
@@ -73,7 +80,7 @@ def step_flops(model: METModel, x: torch.Tensor, y: torch.Tensor, tcfg: TrainCon
     (the counter has no formula for the fused CPU kernel; the arithmetic is the same)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from met_core.losses import met_loss
+    from met_core.nn.losses import met_loss
 
     attns = [blk.attn for blk in model.backbone.blocks]
     fused = [a.fused_attn for a in attns]

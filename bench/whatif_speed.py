@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from met_core.traces import Trace, load_trace  # noqa: E402
-from met_core.whatif import TraceArrays, whatif  # noqa: E402
+from met_core.analysis.whatif import TraceArrays, whatif  # noqa: E402
+from met_core.io.traces import Trace, load_trace  # noqa: E402
 
 GOAL_MS = 5.0
 GOAL_INTERVALS_MS = 20.0

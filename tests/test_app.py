@@ -5,8 +5,8 @@ import html
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from met_core.traces import load_trace
-from met_core.whatif import TraceArrays, whatif
+from met_core.analysis.whatif import TraceArrays, whatif
+from met_core.io.traces import load_trace
 
 from .conftest import DEFAULT_MODEL, HYMENOPTERA, ROOT
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not (CKPT / "cifar10-met" / "test_trace.npz").is
 def app(page: str | None = "views/whatif.py", **query: str) -> AppTest:
     """The app opened with a link's query parameters, then switched to `page` and run again (a switch before the
     first run is ignored: the app would stay on its default page)."""
-    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    at = AppTest.from_file(str(ROOT / "met_core" / "app" / "main.py"), default_timeout=240)
     at.query_params.update(query)
     at.run()
     if page:
@@ -28,12 +28,12 @@ def app(page: str | None = "views/whatif.py", **query: str) -> AppTest:
 
 
 def view(at: AppTest):
-    """The session's typed view (app/view.py)."""
+    """The session's typed view (met_core/app/view.py)."""
     return at.session_state["met_session"].view
 
 
 def shown(text: str) -> str:
-    """What a person reads: the app encodes untrusted text for Markdown (app/safe.py), the page decodes it."""
+    """What a person reads: the app encodes untrusted text for Markdown (met_core/app/safe.py), the page decodes it."""
     return html.unescape(text).replace("\u200b", "")
 
 
@@ -134,7 +134,7 @@ def test_clicking_a_sample_shows_its_confidence_ladder():
 
 
 def test_measure_button_runs_the_real_early_exit_in_the_background_and_explains_the_gap():
-    from app import jobs
+    from met_core.app import jobs
 
     at = app()
     at.button(key="measure").click().run(timeout=300)
@@ -159,8 +159,8 @@ def test_measure_button_runs_the_real_early_exit_in_the_background_and_explains_
 
 def test_a_trace_job_answers_a_class_mismatch_before_loading_any_model_and_cancel_writes_nothing(tmp_path,
                                                                                                monkeypatch):
-    from app import jobs
-    from met_core.paths import runs_dir
+    from met_core.app import jobs
+    from met_core.io.paths import runs_dir
 
     from .conftest import CIFAR_TEST
 
@@ -216,7 +216,7 @@ def _hostile_checkpoint(tmp_path, kind: str):
     import numpy as np
     import torch
 
-    from met_core.traces import load_trace, save_trace
+    from met_core.io.traces import load_trace, save_trace
 
     d = tmp_path / kind
     shutil.copytree(CKPT / "hymenoptera-met", d)
@@ -293,7 +293,7 @@ def test_a_pixel_strip_and_two_uploads_with_one_name(tmp_path):
 
 
 def test_whatif_shows_intervals_and_a_certified_mode_with_met_cores_numbers():
-    from met_core.certify import certify_max_loss
+    from met_core.analysis.certify import certify_max_loss
 
     at = app()
     assert any("95 % intervals on these 10,000 test images: accuracy" in c.value for c in at.caption)
@@ -309,7 +309,7 @@ def test_whatif_shows_intervals_and_a_certified_mode_with_met_cores_numbers():
 
 
 def test_a_link_restores_model_policy_thresholds_and_page_and_a_bad_value_is_one_sentence():
-    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    at = AppTest.from_file(str(ROOT / "met_core" / "app" / "main.py"), default_timeout=240)
     at.query_params.update({"model": "cifar10-met", "policy": "max-softmax", "t": "0.6,0.7,0.9", "exit": "9"})
     at.run()
     warned = [shown(w.value) for w in at.warning]
@@ -327,7 +327,7 @@ def test_a_link_restores_model_policy_thresholds_and_page_and_a_bad_value_is_one
 
 @pytest.mark.parametrize("bad", ["1e999", "nan", "0.5," * 200, "<b>x</b>", "0.1,0.2"])
 def test_hostile_link_thresholds_are_refused_in_one_sentence(bad):
-    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    at = AppTest.from_file(str(ROOT / "met_core" / "app" / "main.py"), default_timeout=240)
     at.query_params.update({"t": bad, "model": "no such model [x](http://e.x)"})
     at.run()
     assert not at.exception
@@ -339,7 +339,7 @@ def test_hostile_link_thresholds_are_refused_in_one_sentence(bad):
 
 @pytest.mark.parametrize("bad", ["0.5", "2.5", "5"])
 def test_a_link_with_a_patience_threshold_that_is_no_count_of_exits_is_refused(bad):
-    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    at = AppTest.from_file(str(ROOT / "met_core" / "app" / "main.py"), default_timeout=240)
     at.query_params.update({"policy": "patience", "t": bad})
     at.run()
     assert not at.exception
@@ -350,13 +350,13 @@ def test_a_link_with_a_patience_threshold_that_is_no_count_of_exits_is_refused(b
 
 
 def test_journey_of_a_test_image_leaves_where_the_trace_says():
-    from met_core.whatif import outcomes
+    from met_core.analysis.whatif import outcomes
 
     trace = load_trace(CKPT / DEFAULT_MODEL / "test_trace.npz")
     arrays = TraceArrays.from_trace(trace)
     o = outcomes(arrays, 0.8)
     for i in (0, int(o.exits.argmax())):
-        at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+        at = AppTest.from_file(str(ROOT / "met_core" / "app" / "main.py"), default_timeout=240)
         at.query_params.update({"image": str(trace.ids[i]), "step": "4"})  # the last step: where it leaves
         at.run()
         at.switch_page("views/journey.py").run()
@@ -368,7 +368,7 @@ def test_journey_of_a_test_image_leaves_where_the_trace_says():
 
 
 def test_models_table_has_test_and_validation_accuracy_per_exit():
-    from met_core.whatif import exit_accuracy_all
+    from met_core.analysis.whatif import exit_accuracy_all
 
     at = app("views/models.py")
     table = at.dataframe[0].value.set_index("checkpoint")
@@ -383,10 +383,10 @@ def test_every_chart_uses_the_fixed_class_exit_and_model_colours():
     """The figures the pages build, drawn with AppTest: every coloured series takes its colour from app/palette."""
     import json
 
-    from app.palette import CLASS_COLOURS, OKABE_ITO
+    from met_core.app.palette import CLASS_COLOURS, OKABE_ITO
 
     allowed = {c.lower() for c in (*CLASS_COLOURS, *OKABE_ITO)} | {"#888", "#999", "#000", "#555", "#777"}
-    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    at = AppTest.from_file(str(ROOT / "met_core" / "app" / "main.py"), default_timeout=240)
     at.query_params.update({"cm": "1", "rel": "1"})
     at.run()
     seen = 0
@@ -423,8 +423,8 @@ def test_an_upload_is_shown_with_its_own_time_and_a_photo_of_another_kind_gets_a
 
 
 def test_the_start_page_names_the_model_and_its_try_this_buttons_open_prepared_views():
-    from met_core.calibration import apply, calibrate_budget
-    from met_core.whatif import outcomes
+    from met_core.analysis.calibration import apply, calibrate_budget
+    from met_core.analysis.whatif import outcomes
 
     test = TraceArrays.from_trace(load_trace(CKPT / DEFAULT_MODEL / "test_trace.npz"))
     cal = TraceArrays.from_trace(load_trace(CKPT / DEFAULT_MODEL / "cal_trace.npz"))

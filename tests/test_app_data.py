@@ -5,13 +5,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from met_core.embeddings import aligned_pair, cache_name, shared_rows
+from met_core.analysis.embeddings import aligned_pair, cache_name, shared_rows
+from met_core.analysis.geometry import knn_accuracy, silhouette
+from met_core.analysis.journey import journey
+from met_core.analysis.policies import POLICIES
+from met_core.analysis.whatif import TraceArrays, outcomes
 from met_core.errors import METError
-from met_core.geometry import knn_accuracy, silhouette
-from met_core.journey import journey
-from met_core.policies import POLICIES
-from met_core.traces import load_trace
-from met_core.whatif import TraceArrays, outcomes
+from met_core.io.traces import load_trace
 
 from .conftest import CIFAR_TEST, ROOT
 
@@ -96,8 +96,8 @@ def _user_folder(root, classes, per_class=2):
 
 
 def test_tracing_a_user_folder_makes_a_run_the_app_finds(tiny_checkpoint, tmp_path, monkeypatch):
-    from app import jobs, state
-    from met_core.checkpoint import checkpoint_hash
+    from met_core.app import jobs, state
+    from met_core.io.checkpoint import checkpoint_hash
 
     monkeypatch.setenv("MET_RUNS_DIR", str(tmp_path / "runs"))
     classes = sorted(p.name for p in CIFAR_TEST.iterdir())
@@ -113,7 +113,7 @@ def test_tracing_a_user_folder_makes_a_run_the_app_finds(tiny_checkpoint, tmp_pa
 
 
 def test_a_cancelled_or_mismatched_trace_is_one_sentence_and_writes_nothing(tiny_checkpoint, tmp_path, monkeypatch):
-    from app import jobs
+    from met_core.app import jobs
 
     monkeypatch.setenv("MET_RUNS_DIR", str(tmp_path / "runs"))
     classes = sorted(p.name for p in CIFAR_TEST.iterdir())

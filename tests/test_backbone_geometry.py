@@ -1,4 +1,4 @@
-"""Issue 22, item 3: backbone weights whose position grid is not square (met_core.backbones.pos_embed_grid).
+"""Issue 22, item 3: backbone weights whose position grid is not square (met_core.nn.backbones.pos_embed_grid).
 
 The example: a `--weights` file whose position embedding is a 16 x 32 grid (pre-trained at 224 x 448) ended in
 a RuntimeError from the resampling (the grid was assumed square, and the call sat outside the error handling).
@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 from timm.layers import build_sincos2d_pos_embed, resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
-from met_core.backbones import create_backbone, imgfocus_weights, load_resampled, pos_embed_grid
 from met_core.errors import METError
+from met_core.nn.backbones import create_backbone, imgfocus_weights, load_resampled, pos_embed_grid
 
 from .conftest import HYMENOPTERA, run_cli
 

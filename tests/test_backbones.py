@@ -2,7 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from met_core.backbones import (
+from met_core.data.datasets import make_transform
+from met_core.errors import METError
+from met_core.io.images import load_image
+from met_core.nn.backbones import (
     IMGFOCUS_FINAL_NORM_OUTPUT,
     IMGFOCUS_ONNX_SIZE,
     cache_dir,
@@ -10,9 +13,6 @@ from met_core.backbones import (
     imgfocus_onnx_path,
     read_state_dict,
 )
-from met_core.data import make_transform
-from met_core.errors import METError
-from met_core.images import load_image
 
 from .conftest import HYMENOPTERA
 

@@ -24,7 +24,7 @@ from PIL import Image
 from met_core.cli import DERIVED, build_parser
 from met_core.config import METConfig, RuntimeConfig, TrainConfig, config_from_dict, field_bounds
 from met_core.errors import METError
-from met_core.traces import load_trace
+from met_core.io.traces import load_trace
 
 from .conftest import CIFAR_TEST, CIFAR_TRAIN, ROOT, run_cli
 
@@ -264,8 +264,8 @@ def test_any_trace_header_is_read_within_bounds_or_refused(shape, dtype, name, t
 @PROPS
 @given(w=st.integers(1, 60_000), h=st.integers(1, 60_000))
 def test_images_of_any_aspect_ratio_give_a_model_input_or_one_sentence(w, h):
-    from met_core.data import transform_for
-    from met_core.images import load_image
+    from met_core.data.datasets import transform_for
+    from met_core.io.images import load_image
 
     if w * h > 20_000_000:  # the header check alone decides those; building them here would be slow
         w, h = max(1, w // 1000), h

@@ -1,4 +1,4 @@
-"""Real browser: `streamlit run app/main.py` headless on a free localhost port, driven by Debian's Chromium.
+"""Real browser: `streamlit run met_core/app/main.py` headless on a free localhost port, driven by Debian's Chromium.
 
 Visits every page, moves the slider, uploads a real photo, and saves screenshots to
 $MET_ARTIFACTS (default: test-artifacts/screenshots).
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.safe import ZWSP
+from met_core.app.safe import ZWSP
 
 from .conftest import HYMENOPTERA, ROOT
 from .tools.browser import (
@@ -106,8 +106,8 @@ def test_upload_a_real_photo(server, browser):
 def hostile_checkpoint(root: Path, port: int) -> tuple[Path, list[str]]:
     """hymenoptera-met renamed by a stranger: Markdown image and link syntax and HTML in its class names and in
     its folder name, every URL pointing at a local server that counts requests. Traces re-tied to the new hash."""
-    from met_core.checkpoint import TEST_TRACE_FILE, VAL_TRACE_FILE, checkpoint_hash
-    from met_core.traces import load_trace, save_trace
+    from met_core.io.checkpoint import TEST_TRACE_FILE, VAL_TRACE_FILE, checkpoint_hash
+    from met_core.io.traces import load_trace, save_trace
 
     names = [f"![ant](http://127.0.0.1:{port}/ant.png) [click me](http://127.0.0.1:{port}/link)",
              f"<img src=http://127.0.0.1:{port}/bee.png> **bees** :red[alarm] $x^2$"]
@@ -178,8 +178,8 @@ def test_untrusted_class_names_reach_the_browser_as_text_and_fetch_nothing(tmp_p
 
 
 def test_trace_a_folder_in_the_app_then_see_its_numbers_on_the_whatif_page(server, browser, tmp_path):
-    from met_core.traces import load_trace
-    from met_core.whatif import TraceArrays, whatif
+    from met_core.analysis.whatif import TraceArrays, whatif
+    from met_core.io.traces import load_trace
 
     from .conftest import CIFAR_TEST
 
@@ -211,9 +211,9 @@ def test_trace_a_folder_in_the_app_then_see_its_numbers_on_the_whatif_page(serve
 def test_the_journey_of_a_test_image_matches_the_real_early_exit(server, browser):
     from urllib.parse import quote
 
-    from met_core.checkpoint import load_checkpoint
-    from met_core.inference import predict_images
-    from met_core.traces import load_trace
+    from met_core.engine.inference import predict_images
+    from met_core.io.traces import load_trace
+    from met_core.nn.checkpoint import load_checkpoint
 
     from .conftest import CIFAR_TEST, DEFAULT_MODEL
 

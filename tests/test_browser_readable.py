@@ -125,8 +125,8 @@ def test_every_page_at_1280_by_720_has_no_clipped_or_overflowing_text(server, tm
 def test_the_journey_fits_a_projector_and_steps_with_buttons_and_arrow_keys(server, tmp_path):
     from selenium.webdriver.common.keys import Keys
 
-    from met_core.traces import load_trace
-    from met_core.whatif import TraceArrays, outcomes
+    from met_core.analysis.whatif import TraceArrays, outcomes
+    from met_core.io.traces import load_trace
 
     trace = load_trace(ROOT / "checkpoints" / DEFAULT_MODEL / "test_trace.npz")
     o = outcomes(TraceArrays.from_trace(trace), 0.8)

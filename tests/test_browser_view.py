@@ -1,6 +1,6 @@
 """Real browser, the app's one view: controls and numbers never disagree, a copied link shows a second browser the
 same numbers on every page, a click on the curve adopts its thresholds, and a lasso opens its images in Explore
-samples. Debian's Chromium through Selenium, `streamlit run app/main.py` on a free localhost port."""
+samples. Debian's Chromium through Selenium, `streamlit run met_core/app/main.py` on a free localhost port."""
 from __future__ import annotations
 
 import os
@@ -10,9 +10,9 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from met_core.calibration import sweep_applied
-from met_core.traces import load_trace
-from met_core.whatif import TraceArrays, whatif
+from met_core.analysis.calibration import sweep_applied
+from met_core.analysis.whatif import TraceArrays, whatif
+from met_core.io.traces import load_trace
 
 from .conftest import DEFAULT_MODEL, ROOT
 from .tools.browser import (
@@ -262,7 +262,7 @@ def test_a_lasso_on_representations_opens_the_same_images_in_explore_samples(ser
 def test_a_confusion_cell_opens_its_images_in_explore_samples(server, pair, test_arrays):
     from selenium.webdriver.common.action_chains import ActionChains
 
-    from met_core.whatif import outcomes
+    from met_core.analysis.whatif import outcomes
 
     drv, _ = pair
     drv.get(f"{server}/whatif?cm=1")

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from met_core.analysis.whatif import TraceArrays, whatif
 from met_core.config import METConfig, TrainConfig
+from met_core.data.sampling import classes_in_batch, plan_epochs
 from met_core.errors import METError
-from met_core.model import METModel
-from met_core.sampling import classes_in_batch, plan_epochs
-from met_core.whatif import TraceArrays, whatif
+from met_core.nn.model import METModel
 
 from .test_bounds import bounded
 
@@ -66,21 +66,23 @@ def test_a_trace_the_reader_would_refuse_is_refused_before_the_model_loads(tiny_
     that 300 real CIFAR-10 images exceed it as 7,000 images of 1,000 classes exceed the real one."""
     import re
 
-    import met_core.traces as traces
+    import met_core.engine.tracing as tracing
+    import met_core.io.traces as traces
 
     from .conftest import CIFAR_TEST
 
-    monkeypatch.setattr(traces, "MAX_TRACE_BYTES", 170_000)
+    for module in (traces, tracing):  # the reader's bound (load_trace) and the one met trace checks first
+        monkeypatch.setattr(module, "MAX_TRACE_BYTES", 170_000)
     loaded = []
     want = r"a trace of 300 images of 10 classes would take 0\.\d MiB, more than the 0\.\d+ MiB a trace may hold; "
     with pytest.raises(METError, match=want + r"trace at most [\d,]+ images \(--limit \d+\)\.$") as e:
-        traces.trace_checkpoint(tiny_checkpoint, str(CIFAR_TEST), limit=300, features=20,
-                                on_model=lambda: loaded.append(1))
+        tracing.trace_checkpoint(tiny_checkpoint, str(CIFAR_TEST), limit=300, features=20,
+                                 on_model=lambda: loaded.append(1))
     assert not loaded
     n = int(re.search(r"--limit (\d+)", str(e.value)).group(1))
     assert 100 < n < 300
-    traces.save_trace(tmp_path / "t.npz", traces.trace_checkpoint(tiny_checkpoint, str(CIFAR_TEST), limit=n,
-                                                                  features=20))
+    traces.save_trace(tmp_path / "t.npz", tracing.trace_checkpoint(tiny_checkpoint, str(CIFAR_TEST), limit=n,
+                                                                   features=20))
     assert len(traces.load_trace(tmp_path / "t.npz").labels) == n  # under the same bound
 
 

@@ -11,7 +11,7 @@ from .conftest import CIFAR_TEST, run_cli
 @pytest.mark.parametrize("sub", [name for name, *_ in SUBCOMMANDS])
 def test_every_subcommand_has_help(sub):
     proc = run_cli(sub, "--help")
-    assert "usage:" in proc.stdout and "--json" in proc.stdout
+    assert "usage:" in proc.stdout and ("--checkpoints DIR" if sub == "app" else "--json") in proc.stdout
 
 
 def test_info_json(tiny_checkpoint):
@@ -27,7 +27,7 @@ def test_trace_json_on_real_test_images(tiny_checkpoint, tmp_path):
     res = json.loads(run_cli("trace", "--checkpoint", str(tiny_checkpoint), "--dataset", str(CIFAR_TEST),
                              "--out", str(out), "--limit", "30", "--features", "10", "--json", "--quiet").stdout)
     assert res["samples"] == 30 and res["features"] == 10 and len(res["exit_accuracy"]) == 4
-    from met_core.traces import load_trace
+    from met_core.io.traces import load_trace
     t = load_trace(out)
     assert len(set(t.labels.tolist())) > 3  # a seeded random subset, not the first class folder
     assert t.meta["split"] == "test" and len(t.meta["checkpoint_sha256"]) == 64
@@ -65,3 +65,18 @@ def test_asking_for_a_device_that_is_not_there_is_one_sentence(device, match, ti
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and match in lines[0], proc.stderr[-500:]
     assert not (tmp_path / "t.npz").exists()
+
+
+def test_met_app_passes_streamlits_flags_on_and_other_subcommands_refuse_unknown_ones():
+    from met_core.cli import APP_MAIN, app_command, build_parser
+
+    args, extra = build_parser().parse_known_args(["app", "--server.port", "8502", "--checkpoints", "ck",
+                                                   "--browser.gatherUsageStats=true"])
+    assert args.checkpoints == "ck" and extra == ["--server.port", "8502", "--browser.gatherUsageStats=true"]
+    cmd = app_command(extra)
+    assert cmd[1:5] == ["-m", "streamlit", "run", str(APP_MAIN)] and APP_MAIN.is_file()
+    assert cmd[5:] == ["--client.toolbarMode", "minimal", *extra]  # the project's settings unless given
+    proc = run_cli("whatif", "--trace", "t.npz", "--server.port", "8502", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: unrecognized arguments: --server.port 8502."
+    proc = run_cli("app", "--checkpoints", "no/such/folder", check=False)
+    assert proc.returncode == 2 and "is not a folder" in proc.stderr and "Traceback" not in proc.stderr

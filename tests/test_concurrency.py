@@ -59,8 +59,8 @@ def shown(drv) -> tuple[str, str, str]:
 
 def expected() -> dict[int, tuple[str, str, str]]:
     """What the what-if page must show after each slider move: met_core's own numbers (0.8 start, 0.01 steps)."""
-    from met_core.traces import load_trace
-    from met_core.whatif import TraceArrays, whatif
+    from met_core.analysis.whatif import TraceArrays, whatif
+    from met_core.io.traces import load_trace
 
     arrays = TraceArrays.from_trace(load_trace(ROOT / "checkpoints" / "hymenoptera-met" / "test_trace.npz"))
     out, pressed = {}, 0

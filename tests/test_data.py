@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from met_core.data import make_transform, open_dataset, subsample_split
+from met_core.data.datasets import make_transform, open_dataset, subsample_split
 from met_core.errors import METError
-from met_core.images import load_image
+from met_core.io.images import load_image
 
 from .conftest import CIFAR_TRAIN, HYMENOPTERA
 
@@ -93,7 +93,7 @@ def test_exif_orientation_and_animation(tmp_path):
 
 
 def test_locate_dataset_falls_back_to_shared(tmp_path, monkeypatch):
-    from met_core.paths import locate_dataset
+    from met_core.io.paths import locate_dataset
 
     monkeypatch.delenv("MET_DATASET_ROOT", raising=False)
     moved = "/some/other/machine/shared/datasets/cifar10/test"  # as recorded on the machine that built a trace

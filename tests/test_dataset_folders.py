@@ -1,4 +1,4 @@
-"""Issue 22, item 5: dataset folders as people make them (met_core.data.skipped_name in image_folder).
+"""Issue 22, item 5: dataset folders as people make them (met_core.data.datasets.skipped_name in image_folder).
 
 The example: a Jupyter `.ipynb_checkpoints` sub-folder inside a class folder was traced as extra samples (the
 same image counted twice). Hidden folders and files are skipped at every depth, the tool-made ones people zip
@@ -11,8 +11,8 @@ import json
 import os
 import shutil
 
-from met_core.data import image_folder, open_dataset
-from met_core.images import IMAGE_EXTENSIONS
+from met_core.data.datasets import image_folder, open_dataset
+from met_core.io.images import IMAGE_EXTENSIONS
 
 from .conftest import HYMENOPTERA, run_cli
 

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 def _batch(n: int = 24):
     """A real global batch: CIFAR-10 training images of 6 classes (4 each), preprocessed at 56 px."""
-    from met_core.data import make_transform, open_dataset
+    from met_core.data.datasets import make_transform, open_dataset
 
     ds = open_dataset(str(CIFAR_TRAIN))
     idx = np.concatenate([np.flatnonzero(ds.labels == c)[:4] for c in range(6)])
@@ -34,7 +34,7 @@ def _batch(n: int = 24):
 
 def _model(backbone):
     from met_core.config import METConfig
-    from met_core.model import METModel
+    from met_core.nn.model import METModel
 
     torch.manual_seed(0)
     model = METModel(backbone, METConfig(img_size=56, num_classes=10, head_input="cls+mean"))
@@ -45,11 +45,11 @@ def _model(backbone):
 
 def _grads(rank: int, world: int, kind: str, out: str, port: int) -> None:
     """One step's gradient of the trainable tensors, as process `rank` of `world` sees it after DDP."""
-    from met_core.backbones import create_backbone
-    from met_core.distributed import DistContext, gather_rows, init_distributed, shutdown
-    from met_core.losses import met_loss
-    from met_core.sampling import shard
-    from met_core.train import wrap_for_training
+    from met_core.data.sampling import shard
+    from met_core.engine.distributed import DistContext, gather_rows, init_distributed, shutdown
+    from met_core.engine.train import wrap_for_training
+    from met_core.nn.backbones import create_backbone
+    from met_core.nn.losses import met_loss
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
@@ -155,7 +155,7 @@ def test_torchrun_training_writes_the_single_process_tensors(tmp_path):
 
 
 def test_torchrun_trace_writes_the_single_process_trace(tiny_checkpoint, tmp_path):
-    from met_core.traces import load_trace
+    from met_core.io.traces import load_trace
 
     common = [
         "trace",

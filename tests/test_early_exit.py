@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from met_core.checkpoint import load_checkpoint
-from met_core.data import decode_all, make_transform, open_dataset
+from met_core.analysis.policies import POLICIES, as_thresholds, exit_index, exit_probs
+from met_core.data.datasets import decode_all, make_transform, open_dataset
+from met_core.engine.inference import early_exit, measure_speedup, predict_files
 from met_core.errors import METError
-from met_core.inference import early_exit, measure_speedup, predict_files
-from met_core.policies import POLICIES, as_thresholds, exit_index, exit_probs
+from met_core.nn.checkpoint import load_checkpoint
 
 from .conftest import CIFAR_TEST, HYMENOPTERA, run_cli
 

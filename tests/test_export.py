@@ -8,13 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-from met_core.checkpoint import checkpoint_hash, load_checkpoint
 from met_core.config import METConfig
-from met_core.data import decode_all, open_dataset, transform_for
+from met_core.data.datasets import decode_all, open_dataset, transform_for
+from met_core.engine.export import OnnxEarlyExit, export_onnx
+from met_core.engine.inference import early_exit
 from met_core.errors import METError
-from met_core.export import OnnxEarlyExit, export_onnx
-from met_core.inference import early_exit
-from met_core.model import METModel
+from met_core.io.checkpoint import checkpoint_hash
+from met_core.nn.checkpoint import load_checkpoint
+from met_core.nn.model import METModel
 
 from .conftest import CIFAR_TEST, run_cli, tiny_vit
 
@@ -80,7 +81,7 @@ def test_export_refuses_what_cannot_be_run_stage_by_stage_and_graphs_outside_the
 
 
 def test_onnx_engine_has_its_own_latency_profile_used_by_bench_exit(exported, tiny_checkpoint):
-    from met_core.latency import read_profile
+    from met_core.analysis.latency import read_profile
 
     run_cli("profile", "--checkpoint", str(tiny_checkpoint), "--engine", "onnx", "--onnx", str(exported),
             "--batch", "1,4", "--repeats", "2", "--quiet")
@@ -101,7 +102,7 @@ def test_onnx_engine_has_its_own_latency_profile_used_by_bench_exit(exported, ti
 def test_onnx_sessions_use_the_given_threads_all_graph_optimisations_and_sleeping_threads():
     import onnxruntime as ort
 
-    from met_core.export import session_options
+    from met_core.engine.export import session_options
 
     so = session_options(3)
     assert so.intra_op_num_threads == 3 and so.inter_op_num_threads == 1

@@ -2,8 +2,8 @@ import pytest
 import timm
 
 from met_core.config import METConfig
-from met_core.flops import exit_gmacs, exit_macs, measured_macs
-from met_core.model import METModel
+from met_core.nn.flops import exit_gmacs, exit_macs, measured_macs
+from met_core.nn.model import METModel
 
 from .conftest import tiny_vit
 

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from met_core.checkpoint import read_config
+from met_core.analysis.whatif import TraceArrays, whatif
 from met_core.errors import METError
-from met_core.images import load_image
-from met_core.traces import REQUIRED, load_trace
-from met_core.whatif import TraceArrays, whatif
+from met_core.io.checkpoint import read_config
+from met_core.io.images import load_image
+from met_core.io.traces import REQUIRED, load_trace
 
 from .conftest import CIFAR_TEST, HYMENOPTERA, ROOT
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from met_core.analysis.geometry import knn_accuracy, silhouette
 from met_core.errors import METError
-from met_core.geometry import knn_accuracy, silhouette
 
 
 def clusters(spread: float, seed: int = 0):
@@ -37,7 +37,7 @@ def test_bad_inputs():
 def test_class_spread_is_the_mean_pair_distance_and_ignores_scale():
     from itertools import combinations
 
-    from met_core.geometry import class_spread
+    from met_core.analysis.geometry import class_spread
 
     x, y = clusters(1.0)
     x, y = x[::6], y[::6]  # 20 samples: the pairs are few enough to list

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from met_core.config import METConfig
-from met_core.inference import early_exit, measure_speedup
-from met_core.model import METModel
+from met_core.engine.inference import early_exit, measure_speedup
+from met_core.nn.model import METModel
 
 from .conftest import CIFAR_TEST, ROOT, tiny_vit
 

@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from met_core.checkpoint import load_checkpoint
+from met_core.engine.inference import predict_files
 from met_core.errors import METError
-from met_core.images import load_image
-from met_core.inference import predict_files
-from met_core.traces import load_trace, save_trace
+from met_core.io.images import load_image
+from met_core.io.traces import load_trace, save_trace
+from met_core.nn.checkpoint import load_checkpoint
 
 from .conftest import HYMENOPTERA, ROOT, run_cli
 
@@ -103,7 +103,7 @@ def test_strangers_checkpoints_get_one_sentence_in_the_cli(tmp_path, damage, mat
 
 
 def test_weights_outside_the_folder_load_only_when_the_user_names_them(tmp_path, tiny_checkpoint):
-    from met_core.backbones import imgfocus_weights
+    from met_core.nn.backbones import imgfocus_weights
 
     d = _copy(tiny_checkpoint, tmp_path / "ck")
     _edit_config(d, weights=str(imgfocus_weights()))

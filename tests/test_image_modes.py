@@ -1,4 +1,4 @@
-"""Issue 22, item 1: every Pillow image mode gives the picture it holds (met_core.images.to_rgb), or one sentence.
+"""Issue 22, item 1: every Pillow image mode gives the picture it holds (met_core.io.images.to_rgb), or one sentence.
 
 The example: a float32 TIFF (mode F, values 0..1) of a bee was decoded nearly black and answered "ants 0.985",
 the answer of an all-black image; its 8-bit copy says "bees 0.999". The property: images of every mode and
@@ -20,7 +20,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image, ImageCms
 
 from met_core.errors import METError
-from met_core.images import load_image, to_rgb
+from met_core.io.images import load_image, to_rgb
 
 from .conftest import HYMENOPTERA, ROOT, run_cli
 
@@ -30,8 +30,8 @@ BEE = HYMENOPTERA / "val" / "bees" / "1297972485_33266a18d9.jpg"  # its 8-bit gr
 
 
 def test_a_float_tiff_bee_is_the_bee_of_its_8bit_copy_in_the_cli_and_the_app(tmp_path):
-    from met_core.checkpoint import load_checkpoint
-    from met_core.inference import predict_images
+    from met_core.engine.inference import predict_images
+    from met_core.nn.checkpoint import load_checkpoint
 
     grey = Image.open(BEE).convert("L")
     grey.save(tmp_path / "bee-8bit.png")

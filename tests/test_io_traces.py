@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from met_core.checkpoint import checkpoint_hash, load_checkpoint
 from met_core.errors import METError
-from met_core.traces import load_trace, save_trace
+from met_core.io.checkpoint import checkpoint_hash
+from met_core.io.traces import load_trace, save_trace
+from met_core.nn.checkpoint import load_checkpoint
 
 
 def test_checkpoint_round_trip(tiny_checkpoint):
@@ -64,8 +65,8 @@ def test_pickle_files_are_never_loaded(tmp_path):
 
 
 def test_trace_round_trip_and_refusals(tiny_checkpoint, tmp_path):
-    from met_core.data import dataset_for_checkpoint, make_transform
-    from met_core.traces import run_trace
+    from met_core.data.datasets import dataset_for_checkpoint, make_transform
+    from met_core.engine.tracing import run_trace
 
     model, cfg = load_checkpoint(tiny_checkpoint)
     ds = dataset_for_checkpoint(cfg, None, "val", download=False)

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from met_core.analysis.latency import LatencyProfile, predict_latency, read_profile
 from met_core.errors import METError
-from met_core.latency import LatencyProfile, predict_latency, read_profile
 
 from .conftest import CIFAR_TEST, run_cli
 

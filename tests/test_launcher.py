@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from met_core.distributed import DistContext, init_distributed, launcher_context
+from met_core.engine.distributed import DistContext, init_distributed, launcher_context
 from met_core.errors import METError
 
 from .conftest import ROOT
@@ -68,7 +68,7 @@ def test_inconsistent_launcher_variables_are_refused_before_any_rendezvous(env, 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon", "1e9"])
 def test_a_bad_rendezvous_timeout_is_one_sentence(value, monkeypatch):
-    from met_core.distributed import rendezvous_timeout
+    from met_core.engine.distributed import rendezvous_timeout
     monkeypatch.setenv("MET_RENDEZVOUS_TIMEOUT", value)
     with pytest.raises(METError, match="MET_RENDEZVOUS_TIMEOUT"):
         rendezvous_timeout()
@@ -143,7 +143,7 @@ def test_the_property_examples_reached_the_rendezvous():
 
 SCRIPT = """
 import torch
-from met_core.distributed import init_distributed, shutdown, sum_across
+from met_core.engine.distributed import init_distributed, shutdown, sum_across
 ctx = init_distributed("cpu")
 print(ctx.rank, ctx.world_size, int(sum_across(torch.tensor([ctx.rank + 1]), ctx)))
 shutdown(ctx)

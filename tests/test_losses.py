@@ -1,6 +1,6 @@
 import torch
 
-from met_core.losses import GRAPH_REGULARIZERS, knn_graph, label_graph, met_loss, relational_graph, self_distillation
+from met_core.nn.losses import GRAPH_REGULARIZERS, knn_graph, label_graph, met_loss, relational_graph, self_distillation
 
 
 def test_label_graph_is_mean_same_class_distance():

@@ -5,7 +5,7 @@ import torch
 
 from met_core.config import METConfig
 from met_core.errors import METError
-from met_core.model import METModel
+from met_core.nn.model import METModel
 
 from .conftest import tiny_vit
 
@@ -65,8 +65,8 @@ def test_trainable_count_under_two_percent_of_a_real_backbone(real_backbone_56):
 
 def test_zero_up_projection_reproduces_frozen_backbone_features(real_backbone_56):
     """With `up` at zero the exits see exactly the frozen timm backbone's features (real image, real weights)."""
-    from met_core.data import make_transform
-    from met_core.images import load_image
+    from met_core.data.datasets import make_transform
+    from met_core.io.images import load_image
 
     from .conftest import CIFAR_TEST
 
@@ -91,8 +91,8 @@ def test_zero_up_projection_reproduces_frozen_backbone_features(real_backbone_56
 
 def test_backbone_never_changes_in_training(real_backbone_56):
     from met_core.config import TrainConfig
-    from met_core.data import make_transform, open_dataset, subsample_split
-    from met_core.train import fit
+    from met_core.data.datasets import make_transform, open_dataset, subsample_split
+    from met_core.engine.train import fit
 
     from .conftest import CIFAR_TRAIN
 

@@ -13,15 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binom
 
-from met_core.certify import images_needed
+from met_core.analysis.certify import images_needed
+from met_core.analysis.journey import journey
+from met_core.analysis.policies import POLICIES, exit_probs
+from met_core.analysis.whatif import TraceArrays, outcomes, whatif
 from met_core.config import METConfig
+from met_core.engine.inference import early_exit
 from met_core.errors import METError
-from met_core.inference import early_exit
-from met_core.journey import journey
-from met_core.model import METModel
-from met_core.policies import POLICIES, exit_probs
-from met_core.traces import load_trace
-from met_core.whatif import TraceArrays, outcomes, whatif
+from met_core.io.traces import load_trace
+from met_core.nn.model import METModel
 
 from .conftest import ROOT, run_cli, tiny_vit
 
@@ -97,7 +97,7 @@ def test_pytorch_early_exit_at_threshold_one_does_not_saturate():
 
 def test_onnx_runner_at_threshold_one_does_not_saturate(tmp_path):
     pytest.importorskip("onnxruntime")
-    from met_core.export import OnnxEarlyExit, export_onnx
+    from met_core.engine.export import OnnxEarlyExit, export_onnx
 
     model, x = _confident_model()
     export_onnx(model, tmp_path / "onnx", "max-softmax", 1.0, "", [0.1, 0.2, 0.3, 0.4])

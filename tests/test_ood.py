@@ -1,14 +1,14 @@
-"""The out-of-distribution caution (met_core/ood.py): its false-alarm rate on in-distribution test images is the
-stated one within its interval, photos of another kind are flagged, and a damaged reference file is one sentence."""
+"""The out-of-distribution caution (met_core/analysis/ood.py): its false-alarm rate on in-distribution test images is
+the stated one within its interval, photos of another kind are flagged, and a damaged reference file is one sentence."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from met_core.analysis.intervals import clopper_pearson
+from met_core.analysis.ood import OOD_FILE, conformal_threshold, fit_ood, load_ood, save_ood
 from met_core.errors import METError
-from met_core.intervals import clopper_pearson
-from met_core.ood import OOD_FILE, conformal_threshold, fit_ood, load_ood, save_ood
-from met_core.traces import load_trace
+from met_core.io.traces import load_trace
 
 from .conftest import HYMENOPTERA, ROOT
 
@@ -27,9 +27,8 @@ def test_the_false_alarm_rate_on_test_images_is_the_stated_one_within_its_interv
 
 
 def test_photos_of_ants_and_bees_given_to_the_cifar10_model_are_flagged_while_its_softmax_is_confident():
-    from met_core.checkpoint import load_checkpoint
-    from met_core.inference import predict_files
-    from met_core.ood import score_images
+    from met_core.engine.inference import predict_files, score_images
+    from met_core.nn.checkpoint import load_checkpoint
 
     model = load_checkpoint(CK)[0]
     rule = load_ood(CK / OOD_FILE)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from met_core import __version__
-from met_core.backbones import BACKBONES, backbone_entry
-from met_core.calibration import calibrate_budget
+from met_core.analysis.calibration import calibrate_budget
+from met_core.analysis.exit_rule import ExitRule, read_exit_rule
+from met_core.analysis.policies import CALIBRATABLE, POLICIES
+from met_core.analysis.summary import ModelSummary
+from met_core.analysis.whatif import TraceArrays, whatif
 from met_core.errors import METError
-from met_core.exit_rule import ExitRule, read_exit_rule
-from met_core.policies import CALIBRATABLE, POLICIES
-from met_core.summary import ModelSummary
-from met_core.whatif import TraceArrays, whatif
+from met_core.nn.backbones import BACKBONES, backbone_entry
 
 from .conftest import CIFAR_TEST, HYMENOPTERA, ROOT, run_cli
 
@@ -37,7 +37,7 @@ def real_arrays(tiny_checkpoint, tmp_path_factory) -> tuple[Path, TraceArrays]:
     out = tmp_path_factory.mktemp("trace") / "t.npz"
     run_cli("trace", "--checkpoint", str(tiny_checkpoint), "--dataset", str(CIFAR_TEST), "--out", str(out),
             "--limit", "200", "--features", "0", "--quiet", "--workers", "0")
-    from met_core.traces import load_trace
+    from met_core.io.traces import load_trace
     return out, TraceArrays.from_trace(load_trace(out))
 
 
@@ -79,7 +79,7 @@ def test_train_records_the_backbones_own_preprocessing(tmp_path):
 
 def test_exit_rule_round_trip_and_cli(real_arrays, tmp_path):
     trace_path, arrays = real_arrays
-    from met_core.traces import load_trace
+    from met_core.io.traces import load_trace
     sha = load_trace(trace_path).meta["checkpoint_sha256"]
     rule = ExitRule("entropy", [0.2, 0.4, 0.6, None], "cifar-tiny", sha)
     f = tmp_path / "rule.json"

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from met_core.checkpoint import checkpoint_hash, inspect_checkpoint
-from met_core.traces import load_trace
+from met_core.io.checkpoint import checkpoint_hash
+from met_core.io.traces import load_trace
+from met_core.nn.checkpoint import inspect_checkpoint
 
 from .conftest import ROOT
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from met_core.data import dataset_for_checkpoint, open_dataset, smallest_splittable_class, subsample_split
+from met_core.data.datasets import dataset_for_checkpoint, open_dataset, smallest_splittable_class, subsample_split
 from met_core.errors import METError
 
 from .conftest import CIFAR_TRAIN, run_cli

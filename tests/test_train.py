@@ -1,6 +1,6 @@
 import numpy as np
 
-from met_core.sampling import class_balanced_batches, shuffled_batches
+from met_core.data.sampling import class_balanced_batches, shuffled_batches
 
 
 def test_class_balanced_batches_have_same_class_pairs_even_for_tiny_classes():

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from met_core.calibration import calibrate_budget
-from met_core.certify import certify_max_loss, harm_p_value, images_needed, selection_spread
-from met_core.intervals import clopper_pearson
-from met_core.reliability import fit_temperatures, read_temperatures, reliability
-from met_core.traces import load_trace
-from met_core.whatif import TraceArrays, whatif
+from met_core.analysis.calibration import calibrate_budget
+from met_core.analysis.certify import certify_max_loss, harm_p_value, images_needed, selection_spread
+from met_core.analysis.intervals import clopper_pearson
+from met_core.analysis.reliability import fit_temperatures, read_temperatures, reliability
+from met_core.analysis.whatif import TraceArrays, whatif
+from met_core.io.traces import load_trace
 
 from .conftest import ROOT, run_cli
 

@@ -1,5 +1,6 @@
-"""The app's typed view (app/view.py): every valid view survives its link, hostile links are one sentence each, and
-a generated view rendered in one session, sent as its link to a fresh session, shows the same numbers there."""
+"""The app's typed view (met_core/app/view.py): every valid view survives its link, hostile links are one sentence
+each, and a generated view rendered in one session, sent as its link to a fresh session, shows the same numbers
+there."""
 from __future__ import annotations
 
 import html
@@ -9,7 +10,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 
-from app.view import (
+from met_core.analysis.policies import POLICIES, get_policy
+from met_core.app.view import (
     COLOURS,
     COSTS,
     MAX_SELECTION_CHARS,
@@ -24,8 +26,7 @@ from app.view import (
     read_link,
     write_link,
 )
-from met_core.policies import POLICIES, get_policy
-from met_core.traces import load_trace
+from met_core.io.traces import load_trace
 
 from .conftest import ROOT
 
@@ -178,10 +179,10 @@ def render(at: AppTest) -> dict[str, list[str]]:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(views(rows_from=FEATURE_ROWS))
 def test_a_rendered_view_sent_as_a_link_opens_the_same_view_and_numbers(v):
-    from app.session import KEY, Session
+    from met_core.app.session import KEY, Session
 
     v.fit(CTX)
-    sender = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    sender = AppTest.from_file(str(ROOT / "met_core" / "app" / "main.py"), default_timeout=240)
     sender.session_state[KEY] = Session(v, [])
     sender.run()
     seen = render(sender)
@@ -189,7 +190,7 @@ def test_a_rendered_view_sent_as_a_link_opens_the_same_view_and_numbers(v):
     link = dict(sender.query_params)
     assert link == write_link(sent, CTX)  # the address bar names what the sender's pages show
 
-    recipient = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    recipient = AppTest.from_file(str(ROOT / "met_core" / "app" / "main.py"), default_timeout=240)
     recipient.query_params.update(link)
     recipient.run()
     assert not recipient.warning, [w.value for w in recipient.warning]

@@ -1,4 +1,4 @@
-"""Issue 22, item 2: safetensors files in any floating dtype (met_core.tensorfiles.load_floating), or one sentence.
+"""Issue 22, item 2: safetensors files in any floating dtype (met_core.nn.tensorfiles.load_floating), or one sentence.
 
 The example: a backbone `--weights` file stored in bfloat16 (the usual format of published weights) ended in
 `TypeError: Got unsupported ScalarType BFloat16` while hashing. bf16 weights must give the fp32 weights'
@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from met_core.backbones import create_backbone, imgfocus_weights, read_weights
-from met_core.checkpoint import load_checkpoint
 from met_core.errors import METError
-from met_core.tensorfiles import tensors_sha256
+from met_core.nn.backbones import create_backbone, imgfocus_weights, read_weights
+from met_core.nn.checkpoint import load_checkpoint
+from met_core.nn.tensorfiles import tensors_sha256
 
 from .conftest import HYMENOPTERA, ROOT, run_cli
 
@@ -28,8 +28,8 @@ BF16_EPS = 2.0**-8  # bfloat16 keeps 8 significant bits: a relative rounding of 
 
 
 def _images(n: int = 4, size: int = 56) -> torch.Tensor:
-    from met_core.data import make_transform
-    from met_core.images import load_image
+    from met_core.data.datasets import make_transform
+    from met_core.io.images import load_image
 
     tf = make_transform(size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     files = sorted((HYMENOPTERA / "val" / "bees").glob("*.jpg"))[:n // 2] + sorted(
@@ -39,7 +39,7 @@ def _images(n: int = 4, size: int = 56) -> torch.Tensor:
 
 def test_bf16_backbone_weights_give_the_fp32_logits_within_bf16_rounding_and_train(tmp_path):
     from met_core.config import METConfig
-    from met_core.model import METModel
+    from met_core.nn.model import METModel
 
     fp32 = load_file(str(imgfocus_weights()))  # the real DINOv2 ViT-S/14 weights
     bf16_file = tmp_path / "dinov2-bf16.safetensors"

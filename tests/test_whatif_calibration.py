@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from met_core.calibration import (
+from met_core.analysis.calibration import (
     agreement_oracle,
     apply,
     calibrate_accuracy_loss,
@@ -15,10 +15,10 @@ from met_core.calibration import (
     threshold_grid,
     thresholds_for_shares,
 )
+from met_core.analysis.policies import POLICIES
+from met_core.analysis.whatif import TraceArrays, outcomes, rule_figures, whatif
 from met_core.errors import METError
-from met_core.policies import POLICIES
-from met_core.traces import Trace, load_trace
-from met_core.whatif import TraceArrays, outcomes, rule_figures, whatif
+from met_core.io.traces import Trace, load_trace
 
 from .conftest import CIFAR_TEST, ROOT, run_cli
 
@@ -101,7 +101,7 @@ def test_rule_figures_are_whatif_for_many_rules_at_once(policy, monkeypatch):
     draw = (lambda m: np.round(rng.uniform(lo, hi, m)).tolist()) if pol.counts_exits else (
         lambda m: rng.uniform(lo, hi, m).tolist())
     rules = draw(5) + [draw(3) + [None] for _ in range(5)]
-    monkeypatch.setattr("met_core.whatif._RULE_CHUNK", 3 * 10_000)  # three rules per chunk: chunks are joined
+    monkeypatch.setattr("met_core.analysis.whatif._RULE_CHUNK", 3 * 10_000)  # three rules per chunk: chunks are joined
     fig = rule_figures(a, rules, policy)
     for i, t in enumerate(rules):
         r = whatif(a, t, policy)
@@ -170,7 +170,7 @@ def test_properties_on_the_real_trace(real_trace):
 
 
 def test_sweep_applied_measures_validation_thresholds_on_test(real_trace):
-    from met_core.calibration import sweep_applied
+    from met_core.analysis.calibration import sweep_applied
 
     a = TraceArrays.from_trace(load_trace(real_trace))
     rows = sweep_applied(a, a)  # the same trace on both sides: test figures must equal validation figures

@@ -39,9 +39,9 @@ def cpu_seconds() -> float:
 def main() -> int:
     mem_mib, seconds = int(sys.argv[1]), int(sys.argv[2])
     args = sys.argv[sys.argv.index("--") + 1:]
-    for m in pkgutil.iter_modules(met_core.__path__):
-        if m.name != "__main__":  # that one runs the CLI on import
-            importlib.import_module(f"met_core.{m.name}")
+    for m in pkgutil.walk_packages(met_core.__path__, "met_core."):
+        if m.name != "met_core.__main__" and not m.name.startswith("met_core.app"):  # __main__ runs the CLI on import
+            importlib.import_module(m.name)
     import safetensors.torch  # noqa: F401  (imported lazily by the readers)
     import torch
     torch.zeros(1) @ torch.zeros(1)  # start the thread pool before the cap

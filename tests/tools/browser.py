@@ -1,4 +1,4 @@
-"""A real browser on the app: `streamlit run app/main.py` headless on a free port, Debian's Chromium through
+"""A real browser on the app: `streamlit run met_core/app/main.py` headless on a free port, Debian's Chromium through
 Selenium. Shared by tests/test_browser.py and bench/app_speed.py."""
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 def start_server(env: dict | None = None, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """`streamlit run app/main.py` on `port` (default: a free one); returns (process, url) once it answers."""
+    """`streamlit run met_core/app/main.py` on `port` (default: a free one); returns (process, url) once it answers."""
     port = port or free_port()
     proc = subprocess.Popen(
         [
@@ -33,7 +33,7 @@ def start_server(env: dict | None = None, port: int | None = None) -> tuple[subp
             "-m",
             "streamlit",
             "run",
-            str(ROOT / "app" / "main.py"),
+            str(ROOT / "met_core" / "app" / "main.py"),
             "--server.headless",
             "true",
             "--server.port",

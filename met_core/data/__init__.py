@@ -1,0 +1,2 @@
+"""Datasets, transforms and the training sampler. Torch side (docs/architecture.md).
+"""

@@ -1,0 +1,247 @@
+"""Early exit outside PyTorch: one static ONNX graph per stage, and a small onnxruntime runner.
+
+ONNX (and TensorRT) graphs are static and cannot hold a data-dependent exit, so each stage is its own graph:
+stage 1 takes the images and returns the tokens after its blocks (with their adapters) and its exit's logits;
+stage k > 1 takes the tokens of the images still running and returns the same. `exits.json` says how to chain
+them (order, policy, thresholds, class names, input size, preprocessing, GMACs, the checkpoint's hash), and
+`OnnxEarlyExit` runs real batched early exit over the graphs, moving only the continuing images on.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..analysis.policies import as_thresholds, exit_probs, get_policy
+from ..errors import METError
+from ..io.limits import MAX_WEIGHTS_BYTES, read_tagged_json, regular_file
+
+if TYPE_CHECKING:
+    from ..nn.model import EarlyExitResult, METModel
+
+FORMAT = "met-onnx-exits/1"
+EXITS_FILE = "exits.json"
+OPSET = 17
+
+
+@dataclass
+class ExitsManifest:
+    """What a runner needs besides the graphs."""
+
+    stages: list[str]
+    policy: str
+    thresholds: list[float | None]
+    class_names: list[str]
+    img_size: int
+    preprocessing: dict[str, Any]
+    gmacs: list[float]
+    checkpoint_sha256: str
+    quantization: str = "fp32"  # or "int8": weights of the matrix products int8, activations quantized per run
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, **asdict(self)}, indent=2, allow_nan=False)
+
+    def transform(self) -> Any:
+        """The preprocessing the exported model expects (as the checkpoint records it)."""
+        from ..data.datasets import make_transform
+
+        p = self.preprocessing
+        return make_transform(self.img_size, p["mean"], p["std"], p.get("interpolation", "bicubic"))
+
+
+def stage_module(model: METModel, k: int):
+    """Stage k as a module: (images or tokens) -> (tokens after the stage, the exit's logits)."""
+    import torch
+
+    class Stage(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            tokens = self.model.forward_stage(self.model.forward_stem(x) if k == 0 else x, k)
+            return tokens, self.model.heads[k](self.model.pool(tokens))
+
+    return Stage().eval()
+
+
+def export_onnx(model: METModel, out: Path, policy: str, thresholds: Any, checkpoint_sha256: str,
+                gmacs: list[float], quantize: str = "fp32") -> ExitsManifest:
+    """Write stage_1.onnx ... stage_K.onnx and exits.json; each graph is validated with the onnx checker.
+
+    quantize="int8": onnxruntime's dynamic quantization of each graph (the matrix products' weights stored in
+    int8, activations quantized on the fly; no calibration set), written in place of the fp32 graphs."""
+    import warnings
+
+    import onnx
+    import torch
+
+    from ..data.datasets import preprocessing_record
+
+    if model.cfg.diagonal_mode != "stage":
+        raise METError("this checkpoint uses per-exit-path diagonals: each exit recomputes every block from the "
+                       "stem, so it cannot be exported stage by stage; export a model trained with --diagonal-mode "
+                       "stage.")
+    if quantize not in ("fp32", "int8"):
+        raise METError(f"--quantize must be fp32 or int8, got {quantize!r}.")
+    pol = get_policy(policy)
+    t = as_thresholds(thresholds, model.num_exits, pol)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    s, names = model.cfg.img_size, []
+    x = torch.zeros(2, 3, s, s)
+    with torch.no_grad():
+        for k in range(model.num_exits):
+            name = f"stage_{k + 1}.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(stage_module(model, k), (x,), str(out / name), dynamo=False, opset_version=OPSET,
+                                  input_names=["input"], output_names=["tokens", "logits"],
+                                  dynamic_axes={"input": {0: "batch"}, "tokens": {0: "batch"}, "logits": {0: "batch"}})
+            onnx.checker.check_model(str(out / name))
+            if quantize == "int8":
+                quantize_int8(out / name)
+            names.append(name)
+            x, _ = stage_module(model, k)(x)
+    manifest = ExitsManifest(names, pol.name, [float(v) if np.isfinite(v) else None for v in t],
+                             list(model.cfg.class_names), s, preprocessing_record(model.cfg), list(gmacs),
+                             checkpoint_sha256, quantize)
+    (out / EXITS_FILE).write_text(manifest.to_json() + "\n")
+    return manifest
+
+
+def quantize_int8(path: Path) -> None:
+    """Replace an fp32 graph by its dynamically quantized int8 version (MatMul / Gemm weights, signed int8)."""
+    import logging
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    with tempfile.TemporaryDirectory() as tmp:
+        q = Path(tmp) / path.name
+        try:
+            root.setLevel(logging.ERROR)  # the quantizer logs advice on the root logger at WARNING, for every graph
+            quantize_dynamic(str(path), str(q), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        finally:
+            root.setLevel(level)
+        q.replace(path)
+
+
+def read_manifest(folder: Path) -> ExitsManifest:
+    """exits.json of an export folder, checked (untrusted: bounded, typed, graphs inside the folder)."""
+    data = read_tagged_json(folder / EXITS_FILE, "an export manifest", FORMAT, "export the checkpoint again",
+                            inside=folder)
+    try:
+        m = ExitsManifest(**data)
+    except TypeError:
+        raise METError(f"{folder / EXITS_FILE} has missing or unknown fields; export the checkpoint again.") from None
+    if not (isinstance(m.stages, list) and 0 < len(m.stages) <= 64 and len(m.thresholds) == len(m.stages)
+            and len(m.gmacs) == len(m.stages) and isinstance(m.img_size, int) and 16 <= m.img_size <= 1024):
+        raise METError(f"{folder / EXITS_FILE} is inconsistent (stages, thresholds, GMACs); export again.")
+    for name in m.stages:
+        regular_file(folder / str(name), "a stage graph", MAX_WEIGHTS_BYTES, inside=folder)
+    get_policy(m.policy)
+    if m.quantization not in ("fp32", "int8"):
+        raise METError(f"{folder / EXITS_FILE} names an unknown quantization; export again.")
+    pre = m.preprocessing
+    if not (isinstance(pre, dict) and all(isinstance(pre.get(k), list) and len(pre[k]) == 3 for k in ("mean", "std"))
+            and pre.get("interpolation", "bicubic") in ("bicubic", "bilinear")):
+        raise METError(f"{folder / EXITS_FILE} has no usable preprocessing record; export again.")
+    return m
+
+
+def session_options(threads: int):
+    """onnxruntime options for the stage graphs: every graph optimisation, `threads` intra-op threads, one op at a
+    time, and threads that sleep instead of spinning between runs. K sessions run one after another, each with its
+    own pool; spinning pools take the cores from the next stage (and from anything else on the machine): on the
+    2 shared cores here that made batch 8 about twice as slow as PyTorch."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return so
+
+
+class OnnxEarlyExit:
+    """Real batched early exit over the per-stage graphs with onnxruntime.
+
+    `threads`: intra-op threads of each stage's session (default: torch's thread count, so both engines use the
+    same cores).
+    """
+
+    def __init__(self, folder: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
+        import onnxruntime as ort
+        import torch
+
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        self.threads = threads or torch.get_num_threads()
+        so = session_options(self.threads)
+        self.sessions = [ort.InferenceSession(str(self.folder / n), so, providers=providers or ["CPUExecutionProvider"])
+                         for n in self.manifest.stages]
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.sessions)
+
+    def run_stage(self, k: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stage k's graph: (images or tokens, float32 C-contiguous) -> (tokens after the stage, exit k's logits)."""
+        tokens, logits = self.sessions[k].run(None, {"input": x})
+        return tokens, logits
+
+    def all_logits(self, x: np.ndarray) -> np.ndarray:
+        """Every exit's logits (N, K, C) of preprocessed images (N, 3, S, S), no early exit: what a trace stores."""
+        tokens, out = np.ascontiguousarray(x, dtype=np.float32), []
+        for k in range(self.num_exits):
+            tokens, logits = self.run_stage(k, tokens)
+            out.append(logits)
+        return np.stack(out, 1)
+
+    def __call__(self, x: np.ndarray, thresholds: Any = None, policy: str | None = None,
+                 batch_size: int = 64, replay: np.ndarray | None = None) -> EarlyExitResult:
+        """Early exit of preprocessed images (N, 3, S, S), in batches; `replay` (N,) gives each image's exit
+        instead of the rule (as `METModel.forward_early_exit`)."""
+        from ..nn.model import EarlyExitResult
+
+        parts = [self.run_batch(x[i:i + batch_size], thresholds, policy,
+                                None if replay is None else replay[i:i + batch_size])
+                 for i in range(0, len(x), batch_size)]
+        return EarlyExitResult(*(np.concatenate([getattr(p, f) for p in parts])
+                                 for f in ("classes", "exits", "confidence", "probs")))
+
+    def run_batch(self, x: np.ndarray, thresholds: Any = None, policy: str | None = None,
+                  replay: np.ndarray | None = None) -> EarlyExitResult:
+        """One batch: stage by stage, the images that pass their exit's threshold leave it."""
+        from ..nn.model import EarlyExitResult
+
+        pol = get_policy(policy or self.manifest.policy)
+        k_total = len(self.sessions)
+        t = as_thresholds(self.manifest.thresholds if thresholds is None else thresholds, k_total, pol)
+        n, c = len(x), len(self.manifest.class_names)
+        exit_of = np.full(n, -1)
+        probs = np.full((n, k_total, c), np.nan)  # float64: what the decision sees
+        active, tokens = np.arange(n), np.ascontiguousarray(x, dtype=np.float32)
+        for k in range(k_total):
+            tokens, logits = self.run_stage(k, tokens)
+            probs[active, k] = exit_probs(logits)
+            if k == k_total - 1:
+                exit_of[active] = k
+                break
+            leave = (pol.passes(pol.score(probs[active, : k + 1])[:, -1], t[k]) if replay is None
+                     else replay[active] <= k)
+            if leave.any():
+                exit_of[active[leave]] = k
+                active, tokens = active[~leave], np.ascontiguousarray(tokens[~leave])
+            if active.size == 0:
+                break
+        chosen = probs[np.arange(n), exit_of]
+        return EarlyExitResult(chosen.argmax(-1), exit_of, chosen.max(-1), probs)
