@@ -453,3 +453,12 @@ def test_large_type_enlarges_every_page_of_this_browser_and_stays_out_of_the_lin
     at.switch_page("views/journey.py").run()
     assert not at.exception and large(at) and at.toggle(key="w:local.large_type").value
     assert not any("large" in k for k in at.query_params)
+
+
+def test_streamlit_run_app_main_in_a_checkout_starts_the_same_app():
+    """`streamlit run app/main.py` (the checkout's entry) runs met_core/app: its pages and its page switches."""
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    at.run()
+    assert not at.exception and [t.value for t in at.title] == ["MET Explorer"]
+    at.button(key="try_budget").click().run()
+    assert not at.exception and [t.value for t in at.title] == ["Threshold what-if"]

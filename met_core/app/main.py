@@ -31,13 +31,13 @@ st.set_page_config(page_title="MET Explorer", layout="wide")
 st.html(STYLE)
 
 PAGES = [
-    st.Page("views/start.py", title="Start here", url_path="start", default=True),
-    st.Page("views/how_met_works.py", title="How MET works", url_path="how"),
-    st.Page("views/whatif.py", title="Threshold what-if", url_path="whatif"),
-    st.Page("views/samples.py", title="Explore samples", url_path="samples"),
-    st.Page("views/journey.py", title="An image's journey", url_path="journey"),
-    st.Page("views/representations.py", title="Representations", url_path="representations"),
-    st.Page("views/models.py", title="Models", url_path="models"),
+    st.Page(session.page("start"), title="Start here", url_path="start", default=True),
+    st.Page(session.page("how_met_works"), title="How MET works", url_path="how"),
+    st.Page(session.page("whatif"), title="Threshold what-if", url_path="whatif"),
+    st.Page(session.page("samples"), title="Explore samples", url_path="samples"),
+    st.Page(session.page("journey"), title="An image's journey", url_path="journey"),
+    st.Page(session.page("representations"), title="Representations", url_path="representations"),
+    st.Page(session.page("models"), title="Models", url_path="models"),
 ]
 problems = session.begin()
 nav = st.navigation(PAGES)

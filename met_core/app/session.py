@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -56,6 +57,15 @@ def _session() -> Session:
 def view() -> View:
     """This session's view (created from the link on the session's first run)."""
     return _session().view
+
+
+VIEWS = Path(__file__).resolve().parent / "views"
+
+
+def page(name: str) -> Path:
+    """A page's script by name (`views/NAME.py`), as an absolute path: the same page whichever entry script
+    started the app (`met app`, `streamlit run met_core/app/main.py`, or the checkout's `app/main.py`)."""
+    return VIEWS / f"{name}.py"
 
 
 def local() -> Local:

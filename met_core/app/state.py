@@ -325,10 +325,10 @@ def _ood_rule(path: str, mtime: float):
 
 def models_that_accept(ckpt: Path, items: list[tuple[str, bytes]]) -> list[list[str]]:
     """For each (name, bytes) image, the other listed models with other classes whose out-of-distribution caution
-    (met ood) does not flag it: where an image this model flags may belong. Scores from met_core.ood."""
+    (met ood) does not flag it: where an image this model flags may belong (scores: engine.inference.score_images)."""
     from io import BytesIO
 
-    from met_core.ood import score_images
+    from met_core.engine.inference import score_images
 
     mine = card(str(ckpt))["config"]["model"]["class_names"]
     out: list[list[str]] = [[] for _ in items]

@@ -157,7 +157,7 @@ if picked:
     b1, b2 = st.columns(2)
     if b1.button(f"Open these {len(picked):,} images in Explore samples", key="open_selection",
                  on_click=open_in_samples, args=(tuple(picked),)):
-        st.switch_page("views/samples.py")
+        st.switch_page(session.page("samples"))
     b2.button("Clear the selection", key="clear_selection",
               on_click=session.update, args=(lambda view: setattr(view.representations, "rows", ()),))
     lab = arrays.labels[picked]

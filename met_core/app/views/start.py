@@ -57,10 +57,10 @@ def try_hard_image() -> None:
 c1, c2, c3 = st.columns(3)  # labels short enough for a 1280 px projector
 if c1.button("Half the compute: what does it cost?", key="try_budget", on_click=try_budget,
              help="Thresholds chosen on the calibration set for 50 % of the last exit's GMACs, on the what-if page"):
-    st.switch_page("views/whatif.py")
+    st.switch_page(session.page("whatif"))
 if c2.button("Follow a hard image", key="try_journey", on_click=try_hard_image,
              help="The first test image that only the last exit answers, on the journey page"):
-    st.switch_page("views/journey.py")
+    st.switch_page(session.page("journey"))
 if c3.button("What graph regularization changes", key="try_reps",
              help="The first exit's features of this model and of its comparison, side by side"):
-    st.switch_page("views/representations.py")
+    st.switch_page(session.page("representations"))

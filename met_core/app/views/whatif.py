@@ -323,7 +323,7 @@ def confusion(r: WhatIfResult, policy: str) -> None:
                 f"{md(trace.class_names[pred])}**")
     if count and st.button(f"Open these {count:,} images in Explore samples", key="open_cell",
                            on_click=open_cell_in_samples, args=(cell,)):
-        st.switch_page("views/samples.py")
+        st.switch_page(session.page("samples"))
 
 
 @st.cache_data(show_spinner=False)
