@@ -462,3 +462,18 @@ def test_streamlit_run_app_main_in_a_checkout_starts_the_same_app():
     assert not at.exception and [t.value for t in at.title] == ["MET Explorer"]
     at.button(key="try_budget").click().run()
     assert not at.exception and [t.value for t in at.title] == ["Threshold what-if"]
+
+
+def test_a_stale_exact_entry_sent_with_a_slider_move_never_overwrites_the_slider():
+    """Fast arrow keys on a loaded machine: the browser sends the slider's new value together with the exact
+    entry's older text (it has not yet received the new one). The slider's value is the one used, everywhere;
+    the entry takes effect only when submitted."""
+    at = app()
+    at.slider(key="w:threshold").set_value(0.9).run()
+    at.text_input(key="w:threshold:exact").set_value("0.8")  # the browser's older copy of the entry, sent back
+    at.slider(key="w:threshold").set_value(0.91).run()  # with the next arrow key's event
+    assert not at.exception and view(at).threshold == 0.91
+    assert at.slider(key="w:threshold").value == 0.91 and at.text_input(key="w:threshold:exact").value == "0.91"
+    at.text_input(key="w:threshold:exact").set_value("0.123456")
+    at.button(key="w:threshold:exact:use").click().run()  # Enter or Use: now it is applied
+    assert view(at).threshold == 0.123456 and at.query_params["t"] == "0.123456"

@@ -140,6 +140,22 @@ def bind(widget: Callable[..., Any], label: str, path: str, *args: Any, show: Ca
     return widget(label, *args, key=key, on_change=_changed, args=(path, key, convert, then), **kwargs)
 
 
+def bind_entry(label: str, path: str, show: Callable[[Any], str], convert: Callable[[str], Any], key: str,
+               **kwargs: Any) -> None:
+    """A text entry for the view field at `path`, applied when submitted (Enter, or its Use button). It sits in a
+    form, whose values the browser sends only on submit: a browser that has not yet received the value a slider
+    just set cannot send its older copy back and overwrite the view with it (fast arrow keys on a loaded machine
+    did that to a plain text input). A bad entry keeps the value in use and leaves a notice, as `bind` does."""
+    want = show(get(view(), path))
+    if key not in st.session_state or st.session_state[key] != want:
+        st.session_state[key] = want
+    with st.form(f"form:{key}", border=False, enter_to_submit=True):
+        c1, c2 = st.columns([5, 1], vertical_alignment="bottom")
+        c1.text_input(label, key=key, **kwargs)
+        c2.form_submit_button("Use", key=f"{key}:use", on_click=_changed, args=(path, key, convert, None),
+                              width="stretch")
+
+
 def selected_points(chart_key: str) -> list[dict[str, Any]]:
     """The points selected (clicked, lassoed) on the Plotly chart drawn with `chart_key` (for its on_select
     callback)."""

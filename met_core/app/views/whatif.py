@@ -98,13 +98,13 @@ def threshold_controls(v: View, pol, cal) -> None:
         count = 1 if v.mode == "global" else k - 1
         path = "threshold" if v.mode == "global" else "per_exit"
         rlo, rhi = threshold_range(v.policy, k)
-        session.bind(st.text_input, "Exact value" + ("" if count == 1 else "s, comma-separated"), path,
-                     label_visibility="collapsed", placeholder="exact value",
-                     show=lambda t: number(t) if count == 1 else ", ".join(map(number, t)),
-                     convert=lambda text: (parse_thresholds(text, v.policy, k, count)[0] if count == 1
-                                           else parse_thresholds(text, v.policy, k, count)),
-                     key=f"w:{path}:exact",
-                     help=f"At full precision, from {number(rlo)} to {number(rhi)}; what is used is exactly this.")
+        session.bind_entry("Exact value" + ("" if count == 1 else "s, comma-separated"), path,
+                           show=lambda t: number(t) if count == 1 else ", ".join(map(number, t)),
+                           convert=lambda text: (parse_thresholds(text, v.policy, k, count)[0] if count == 1
+                                                 else parse_thresholds(text, v.policy, k, count)),
+                           key=f"w:{path}:exact", label_visibility="collapsed", placeholder="exact value",
+                           help=f"At full precision, from {number(rlo)} to {number(rhi)}; what is used is exactly "
+                                "this. Enter or Use applies it.")
     else:
         c1, c2 = st.columns(2)
         session.bind(c1.slider, "Largest accuracy loss against the last exit (points)", "cert_loss", 0.1,
