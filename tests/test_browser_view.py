@@ -284,3 +284,19 @@ def test_a_confusion_cell_opens_its_images_in_explore_samples(server, pair, test
     assert f"{count:,} of 10,000 images match" in main_text(drv) and query(drv)["scell"] == "cat,dog"
     no_exception(drv)
     drv.save_screenshot(str(ARTIFACTS / "confusion-cell-in-samples.png"))
+
+
+def test_a_page_that_stops_with_a_sentence_keeps_the_view_in_the_address(server, pair):
+    """Representations of a model with no second model on its test images stops with one sentence; the address
+    (and so the Copy link) still names that model and its thresholds, and opens the same page elsewhere."""
+    sender, recipient = pair
+    sender.get(f"{server}/models?model=hymenoptera-met&t=0.7")
+    wait_text(sender, "Run a model on a dataset", timeout=180)
+    link = sender.find_element("css selector", '[data-testid="stSidebarNav"] a[href$="/representations"]')
+    link.click()  # the sidebar: a page switch clears the address, the page writes it back
+    wait_text(sender, "no second checkpoint traced on the same test images", timeout=180)
+    wait_until(lambda: query(sender).get("model") == "hymenoptera-met", timeout=60, what="the model in the address")
+    assert query(sender).get("t") == "0.7"
+    recipient.get(sender.current_url)
+    wait_text(recipient, "no second checkpoint traced on the same test images", timeout=180)
+    assert query(recipient) == query(sender)

@@ -173,8 +173,12 @@ def by_label(text: str) -> Path | None:
 
 
 def fail(message: str) -> None:
-    """One clear sentence (shown as text: it may quote a file), and the page stops; session state is kept."""
+    """One clear sentence (shown as text: it may quote a file), and the page stops; session state is kept, and the
+    address still names the view (written before the stop: what a stopped run writes is not sent)."""
+    from met_core.app import session
+
     st.error(md(message))
+    session.publish()
     st.stop()
 
 
