@@ -149,7 +149,8 @@ def certify_max_loss(cal: TraceArrays, max_loss: float, delta: float, policy: st
     return CertifiedRule(policy, max_loss, delta, n, [t] * (k - 1) + [None], int(harm[j]), float(p[j]), r.gmacs,
                          r.accuracy, int(min(passed + 1, len(path))), None,
                          f"certified: with probability at least {1 - delta:.0%} over the {n:,} calibration images, "
-                         f"threshold {t:.4g} loses at most {100 * max_loss:g} points against the last exit on new "
+                         f"threshold {t:.4g} loses at most {100 * max_loss:g} "
+                         f"point{'' if 100 * max_loss == 1 else 's'} against the last exit on new "
                          f"images from the same source ({r.gmacs / cal.gmacs[-1]:.0%} of its GMACs here).")
 
 

@@ -21,7 +21,8 @@ st.caption("Every block is frozen; the E-adapters inside each block are trained,
            "linear head after its block. The cost under each exit is what an image has spent when it leaves there.")
 
 st.subheader("Model card")
-st.dataframe([{"field": k, "value": v} for k, v in state.summary(ckpt).card()], hide_index=True)
+card = state.summary(ckpt).card()
+st.dataframe([{"field": k, "value": v} for k, v in card], hide_index=True, height=36 * (len(card) + 1) + 3)
 
 st.subheader("The ideas")
 st.markdown("""

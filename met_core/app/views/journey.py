@@ -84,6 +84,8 @@ j: Journey = journey(probs, gmacs, blocks, thresholds, policy)
 left = j.steps[-1]
 n = len(j.steps)
 step = min(v.journey.step, n)
+if v.journey.step > n:  # it leaves before that step (another threshold): the view, and so the link, says so too
+    session.update(lambda view: setattr(view.journey, "step", n))
 if n > 1:
     b1, b2, b3 = st.columns([1.4, 5, 1.4], vertical_alignment="center")
     b1.button("◀ Previous exit", key="journey_prev", disabled=step <= 1, width="stretch", on_click=session.update,

@@ -61,6 +61,7 @@ default_rows = [paths.index(cur)] if cur in paths else []
 # one table per model in use, so its highlighted row is always that model (also after a trace picked a new one)
 table_key = f"model_table-{state.label(cur)}"
 event = st.dataframe(pd.DataFrame(rows), hide_index=True, on_select="rerun", selection_mode="single-row",
+                     height=36 * (len(rows) + 1) + 3,
                      key=table_key, selection_default={"selection": {"rows": default_rows}})
 picked = list(event.selection.rows) if event else []
 if picked and paths[picked[0]] != cur:  # a click on another row

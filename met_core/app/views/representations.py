@@ -90,8 +90,9 @@ fig = make_subplots(
     2,
     shared_xaxes=True,
     shared_yaxes=True,
-    subplot_titles=[
-        plot(f"{n}: kNN {100 * fr['knn'][j]:.1f}%") for j, n in enumerate(names)
+    subplot_titles=[  # short: two titles share one row at 1280 px
+        plot(f"{state.label(p)} (lambda {lam(p):g}): kNN {100 * fr['knn'][j]:.1f}%")
+        for j, p in enumerate((ckpt, other))
     ],
 )
 for j, ck in enumerate([ckpt, other]):

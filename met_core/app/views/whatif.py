@@ -150,8 +150,9 @@ def in_use_line(policy: str, thresholds) -> str:
                 + "; ".join(f"exit {j + 1}: {number(t)}" for j, t in enumerate(counts)) + "; the last always answers.")
     if isinstance(thresholds, (int, float)):
         return f"In use: every exit but the last leaves when its {policy} score {cmp} {number(thresholds)}."
-    return ("In use: " + "; ".join(f"exit {j + 1} {cmp} {number(t)}" for j, t in enumerate(thresholds[:-1]))
-            + "; the last exit always answers.")
+    rules = [f"exit {j + 1}: nobody leaves" if t == pol.never else f"exit {j + 1} {cmp} {number(t)}"
+             for j, t in enumerate(thresholds[:-1])]
+    return "In use: " + "; ".join(rules) + "; the last exit always answers."
 
 
 def headline(r: WhatIfResult, where) -> None:
