@@ -300,3 +300,30 @@ def test_a_page_that_stops_with_a_sentence_keeps_the_view_in_the_address(server,
     recipient.get(sender.current_url)
     wait_text(recipient, "no second checkpoint traced on the same test images", timeout=180)
     assert query(recipient) == query(sender)
+
+
+def test_fast_arrow_keys_on_the_slider_leave_slider_entry_numbers_and_link_agreeing(server, pair, test_arrays):
+    """The newcomer's finding: ten arrow-key presses 0.1 s apart on the threshold slider left the exact entry, the
+    link and the slider on different values. However many presses the browser delivers, once the page settles
+    the slider, the entry, the numbers and the link all name the same threshold."""
+    from selenium.webdriver.common.keys import Keys
+
+    drv, _ = pair
+    drv.get(f"{server}/whatif?t=0.5")
+    wait_text(drv, "Accuracy versus mean GMACs", timeout=180)
+    settle(drv)
+    thumb = drv.find_element("css selector", '[data-testid="stSlider"] input[type="range"]')
+    drv.execute_script("arguments[0].focus();", thumb)
+    for _ in range(10):
+        drv.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)
+        time.sleep(0.1)
+    time.sleep(6)
+    settle(drv)
+    shown_t = float(drv.find_element("css selector", '[data-testid="stSlider"] input[type="range"]')
+                    .get_attribute("value"))
+    entry = drv.find_element("css selector", 'input[aria-label="Exact value"]').get_attribute("value")
+    assert 0.5 < shown_t <= 0.6 and float(entry) == shown_t, (shown_t, entry)
+    assert float(query(drv).get("t", "0.8")) == shown_t, (query(drv), shown_t)
+    r = whatif(test_arrays, shown_t)
+    assert metric_value(drv, "Accuracy") == f"{100 * r.accuracy:.2f}%"
+    no_exception(drv)
