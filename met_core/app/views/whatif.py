@@ -89,8 +89,10 @@ def threshold_controls(v: View, pol, cal) -> None:
 
     if v.mode == "global":
         label = "Agreeing exits needed (patience)" if pol.counts_exits else f"Threshold on the {v.policy} score"
+        end = f" The right end ({number(hi)}) is above any score: every image goes to the last exit." if (
+            pol.higher_is_confident and not pol.counts_exits) else ""
         session.bind(st.slider, label, "threshold", lo, hi, step=pol.ui_step,
-                     format=fmt, help=pol.help, show=lambda t: float(np.clip(t, lo, hi)), convert=float)
+                     format=fmt, help=pol.help + end, show=lambda t: float(np.clip(t, lo, hi)), convert=float)
     elif v.mode == "per-exit":
         for j in range(k - 1):
             _per_exit_slider(j, lo, hi, pol, fmt)
