@@ -21,10 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from met_core.analysis.latency import predict_latency, read_profile
-from met_core.data.datasets import decode_all, open_dataset, transform_for
+from met_core.data.datasets import decode_all, open_dataset, seeded_subset, transform_for
 from met_core.engine.devices import device_name
 from met_core.engine.export import OnnxEarlyExit, export_onnx
 from met_core.engine.inference import SpeedupResult, measure_speedup
@@ -64,7 +62,7 @@ def main() -> int:
         prof, source = profile_model(model, batches), "measured in this run"
     root = locate_dataset(cfg["data"]["root"].replace("/train", "/test"))
     ds = open_dataset(str(root))
-    ds = ds.subset(np.sort(np.random.default_rng(0).choice(len(ds), args.images, replace=False)))
+    ds = seeded_subset(ds, args.images, seed=0)
     ds.transform = transform_for(model.cfg)
     x, y = decode_all(ds, "decode", progress=False)
     with tempfile.TemporaryDirectory() as tmp:

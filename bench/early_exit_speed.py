@@ -13,12 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from met_core.data.datasets import decode_all, make_transform, open_dataset  # noqa: E402
+from met_core.data.datasets import decode_all, make_transform, open_dataset, seeded_subset  # noqa: E402
 from met_core.engine.inference import early_exit, measure_speedup  # noqa: E402
 from met_core.nn.checkpoint import load_checkpoint  # noqa: E402
 
@@ -35,7 +34,7 @@ def main() -> int:
     torch.manual_seed(0)
     model, _ = load_checkpoint(args.checkpoint)
     ds = open_dataset(args.dataset, split="test")
-    ds = ds.subset(np.sort(np.random.default_rng(0).choice(len(ds), min(args.images, len(ds)), replace=False)))
+    ds = seeded_subset(ds, args.images, seed=0)
     ds.transform = make_transform(model.cfg.img_size, model.cfg.mean, model.cfg.std)
     x, _ = decode_all(ds, "decode", progress=False)
     threshold = None

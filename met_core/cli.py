@@ -14,25 +14,29 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, get_args, get_origin, get_type_hints
 
-import numpy as np
-
-from .config import METConfig, Range, RuntimeConfig, TrainConfig, config_from_dict
+from .config import (
+    BATCH,
+    DATA_ROOT_HELP,
+    SEED,
+    BenchExitConfig,
+    METConfig,
+    Range,
+    RuntimeConfig,
+    TraceConfig,
+    TrainConfig,
+    config_from_dict,
+)
 from .errors import METError, user_message
 from .io.traces import MAC_NOTE
 
 if TYPE_CHECKING:
     from .analysis.whatif import WhatIfResult
-    from .data.datasets import ImageDataset
     from .engine.distributed import DistContext
-    from .nn.model import METModel
 
-# fields that the CLI derives instead of taking as flags
-DERIVED = {"num_classes", "class_names", "weights_sha256"}
+# fields that the CLI derives instead of taking as flags (download: from the common --no-download)
+DERIVED = {"num_classes", "class_names", "weights_sha256", "download"}
 # ranges of the flags that are not config fields
 THRESHOLD = Range(-1000, 1000)  # a policy's threshold: a probability, a normalised entropy or a count of exits
-COUNT = Range(0, 100_000_000)  # images (0: all)
-BATCH = Range(1, 65_536)
-SEED = Range(0, 2**32 - 1)
 
 
 class Parser(argparse.ArgumentParser):
@@ -81,24 +85,29 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str,
         if f.name in DERIVED or (only is not None and f.name not in only):
             continue
         flag, hint, bounds = "--" + f.name.replace("_", "-"), hints[f.name], f.metadata.get("bounds")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_ = f"{f.metadata.get('help', '')} (default: {default})"
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_ = f.metadata.get("help", "") + ("" if default in (None, "") else f" (default: {default})")
+        common = {"dest": f.name, "default": None, "help": help_, "required": required}
         if hint is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         elif get_origin(hint) is list:
-            group.add_argument(flag, dest=f.name, type=_list_parser(get_args(hint)[0], bounds,
-                                                                    f.metadata.get("max_len") or 64),
-                               default=None, help=help_, metavar="A,B,...")
+            group.add_argument(flag, type=_list_parser(get_args(hint)[0], bounds, f.metadata.get("max_len") or 64),
+                               metavar="A,B,...", **common)
         elif get_origin(hint) is not None and get_args(hint) and all(isinstance(a, str) for a in get_args(hint)):
-            group.add_argument(flag, dest=f.name, choices=get_args(hint), default=None, help=help_)
+            group.add_argument(flag, choices=get_args(hint), **common)
         else:
             kind = number(hint, bounds) if bounds is not None else hint
-            group.add_argument(flag, dest=f.name, type=kind, default=None, help=help_)
+            group.add_argument(flag, type=kind, **common)
+
+
+def given_args(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The flags of a dataclass's fields that were given (the rest keep the dataclass's defaults)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
-    return config_from_dict(cls, {**values, **extra})
+    return config_from_dict(cls, {**given_args(cls, args), **extra})
 
 
 def existing_path(text: str) -> Path:
@@ -129,31 +138,6 @@ def runtime_setup(args: argparse.Namespace) -> tuple[RuntimeConfig, DistContext,
     return runtime, ctx, resolve_device(runtime.device, ctx.local_rank)
 
 
-def build_model(args: argparse.Namespace, ds: ImageDataset, seed: int) -> METModel:
-    """The model `train` asks for: the backbone's own preprocessing unless given, four even exits by default."""
-    import torch
-
-    from .nn.backbones import backbone_entry, create_backbone
-    from .nn.model import METModel
-
-    pre = backbone_entry(args.backbone or METConfig.backbone).preprocessing
-    own = {"mean": list(pre.mean), "std": list(pre.std), "interpolation": pre.interpolation}
-    base = dataclass_from_args(METConfig, args, num_classes=len(ds.class_names), class_names=ds.class_names,
-                               **{k: v for k, v in own.items() if getattr(args, k, None) is None})
-    backbone, digest = create_backbone(base.backbone, base.img_size, base.weights)
-    depth = len(backbone.blocks)
-    if getattr(args, "exits", None) is None:
-        base.exits = [round(depth * (k + 1) / 4) for k in range(4)]  # K = 4, evenly spaced
-    mcfg = dataclasses.replace(base, weights_sha256=digest)
-    mcfg.validate(depth)
-    torch.manual_seed(seed)
-    model = METModel(backbone, mcfg)
-    n = model.num_parameters()
-    log(f"trainable parameters: {n['trainable']:,} ({100 * n['trainable'] / n['frozen']:.2f}% of the "
-        f"{n['frozen']:,} frozen backbone parameters)")
-    return model
-
-
 def record_weights(mcfg: METConfig, out: Path) -> None:
     """A weights file is recorded relative to the checkpoint folder when it lies inside (a config never leads
     MET out of its folder); one outside is named in a note."""
@@ -173,6 +157,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .engine.train import fit, seed_everything
     from .nn.checkpoint import save_checkpoint
     from .nn.flops import exit_gmacs
+    from .nn.model import build_model
 
     tcfg: TrainConfig = dataclass_from_args(TrainConfig, args)
     tcfg.validate()  # before any data is read
@@ -183,7 +168,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         log(note)
     train_idx, val_idx = subsample_split(ds.labels, tcfg.per_class, tcfg.val_fraction, tcfg.seed, ds.class_names,
                                          warn=log)
-    model = build_model(args, ds, tcfg.seed)
+    model = build_model(given_args(METConfig, args), ds.class_names, tcfg.seed)
+    n = model.num_parameters()
+    log(f"trainable parameters: {n['trainable']:,} ({100 * n['trainable'] / n['frozen']:.2f}% of the "
+        f"{n['frozen']:,} frozen backbone parameters)")
     mcfg = model.cfg
     train_ds, val_ds = ds.subset(train_idx), ds.subset(val_idx)
     train_ds.transform, val_ds.transform = transform_for(mcfg, tcfg.augment), transform_for(mcfg)
@@ -227,11 +215,10 @@ def cmd_trace(args: argparse.Namespace) -> None:
     onnx = None
     if args.engine == "onnx":
         from .engine.export import OnnxEarlyExit
-        onnx = OnnxEarlyExit(args.onnx or Path(args.checkpoint) / "onnx")
-    trace = trace_checkpoint(args.checkpoint, args.dataset, args.split, weights=args.weights, device=device, onnx=onnx,
-                             download=not args.no_download, data_root=args.data_root, holdout=args.holdout,
-                             limit=args.limit, batch_size=args.batch_size, features=args.features, seed=args.seed,
-                             precision=runtime.precision, workers=runtime.workers, ctx=ctx,
+        from .io.checkpoint import export_dir
+        onnx = OnnxEarlyExit(export_dir(args.checkpoint, args.onnx))
+    trace = trace_checkpoint(args.checkpoint, dataclass_from_args(TraceConfig, args, download=not args.no_download),
+                             runtime, weights=args.weights, device=device, ctx=ctx, onnx=onnx,
                              progress=not args.quiet and ctx.is_main, notes=log)
     shutdown(ctx)
     if trace is None:  # not the main process: it has nothing to write
@@ -389,7 +376,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_reliability(args: argparse.Namespace) -> None:
-    from .analysis.reliability import Temperatures, fit_temperatures, reliability
+    from .analysis.reliability import Temperatures, exit_reliability
     from .io.traces import load_trace
 
     trace = load_trace(args.trace)
@@ -398,14 +385,13 @@ def cmd_reliability(args: argparse.Namespace) -> None:
         cal = load_trace(args.fit_on)
         if cal.meta.get("checkpoint_sha256") != trace.meta.get("checkpoint_sha256"):
             raise METError(f"{args.fit_on} comes from another checkpoint than {args.trace}.")
-        fitted = Temperatures(fit_temperatures(cal.logits.astype(np.float32), cal.labels),
-                              str(cal.meta.get("checkpoint_sha256", "")), Path(args.fit_on).name, len(cal.labels))
+        fitted = Temperatures.fit(cal, Path(args.fit_on).name)
         temps = fitted.temperatures
         if args.out:
             Path(args.out).write_text(fitted.to_json() + "\n")
-    before = [reliability(p, trace.labels, args.bins) for p in trace.probs().transpose(1, 0, 2)]
-    after = [reliability(p, trace.labels, args.bins) for p in trace.probs(temps).transpose(1, 0, 2)] if temps else None
-    out = {"ece": [c.ece for c in before], "curves": [c.__dict__ for c in before], "temperatures": temps,
+    before = exit_reliability(trace, bins=args.bins)
+    after = exit_reliability(trace, temps, args.bins) if temps else None
+    out = {"ece": [c.ece for c in before], "curves": [c.to_dict() for c in before], "temperatures": temps,
            "ece_with_temperatures": [c.ece for c in after] if after else None}
     lines = ["expected calibration error per exit: " + " / ".join(f"{c.ece:.4f}" for c in before)]
     if after:
@@ -438,14 +424,14 @@ def cmd_ood(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .engine.inference import predict_files
+    from .engine.inference import load_engine, predict_files
     from .io.checkpoint import checkpoint_hash
 
     if len(args.images) > args.max_files:
         raise METError(f"{len(args.images)} files given; at most {args.max_files} at once (raise --max-files).")
     runtime, _, device = runtime_setup(args)
     policy, thresholds = _rule(args, checkpoint_hash(args.checkpoint) if args.rule else None)
-    model = engine(args, device)
+    model = load_engine(args.checkpoint, args.engine, args.onnx, args.weights, device)
     res = predict_files(model, args.images, thresholds, policy, precision=runtime.precision)
     lines = [
         f"{r.file}: error: {r.error}"
@@ -458,101 +444,64 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_exit(args: argparse.Namespace) -> None:
-    import torch
-
-    from .analysis.latency import predict_latency, read_profile
-    from .data.datasets import decode_all, open_dataset, seeded_subset, transform_for
-    from .engine.inference import measure_speedup
+    from .analysis.latency import profile_path, read_profile
+    from .engine.inference import bench_exit, bench_images, load_engine, model_inputs
     from .io.checkpoint import checkpoint_hash
 
     runtime, _, device = runtime_setup(args)
+    cfg: BenchExitConfig = dataclass_from_args(BenchExitConfig, args, download=not args.no_download)
     policy, thresholds = _rule(args, checkpoint_hash(args.checkpoint) if args.rule else None)
-    model = engine(args, device)
-    prof_path = Path(args.profile) if args.profile else profile_path(args)
+    model = load_engine(args.checkpoint, args.engine, args.onnx, args.weights, device)
+    prof_path = Path(args.profile) if args.profile else profile_path(args.checkpoint, args.engine, args.onnx)
     prof = read_profile(prof_path, model.num_exits) if args.profile or prof_path.exists() else None
-    ds = seeded_subset(open_dataset(args.dataset, split=args.split, download=not args.no_download,
-                                    data_root=args.data_root), args.limit, args.seed)
-    ds.transform = model.manifest.transform() if args.engine == "onnx" else transform_for(model.cfg)
-    x, _ = decode_all(ds, "decode", progress=not args.quiet)
-    rows, lines = [], [f"real batched early exit ({args.engine}) on {len(x)} images ({policy}), median of "
-                       f"{args.repeats}; "
-                       "speed-up over every image to the last exit:",
-                       "batch | measured | GMACs-predicted | profile-predicted | measured ms/image | profile ms/image"]
-    for b in args.batch:
-        torch.manual_seed(args.seed)
-        r = measure_speedup(model, x, thresholds, policy, b, args.repeats, runtime.precision)
-        row = {**r.to_dict(), "measured_ms_per_image": 1e3 * r.early_seconds_median / r.images}
-        if prof is not None:
-            lp = predict_latency(prof, r.exit_fractions, b)
-            row["profile"] = lp.to_dict()
-        rows.append(row)
-        lp_s = f"{row['profile']['speedup']:.2f}x" if prof else "-"
-        lp_ms = f"{row['profile']['ms_per_image']:.2f}" if prof else "-"
-        lines.append(f"{b} | {r.measured_speedup:.2f}x | {r.predicted_speedup:.2f}x | {lp_s} | "
-                     f"{row['measured_ms_per_image']:.2f} | {lp_ms}")
+    x = model_inputs(model, bench_images(cfg), progress=not args.quiet)
+    rows = bench_exit(model, x, cfg, thresholds, policy, runtime.precision, prof)
+    lines = [f"real batched early exit ({args.engine}) on {len(x)} images ({policy}), median of {cfg.repeats}; "
+             "speed-up over every image to the last exit:",
+             "batch | measured | GMACs-predicted | profile-predicted | measured ms/image | profile ms/image"]
+    for row in rows:
+        r, lp = row.measured, row.profile
+        lines.append(f"{r.batch_size} | {r.measured_speedup:.2f}x | {r.predicted_speedup:.2f}x | "
+                     f"{f'{lp.speedup:.2f}x' if lp else '-'} | {row.ms_per_image:.2f} | "
+                     f"{f'{lp.ms_per_image:.2f}' if lp else '-'}")
     if prof is not None:
         lines.append(f"profile: {prof.device_name}, {prof.threads} threads, {prof.precision} ({prof_path})")
-    _emit(args, rows, lines)
-
-
-def engine(args: argparse.Namespace, device: Any) -> Any:
-    """The model `predict` and `bench-exit` run: the checkpoint in PyTorch, or its ONNX export (--engine onnx)."""
-    from .io.checkpoint import checkpoint_hash
-    from .nn.checkpoint import load_checkpoint
-
-    if args.engine == "pytorch":
-        return load_checkpoint(args.checkpoint, args.weights, device)[0]
-    from .engine.export import OnnxEarlyExit
-    runner = OnnxEarlyExit(args.onnx or Path(args.checkpoint) / "onnx")
-    if runner.manifest.checkpoint_sha256 != checkpoint_hash(args.checkpoint):
-        raise METError(f"the ONNX export in {runner.folder} was made from another checkpoint; export this one "
-                       "again (met export).")
-    return runner
+    _emit(args, [row.to_dict() for row in rows], lines)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from .engine.export import export_onnx
-    from .io.checkpoint import checkpoint_hash
+    from .io.checkpoint import checkpoint_hash, export_dir
     from .nn.checkpoint import load_checkpoint
     from .nn.flops import exit_gmacs
 
     sha = checkpoint_hash(args.checkpoint)
     policy, thresholds = _rule(args, sha if args.rule else None)
     model, _ = load_checkpoint(args.checkpoint, args.weights)
-    out = Path(args.out) if args.out else Path(args.checkpoint) / "onnx"
+    out = export_dir(args.checkpoint, args.out)
     m = export_onnx(model, out, policy, thresholds, sha, exit_gmacs(model), args.quantize)
     _emit(args, json.loads(m.to_json()), [f"wrote {len(m.stages)} {m.quantization} stage graphs and exits.json to "
                                           f"{out} (checked with the onnx checker); policy {m.policy}, thresholds "
                                           f"{m.thresholds}"])
 
 
-def profile_path(args: argparse.Namespace) -> Path:
-    """Where an engine's latency profile lives by default: CHECKPOINT/latency.json for PyTorch, beside the graphs
-    (ONNX_DIR/latency.json) for the ONNX export; --profile / --out choose another file."""
-    from .analysis.latency import LATENCY_FILE
-
-    if args.engine == "onnx":
-        return Path(args.onnx or Path(args.checkpoint) / "onnx") / LATENCY_FILE
-    return Path(args.checkpoint) / LATENCY_FILE
-
-
 def cmd_profile(args: argparse.Namespace) -> None:
+    from .analysis.latency import profile_path
+    from .engine.inference import load_engine
     from .engine.profiling import profile_model, profile_onnx
     from .io.checkpoint import checkpoint_hash
-    from .nn.checkpoint import load_checkpoint
 
     runtime, _, device = runtime_setup(args)
     progress = (lambda s: None) if args.quiet else (lambda s: log(f"profiling {s}"))
+    if args.engine == "onnx" and runtime.precision != "fp32":
+        raise METError("the ONNX export runs in fp32 on the CPU; profile it without --precision.")
+    model = load_engine(args.checkpoint, args.engine, args.onnx, args.weights, device)
     if args.engine == "onnx":
-        if runtime.precision != "fp32":
-            raise METError("the ONNX export runs in fp32 on the CPU; profile it without --precision.")
-        model = engine(args, device)
         prof = profile_onnx(model, args.batch, args.repeats, progress=progress)
     else:
-        model, _ = load_checkpoint(args.checkpoint, args.weights, device)
         prof = profile_model(model, args.batch, runtime.precision, args.repeats, progress=progress)
     prof.checkpoint_sha256 = checkpoint_hash(args.checkpoint)
-    out = Path(args.out) if args.out else profile_path(args)
+    out = Path(args.out) if args.out else profile_path(args.checkpoint, args.engine, args.onnx)
     out.write_text(prof.to_json() + "\n")
     lines = [f"wrote {out} ({prof.engine}): {prof.device_name}, {prof.threads} threads, "
              f"{'torch ' if prof.engine == 'pytorch' else ''}{prof.torch_version}, "
@@ -633,11 +582,7 @@ def add_checkpoint_args(s: argparse.ArgumentParser) -> None:
 
 
 def add_data_root(s: argparse.ArgumentParser) -> None:
-    s.add_argument(
-        "--data-root",
-        help="folder holding a named torchvision dataset's files (default: "
-        "$MET_CACHE_DIR/datasets); an existing local copy is used as it is",
-    )
+    s.add_argument("--data-root", help=DATA_ROOT_HELP)
 
 
 def add_rule(s: argparse.ArgumentParser) -> None:
@@ -683,20 +628,9 @@ def _train_args(t: argparse.ArgumentParser) -> None:
 
 def _trace_args(r: argparse.ArgumentParser) -> None:
     add_checkpoint_args(r)
-    r.add_argument("--dataset", help="folder or dataset name (default: the checkpoint's, with --split val)")
-    r.add_argument("--split", default="test", help="'test', 'train', 'val' (the checkpoint's own validation ids) "
-                   "or 'holdout' (see --holdout)")
     r.add_argument("--out", required=True, help="trace file to write (.npz)")
-    r.add_argument("--limit", type=number(int, COUNT), default=0, help="trace a seeded random subset of N samples")
-    r.add_argument("--features", type=number(int, COUNT), default=2000,
-                   help="store head inputs for a seeded subset of N samples")
-    r.add_argument("--holdout", type=number(int, COUNT), default=0,
-                   help="with --split holdout: trace N seeded images of the checkpoint's training split that it "
-                   "never trained or validated on (a calibration set; never the test split)")
-    r.add_argument("--batch-size", type=number(int, BATCH), default=64)
-    r.add_argument("--seed", type=number(int, SEED), default=0)
+    add_dataclass_args(r, TraceConfig, "trace")
     add_engine(r)
-    add_data_root(r)
     add_dataclass_args(r, RuntimeConfig, "runtime", only=("device", "precision", "workers"))
 
 
@@ -767,16 +701,9 @@ def _predict_args(pr: argparse.ArgumentParser) -> None:
 
 def _bench_exit_args(b: argparse.ArgumentParser) -> None:
     add_checkpoint_args(b)
-    b.add_argument("--dataset", required=True)
-    b.add_argument("--split", default="test")
-    b.add_argument("--batch", type=_list_parser(int, BATCH, 16), default=[64], metavar="B1,B2,...",
-                   help="batch sizes to measure (default 64)")
     b.add_argument("--profile", metavar="FILE", help="latency profile for the predicted column (default: "
                    "CHECKPOINT/latency.json, or ONNX_DIR/latency.json with --engine onnx, when it exists)")
-    b.add_argument("--limit", type=number(int, COUNT), default=512, help="images to use (a seeded random subset)")
-    b.add_argument("--repeats", type=number(int, Range(1, 1000)), default=5)
-    b.add_argument("--seed", type=number(int, SEED), default=0)
-    add_data_root(b)
+    add_dataclass_args(b, BenchExitConfig, "measurement")
     add_rule(b)
     add_engine(b)
     add_dataclass_args(b, RuntimeConfig, "runtime", only=("device", "precision"))
@@ -784,7 +711,6 @@ def _bench_exit_args(b: argparse.ArgumentParser) -> None:
 
 def _export_args(ex: argparse.ArgumentParser) -> None:
     add_checkpoint_args(ex)
-    ex.add_argument("--format", choices=["onnx"], default="onnx")
     ex.add_argument("--out", help="folder to write (default: CHECKPOINT/onnx)")
     ex.add_argument("--quantize", choices=["fp32", "int8"], default="fp32",
                     help="int8: onnxruntime's dynamic quantization of every stage graph (int8 weights of the matrix "

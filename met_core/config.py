@@ -4,15 +4,19 @@
 `TrainConfig` is the recipe; `RuntimeConfig` says where a run executes. The [ours] choices of the
 method page are the defaults. One validator (`check_fields`) checks every field against its type,
 Range and length, wherever a value comes from: a JSON file, a CLI flag (cli.py builds its flag
-types from the same Ranges) or code.
+types from the same Ranges) or code. `TraceConfig` and `BenchExitConfig` are what `met trace` and
+`met bench-exit` are asked (their flags are built from them). The small JSON file formats (the exit
+rule, temperatures, the latency profile, the ONNX export manifest) are `TaggedFile` dataclasses
+declared with the same field helper `_f` and read through the same validator.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import types
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 from .errors import METError
 
@@ -57,15 +61,44 @@ def _num(v: float) -> str:
     return f"{int(v):,}" if float(v).is_integer() else f"{v:g}"
 
 
+REQUIRED: Any = dataclasses.MISSING  # `_f(REQUIRED, ...)`: a field without a default (a required flag on the CLI)
+
+
 def _f(default: Any, help: str, bounds: Range | None = None, max_len: int | None = None) -> Any:
-    """A field with its help string; for numbers (or number lists) a Range, for lists and text a length."""
+    """A field with its help string; for numbers (or number lists, nested or not) a Range, for lists and text a
+    length; `REQUIRED` as the default: a field that must be given."""
     meta = {"help": help, "bounds": bounds, "max_len": max_len}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
 
 
+class Record:
+    """A dataclass that writes itself out as a plain, JSON-ready dict: the one `to_dict` of MET's results."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+class TaggedFile(Record):
+    """A small JSON file format held by a dataclass declared with `_f`: `FORMAT` is the file's `format` tag. Written
+    by `to_json`; read by `met_core.io.limits.read_tagged_file` (bounded, then `config_from_dict`: every field
+    checked by `check_fields`, one sentence for the first that is off), then by the class's own `check()` for what
+    ties fields together."""
+
+    FORMAT: ClassVar[str] = ""
+
+    def to_json(self) -> str:
+        return json.dumps({"format": self.FORMAT, **self.to_dict()}, indent=2, allow_nan=False)
+
+    def check(self, what: str) -> None:
+        """Checks across fields (lengths that must agree, order), one sentence naming `what`; none by default."""
+
+
 POSITIVE = Range(0, 10, lo_open=True)  # learning rates and the like
+COUNT = Range(0, 100_000_000)  # images (0: all)
+BATCH = Range(1, 65_536)
+SEED = Range(0, 2**32 - 1)
 
 
 @dataclass
@@ -167,6 +200,43 @@ class RuntimeConfig:
         check_fields(self)
 
 
+DATA_ROOT_HELP = ("Folder holding a named torchvision dataset's files (default: $MET_CACHE_DIR/datasets); an existing "
+                  "local copy is used as it is.")
+DOWNLOAD_HELP = "Download a named torchvision dataset that is not there yet (the CLI's --no-download: never)."
+
+
+@dataclass
+class TraceConfig:
+    """What `met trace` and the app's Models page trace: which images, how many, in which batches."""
+
+    dataset: str = _f("", "Folder or dataset name (default: the checkpoint's, with --split val).", max_len=4096)
+    split: str = _f("test", "'test', 'train', 'val' (the checkpoint's own validation ids) or 'holdout' (see "
+                    "--holdout).", max_len=64)
+    limit: int = _f(0, "Trace a seeded random subset of N samples (0: all).", COUNT)
+    features: int = _f(2000, "Store head inputs for a seeded subset of N samples.", COUNT)
+    holdout: int = _f(0, "With --split holdout: trace N seeded images of the checkpoint's training split that it "
+                      "never trained or validated on (a calibration set; never the test split).", COUNT)
+    batch_size: int = _f(64, "Images per batch.", BATCH)
+    seed: int = _f(0, "Seed of the subsets.", SEED)
+    data_root: str = _f("", DATA_ROOT_HELP, max_len=4096)
+    download: bool = _f(True, DOWNLOAD_HELP)
+
+
+@dataclass
+class BenchExitConfig:
+    """What `met bench-exit` and the app's measurement run: real batched early exit against every image to the last
+    exit, on a seeded subset of a dataset, at each batch size."""
+
+    dataset: str = _f(REQUIRED, "Folder or dataset name of the images.", max_len=4096)
+    split: str = _f("test", "The dataset's split.", max_len=64)
+    batch: list[int] = _f([64], "Batch sizes to measure.", BATCH, max_len=16)
+    limit: int = _f(512, "Images to use (a seeded random subset; 0: all).", COUNT)
+    repeats: int = _f(5, "Timed passes of each; the medians are compared.", Range(1, 1000))
+    seed: int = _f(0, "Seed of the subset and of torch.", SEED)
+    data_root: str = _f("", DATA_ROOT_HELP, max_len=4096)
+    download: bool = _f(True, DOWNLOAD_HELP)
+
+
 def check_fields(cfg: Any, what: str = "") -> None:
     """Every field of a config dataclass against its type hint, its Range and its length: one sentence for the
     first that is off (`what` names the file it came from)."""
@@ -182,11 +252,18 @@ def check_fields(cfg: Any, what: str = "") -> None:
         if max_len is not None and isinstance(value, (list, str)) and len(value) > max_len:
             unit = "entries" if isinstance(value, list) else "characters"
             raise METError(f"{prefix}{f.name} has {len(value):,} {unit}, more than the {max_len:,} allowed.")
-        for v in value if isinstance(value, list) else [value]:
-            if bounds is not None:
+        for v in _items(value):
+            if bounds is not None and v is not None:
                 bounds.check(prefix + f.name, v)
             if isinstance(value, list) and isinstance(v, str) and len(v) > MAX_TEXT:
                 raise METError(f"{prefix}{f.name} has an entry of {len(v):,} characters; at most {MAX_TEXT} allowed.")
+
+
+def _items(value: Any) -> list[Any]:
+    """A value's numbers or texts: itself, or the items of a list (of lists)."""
+    if not isinstance(value, list):
+        return [value]
+    return [v for item in value for v in _items(item)]
 
 
 def field_bounds(cls: type) -> dict[str, Range]:
@@ -199,6 +276,12 @@ def _fits(value: Any, hint: Any) -> bool:
     origin = get_origin(hint)
     if origin is Literal:
         return any(value == a and type(value) is type(a) for a in get_args(hint))
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, a) for a in get_args(hint))
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is type(None):
+        return value is None
     if origin is list:
         (item,) = get_args(hint)
         return isinstance(value, list) and all(_fits(v, item) for v in value)
@@ -209,13 +292,20 @@ def _fits(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
-_NAMES = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
+_NAMES = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false", type(None): "null"}
 
 
-def _describe(hint: Any) -> str:
-    if get_origin(hint) is list:
-        return "a list of " + _NAMES[get_args(hint)[0]].split(" ", 1)[1] + "s"
-    return _NAMES.get(hint, str(hint))
+def _describe(hint: Any, plural: bool = False) -> str:
+    """A type hint in words: 'a list of integers', 'a finite number or null'; `plural`: 'integers'."""
+    origin = get_origin(hint)
+    if origin is list:
+        return ("lists of " if plural else "a list of ") + _describe(get_args(hint)[0], plural=True)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a, plural) for a in get_args(hint))
+    name = "a JSON object" if origin is dict else _NAMES.get(hint, str(hint))
+    if not plural:
+        return name
+    return name.split(" ", 1)[1] + "s" if " " in name else name + "s"
 
 
 def _shown(value: Any) -> str:
@@ -225,12 +315,15 @@ def _shown(value: Any) -> str:
         return repr(value)[:60]
 
 
-def config_from_dict(cls: type, data: dict[str, Any], what: str = "config") -> Any:
-    """Build a dataclass from a JSON dict, with one-sentence errors for unknown keys, types and ranges."""
+def config_from_dict(cls: type, data: dict[str, Any], what: str = "config", ignore_unknown: bool = False) -> Any:
+    """Build a dataclass from a JSON dict, with one-sentence errors for unknown keys (unless `ignore_unknown`: they
+    are dropped), types and ranges."""
     if not isinstance(data, dict):
         raise METError(f"{what} must be a JSON object.")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    if ignore_unknown:
+        data, unknown = {k: v for k, v in data.items() if k in names}, []
     if unknown:
         raise METError(f"{what} has unknown keys {unknown[:5]}; it was written by another version or is not a MET "
                        "config.")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from met_core.analysis.whatif import TraceArrays, whatif
-from met_core.config import METConfig, TrainConfig
+from met_core.config import METConfig, TraceConfig, TrainConfig
 from met_core.data.sampling import classes_in_batch, plan_epochs
 from met_core.errors import METError
 from met_core.nn.model import METModel
@@ -76,13 +76,13 @@ def test_a_trace_the_reader_would_refuse_is_refused_before_the_model_loads(tiny_
     loaded = []
     want = r"a trace of 300 images of 10 classes would take 0\.\d MiB, more than the 0\.\d+ MiB a trace may hold; "
     with pytest.raises(METError, match=want + r"trace at most [\d,]+ images \(--limit \d+\)\.$") as e:
-        tracing.trace_checkpoint(tiny_checkpoint, str(CIFAR_TEST), limit=300, features=20,
+        tracing.trace_checkpoint(tiny_checkpoint, TraceConfig(str(CIFAR_TEST), limit=300, features=20),
                                  on_model=lambda: loaded.append(1))
     assert not loaded
     n = int(re.search(r"--limit (\d+)", str(e.value)).group(1))
     assert 100 < n < 300
-    traces.save_trace(tmp_path / "t.npz", tracing.trace_checkpoint(tiny_checkpoint, str(CIFAR_TEST), limit=n,
-                                                                   features=20))
+    traces.save_trace(tmp_path / "t.npz", tracing.trace_checkpoint(tiny_checkpoint, TraceConfig(str(CIFAR_TEST),
+                                                                                             limit=n, features=20)))
     assert len(traces.load_trace(tmp_path / "t.npz").labels) == n  # under the same bound
 
 

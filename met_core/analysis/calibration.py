@@ -7,18 +7,19 @@ Pareto front, the best point within a cost budget, and the cheapest point within
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..config import Record
 from ..errors import METError
 from .policies import CALIBRATABLE, Policy, get_policy
 from .whatif import TraceArrays, WhatIfResult, rule_figures, whatif
 
 
 @dataclass
-class OperatingPoint:
+class OperatingPoint(Record):
     """Per-exit thresholds and what they give on the trace they were chosen on."""
 
     thresholds: list[float | None]
@@ -28,12 +29,9 @@ class OperatingPoint:
     source: str
     pareto: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
-class AppliedPoint:
+class AppliedPoint(Record):
     """A candidate chosen on a calibration trace (held-out or validation images), with its figures there and the same
     thresholds on test."""
 
@@ -44,9 +42,6 @@ class AppliedPoint:
     cal_gmacs: float
     test_accuracy: float
     test_gmacs: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

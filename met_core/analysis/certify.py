@@ -16,11 +16,12 @@ figures is how much the choice itself can move.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import bdtr  # scipy.stats' binom.cdf, without importing scipy.stats (~1 s)
 
+from ..config import Record
 from ..errors import METError
 from .calibration import OperatingPoint, oriented_score
 from .policies import get_policy
@@ -77,7 +78,7 @@ def images_needed(harm_rate: float, max_loss: float, delta: float, limit: int = 
 
 
 @dataclass
-class CertifiedRule:
+class CertifiedRule(Record):
     """The cheapest certified thresholds on the path, with the evidence; `thresholds` is None if no rule
     with early exits was certified (then every image goes to the last exit)."""
 
@@ -93,9 +94,6 @@ class CertifiedRule:
     tested: int  # candidates tested before the sequence stopped
     images_needed: int | None  # when none is certified: images that would certify the first candidate
     message: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def threshold_path(arrays: TraceArrays, policy: str, steps: int = 400) -> np.ndarray:
@@ -155,16 +153,13 @@ def certify_max_loss(cal: TraceArrays, max_loss: float, delta: float, policy: st
 
 
 @dataclass
-class Spread:
+class Spread(Record):
     """5th, 50th and 95th percentiles of a validation-chosen rule's test figures over validation resamples."""
 
     accuracy: list[float]
     gmacs: list[float]
     reps: int
     validation_images: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def selection_spread(val: TraceArrays, test: TraceArrays, choose: Callable[[TraceArrays], OperatingPoint],

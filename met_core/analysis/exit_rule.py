@@ -1,18 +1,18 @@
 """The exported exit rule: a policy and its thresholds, tied to one checkpoint by its hash.
 
-The app's "Thresholds as JSON" button writes it; `whatif`, `predict` and `bench-exit` read it (`--rule FILE`).
-It is untrusted input when it comes from elsewhere: read with a size bound and checked field by field.
+The app's "Thresholds as JSON" button writes it; `whatif`, `predict`, `bench-exit` and `export` read it
+(`--rule FILE`). It is untrusted input when it comes from elsewhere: read with a size bound and checked field by
+field, as the dataclass declares them.
 """
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import REQUIRED, TaggedFile, _f
 from ..errors import METError
-from ..io.limits import read_tagged_json
+from ..io.limits import read_tagged_file
 from .policies import get_policy
 
 FORMAT = "met-exit-rule/1"
@@ -20,18 +20,22 @@ MAX_BYTES = 1_000_000
 
 
 @dataclass
-class ExitRule:
+class ExitRule(TaggedFile):
     """Which policy, which thresholds (None: the last exit, which always answers), for which checkpoint."""
 
-    policy: str
-    thresholds: list[float | None]
-    checkpoint: str = ""
-    checkpoint_sha256: str = ""
-    simulated: dict[str, Any] = field(default_factory=dict)  # what the what-if predicted (simulated, labelled so)
-    note: str = ""
+    FORMAT = FORMAT
+    policy: str = _f(REQUIRED, "The exit policy's name (met_core.analysis.policies).", max_len=64)
+    thresholds: list[float | None] = _f(REQUIRED, "One finite threshold per exit; null for the last "
+                                        "exit.", max_len=64)
+    checkpoint: str = _f("", "The checkpoint's name in the app.", max_len=4096)
+    checkpoint_sha256: str = _f("", "The checkpoint's hash (met_core.io.checkpoint.checkpoint_hash).", max_len=64)
+    simulated: dict[str, Any] = _f({}, "What the what-if predicted for the rule (simulated, labelled so).")
+    note: str = _f("", "What the simulated figures are.", max_len=4096)
 
-    def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, **asdict(self)}, indent=2, allow_nan=False)
+    def check(self, what: str) -> None:
+        if not self.thresholds:
+            raise METError(f"{what}: thresholds must list at least one threshold.")
+        get_policy(self.policy)
 
     def check_checkpoint(self, sha256: str, source: str = "the exit rule") -> None:
         if self.checkpoint_sha256 and self.checkpoint_sha256 != sha256:
@@ -40,19 +44,7 @@ class ExitRule:
 
 
 def read_exit_rule(path: str | Path) -> ExitRule:
-    """Read and check an exported exit rule; one sentence for anything wrong."""
-    data = read_tagged_json(path, "an exit rule", FORMAT, "export the thresholds again", MAX_BYTES)
-    policy, th = data.get("policy"), data.get("thresholds")
-    if not isinstance(policy, str):
-        raise METError(f"{path}: policy must be a policy name.")
-    get_policy(policy)
-    if (not isinstance(th, list) or not th or len(th) > 64
-            or not all(t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t))
-                       for t in th)):
-        raise METError(f"{path}: thresholds must be a list of up to 64 finite numbers (null for the last exit).")
-    text = {k: data.get(k, "") for k in ("checkpoint", "checkpoint_sha256", "note")}
-    if not all(isinstance(v, str) for v in text.values()):
-        raise METError(f"{path}: checkpoint, checkpoint_sha256 and note must be strings.")
-    sim = data.get("simulated", {})
-    return ExitRule(policy, th, **{k: v[:200] for k, v in text.items()},
-                    simulated=sim if isinstance(sim, dict) else {})
+    """Read and check an exported exit rule (its fields as declared above); one sentence for anything wrong. Keys
+    another version may add are ignored."""
+    return read_tagged_file(ExitRule, path, "an exit rule", "export the thresholds again", MAX_BYTES,
+                            ignore_unknown=True)

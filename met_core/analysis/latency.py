@@ -17,42 +17,57 @@ times to sum to it (`full_pass_ms`, `piece_scale`); the split between the pieces
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from ..config import REQUIRED, Range, Record, TaggedFile, _f
 from ..errors import METError
-from ..io.limits import read_tagged_json
+from ..io.checkpoint import export_dir
+from ..io.limits import read_tagged_file
 
 FORMAT = "met-latency/1"
 LATENCY_FILE = "latency.json"
 PREDICTED_NOTE = "predicted from a measured latency profile"
 
 
+MS = Range(0, 1e7, hi_open=True)  # a piece's milliseconds
+TEXT = 200  # characters of a profile's descriptive fields
+
+
 @dataclass
-class LatencyProfile:
+class LatencyProfile(TaggedFile):
     """Median milliseconds of each piece of the early-exit path, per batch size ([exit][batch] for stages)."""
 
-    device: str
-    device_name: str
-    threads: int
-    torch_version: str
-    precision: str
-    batch_sizes: list[int]
-    stem_ms: list[float]
-    stage_ms: list[list[float]]
-    head_ms: list[list[float]]
-    compact_ms: list[float]
-    checkpoint_sha256: str = ""
-    full_pass_ms: list[float] | None = None  # one whole pass to the last exit, per batch size
-    piece_scale: list[float] | None = None  # full pass over the sum of the pieces timed alone (applied already)
-    engine: str = "pytorch"  # or "onnx": the per-stage export run by onnxruntime (its stem is inside stage 1)
+    FORMAT = FORMAT
+    device: str = _f(REQUIRED, "The device profiled ('cpu', 'cuda:0').", max_len=TEXT)
+    device_name: str = _f(REQUIRED, "The device in words.", max_len=TEXT)
+    threads: int = _f(REQUIRED, "Intra-op threads.", Range(0, 1_000_000))
+    torch_version: str = _f(REQUIRED, "torch's version (onnxruntime's for the ONNX engine).", max_len=TEXT)
+    precision: str = _f(REQUIRED, "'fp32', 'bf16' or 'fp16'.", max_len=TEXT)
+    batch_sizes: list[int] = _f(REQUIRED, "The batch sizes measured, increasing.", Range(1, 2**31), max_len=64)
+    stem_ms: list[float] = _f(REQUIRED, "The stem's ms per batch size.", MS, max_len=64)
+    stage_ms: list[list[float]] = _f(REQUIRED, "Each stage's ms per batch size.", MS, max_len=64)
+    head_ms: list[list[float]] = _f(REQUIRED, "Each exit's head and exit test, ms per batch size.", MS, max_len=64)
+    compact_ms: list[float] = _f(REQUIRED, "Compacting the continuing images, ms per batch size.", MS, max_len=64)
+    checkpoint_sha256: str = _f("", "Hash of the checkpoint profiled.", max_len=64)
+    full_pass_ms: list[float] | None = _f(None, "One whole pass to the last exit, per batch size.", MS, max_len=64)
+    piece_scale: list[float] | None = _f(None, "Full pass over the sum of the pieces timed alone (applied already).",
+                                         MS, max_len=64)
+    engine: Literal["pytorch", "onnx"] = _f("pytorch", "'pytorch', or 'onnx': the per-stage export run by "
+                                            "onnxruntime (its stem is inside stage 1).")
 
-    def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, **asdict(self)}, indent=2, allow_nan=False)
+    def check(self, what: str) -> None:
+        """Batch sizes increasing; one time per batch size in every row; as many head rows as stage rows."""
+        n = len(self.batch_sizes)
+        rows = [self.stem_ms, self.compact_ms, *self.stage_ms, *self.head_ms,
+                *(v for v in (self.full_pass_ms, self.piece_scale) if v is not None)]
+        if not (n and self.batch_sizes == sorted(set(self.batch_sizes)) and all(len(r) == n for r in rows)
+                and len(self.stage_ms) == len(self.head_ms) > 0):
+            raise METError(f"{what} has malformed timings (one per batch size, batch sizes increasing).")
 
     def piece(self, times: Sequence[float], batch: float) -> float:
         """A piece's time at any batch size: linear between the measured sizes (and through 0 at 0 images)."""
@@ -65,7 +80,7 @@ class LatencyProfile:
 
 
 @dataclass
-class LatencyPrediction:
+class LatencyPrediction(Record):
     """What an exit rule would cost in time on the profiled machine, at a batch size."""
 
     ms_per_image: float
@@ -75,9 +90,6 @@ class LatencyPrediction:
     batch: int
     device_name: str
     note: str = PREDICTED_NOTE
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def predict_latency(profile: LatencyProfile, exit_fractions: Sequence[float], batch: int) -> LatencyPrediction:
@@ -100,32 +112,17 @@ def predict_latency(profile: LatencyProfile, exit_fractions: Sequence[float], ba
     return LatencyPrediction(early, 1000 / early, full, full / early, batch, profile.device_name)
 
 
+def profile_path(checkpoint: str | Path, engine: str = "pytorch", onnx: str | Path | None = None) -> Path:
+    """Where an engine's latency profile lives by default: CHECKPOINT/latency.json for PyTorch, beside the graphs
+    (ONNX_DIR/latency.json, ONNX_DIR by default CHECKPOINT/onnx) for the ONNX export."""
+    if engine == "onnx":
+        return export_dir(checkpoint, onnx) / LATENCY_FILE
+    return Path(checkpoint) / LATENCY_FILE
+
+
 def read_profile(path: str | Path, num_exits: int | None = None) -> LatencyProfile:
-    """Read and check a latency.json (untrusted: bounded, typed, finite, non-negative)."""
-    path = Path(path)
-    data = read_tagged_json(path, "a latency profile", FORMAT, "profile the checkpoint again (met profile)")
-    try:
-        prof = LatencyProfile(**data)
-    except TypeError:
-        raise METError(f"{path} has missing or unknown fields; profile the checkpoint again.") from None
-    sizes = prof.batch_sizes
-    ok_sizes = (isinstance(sizes, list) and 0 < len(sizes) <= 64 and all(isinstance(b, int) and b > 0 for b in sizes)
-                and sizes == sorted(set(sizes)))
-
-    def row(v: object) -> bool:
-        return (isinstance(v, list) and len(v) == len(sizes)
-                and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t < 1e7 for t in v))
-
-    optional = [v for v in (prof.full_pass_ms, prof.piece_scale) if v is not None]
-    if not (ok_sizes and row(prof.stem_ms) and row(prof.compact_ms) and isinstance(prof.stage_ms, list)
-            and all(row(v) for v in optional)
-            and isinstance(prof.head_ms, list) and len(prof.stage_ms) == len(prof.head_ms) > 0
-            and all(row(r) for r in prof.stage_ms + prof.head_ms)):
-        raise METError(f"{path} has malformed timings; profile the checkpoint again (met profile).")
+    """Read and check a latency.json (untrusted: bounded, its fields as declared above: typed, finite, non-negative)."""
+    prof = read_tagged_file(LatencyProfile, path, "a latency profile", "profile the checkpoint again (met profile)")
     if num_exits is not None and len(prof.stage_ms) != num_exits:
         raise METError(f"{path} profiles {len(prof.stage_ms)} exits, not {num_exits}; profile this checkpoint.")
-    if prof.engine not in ("pytorch", "onnx"):
-        raise METError(f"{path} names an unknown engine; profile the checkpoint again (met profile).")
-    for name in ("device", "device_name", "torch_version", "precision", "checkpoint_sha256"):
-        setattr(prof, name, str(getattr(prof, name))[:200])
     return prof

@@ -180,3 +180,39 @@ def exit_index(score: np.ndarray, thresholds: np.ndarray, policy: Policy) -> np.
     ok = policy.passes(score, thresholds[None, :])
     ok[:, -1] = True
     return ok.argmax(1)
+
+
+class EarlyExitBook:
+    """The bookkeeping of real batched early exit, one implementation for the PyTorch model
+    (`METModel.forward_early_exit`) and the ONNX runner (`engine.export.OnnxEarlyExit`): per image its exit and the
+    float64 probabilities of the exits it reached (NaN beyond), and which images are still running. The caller runs
+    each stage on the running images only and compacts its tensors with the mask `leave` returns.
+
+    n images, K exits, C classes; thresholds: (K,) as `as_thresholds` gives them; replay (n,): each image's 0-based
+    exit instead of the rule's."""
+
+    def __init__(self, n: int, num_exits: int, num_classes: int, policy: Policy, thresholds: np.ndarray,
+                 replay: np.ndarray | None = None) -> None:
+        self.policy, self.thresholds, self.replay, self.num_exits = policy, thresholds, replay, num_exits
+        self.exit_of = np.full(n, -1)
+        self.probs = np.full((n, num_exits, num_classes), np.nan)  # float64: what the decision sees
+        self.active = np.arange(n)  # the images still running, in order
+
+    def leave(self, k: int, logits: np.ndarray) -> np.ndarray:
+        """Exit k's logits (len(active), C) of the running images: records their probabilities and returns which of
+        them leave here (all at the last exit); `active` keeps the others."""
+        self.probs[self.active, k] = exit_probs(logits)
+        if k == self.num_exits - 1:
+            leave = np.ones(len(self.active), dtype=bool)
+        elif self.replay is None:
+            leave = self.policy.passes(self.policy.score(self.probs[self.active, : k + 1])[:, -1], self.thresholds[k])
+        else:
+            leave = self.replay[self.active] <= k
+        self.exit_of[self.active[leave]] = k
+        self.active = self.active[~leave]
+        return leave
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(classes, exits, confidence, probs): the fields of an EarlyExitResult."""
+        chosen = self.probs[np.arange(len(self.exit_of)), self.exit_of]
+        return chosen.argmax(-1), self.exit_of, chosen.max(-1), self.probs

@@ -9,21 +9,25 @@ beside the checkpoint in `temperatures.json`, never in the trained weights.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import REQUIRED, Range, Record, TaggedFile, _f
 from ..errors import METError
-from ..io.limits import read_tagged_json
+from ..io.limits import read_tagged_file
+
+if TYPE_CHECKING:
+    from ..io.traces import Trace
 
 FORMAT = "met-temperatures/1"
 TEMPERATURES_FILE = "temperatures.json"
 
 
 @dataclass
-class ReliabilityCurve:
+class ReliabilityCurve(Record):
     """One exit's reliability diagram: per confidence bin, its mean confidence, accuracy and image count."""
 
     confidence: list[float | None]
@@ -69,16 +73,20 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 @dataclass
-class Temperatures:
+class Temperatures(TaggedFile):
     """Per-exit temperatures, and what they were fitted on."""
 
-    temperatures: list[float]
-    checkpoint_sha256: str
-    fitted_on: str  # the calibration trace (its file name)
-    images: int
+    FORMAT = FORMAT
+    temperatures: list[float] = _f(REQUIRED, "One temperature per exit.", Range(1e-3, 1e3), max_len=64)
+    checkpoint_sha256: str = _f("", "Hash of the checkpoint whose exits they were fitted for.", max_len=64)
+    fitted_on: str = _f("", "The calibration trace (its file name).", max_len=4096)
+    images: int = _f(0, "Images of the calibration trace.", Range(0, 2**63 - 1))
 
-    def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, **asdict(self)}, indent=2, allow_nan=False)
+    @classmethod
+    def fit(cls, cal: Trace, fitted_on: str) -> Temperatures:
+        """Per-exit temperatures fitted on a calibration trace (named `fitted_on` in the file)."""
+        return cls(fit_temperatures(cal.logits.astype(np.float32), cal.labels),
+                   str(cal.meta.get("checkpoint_sha256", "")), fitted_on, len(cal.labels))
 
 
 def fit_temperatures(logits: np.ndarray, labels: np.ndarray) -> list[float]:
@@ -86,16 +94,19 @@ def fit_temperatures(logits: np.ndarray, labels: np.ndarray) -> list[float]:
     return [fit_temperature(logits[:, k], labels) for k in range(logits.shape[1])]
 
 
+def exit_reliability(trace: Trace, temperatures: list[float] | None = None, bins: int = 15) -> list[ReliabilityCurve]:
+    """The reliability of each exit of a trace (its probabilities divided by `temperatures` when given): what
+    `met reliability` prints and the what-if page draws."""
+    return [reliability(p, trace.labels, bins) for p in trace.probs(temperatures).transpose(1, 0, 2)]
+
+
 def read_temperatures(path: str | Path, num_exits: int, sha256: str | None = None) -> Temperatures:
-    """Read and check a temperatures file (untrusted: bounded, typed, positive and finite, for this model)."""
-    path = Path(path)
-    data = read_tagged_json(path, "a temperatures file", FORMAT, "fit the temperatures again (met reliability)")
-    t = data.get("temperatures")
-    if (not isinstance(t, list) or len(t) != num_exits
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 1e-3 <= v <= 1e3 for v in t)):
+    """Read and check a temperatures file (untrusted: bounded, its fields as declared above, for this model)."""
+    t = read_tagged_file(Temperatures, path, "a temperatures file", "fit the temperatures again (met reliability)",
+                         ignore_unknown=True)
+    if len(t.temperatures) != num_exits:
         raise METError(f"{path}: temperatures must be {num_exits} numbers between 0.001 and 1000.")
-    if sha256 and data.get("checkpoint_sha256") not in (sha256, None, ""):
+    if sha256 and t.checkpoint_sha256 not in (sha256, ""):
         raise METError(f"{path} was fitted for another checkpoint; fit the temperatures for this one.")
-    return Temperatures([float(v) for v in t], str(data.get("checkpoint_sha256", ""))[:64],
-                        str(data.get("fitted_on", ""))[:200],
-                        data["images"] if isinstance(data.get("images"), int) else 0)
+    t.temperatures = [float(v) for v in t.temperatures]
+    return t

@@ -3,14 +3,15 @@ app's "How MET works" and its Models page alike."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+from ..config import Record
 from ..io.traces import MAC_NOTE
 
 
 @dataclass
-class ModelSummary:
+class ModelSummary(Record):
     """What a person wants to know about a trained model, without loading its weights."""
 
     name: str
@@ -94,9 +95,6 @@ class ModelSummary:
              or ("none (no validation images)" if self.val_images == 0 else "n/a")),
             ("training", f"{self.train_time_s or 0:.0f} s on {self.trained_on}"),
         ]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _number(v: Any) -> float | None:

@@ -111,11 +111,12 @@ class TraceJob(Job):
     limit: int = 0
 
     def work(self) -> None:
+        from met_core.config import TraceConfig
         from met_core.engine.tracing import trace_checkpoint
 
         self.enter("checking the dataset folder and its classes")
-        trace = trace_checkpoint(self.checkpoint, self.dataset, self.split, limit=self.limit, features=FEATURES,
-                                 download=True, on_batch=self._traced, on_model=self._loading)
+        options = TraceConfig(self.dataset, self.split, limit=self.limit, features=FEATURES)
+        trace = trace_checkpoint(self.checkpoint, options, on_batch=self._traced, on_model=self._loading)
         self.relabel("saving")
         dest = runs_dir() / run_name(self.checkpoint, self.dataset, self.split, self.limit)
         try:
@@ -146,23 +147,23 @@ class MeasureJob(Job):
     policy: str = "max-softmax"
 
     def work(self) -> None:
-        from met_core.data.datasets import decode_all, open_dataset, seeded_subset, transform_for
-        from met_core.engine.inference import measure_speedup
+        from met_core.config import BenchExitConfig
+        from met_core.engine.inference import bench_exit, bench_images, model_inputs
         from met_core.nn.checkpoint import load_checkpoint
 
+        cfg = BenchExitConfig(self.dataset_root, batch=[MEASURE_BATCH], limit=MEASURE_IMAGES,
+                              repeats=MEASURE_REPEATS)
         self.enter("reading the test images' folder")
-        ds = seeded_subset(open_dataset(self.dataset_root), MEASURE_IMAGES, seed=0)
+        ds = bench_images(cfg)
         self.enter(backbone_note(self.checkpoint))
         model = load_checkpoint(self.checkpoint)[0]
-        ds.transform = transform_for(model.cfg)
         self.enter("decoding the images", len(ds))
-        x, _ = decode_all(ds, "decode", progress=False)
+        x = model_inputs(model, ds)
         self.progress(len(ds), len(ds))
         passes = 2 + 2 * MEASURE_REPEATS
         self.enter(f"running the early exit and the full network in turn ({passes} passes over the {len(x)} "
                    "images)", passes * len(x))
-        self.result = measure_speedup(model, x, self.thresholds, self.policy, batch_size=MEASURE_BATCH,
-                                      repeats=MEASURE_REPEATS, on_progress=self.progress)
+        self.result = bench_exit(model, x, cfg, self.thresholds, self.policy, on_progress=self.progress)[0].measured
 
 
 def draw_progress(job: Job, cancel_key: str) -> None:

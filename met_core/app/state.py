@@ -14,7 +14,7 @@ from met_core.analysis.calibration import AppliedPoint, apply, calibrate_budget,
 from met_core.analysis.certify import CertifiedRule, Spread, certify_max_loss, selection_spread
 from met_core.analysis.latency import LATENCY_FILE, LatencyProfile, read_profile
 from met_core.analysis.policies import get_policy
-from met_core.analysis.reliability import ReliabilityCurve, reliability
+from met_core.analysis.reliability import ReliabilityCurve, exit_reliability
 from met_core.analysis.summary import ModelSummary
 from met_core.analysis.whatif import TraceArrays, WhatIfResult
 from met_core.app.safe import md
@@ -376,7 +376,7 @@ def ood_rule(ckpt: Path):
 def reliability_curves(ckpt: str) -> list[ReliabilityCurve]:
     """Reliability diagram and ECE of each exit on the test trace."""
     (t, _), _ = traces_of(Path(ckpt))
-    return [reliability(p, t.labels) for p in t.probs().transpose(1, 0, 2)]
+    return exit_reliability(t)
 
 
 def thumbnail(col: Any, root: Path | None, sample_id: str, caption: str | None = None) -> None:

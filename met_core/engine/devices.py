@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -53,3 +54,19 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """A loss scaler, enabled for fp16 only (bf16 has fp32's exponent range and needs none)."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """A function that waits until the device has finished its queued work (CUDA), or does nothing (CPU)."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def timed(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> float:
+    """Wall seconds of fn(), the device's queued work finished before and after it (`sync`: `synchronizer`)."""
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0

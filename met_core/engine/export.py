@@ -8,16 +8,17 @@ them (order, policy, thresholds, class names, input size, preprocessing, GMACs, 
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..analysis.policies import as_thresholds, exit_probs, get_policy
+from ..analysis.policies import EarlyExitBook, as_thresholds, get_policy
+from ..config import REQUIRED, Range, TaggedFile, _f
 from ..errors import METError
-from ..io.limits import MAX_WEIGHTS_BYTES, read_tagged_json, regular_file
+from ..io.checkpoint import checkpoint_hash, export_dir
+from ..io.limits import MAX_WEIGHTS_BYTES, read_tagged_file, regular_file
 
 if TYPE_CHECKING:
     from ..nn.model import EarlyExitResult, METModel
@@ -28,21 +29,30 @@ OPSET = 17
 
 
 @dataclass
-class ExitsManifest:
+class ExitsManifest(TaggedFile):
     """What a runner needs besides the graphs."""
 
-    stages: list[str]
-    policy: str
-    thresholds: list[float | None]
-    class_names: list[str]
-    img_size: int
-    preprocessing: dict[str, Any]
-    gmacs: list[float]
-    checkpoint_sha256: str
-    quantization: str = "fp32"  # or "int8": weights of the matrix products int8, activations quantized per run
+    FORMAT = FORMAT
+    stages: list[str] = _f(REQUIRED, "The stage graphs' file names, in order.", max_len=64)
+    policy: str = _f(REQUIRED, "The exit policy's name.", max_len=64)
+    thresholds: list[float | None] = _f(REQUIRED, "One threshold per stage; null for the last.", max_len=64)
+    class_names: list[str] = _f(REQUIRED, "Class names, in label order.", max_len=100_000)
+    img_size: int = _f(REQUIRED, "Input resolution in pixels (square).", Range(16, 1024))
+    preprocessing: dict[str, Any] = _f(REQUIRED, "mean, std and interpolation, as the checkpoint records them.")
+    gmacs: list[float] = _f(REQUIRED, "GMACs per exit.", max_len=64)
+    checkpoint_sha256: str = _f(REQUIRED, "Hash of the checkpoint exported.", max_len=64)
+    quantization: Literal["fp32", "int8"] = _f("fp32", "'fp32', or 'int8': weights of the matrix products int8, "
+                                               "activations quantized per run.")
 
-    def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, **asdict(self)}, indent=2, allow_nan=False)
+    def check(self, what: str) -> None:
+        """As many thresholds and GMACs as stages, a known policy and a usable preprocessing record."""
+        if not (0 < len(self.stages) and len(self.thresholds) == len(self.stages) == len(self.gmacs)):
+            raise METError(f"{what} is inconsistent (stages, thresholds, GMACs).")
+        get_policy(self.policy)
+        pre = self.preprocessing
+        if not (all(isinstance(pre.get(k), list) and len(pre[k]) == 3 for k in ("mean", "std"))
+                and pre.get("interpolation", "bicubic") in ("bicubic", "bilinear")):
+            raise METError(f"{what} has no usable preprocessing record.")
 
     def transform(self) -> Any:
         """The preprocessing the exported model expects (as the checkpoint records it)."""
@@ -133,26 +143,27 @@ def quantize_int8(path: Path) -> None:
 
 
 def read_manifest(folder: Path) -> ExitsManifest:
-    """exits.json of an export folder, checked (untrusted: bounded, typed, graphs inside the folder)."""
-    data = read_tagged_json(folder / EXITS_FILE, "an export manifest", FORMAT, "export the checkpoint again",
-                            inside=folder)
-    try:
-        m = ExitsManifest(**data)
-    except TypeError:
-        raise METError(f"{folder / EXITS_FILE} has missing or unknown fields; export the checkpoint again.") from None
-    if not (isinstance(m.stages, list) and 0 < len(m.stages) <= 64 and len(m.thresholds) == len(m.stages)
-            and len(m.gmacs) == len(m.stages) and isinstance(m.img_size, int) and 16 <= m.img_size <= 1024):
-        raise METError(f"{folder / EXITS_FILE} is inconsistent (stages, thresholds, GMACs); export again.")
+    """exits.json of an export folder, checked (untrusted: bounded, its fields as declared above, graphs inside the
+    folder)."""
+    m = read_tagged_file(ExitsManifest, folder / EXITS_FILE, "an export manifest", "export the checkpoint again",
+                         inside=folder)
     for name in m.stages:
-        regular_file(folder / str(name), "a stage graph", MAX_WEIGHTS_BYTES, inside=folder)
-    get_policy(m.policy)
-    if m.quantization not in ("fp32", "int8"):
-        raise METError(f"{folder / EXITS_FILE} names an unknown quantization; export again.")
-    pre = m.preprocessing
-    if not (isinstance(pre, dict) and all(isinstance(pre.get(k), list) and len(pre[k]) == 3 for k in ("mean", "std"))
-            and pre.get("interpolation", "bicubic") in ("bicubic", "bilinear")):
-        raise METError(f"{folder / EXITS_FILE} has no usable preprocessing record; export again.")
+        regular_file(folder / name, "a stage graph", MAX_WEIGHTS_BYTES, inside=folder)
     return m
+
+
+def check_export(runner: OnnxEarlyExit, checkpoint: str | Path) -> None:
+    """One sentence when an export's runner was made from another checkpoint than `checkpoint`."""
+    if runner.manifest.checkpoint_sha256 != checkpoint_hash(checkpoint):
+        raise METError(f"the ONNX export in {runner.folder} was made from another checkpoint; export this one "
+                       "again (met export).")
+
+
+def open_export(checkpoint: str | Path, folder: str | Path | None = None) -> OnnxEarlyExit:
+    """The runner of a checkpoint's ONNX export (`folder`, default CHECKPOINT/onnx), checked to be of it."""
+    runner = OnnxEarlyExit(export_dir(checkpoint, folder))
+    check_export(runner, checkpoint)
+    return runner
 
 
 def session_options(threads: int):
@@ -224,24 +235,14 @@ class OnnxEarlyExit:
         from ..nn.model import EarlyExitResult
 
         pol = get_policy(policy or self.manifest.policy)
-        k_total = len(self.sessions)
-        t = as_thresholds(self.manifest.thresholds if thresholds is None else thresholds, k_total, pol)
-        n, c = len(x), len(self.manifest.class_names)
-        exit_of = np.full(n, -1)
-        probs = np.full((n, k_total, c), np.nan)  # float64: what the decision sees
-        active, tokens = np.arange(n), np.ascontiguousarray(x, dtype=np.float32)
-        for k in range(k_total):
+        t = as_thresholds(self.manifest.thresholds if thresholds is None else thresholds, self.num_exits, pol)
+        book = EarlyExitBook(len(x), self.num_exits, len(self.manifest.class_names), pol, t, replay)
+        tokens = np.ascontiguousarray(x, dtype=np.float32)
+        for k in range(self.num_exits):
             tokens, logits = self.run_stage(k, tokens)
-            probs[active, k] = exit_probs(logits)
-            if k == k_total - 1:
-                exit_of[active] = k
+            leave = book.leave(k, logits)
+            if book.active.size == 0:
                 break
-            leave = (pol.passes(pol.score(probs[active, : k + 1])[:, -1], t[k]) if replay is None
-                     else replay[active] <= k)
             if leave.any():
-                exit_of[active[leave]] = k
-                active, tokens = active[~leave], np.ascontiguousarray(tokens[~leave])
-            if active.size == 0:
-                break
-        chosen = probs[np.arange(n), exit_of]
-        return EarlyExitResult(chosen.argmax(-1), exit_of, chosen.max(-1), probs)
+                tokens = np.ascontiguousarray(tokens[~leave])
+        return EarlyExitResult(*book.result())

@@ -1,6 +1,6 @@
 """Real early-exit inference on image files and tensors, the OOD score of images, and its measured speed-up.
 
-Shared by the CLI (`predict`, `bench-exit`) and the app's upload page.
+Shared by the CLI (`predict`, `bench-exit`) and the app's upload page and measurement.
 """
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..analysis.latency import LatencyPrediction, LatencyProfile, predict_latency
 from ..analysis.policies import as_thresholds, get_policy
-from ..data.datasets import ImageDataset, transform_for
+from ..config import BenchExitConfig, Record
+from ..data.datasets import ImageDataset, decode_all, open_dataset, seeded_subset, transform_for
 from ..errors import METError
 from ..io.images import load_image
 from ..nn.flops import exit_gmacs
 from ..nn.model import EarlyExitResult, METModel
-from .devices import autocast
+from .devices import autocast, synchronizer, timed
 
 if TYPE_CHECKING:
     from ..analysis.ood import OODRule
@@ -149,7 +151,7 @@ def score_images(model, rule: OODRule, items) -> list[float | None]:
 
 
 @dataclass
-class SpeedupResult:
+class SpeedupResult(Record):
     """Real batched early exit against every image to the last exit (measured), beside the GMACs prediction."""
 
     predicted_speedup: float
@@ -163,9 +165,6 @@ class SpeedupResult:
     thresholds: list[float | None]
     full_seconds_median: float
     early_seconds_median: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def measure_speedup(model: METModel | OnnxEarlyExit, x: torch.Tensor, thresholds: float | Sequence[float],
@@ -184,6 +183,7 @@ def measure_speedup(model: METModel | OnnxEarlyExit, x: torch.Tensor, thresholds
         k, gm = model.num_exits, np.asarray(model.manifest.gmacs)
         t = as_thresholds(thresholds, k, pol)
         xn = x.numpy()
+        sync = synchronizer(torch.device("cpu"))
 
         def run_full() -> None:
             model(xn, [pol.skip(k)] * (k - 1) + [None], policy, batch_size)
@@ -194,21 +194,15 @@ def measure_speedup(model: METModel | OnnxEarlyExit, x: torch.Tensor, thresholds
         k, gm = model.num_exits, np.asarray(exit_gmacs(model))
         t = as_thresholds(thresholds, k, pol)
         device = next(model.parameters()).device
-
-        def sync() -> None:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+        sync = synchronizer(device)
 
         def run_full() -> None:
             with torch.no_grad(), autocast(device, precision):
                 for i in range(0, len(x), batch_size):
                     model(x[i:i + batch_size].to(device))
-            sync()
 
         def run_early() -> EarlyExitResult:
-            res = early_exit(model, x, t, policy, batch_size, precision, replay)
-            sync()
-            return res
+            return early_exit(model, x, t, policy, batch_size, precision, replay)
 
     passes, total = 0, (2 + 2 * repeats) * len(x)
 
@@ -219,14 +213,16 @@ def measure_speedup(model: METModel | OnnxEarlyExit, x: torch.Tensor, thresholds
             on_progress(passes * len(x), total)
 
     res = run_early()  # warm-up, and the exits the prediction is based on
+    sync()
     passed()
     run_full()
+    sync()
     passed()
     full_s, early_s = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter(); run_full(); full_s.append(time.perf_counter() - t0)  # noqa: E702
+        full_s.append(timed(run_full, sync))
         passed()
-        t0 = time.perf_counter(); run_early(); early_s.append(time.perf_counter() - t0)  # noqa: E702
+        early_s.append(timed(run_early, sync))
         passed()
     return SpeedupResult(
         predicted_speedup=float(gm[-1] / gm[res.exits].mean()),
@@ -236,3 +232,60 @@ def measure_speedup(model: METModel | OnnxEarlyExit, x: torch.Tensor, thresholds
         batch_size=batch_size, repeats=repeats, policy=pol.name,
         thresholds=[float(v) if np.isfinite(v) else None for v in t],
         full_seconds_median=statistics.median(full_s), early_seconds_median=statistics.median(early_s))
+
+
+def load_engine(checkpoint: str | Path, engine: str = "pytorch", onnx: str | Path | None = None,
+                weights: str | None = None, device: Any = "cpu") -> METModel | OnnxEarlyExit:
+    """The model `predict`, `bench-exit` and `profile` run: the checkpoint in PyTorch on `device`, or its ONNX
+    export's runner (`engine="onnx"`; `onnx`: the export folder, default CHECKPOINT/onnx), checked to be of it."""
+    from ..nn.checkpoint import load_checkpoint
+    from .export import open_export
+
+    if engine == "pytorch":
+        return load_checkpoint(checkpoint, weights, device)[0]
+    return open_export(checkpoint, onnx)
+
+
+def bench_images(cfg: BenchExitConfig) -> ImageDataset:
+    """The images a measurement runs: `cfg.limit` images of the dataset drawn by `cfg.seed` (`seeded_subset`)."""
+    ds = open_dataset(cfg.dataset, split=cfg.split, download=cfg.download, data_root=cfg.data_root or None)
+    return seeded_subset(ds, cfg.limit, cfg.seed)
+
+
+def model_inputs(model: METModel | OnnxEarlyExit, ds: ImageDataset, progress: bool = False) -> torch.Tensor:
+    """`ds` preprocessed as the model expects (an export: as its manifest records) and decoded once (N, 3, S, S)."""
+    from .export import OnnxEarlyExit
+
+    ds.transform = model.manifest.transform() if isinstance(model, OnnxEarlyExit) else transform_for(model.cfg)
+    return decode_all(ds, "decode", progress=progress)[0]
+
+
+@dataclass
+class BenchExitRow:
+    """One batch size of `bench_exit`: the measurement, and what a latency profile predicted for its exit shares."""
+
+    measured: SpeedupResult
+    profile: LatencyPrediction | None = None
+
+    @property
+    def ms_per_image(self) -> float:
+        return 1e3 * self.measured.early_seconds_median / self.measured.images
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {**self.measured.to_dict(), "measured_ms_per_image": self.ms_per_image}
+        return d if self.profile is None else {**d, "profile": self.profile.to_dict()}
+
+
+def bench_exit(model: METModel | OnnxEarlyExit, x: torch.Tensor, cfg: BenchExitConfig,
+               thresholds: float | Sequence[float | None], policy: str = "max-softmax", precision: str = "fp32",
+               profile: LatencyProfile | None = None,
+               on_progress: Callable[[int, int], None] | None = None) -> list[BenchExitRow]:
+    """`met bench-exit` and the app's measurement: at each of `cfg.batch`, the real batched early exit against
+    every image to the last exit (`measure_speedup`, `cfg.repeats` timed passes, torch seeded by `cfg.seed`), with
+    the profile's prediction beside it when a latency profile is given."""
+    rows = []
+    for b in cfg.batch:
+        torch.manual_seed(cfg.seed)
+        r = measure_speedup(model, x, thresholds, policy, b, cfg.repeats, precision, on_progress=on_progress)
+        rows.append(BenchExitRow(r, None if profile is None else predict_latency(profile, r.exit_fractions, b)))
+    return rows

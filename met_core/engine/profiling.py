@@ -5,26 +5,19 @@ made from it are met_core.analysis.latency (see its docstring for the method).
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from ..analysis.latency import LatencyProfile
 from ..analysis.policies import exit_probs, get_policy
+from .devices import timed
 
 
 def _median_ms(fn: Callable[[], object], sync: Callable[[], None], repeats: int, warmup: int) -> float:
     for _ in range(warmup):
         fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
+    return 1e3 * statistics.median(timed(fn, sync) for _ in range(repeats))
 
 
 def _scale_to_whole_pass(stem_ms: list[float], stage_ms: list[list[float]], head_ms: list[list[float]],
@@ -79,14 +72,11 @@ def profile_model(model, batch_sizes: Sequence[int], precision: str = "fp32", re
     """Time each piece of the real early-exit path at each batch size (inputs: seeded random images)."""
     import torch
 
-    from .devices import autocast, device_name
+    from .devices import autocast, device_name, synchronizer
 
     pol = get_policy(policy)
     device = next(model.parameters()).device
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    sync = synchronizer(device)
 
     s = model.cfg.img_size
     gen = torch.Generator().manual_seed(0)

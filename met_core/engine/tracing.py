@@ -14,6 +14,7 @@ from ..io.limits import MAX_TRACE_BYTES
 from ..io.traces import MAC_NOTE, SIMULATED_NOTE, Trace, trace_bytes
 
 if TYPE_CHECKING:
+    from ..config import RuntimeConfig, TraceConfig
     from ..data.datasets import ImageDataset
     from ..nn.model import METModel
     from .distributed import DistContext
@@ -121,20 +122,11 @@ def _feature_dim(checkpoint: Path) -> int:
 
 def trace_checkpoint(
     checkpoint: str | Path,
-    dataset: str | None,
-    split: str = "test",
+    options: TraceConfig,
+    runtime: RuntimeConfig | None = None,
     *,
     weights: str | None = None,
     device: Any = "cpu",
-    download: bool = True,
-    data_root: str | None = None,
-    holdout: int = 0,
-    limit: int = 0,
-    batch_size: int = 64,
-    features: int = 2000,
-    seed: int = 0,
-    precision: str = "fp32",
-    workers: int = 0,
     ctx: DistContext | None = None,
     progress: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
@@ -142,24 +134,28 @@ def trace_checkpoint(
     on_model: Callable[[], None] | None = None,
     onnx: Any = None,
 ) -> Trace | None:
-    """The trace of a checkpoint over a dataset, as `met trace` and the app's Models page make it: the dataset is
-    checked against the checkpoint's classes before any model is loaded (one sentence, at once), and the trace
-    records which model made it. `on_model()` is called just before the model is loaded, `on_batch` and `notes` as
-    in `run_trace` and `dataset_for_checkpoint`. `onnx`: an export's runner (`met_core.engine.export.OnnxEarlyExit`,
-    e.g. int8) runs the exits instead of PyTorch (logits only: no head inputs are kept)."""
-    from ..config import METConfig, config_from_dict
+    """The trace of a checkpoint over a dataset, as `met trace` and the app's Models page make it (`options`: which
+    images; `runtime`: its precision and loader workers, default fp32 and none; `device`: where the model runs): the
+    dataset is checked against the checkpoint's classes before any model is loaded (one sentence, at once), and the
+    trace records which model made it. `on_model()` is called just before the model is loaded, `on_batch` and
+    `notes` as in `run_trace` and `dataset_for_checkpoint`. `onnx`: an export's runner
+    (`met_core.engine.export.OnnxEarlyExit`, e.g. int8) runs the exits instead of PyTorch (logits only: no head
+    inputs are kept)."""
+    from ..config import METConfig, RuntimeConfig, config_from_dict
     from ..data.datasets import dataset_for_checkpoint, seeded_subset, transform_for
     from ..io.checkpoint import checkpoint_hash, read_config
     from ..nn.checkpoint import load_checkpoint
     from ..nn.flops import exit_gmacs
+    from .export import check_export
 
     # everything that needs no model first (the folder, its classes, its images): a mismatch is answered at once
     cfg = read_config(Path(checkpoint), own_weights=weights is not None)
     mcfg = config_from_dict(METConfig, cfg["model"])
-    if onnx is not None and onnx.manifest.checkpoint_sha256 != checkpoint_hash(checkpoint):
-        raise METError(f"the ONNX export in {onnx.folder} was made from another checkpoint; export this one "
-                       "again (met export).")
-    ds = dataset_for_checkpoint(cfg, dataset, split, download, data_root, holdout, seed)
+    if onnx is not None:
+        check_export(onnx, checkpoint)
+    o, runtime = options, runtime or RuntimeConfig(workers=0)
+    dataset, split = o.dataset or None, o.split
+    ds = dataset_for_checkpoint(cfg, dataset, split, o.download, o.data_root or None, o.holdout, o.seed)
     for note in ds.notes:
         (notes or (lambda _: None))(note)
     want = list(mcfg.class_names)
@@ -171,8 +167,8 @@ def trace_checkpoint(
                        f"{want[:5]}...; name its sub-folders as the checkpoint's classes.")
     if not len(ds):
         raise METError("the dataset has no images; put image files (.jpg, .png, ...) in its class sub-folders.")
-    ds = seeded_subset(ds, limit, seed)
-    rows, dim = (0 if onnx is not None else features), _feature_dim(Path(checkpoint))
+    ds = seeded_subset(ds, o.limit, o.seed)
+    rows, dim = (0 if onnx is not None else o.features), _feature_dim(Path(checkpoint))
     id_chars = max((len(str(i)) for i in ds.ids), default=0)
     size = trace_bytes(len(ds), len(mcfg.exits), len(want), rows, dim, id_chars)
     if size > MAX_TRACE_BYTES:
@@ -194,6 +190,7 @@ def trace_checkpoint(
             "split": split, "exits": mcfg.exits, "mac_note": MAC_NOTE, "note": SIMULATED_NOTE}
     if onnx is not None:
         meta["engine"] = f"onnx {onnx.manifest.quantization}"
-        return run_trace_onnx(onnx, ds, meta, batch_size, workers, progress)
-    return run_trace(model, ds, exit_gmacs(model), meta, batch_size=batch_size, features=features, seed=seed,
-                     progress=progress, precision=precision, workers=workers, ctx=ctx, on_batch=on_batch)
+        return run_trace_onnx(onnx, ds, meta, o.batch_size, runtime.workers, progress)
+    return run_trace(model, ds, exit_gmacs(model), meta, batch_size=o.batch_size, features=o.features, seed=o.seed,
+                     progress=progress, precision=runtime.precision, workers=runtime.workers, ctx=ctx,
+                     on_batch=on_batch)

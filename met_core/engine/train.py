@@ -13,14 +13,14 @@ import random
 import resource
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import RuntimeConfig, TrainConfig
+from ..config import Record, RuntimeConfig, TrainConfig
 from ..data.datasets import ImageDataset, decode_all, decoded_bytes
 from ..data.sampling import PlannedBatches, plan_epochs, shard
 from ..errors import METError
@@ -193,7 +193,7 @@ def evaluate(model: METModel, source: Source, n: int, ctx: DistContext, device: 
 # --- the whole run ----------------------------------------------------------------------------------
 
 @dataclass
-class TrainMetrics:
+class TrainMetrics(Record):
     """What a run reports (metrics.json); `exit_gmacs` and `mac_note` are added by the caller."""
 
     val_accuracy: list[float] | None
@@ -210,9 +210,6 @@ class TrainMetrics:
     precision: str
     peak_rss_gb: float
     history: list[dict[str, Any]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def peak_rss_gb() -> float:

@@ -24,6 +24,7 @@ METRICS_FILE = "metrics.json"
 TEST_TRACE_FILE = "test_trace.npz"  # written by `trace` beside the checkpoint; the app reads them from there
 VAL_TRACE_FILE = "val_trace.npz"
 CAL_TRACE_FILE = "cal_trace.npz"  # held-out training images for calibration (`met trace --split holdout`)
+EXPORT_DIR = "onnx"  # `met export` writes the ONNX graphs here unless told otherwise
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 
@@ -81,6 +82,11 @@ def weights_path(path: Path, weights: str) -> str:
                        "folder; MET follows no path out of a checkpoint: copy the file into the folder and name it "
                        "there, or pass the weights yourself (--weights FILE).")
     return str(target)
+
+
+def export_dir(checkpoint: str | Path, folder: str | Path | None = None) -> Path:
+    """A checkpoint's ONNX export folder: `folder` when given, else CHECKPOINT/onnx."""
+    return Path(folder) if folder else Path(checkpoint) / EXPORT_DIR
 
 
 def checkpoint_hash(path: str | Path) -> str:

@@ -10,9 +10,12 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from ..config import TaggedFile, config_from_dict
 from ..errors import METError
+
+T = TypeVar("T", bound=TaggedFile)
 
 MAX_JSON_BYTES = 64 * 2**20  # config.json (sample ids of a full dataset fit), metrics.json, exit rules
 MAX_TRACE_BYTES = 128 * 2**20  # a trace's arrays, decompressed: what-ifs derive ~6x the logits in float32 from
@@ -77,6 +80,20 @@ def read_tagged_json(path: str | os.PathLike, what: str, fmt: str, again: str, m
         raise METError(f"{path} is not {what} of MET (format must be '{fmt}'); {again}.")
     data.pop("format")
     return data
+
+
+def read_tagged_file(cls: type[T], path: str | os.PathLike, what: str, again: str, max_bytes: int = MAX_JSON_BYTES,
+                     inside: Path | None = None, ignore_unknown: bool = False) -> T:
+    """A small file format declared as a `TaggedFile` dataclass: read with `read_tagged_json`, every field checked
+    by `config_from_dict` (its type, Range and length), then the class's `check`; one sentence for the first fault,
+    ending with what to do (`again`)."""
+    data = read_tagged_json(path, what, cls.FORMAT, again, max_bytes, inside)
+    try:
+        record = config_from_dict(cls, data, str(path), ignore_unknown)
+        record.check(str(path))
+    except METError as e:
+        raise METError(f"{str(e).rstrip('.')}; {again}.") from None
+    return record
 
 
 def check_image_size(width: int, height: int, name: str, resize_to: int | None = None,

@@ -11,14 +11,15 @@ Shapes: B images, T tokens (prefix + patches), D the backbone width, D' the head
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..config import SITES_PER_BLOCK, METConfig
+from ..config import SITES_PER_BLOCK, METConfig, config_from_dict
 from ..errors import METError
 from ..io.limits import MAX_TRAINED_BYTES
 from .adapters import EAdapters
@@ -27,6 +28,34 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ..analysis.policies import Policy
+
+DEFAULT_EXITS = 4  # exits of a new model unless its config names them
+
+
+def default_exits(depth: int, k: int = DEFAULT_EXITS) -> list[int]:
+    """`k` evenly spaced exits over `depth` blocks (1-based), the last after the last block."""
+    return [round(depth * (j + 1) / k) for j in range(k)]
+
+
+def build_model(given: dict[str, Any], class_names: list[str], seed: int = 0) -> METModel:
+    """A new METModel (what `met train` trains) from the METConfig values `given`, for these classes: the backbone's
+    own preprocessing (mean, std, interpolation) and `default_exits` unless given, the backbone weights' hash
+    recorded, torch seeded by `seed` before the adapters and heads are initialised. METError (one sentence) for a
+    config out of range or not fitting the backbone."""
+    from .backbones import backbone_entry, create_backbone
+
+    pre = backbone_entry(given.get("backbone") or METConfig.backbone).preprocessing
+    own = {"mean": list(pre.mean), "std": list(pre.std), "interpolation": pre.interpolation}
+    base = config_from_dict(METConfig, {**own, **given, "num_classes": len(class_names),
+                                        "class_names": list(class_names)})
+    backbone, digest = create_backbone(base.backbone, base.img_size, base.weights)
+    depth = len(backbone.blocks)
+    if given.get("exits") is None:
+        base.exits = default_exits(depth)
+    mcfg = dataclasses.replace(base, weights_sha256=digest)
+    mcfg.validate(depth)
+    torch.manual_seed(seed)
+    return METModel(backbone, mcfg)
 
 
 class METModel(nn.Module):
@@ -154,36 +183,20 @@ class METModel(nn.Module):
         policy: a registered `policies.Policy`. Returns an EarlyExitResult of B rows. Decisions are taken on
         float64 probabilities (`policies.exit_probs`), as the simulated what-if takes them.
         """
-        import numpy as np
+        from ..analysis.policies import EarlyExitBook
 
-        from ..analysis.policies import exit_probs
-
-        n, k_total = x.shape[0], self.num_exits
-        exit_of = np.full(n, -1)
-        probs = np.full((n, k_total, self.cfg.num_classes), np.nan)  # float64: what the decision sees
-        active = np.arange(n)
+        book = EarlyExitBook(x.shape[0], self.num_exits, self.cfg.num_classes, policy, thresholds, replay)
         stem = self.forward_stem(x)
         tokens = stem
-        for k in range(k_total):
+        for k in range(self.num_exits):
             tokens = self.forward_stage(tokens if self.cfg.diagonal_mode == "stage" else stem, k)
-            probs[active, k] = exit_probs(self.heads[k](self.pool(tokens)).float().cpu().numpy())
-            if k == k_total - 1:
-                exit_of[active] = k
+            leave = book.leave(k, self.heads[k](self.pool(tokens)).float().cpu().numpy())
+            if book.active.size == 0:
                 break
-            if replay is None:
-                leave = policy.passes(policy.score(probs[active, : k + 1])[:, -1], thresholds[k])
-            else:
-                leave = replay[active] <= k
-            exit_of[active[leave]] = k
             keep = torch.from_numpy(~leave).to(tokens.device)
-            active = active[~leave]
-            if active.size == 0:
-                break
             tokens = tokens[keep]
             stem = stem[keep]
-        rows = np.arange(n)
-        chosen = probs[rows, exit_of]
-        return EarlyExitResult(chosen.argmax(-1), exit_of, chosen.max(-1), probs)
+        return EarlyExitResult(*book.result())
 
 
 @dataclass
