@@ -1,5 +1,6 @@
 """`streamlit run app/main.py` in a checkout starts the app, which lives in met_core/app/ so that `pip install .[app]`
 ships it (`met app` starts it when installed)."""
+
 import runpy
 from pathlib import Path
 

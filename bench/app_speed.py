@@ -15,6 +15,7 @@ one step at a time with the arrow keys (30 moves); each move is timed in the pag
 Accuracy metric showing its new value (the goal). AppTest's whole-page re-run after a slider move is printed beside
 it (an upper bound: in a browser only the page's fragment re-runs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 COLD_GOAL_S, SLIDER_GOAL_MS, SLIDER_P90_GOAL_MS, PAGE_GOAL_S = 5.0, 150.0, 250.0, 5.0
 # url path -> the text the page shows last
-PAGES = {"": "Try this", "how": "The choices this model uses", "whatif": "Measure the real batched early exit",
-         "samples": "images match",
-         "journey": "Leaves at exit", "representations": "kNN accuracy is", "models": "Add a checkpoint folder"}
+PAGES = {
+    "": "Try this",
+    "how": "The choices this model uses",
+    "whatif": "Measure the real batched early exit",
+    "samples": "images match",
+    "journey": "Leaves at exit",
+    "representations": "kNN accuracy is",
+    "models": "Add a checkpoint folder",
+}
 
 CHILD = r"""
 import json, sys, time
@@ -122,8 +129,11 @@ def slider_in_browser(moves: int = 30) -> list[float]:
             for i in range(moves):
                 key = Keys.ARROW_LEFT if (i // 10) % 2 == 0 else Keys.ARROW_RIGHT  # 0.80 -> 0.70 -> 0.80 -> 0.70
                 drv.switch_to.active_element.send_keys(key)
-                wait_until(lambda n=i + 1: drv.execute_script("return window.__times.length;") >= n, timeout=60,
-                           what="the new Accuracy figure")
+                wait_until(
+                    lambda n=i + 1: drv.execute_script("return window.__times.length;") >= n,
+                    timeout=60,
+                    what="the new Accuracy figure",
+                )
                 time.sleep(0.3)
             return [float(t) for t in drv.execute_script("return window.__times;")]
         finally:
@@ -140,17 +150,22 @@ def main() -> int:
     if not args.no_browser:
         cold, warm = first_views(warm_browser=False), first_views(warm_browser=True)
         for page in warm:
-            print(f"first view of {page} on a fresh server: {warm[page]:.2f} s with the browser's static files cached "
-                  f"(goal < {PAGE_GOAL_S} s); {cold[page]:.2f} s from a browser that never opened the app")
+            print(
+                f"first view of {page} on a fresh server: {warm[page]:.2f} s with the browser's static files cached "
+                f"(goal < {PAGE_GOAL_S} s); {cold[page]:.2f} s from a browser that never opened the app"
+            )
         ok = all(s < PAGE_GOAL_S for s in warm.values())
         moves = slider_in_browser()
         med, p90 = statistics.median(moves), sorted(moves)[int(0.9 * len(moves))]
-        print(f"slider move to the new Accuracy figure in the browser ({len(moves)} moves): median {med:.0f} ms, "
-              f"p90 {p90:.0f} ms (goal: median < {SLIDER_GOAL_MS:.0f} ms, p90 < {SLIDER_P90_GOAL_MS:.0f} ms)")
+        print(
+            f"slider move to the new Accuracy figure in the browser ({len(moves)} moves): median {med:.0f} ms, "
+            f"p90 {p90:.0f} ms (goal: median < {SLIDER_GOAL_MS:.0f} ms, p90 < {SLIDER_P90_GOAL_MS:.0f} ms)"
+        )
         ok = ok and med < SLIDER_GOAL_MS and p90 < SLIDER_P90_GOAL_MS
     main = ROOT / "met_core" / "app" / "main.py"
-    out = subprocess.run([sys.executable, "-c", CHILD % {"root": str(ROOT), "main": str(main)}],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD % {"root": str(ROOT), "main": str(main)}], capture_output=True, text=True, cwd=ROOT
+    )
     if out.returncode != 0:
         print(out.stderr[-3000:])
         print("FAIL")

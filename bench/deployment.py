@@ -13,6 +13,7 @@ are measured interleaved (`--rounds` alternations, medians). Goals (issues 14 an
 
 With --record the printed table is also written to CHECKPOINT/deployment.md (RESULTS.md includes it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,15 +69,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for q in ("fp32", "int8"):
             export_onnx(model, Path(tmp) / q, "max-softmax", args.threshold, checkpoint_hash(ck), exit_gmacs(model), q)
-        engines = {"pytorch": model, "onnx": OnnxEarlyExit(Path(tmp) / "fp32"),
-                   "onnx int8": OnnxEarlyExit(Path(tmp) / "int8")}
+        engines = {
+            "pytorch": model,
+            "onnx": OnnxEarlyExit(Path(tmp) / "fp32"),
+            "onnx int8": OnnxEarlyExit(Path(tmp) / "int8"),
+        }
         profiles = {"pytorch": prof, **{n: profile_onnx(engines[n], batches) for n in ("onnx", "onnx int8")}}
-        say(f"{ck.name} on {args.images} CIFAR-10 test images, max-softmax threshold {args.threshold}; "
+        say(
+            f"{ck.name} on {args.images} CIFAR-10 test images, max-softmax threshold {args.threshold}; "
             f"{device_name(next(model.parameters()).device)}; onnxruntime {engines['onnx'].threads} threads; profiles "
             f"({source} for PyTorch, measured in this run for ONNX): {prof.device_name}; engines interleaved, "
-            f"median of {args.rounds} x {args.repeats} passes")
-        say("| engine | batch | full ms/image | early-exit ms/image | measured speed-up | GMACs-predicted | "
-            "profile-predicted | profile ms/image | profile error |")
+            f"median of {args.rounds} x {args.repeats} passes"
+        )
+        say(
+            "| engine | batch | full ms/image | early-exit ms/image | measured speed-up | GMACs-predicted | "
+            "profile-predicted | profile ms/image | profile error |"
+        )
         say("|---|---|---|---|---|---|---|---|---|")
         ok, ms = True, {}
         for b in batches:
@@ -90,23 +98,37 @@ def main() -> int:
                 ms[name, b] = early
                 lp = predict_latency(profiles[name], rs[0].exit_fractions, b)
                 err = lp.ms_per_image / early - 1
-                say(f"| {name} | {b} | {full:.2f} | {early:.2f} | {full / early:.2f}x | {rs[0].predicted_speedup:.2f}x "
-                    f"| {lp.speedup:.2f}x | {lp.ms_per_image:.2f} | {100 * err:+.1f} % |")
+                say(
+                    f"| {name} | {b} | {full:.2f} | {early:.2f} | {full / early:.2f}x | {rs[0].predicted_speedup:.2f}x "
+                    f"| {lp.speedup:.2f}x | {lp.ms_per_image:.2f} | {100 * err:+.1f} % |"
+                )
                 if b in (64, 256) and name != "onnx int8":
                     ok &= abs(err) <= GOAL
         faster = all(ms["onnx", b] <= ms["pytorch", b] for b in batches)
-        say("ONNX / PyTorch early-exit ms per image: " + ", ".join(
-            f"{ms['onnx', b] / ms['pytorch', b]:.2f} (batch {b})" for b in batches))
-        say("int8 speed-up over fp32 ONNX (early exit): " + ", ".join(
-            f"{ms['onnx', b] / ms['onnx int8', b]:.2f}x (batch {b})" for b in batches))
+        say(
+            "ONNX / PyTorch early-exit ms per image: "
+            + ", ".join(f"{ms['onnx', b] / ms['pytorch', b]:.2f} (batch {b})" for b in batches)
+        )
+        say(
+            "int8 speed-up over fp32 ONNX (early exit): "
+            + ", ".join(f"{ms['onnx', b] / ms['onnx int8', b]:.2f}x (batch {b})" for b in batches)
+        )
         never = [2.0] * (model.num_exits - 1) + [None]  # every exit's answer, to compare the exits one by one
-        acc = {n: (engines[n](x.numpy(), never).probs.argmax(-1) == y.numpy()[:, None]).mean(0) for n in ("onnx",
-                                                                                                      "onnx int8")}
-        say("per-exit test accuracy, fp32 ONNX -> int8: " + ", ".join(
-            f"exit {k + 1} {100 * a:.1f} -> {100 * b:.1f} %" for k, (a, b) in enumerate(zip(acc["onnx"],
-                                                                                           acc["onnx int8"]))))
-    say(f"{'PASS' if ok else 'FAIL'}: each engine's profile-predicted time within {GOAL:.0%} of its measured time at "
-        "batch 64 and 256")
+        acc = {
+            n: (engines[n](x.numpy(), never).probs.argmax(-1) == y.numpy()[:, None]).mean(0)
+            for n in ("onnx", "onnx int8")
+        }
+        say(
+            "per-exit test accuracy, fp32 ONNX -> int8: "
+            + ", ".join(
+                f"exit {k + 1} {100 * a:.1f} -> {100 * b:.1f} %"
+                for k, (a, b) in enumerate(zip(acc["onnx"], acc["onnx int8"]))
+            )
+        )
+    say(
+        f"{'PASS' if ok else 'FAIL'}: each engine's profile-predicted time within {GOAL:.0%} of its measured time at "
+        "batch 64 and 256"
+    )
     say(f"{'PASS' if faster else 'FAIL'}: ONNX early exit at most PyTorch's ms per image at every batch size")
     ok &= faster
     if args.record:

@@ -6,6 +6,7 @@ at a threshold where at least half of the images leave early (goal of issue 3).
 The threshold is the highest of a few candidates at which at least half of the images exit early
 (chosen on the checkpoint's validation trace when shipped, otherwise on the images themselves).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,10 @@ def main() -> int:
     r = measure_speedup(model, x, threshold, batch_size=64, repeats=args.repeats)
     ratio = r.measured_speedup / r.predicted_speedup
     print(json.dumps(r, indent=2))
-    print(f"threshold {threshold}: {100 * r.early_exit_share:.1f}% exit early; predicted {r.predicted_speedup:.2f}x, "
-          f"measured {r.measured_speedup:.2f}x, ratio {ratio:.2f} (goal >= {GOAL})")
+    print(
+        f"threshold {threshold}: {100 * r.early_exit_share:.1f}% exit early; predicted {r.predicted_speedup:.2f}x, "
+        f"measured {r.measured_speedup:.2f}x, ratio {ratio:.2f} (goal >= {GOAL})"
+    )
     ok = ratio >= GOAL and r.early_exit_share >= 0.5
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1

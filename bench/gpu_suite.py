@@ -19,6 +19,7 @@ image in its place, so the work done per exit is the trained model's.
 The pack (real test images, so never committed: bench/gpu/pack/ is git-ignored) is copied from the dataset at run
 time; carry it with the working tree to the GPU machine. Without it the tracing section is skipped, and says so.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -143,36 +144,56 @@ class Report:
 
     def markdown(self) -> str:
         env = self.environment
-        lines = [f"# GPU suite{' (smoke run on CPU: tiny sizes, not figures)' if self.smoke else ''}", "",
-                 f"Device: **{env['device_name']}**; " + "; ".join(f"{k} {v}" for k, v in env.items()
-                                                                    if k != "device_name"), ""]
+        lines = [
+            f"# GPU suite{' (smoke run on CPU: tiny sizes, not figures)' if self.smoke else ''}",
+            "",
+            f"Device: **{env['device_name']}**; " + "; ".join(f"{k} {v}" for k, v in env.items() if k != "device_name"),
+            "",
+        ]
         if self.peaks:
             lines += ["## Matmul peak", "", "| precision | n | TFLOP/s |", "|---|---|---|"]
             lines += [f"| {p.precision} | {p.n} | {p.tflops:.1f} |" for p in self.peaks] + [""]
         if self.train:
-            lines += ["## Training throughput and MFU (memory data path, synthetic batches, random weights)", "",
-                      "| setting | backbone | px | batch | precision | GFLOP/step | s/step | images/s | MFU |",
-                      "|---|---|---|---|---|---|---|---|---|"]
-            lines += [f"| {r.setting} | {r.backbone} | {r.img_size} | {r.batch} | {r.precision} | "
-                      f"{r.gflop_per_step:.1f} | {r.seconds_per_step:.4f} | {r.images_per_s:.1f} | {r.mfu:.2f} |"
-                      for r in self.train] + [""]
+            lines += [
+                "## Training throughput and MFU (memory data path, synthetic batches, random weights)",
+                "",
+                "| setting | backbone | px | batch | precision | GFLOP/step | s/step | images/s | MFU |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {r.setting} | {r.backbone} | {r.img_size} | {r.batch} | {r.precision} | "
+                f"{r.gflop_per_step:.1f} | {r.seconds_per_step:.4f} | {r.images_per_s:.1f} | {r.mfu:.2f} |"
+                for r in self.train
+            ] + [""]
         if self.trace:
-            lines += ["## Tracing throughput (shipped recipe, real CIFAR-10 test images, every exit)", "",
-                      "| precision | images | batch | loader workers | images/s |", "|---|---|---|---|---|"]
-            lines += [f"| {r.precision} | {r.images} | {r.batch} | {r.workers} | {r.images_per_s:.1f} |"
-                      for r in self.trace] + [""]
+            lines += [
+                "## Tracing throughput (shipped recipe, real CIFAR-10 test images, every exit)",
+                "",
+                "| precision | images | batch | loader workers | images/s |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {r.precision} | {r.images} | {r.batch} | {r.workers} | {r.images_per_s:.1f} |" for r in self.trace
+            ] + [""]
         if self.early_exit:
             p = self.exit_pattern
-            lines += ["## Real batched early exit (shipped recipe, exits replayed)", "",
-                      f"Exit pattern replayed from `{p['trace']}` ({p['policy']} {p['threshold']}): shares "
-                      f"{', '.join(f'{100 * s:.1f} %' for s in p['fractions'])} over {p['images']} images; "
-                      "profile taken in this run.", "",
-                      "| precision | batch | measured speed-up | GMACs-predicted | profile-predicted "
-                      "| measured ms/image | profile ms/image | profile error | exits |",
-                      "|---|---|---|---|---|---|---|---|---|"]
-            lines += [f"| {r.precision} | {r.batch} | {r.measured_speedup:.2f}x | {r.gmacs_predicted:.2f}x | "
-                      f"{r.profile_predicted:.2f}x | {r.measured_ms_per_image:.3f} | {r.profile_ms_per_image:.3f} | "
-                      f"{100 * r.profile_error:+.1f} % | {r.exits} |" for r in self.early_exit] + [""]
+            lines += [
+                "## Real batched early exit (shipped recipe, exits replayed)",
+                "",
+                f"Exit pattern replayed from `{p['trace']}` ({p['policy']} {p['threshold']}): shares "
+                f"{', '.join(f'{100 * s:.1f} %' for s in p['fractions'])} over {p['images']} images; "
+                "profile taken in this run.",
+                "",
+                "| precision | batch | measured speed-up | GMACs-predicted | profile-predicted "
+                "| measured ms/image | profile ms/image | profile error | exits |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {r.precision} | {r.batch} | {r.measured_speedup:.2f}x | {r.gmacs_predicted:.2f}x | "
+                f"{r.profile_predicted:.2f}x | {r.measured_ms_per_image:.3f} | {r.profile_ms_per_image:.3f} | "
+                f"{100 * r.profile_error:+.1f} % | {r.exits} |"
+                for r in self.early_exit
+            ] + [""]
         if self.skipped:
             lines += ["## Not measured", ""] + [f"- {s}" for s in self.skipped] + [""]
         lines += ["Seconds per section: " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()), ""]
@@ -188,27 +209,45 @@ def environment(device: torch.device) -> dict[str, Any]:
     """Device, driver and library versions (what a figure depends on)."""
     import timm
 
-    env: dict[str, Any] = {"device_name": device_name(device), "python": platform.python_version(),
-                           "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__,
-                           "cpu threads": torch.get_num_threads()}
+    env: dict[str, Any] = {
+        "device_name": device_name(device),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "cpu threads": torch.get_num_threads(),
+    }
     try:
         import onnxruntime
+
         env["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update({"CUDA (torch)": torch.version.cuda, "cuDNN": torch.backends.cudnn.version(),
-                    "GPU memory GiB": round(props.total_memory / 2 ** 30, 1), "SMs": props.multi_processor_count,
-                    "TF32 matmul": torch.backends.cuda.matmul.allow_tf32, "TF32 cuDNN": torch.backends.cudnn.allow_tf32,
-                    "driver": _driver_version()})
+        env.update(
+            {
+                "CUDA (torch)": torch.version.cuda,
+                "cuDNN": torch.backends.cudnn.version(),
+                "GPU memory GiB": round(props.total_memory / 2**30, 1),
+                "SMs": props.multi_processor_count,
+                "TF32 matmul": torch.backends.cuda.matmul.allow_tf32,
+                "TF32 cuDNN": torch.backends.cudnn.allow_tf32,
+                "driver": _driver_version(),
+            }
+        )
     return env
 
 
 def _driver_version() -> str:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
         return out.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         return "unknown (nvidia-smi not available)"
@@ -241,9 +280,13 @@ def replayed_exits(policy: str, threshold: float, n: int) -> tuple[np.ndarray, d
     exits = exit_index(pol.score(trace.probs()), as_thresholds(threshold, trace.num_exits), pol)
     rows = np.random.default_rng(0).choice(len(exits), size=n, replace=n > len(exits))
     chosen = exits[rows]
-    return chosen, {"trace": str((CHECKPOINT / "test_trace.npz").relative_to(ROOT)), "policy": pol.name,
-                    "threshold": threshold, "images": n,
-                    "fractions": (np.bincount(chosen, minlength=trace.num_exits) / n).tolist()}
+    return chosen, {
+        "trace": str((CHECKPOINT / "test_trace.npz").relative_to(ROOT)),
+        "policy": pol.name,
+        "threshold": threshold,
+        "images": n,
+        "fractions": (np.bincount(chosen, minlength=trace.num_exits) / n).tolist(),
+    }
 
 
 def pack(out: Path, per_class: int, dataset: Path = PACK_DATASET) -> Path:
@@ -300,8 +343,19 @@ class Suite:
         for prec in self.precisions:
             flops = step_flops(model, x, y, tcfg, self.device, prec)
             sec = time_steps(model, TensorSource(x, y, DistContext()), plan, tcfg, self.device, prec)
-            self.report.train.append(TrainRow(setting, cfg.backbone, cfg.img_size, s.train_batch, prec, flops / 1e9,
-                                              sec, s.train_batch / sec, flops / sec / self.peak[prec]))
+            self.report.train.append(
+                TrainRow(
+                    setting,
+                    cfg.backbone,
+                    cfg.img_size,
+                    s.train_batch,
+                    prec,
+                    flops / 1e9,
+                    sec,
+                    s.train_batch / sec,
+                    flops / sec / self.peak[prec],
+                )
+            )
         del model
 
     def trace(self, images: Path) -> None:
@@ -315,10 +369,31 @@ class Suite:
         ds.transform = transform_for(model.cfg)
         gm = exit_gmacs(model)
         for prec in self.precisions:
-            run_trace(model, ds.subset(np.arange(min(len(ds), s.trace_batch))), gm, {}, batch_size=s.trace_batch,
-                      features=0, progress=False, precision=prec, workers=s.workers)  # warm-up
-            sec = seconds(lambda p=prec: run_trace(model, ds, gm, {}, batch_size=s.trace_batch, features=0,
-                                                   progress=False, precision=p, workers=s.workers), self.device)
+            run_trace(
+                model,
+                ds.subset(np.arange(min(len(ds), s.trace_batch))),
+                gm,
+                {},
+                batch_size=s.trace_batch,
+                features=0,
+                progress=False,
+                precision=prec,
+                workers=s.workers,
+            )  # warm-up
+            sec = seconds(
+                lambda p=prec: run_trace(
+                    model,
+                    ds,
+                    gm,
+                    {},
+                    batch_size=s.trace_batch,
+                    features=0,
+                    progress=False,
+                    precision=p,
+                    workers=s.workers,
+                ),
+                self.device,
+            )
             self.report.trace.append(TraceRow(prec, len(ds), s.trace_batch, s.workers, len(ds) / sec))
 
     def early_exit(self, policy: str, threshold: float) -> None:
@@ -328,14 +403,25 @@ class Suite:
         x = torch.randn(s.exit_images, 3, s.recipe_px, s.recipe_px, generator=torch.Generator().manual_seed(0))
         x = x.to(self.device)
         for prec in self.precisions:
-            prof = profile_model(model, list(s.exit_batches), prec, repeats=s.profile_repeats,
-                                 warmup=min(2, s.profile_repeats))
+            prof = profile_model(
+                model, list(s.exit_batches), prec, repeats=s.profile_repeats, warmup=min(2, s.profile_repeats)
+            )
             for b in s.exit_batches:
                 r = measure_speedup(model, x, threshold, policy, b, s.exit_repeats, prec, replay=replay)
                 lp = predict_latency(prof, r.exit_fractions, b)
                 ms = 1e3 * r.early_seconds_median / r.images
-                self.report.early_exit.append(ExitRow(prec, b, r.measured_speedup, r.predicted_speedup, lp.speedup,
-                                                      ms, lp.ms_per_image, lp.ms_per_image / ms - 1))
+                self.report.early_exit.append(
+                    ExitRow(
+                        prec,
+                        b,
+                        r.measured_speedup,
+                        r.predicted_speedup,
+                        lp.speedup,
+                        ms,
+                        lp.ms_per_image,
+                        lp.ms_per_image / ms - 1,
+                    )
+                )
 
 
 def main() -> int:

@@ -9,6 +9,7 @@ adapters): MET's own head input, and the CLS token (the probe issue #2 quotes), 
 training ids (800) and on all its sub-sampled images (train + validation, 1,000); tests on the full
 test split and compares with the checkpoint's test trace. PASS when MET is above every probe at every exit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,15 +41,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "cifar10-met"))
     ap.add_argument("--test", default=str(ROOT.parent / "shared" / "datasets" / "cifar10" / "test"))
-    ap.add_argument("--select", action="store_true",
-                    help="choose the head input on the validation split instead: probes of each input trained on the "
-                         "800 training ids, scored on the 200 validation ids (the test split is not read)")
-    ap.add_argument("--img-size", type=int, default=None,
-                    help="with --select: probe the backbone at this input size instead of the checkpoint's")
+    ap.add_argument(
+        "--select",
+        action="store_true",
+        help="choose the head input on the validation split instead: probes of each input trained on the "
+        "800 training ids, scored on the 200 validation ids (the test split is not read)",
+    )
+    ap.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        help="with --select: probe the backbone at this input size instead of the checkpoint's",
+    )
     args = ap.parse_args()
     if args.img_size is not None and not args.select:
-        ap.error("--img-size goes with --select: the comparison with MET's test trace (and the linear_probe.json "
-                 "that RESULTS.md reads) must use the checkpoint's own input size.")
+        ap.error(
+            "--img-size goes with --select: the comparison with MET's test trace (and the linear_probe.json "
+            "that RESULTS.md reads) must use the checkpoint's own input size."
+        )
     from sklearn.linear_model import LogisticRegression
 
     ck = Path(args.checkpoint)
@@ -71,8 +81,10 @@ def main() -> int:
     where = {s: i for i, s in enumerate(train_all.ids)}
     t0 = time.perf_counter()
     feats = {}
-    splits = [("train", train_all.subset([where[s] for s in cfg["data"]["train_ids"]])),
-              ("val", train_all.subset([where[s] for s in cfg["data"]["val_ids"]]))]
+    splits = [
+        ("train", train_all.subset([where[s] for s in cfg["data"]["train_ids"]])),
+        ("val", train_all.subset([where[s] for s in cfg["data"]["val_ids"]])),
+    ]
     for name, ds in splits if args.select else splits + [("test", open_dataset(args.test))]:
         ds.transform = tf
         x, y = decode_all(ds, f"decode {name}")
@@ -81,10 +93,16 @@ def main() -> int:
     print(f"frozen features: {time.perf_counter() - t0:.0f} s")
     if args.select:
         for k in range(probe.num_exits):
-            accs = {kind: LogisticRegression(max_iter=3000).fit(feats["train"][0][k][:, col], feats["train"][1])
-                    .score(feats["val"][0][k][:, col], feats["val"][1]) for kind, col in columns.items()}
-            print(f"exit {k + 1} (block {mcfg.exits[k]}), validation accuracy of an 800-image probe: "
-                  + ", ".join(f"{kind} {100 * a:.1f}%" for kind, a in accs.items()))
+            accs = {
+                kind: LogisticRegression(max_iter=3000)
+                .fit(feats["train"][0][k][:, col], feats["train"][1])
+                .score(feats["val"][0][k][:, col], feats["val"][1])
+                for kind, col in columns.items()
+            }
+            print(
+                f"exit {k + 1} (block {mcfg.exits[k]}), validation accuracy of an 800-image probe: "
+                + ", ".join(f"{kind} {100 * a:.1f}%" for kind, a in accs.items())
+            )
         return 0
     met = exit_accuracy_all(TraceArrays.from_trace(load_trace(ck / "test_trace.npz")))
     rows, ok = [], True

@@ -7,6 +7,7 @@ train/validation split, seed 0), traced on the validation split and the full 10,
 Ants vs bees: all of hymenoptera/train (80/20 split), traced on hymenoptera/val. Each step is a
 `python -m met_core` command, printed before it runs; wall times go to OUT/build_log.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,15 +20,40 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets"
-CIFAR = ["--dataset", str(DATA / "cifar10" / "train"), "--per-class", "100", "--val-fraction", "0.2",
-         "--head-input", "cls+mean"]  # chosen on the validation split: README, "Recipe choices"
+CIFAR = [
+    "--dataset",
+    str(DATA / "cifar10" / "train"),
+    "--per-class",
+    "100",
+    "--val-fraction",
+    "0.2",
+    "--head-input",
+    "cls+mean",
+]  # chosen on the validation split: README, "Recipe choices"
 COMMON = ["--backbone", "dinov2_s14_imgfocus", "--img-size", "112"]
 CIFAR += ["--epochs", "30"]
 # All 50,000 CIFAR-10 training images: 45,000 to train, 5,000 held out (seeded, their ids in the checkpoint) for the
 # calibration trace; streamed with random-resized crops and flips for one epoch (about 40 minutes on 2 CPU cores).
-CIFAR_FULL = ["--dataset", str(DATA / "cifar10" / "train"), "--per-class", "0", "--val-fraction", "0.1",
-              "--head-input", "cls+mean", "--augment", "standard", "--data-path", "stream", "--workers", "1",
-              "--epochs", "1", "--warmup-epochs", "0.1"]
+CIFAR_FULL = [
+    "--dataset",
+    str(DATA / "cifar10" / "train"),
+    "--per-class",
+    "0",
+    "--val-fraction",
+    "0.1",
+    "--head-input",
+    "cls+mean",
+    "--augment",
+    "standard",
+    "--data-path",
+    "stream",
+    "--workers",
+    "1",
+    "--epochs",
+    "1",
+    "--warmup-epochs",
+    "0.1",
+]
 
 FULL_DATA = ("cifar10-full-met", "cifar10-full-met-nogr")
 # models whose held-out trace also fits the OOD caution (met ood); cifar10-met's ood.npz comes from 5,000 held-out
@@ -56,8 +82,16 @@ MODELS: dict[str, tuple[list[str], Path, int]] = {
         0,
     ),
     "hymenoptera-met": (
-        ["--dataset", str(DATA / "hymenoptera" / "train"), "--val-fraction", "0.2", "--graph-reg", "0.1",
-         "--epochs", "30"],
+        [
+            "--dataset",
+            str(DATA / "hymenoptera" / "train"),
+            "--val-fraction",
+            "0.2",
+            "--graph-reg",
+            "0.1",
+            "--epochs",
+            "30",
+        ],
         DATA / "hymenoptera" / "val",
         FEATURES,
     ),
@@ -90,8 +124,14 @@ def drop_features(path: Path) -> None:
     from met_core.io.traces import load_trace, save_trace
 
     t = load_trace(path)
-    save_trace(path, replace(t, feature_index=np.zeros(0, dtype=np.int64),
-                             features=np.zeros((t.num_exits, 0, t.features.shape[2]), dtype=t.features.dtype)))
+    save_trace(
+        path,
+        replace(
+            t,
+            feature_index=np.zeros(0, dtype=np.int64),
+            features=np.zeros((t.num_exits, 0, t.features.shape[2]), dtype=t.features.dtype),
+        ),
+    )
 
 
 def ship_embeddings(out: Path) -> None:
@@ -118,8 +158,11 @@ def ship_embeddings(out: Path) -> None:
                 t0 = time.perf_counter()
                 pair = aligned_pair(traces[a], traces[b], k, (digests[a], digests[b]), [folder], folder)
                 keep.add(cache_name(digests[a], digests[b], k)[0])
-                print(f"embedding {a} + {b}, exit {k + 1}: {'kept' if pair.cached else 'fitted'} "
-                      f"({time.perf_counter() - t0:.1f} s)", flush=True)
+                print(
+                    f"embedding {a} + {b}, exit {k + 1}: {'kept' if pair.cached else 'fitted'} "
+                    f"({time.perf_counter() - t0:.1f} s)",
+                    flush=True,
+                )
     for f in folder.glob("*.npz"):  # files of older traces would never be read again
         if f.name not in keep:
             f.unlink()
@@ -154,17 +197,52 @@ def main() -> int:
         # them (12 MB saved on a full-data model)
         ood_rows = 2000 if name in OOD_MODELS else 0
         t[f"{held_out.removesuffix('.npz')}_s"] = run(
-            py + ["trace", "--checkpoint", str(d), "--split", "val", "--out", str(d / held_out), "--features",
-                  str(ood_rows), "--quiet"])
+            py
+            + [
+                "trace",
+                "--checkpoint",
+                str(d),
+                "--split",
+                "val",
+                "--out",
+                str(d / held_out),
+                "--features",
+                str(ood_rows),
+                "--quiet",
+            ]
+        )
         if ood_rows:
             t["ood_s"] = run(py + ["ood", "--checkpoint", str(d), "--trace", str(d / held_out), "--quiet"])
             drop_features(d / held_out)
         t["test_trace_s"] = run(
-            py + ["trace", "--checkpoint", str(d), "--dataset", str(test_set), "--out", str(d / "test_trace.npz"),
-                  "--features", str(features), "--quiet"])
+            py
+            + [
+                "trace",
+                "--checkpoint",
+                str(d),
+                "--dataset",
+                str(test_set),
+                "--out",
+                str(d / "test_trace.npz"),
+                "--features",
+                str(features),
+                "--quiet",
+            ]
+        )
         if name in FULL_DATA:
-            t["temperatures_s"] = run(py + ["reliability", "--trace", str(d / "test_trace.npz"), "--fit-on",
-                                            str(d / held_out), "--out", str(d / "temperatures.json"), "--quiet"])
+            t["temperatures_s"] = run(
+                py
+                + [
+                    "reliability",
+                    "--trace",
+                    str(d / "test_trace.npz"),
+                    "--fit-on",
+                    str(d / held_out),
+                    "--out",
+                    str(d / "temperatures.json"),
+                    "--quiet",
+                ]
+            )
             t["profile_s"] = run(py + ["profile", "--checkpoint", str(d), "--quiet"])
         log[name] = {k: round(v, 1) for k, v in t.items()}
         out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@
 
 Thresholds are always chosen on a checkpoint's validation trace and measured on its test trace.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,13 @@ from met_core.errors import METError  # noqa: E402
 from met_core.io.checkpoint import CAL_TRACE_FILE  # noqa: E402
 from met_core.io.traces import MAC_NOTE, load_trace  # noqa: E402
 
-LADDER = [("1. frozen linear probe at each exit", "baselines/cifar10-linear-probe"),
-          ("2. single-exit adapter tuning", "baselines/cifar10-single-exit"),
-          ("3. multi-exit, shared adapters, no exit diagonals", "baselines/cifar10-no-diagonals"),
-          ("4. MET without graph regularization", "cifar10-met-nogr"),
-          ("5. MET", "cifar10-met")]
+LADDER = [
+    ("1. frozen linear probe at each exit", "baselines/cifar10-linear-probe"),
+    ("2. single-exit adapter tuning", "baselines/cifar10-single-exit"),
+    ("3. multi-exit, shared adapters, no exit diagonals", "baselines/cifar10-no-diagonals"),
+    ("4. MET without graph regularization", "cifar10-met-nogr"),
+    ("5. MET", "cifar10-met"),
+]
 
 
 def pct(x: float | None) -> str:
@@ -50,20 +53,30 @@ def load(ck: Path) -> dict | None:
     test = load_trace(ck / "test_trace.npz")
     held_out = next((ck / f for f in ("val_trace.npz", CAL_TRACE_FILE) if (ck / f).is_file()), None)
     val = load_trace(held_out) if held_out else None  # validation images, or a full-data model's calibration set
-    return {"dir": ck, "test": test, "val": val, "A": TraceArrays.from_trace(test),
-            "V": TraceArrays.from_trace(val) if val else None,
-            "metrics": json.loads((ck / "metrics.json").read_text()),
-            "config": json.loads((ck / "config.json").read_text())}
+    return {
+        "dir": ck,
+        "test": test,
+        "val": val,
+        "A": TraceArrays.from_trace(test),
+        "V": TraceArrays.from_trace(val) if val else None,
+        "metrics": json.loads((ck / "metrics.json").read_text()),
+        "config": json.loads((ck / "config.json").read_text()),
+    }
 
 
 def model_section(name: str, m: dict) -> list[str]:
     a, v, met = m["A"], m["V"], m["metrics"]
     acc = exit_accuracy_all(a)
-    out = [f"### {name}", "",
-           f"- test images: {len(a.labels):,}; trainable parameters: {met['trainable_parameters']:,} "
-           f"({100 * met['trainable_share']:.2f}% of the frozen backbone); training time: {met['train_time_s']:.0f} s "
-           f"on {met.get('torch_threads', '?')} CPU threads; head input: `{m['config']['model']['head_input']}`",
-           "", "| exit | block | GMACs | test accuracy (all images at this exit) |", "|---|---|---|---|"]
+    out = [
+        f"### {name}",
+        "",
+        f"- test images: {len(a.labels):,}; trainable parameters: {met['trainable_parameters']:,} "
+        f"({100 * met['trainable_share']:.2f}% of the frozen backbone); training time: {met['train_time_s']:.0f} s "
+        f"on {met.get('torch_threads', '?')} CPU threads; head input: `{m['config']['model']['head_input']}`",
+        "",
+        "| exit | block | GMACs | test accuracy (all images at this exit) |",
+        "|---|---|---|---|",
+    ]
     for k, (g, ac) in enumerate(zip(a.gmacs, acc)):
         out.append(f"| {k + 1} | {m['config']['model']['exits'][k]} | {g:.3f} | {pct(ac)} |")
     if v is not None and a.num_exits > 1:
@@ -199,11 +212,16 @@ def trust_section(m: dict) -> list[str]:
         sets.append(("held-out calibration", TraceArrays.from_trace(load_trace(ck / CAL_TRACE_FILE))))
     last = a.correct[:, -1].mean()
     grid = threshold_grid(a, levels=41)
-    out = ["## Thresholds you can trust (cifar10-met)", "",
-           f"{MEANING} Every figure below is measured on the {len(a.labels):,} test images; the rules are chosen on "
-           "the calibration set named in each row (never on test, except the ceiling).", "",
-           "| rule | calibration set | images | test mean GMACs (share of the last exit's) | test loss vs the last "
-           "exit (pt) |", "|---|---|---|---|---|"]
+    out = [
+        "## Thresholds you can trust (cifar10-met)",
+        "",
+        f"{MEANING} Every figure below is measured on the {len(a.labels):,} test images; the rules are chosen on "
+        "the calibration set named in each row (never on test, except the ceiling).",
+        "",
+        "| rule | calibration set | images | test mean GMACs (share of the last exit's) | test loss vs the last "
+        "exit (pt) |",
+        "|---|---|---|---|---|",
+    ]
     for d in (0.005, 0.01):
         for name, cal in sets:
             if cal is None:
@@ -212,24 +230,32 @@ def trust_section(m: dict) -> list[str]:
             th = c.thresholds or [2.0] * (a.num_exits - 1) + [None]
             r = whatif(a, th)
             what = "certified" if c.thresholds else "certified: none (all to the last exit)"
-            out.append(f"| {what}, D = {100 * d:g} pt, delta = 0.1 | {name} | {len(cal.labels):,} | {r.gmacs:.3f} "
-                       f"({r.gmacs / a.gmacs[-1]:.0%}) | {100 * (last - r.accuracy):+.2f} |")
+            out.append(
+                f"| {what}, D = {100 * d:g} pt, delta = 0.1 | {name} | {len(cal.labels):,} | {r.gmacs:.3f} "
+                f"({r.gmacs / a.gmacs[-1]:.0%}) | {100 * (last - r.accuracy):+.2f} |"
+            )
             u = apply(a, calibrate_accuracy_loss(cal, d)).measured
-            out.append(f"| uncertified: cheapest within {100 * d:g} pt on the calibration set | {name} | "
-                       f"{len(cal.labels):,} | {u.gmacs:.3f} ({u.gmacs / a.gmacs[-1]:.0%}) | "
-                       f"{100 * (last - u.accuracy):+.2f} |")
+            out.append(
+                f"| uncertified: cheapest within {100 * d:g} pt on the calibration set | {name} | "
+                f"{len(cal.labels):,} | {u.gmacs:.3f} ({u.gmacs / a.gmacs[-1]:.0%}) | "
+                f"{100 * (last - u.accuracy):+.2f} |"
+            )
         ok = grid[grid[:, 0] >= last - d - 1e-12]
         g = ok[:, 1].min()
-        out.append(f"| ceiling: cheapest per-exit thresholds within {100 * d:g} pt, chosen on test itself | test | "
-                   f"{len(a.labels):,} | {g:.3f} ({g / a.gmacs[-1]:.0%}) | <= {100 * d:g} |")
+        out.append(
+            f"| ceiling: cheapest per-exit thresholds within {100 * d:g} pt, chosen on test itself | test | "
+            f"{len(a.labels):,} | {g:.3f} ({g / a.gmacs[-1]:.0%}) | <= {100 * d:g} |"
+        )
     out.append("")
     for name, cal in sets:
         if cal is None:
             continue
         sp = selection_spread(cal, a, lambda x: calibrate_budget(x, 0.6), reps=100)
-        out.append(f"A 60 % budget chosen again on 100 resamples of the {len(cal.labels):,} {name} images gives test "
-                   f"accuracy {pct(sp.accuracy[0])} - {pct(sp.accuracy[2])} % and mean GMACs {sp.gmacs[0]:.3f} - "
-                   f"{sp.gmacs[2]:.3f} (5th - 95th percentile).")
+        out.append(
+            f"A 60 % budget chosen again on 100 resamples of the {len(cal.labels):,} {name} images gives test "
+            f"accuracy {pct(sp.accuracy[0])} - {pct(sp.accuracy[2])} % and mean GMACs {sp.gmacs[0]:.3f} - "
+            f"{sp.gmacs[2]:.3f} (5th - 95th percentile)."
+        )
     temp_file = ck / TEMPERATURES_FILE
     if temp_file.is_file():
         t = read_temperatures(temp_file, a.num_exits)
@@ -240,12 +266,15 @@ def trust_section(m: dict) -> list[str]:
         raw_cal = sets[-1][1]
         r0 = apply(a, calibrate_budget(raw_cal, 0.6)).measured
         r1 = apply(at, calibrate_budget(cal, 0.6)).measured
-        out += ["", f"Per-exit temperatures {' / '.join(f'{x:.2f}' for x in t.temperatures)} (fitted on "
-                f"{t.fitted_on}, {t.images:,} images; `{TEMPERATURES_FILE}` beside the checkpoint) take the test ECE "
-                f"per exit from {' / '.join(f'{x:.3f}' for x in before)} to {' / '.join(f'{x:.3f}' for x in after)}. "
-                f"On the accuracy-versus-GMACs front they move the 60 % budget point (chosen on {t.fitted_on}) from "
-                f"{pct(r0.accuracy)} % at {r0.gmacs / a.gmacs[-1]:.0%} to {pct(r1.accuracy)} % at "
-                f"{r1.gmacs / a.gmacs[-1]:.0%} of the GMACs on test."]
+        out += [
+            "",
+            f"Per-exit temperatures {' / '.join(f'{x:.2f}' for x in t.temperatures)} (fitted on "
+            f"{t.fitted_on}, {t.images:,} images; `{TEMPERATURES_FILE}` beside the checkpoint) take the test ECE "
+            f"per exit from {' / '.join(f'{x:.3f}' for x in before)} to {' / '.join(f'{x:.3f}' for x in after)}. "
+            f"On the accuracy-versus-GMACs front they move the 60 % budget point (chosen on {t.fitted_on}) from "
+            f"{pct(r0.accuracy)} % at {r0.gmacs / a.gmacs[-1]:.0%} to {pct(r1.accuracy)} % at "
+            f"{r1.gmacs / a.gmacs[-1]:.0%} of the GMACs on test.",
+        ]
     return out + [""]
 
 
@@ -285,8 +314,7 @@ def geometry_table(ms: list[dict]) -> tuple[list[str], int]:
         for m, a in zip(ms, acc):
             lo, hi = clopper_pearson(int(m["A"].correct[:, k].sum()), len(m["A"].labels))
             tests.append(f"{pct(a[k])} ({pct(float(lo))}-{pct(float(hi))})")
-        lines.append(f"| {k + 1} | {' / '.join(tests)} | {' / '.join(knn)} | {' / '.join(sil)} | "
-                     f"{'; '.join(spread)} |")
+        lines.append(f"| {k + 1} | {' / '.join(tests)} | {' / '.join(knn)} | {' / '.join(sil)} | {'; '.join(spread)} |")
     return lines, n
 
 
@@ -336,24 +364,38 @@ def full_data_section(models: dict, figure: Path) -> list[str]:
         " and ".join(f"`{x}`" for x in names) + f": MET on CIFAR-10's training split, {met['train_images']:,} "
         f"images to train and {met['val_images']:,} held out (seeded; their ids in the checkpoint's config.json), "
         "streamed with random-resized crops and flips for one epoch"
-        + (", the same seed, recipe and batch order, at graph-regularization lambda "
-           f"{lams[0]:g} ('label' graph) and {lams[1]:g}" if pair else f", graph-regularization lambda {lams[0]:g} "
-           "('label' graph)")
+        + (
+            ", the same seed, recipe and batch order, at graph-regularization lambda "
+            f"{lams[0]:g} ('label' graph) and {lams[1]:g}"
+            if pair
+            else f", graph-regularization lambda {lams[0]:g} ('label' graph)"
+        )
         + ". The held-out images are the calibration set: every threshold, temperature and the OOD caution are "
         f"fitted on them, never on test. What was tried: only lambda {lams[0]:g} with the 'label' graph, the value "
         "chosen on validation under the VTAB-1k protocol; each full-data run takes about 40 minutes on the 2 CPU "
         "cores, so no other lambda or form was tried at this scale. Training time: "
-        + " and ".join(f"{m['metrics']['train_time_s'] / 60:.0f} min" for m in ms) + ".", "",
-        *([] if pair else [
-            f"**Not measured yet: what graph regularization does at this scale.** The twin without it, `{FULL[1]}`, "
-            f"is not trained yet (`python bench/rebuild_checkpoints.py --only {FULL[1]}`, about 45 minutes on the 2 "
-            "CPU cores); until it is, the comparison stays the VTAB-1k one below.", ""]),
+        + " and ".join(f"{m['metrics']['train_time_s'] / 60:.0f} min" for m in ms)
+        + ".",
+        "",
+        *(
+            []
+            if pair
+            else [
+                "**Not measured yet: what graph regularization does at this scale.** The twin without it, "
+                f"`{FULL[1]}`, is not trained yet (`python bench/rebuild_checkpoints.py --only {FULL[1]}`, about "
+                "45 minutes on the 2 CPU cores); until it is, the comparison stays the VTAB-1k one below.",
+                "",
+            ]
+        ),
         f"Per exit (test accuracy over all {len(ms[0]['A'].labels):,} test images, 95 % Clopper-Pearson intervals; "
         f"feature geometry on the {n:,} test images whose head inputs the traces store, cosine, kNN = leave-one-out "
-        "10-NN accuracy with its interval):", "",
-        *table, "",
+        "10-NN accuracy with its interval):",
+        "",
+        *table,
+        "",
         "| operating point, chosen on the held-out images | model | test accuracy (95 % interval) | test mean GMACs "
-        "(share of the last exit's) | leaving at each exit |", "|---|---|---|---|---|",
+        "(share of the last exit's) | leaving at each exit |",
+        "|---|---|---|---|---|",
     ]
     rows = []
     for name, m, c in zip(names, ms, cal):
@@ -363,28 +405,40 @@ def full_data_section(models: dict, figure: Path) -> list[str]:
             try:
                 rules.append((f"budget {b:.0%} of the last exit's GMACs", calibrate_budget(c, b).thresholds))
             except METError:
-                rules.append((f"budget {b:.0%}: not reachable (exit 1 alone costs "
-                              f"{a.gmacs[0] / a.gmacs[-1]:.0%})", None))
+                rules.append(
+                    (f"budget {b:.0%}: not reachable (exit 1 alone costs {a.gmacs[0] / a.gmacs[-1]:.0%})", None)
+                )
         for d in (0.005, 0.01):
             cert = certify_max_loss(c, d, 0.1)
-            rules.append((f"certified: at most {100 * d:g} pt below the last exit, delta 0.1"
-                          + ("" if cert.thresholds else " (none certifiable: all to the last exit)"),
-                          cert.thresholds or [2.0] * (a.num_exits - 1) + [None]))
+            rules.append(
+                (
+                    f"certified: at most {100 * d:g} pt below the last exit, delta 0.1"
+                    + ("" if cert.thresholds else " (none certifiable: all to the last exit)"),
+                    cert.thresholds or [2.0] * (a.num_exits - 1) + [None],
+                )
+            )
         for what, th in rules:
             if th is None:
                 rows.append(f"| {what} | {name} | | | |")
                 continue
             r = whatif(a, th, intervals=True)
             iv = r.intervals
-            rows.append(f"| {what} | {name} | {pct(r.accuracy)} ({pct(iv.accuracy.lo)}-{pct(iv.accuracy.hi)}) | "
-                        f"{r.gmacs:.3f} ({r.gmacs / a.gmacs[-1]:.0%}) | "
-                        + " / ".join(f"{100 * f:.0f}%" for f in r.exit_fractions) + " |")
+            rows.append(
+                f"| {what} | {name} | {pct(r.accuracy)} ({pct(iv.accuracy.lo)}-{pct(iv.accuracy.hi)}) | "
+                f"{r.gmacs:.3f} ({r.gmacs / a.gmacs[-1]:.0%}) | "
+                + " / ".join(f"{100 * f:.0f}%" for f in r.exit_fractions)
+                + " |"
+            )
     lines += sorted(rows, key=lambda r: r.split(" | ")[0]) + [""]
     fronts_chart(ms, cal, names, figure)
-    lines += [f"![Accuracy versus mean GMACs of the full-data models]({FRONTS_FIGURE})", "",
-              "The fronts: the Pareto points of the candidate rules chosen on the held-out images, measured on test "
-              "(lines), and every image at one exit (markers). The what-if page draws the same for the model in use "
-              "and the one compared (its twin, by default), the Representations page for the two it shows.", ""]
+    lines += [
+        f"![Accuracy versus mean GMACs of the full-data models]({FRONTS_FIGURE})",
+        "",
+        "The fronts: the Pareto points of the candidate rules chosen on the held-out images, measured on test "
+        "(lines), and every image at one exit (markers). The what-if page draws the same for the model in use "
+        "and the one compared (its twin, by default), the Representations page for the two it shows.",
+        "",
+    ]
     return lines
 
 
@@ -543,12 +597,17 @@ def main() -> int:
             lines += trust_section(met)
         dep = met["dir"] / "deployment.md"
         if dep.is_file():
-            lines += ["## Where early exit stops paying (measured)", "",
-                      "Real batched early exit against the full network, PyTorch, ONNX and ONNX int8 (onnxruntime) "
-                      "engines, as printed by `python bench/deployment.py --record` (measured on the machine it "
-                      "names; each engine's profile-predicted column comes from its own profile, measured in the "
-                      "same run):", "",
-                      *dep.read_text().splitlines()[:40], ""]
+            lines += [
+                "## Where early exit stops paying (measured)",
+                "",
+                "Real batched early exit against the full network, PyTorch, ONNX and ONNX int8 (onnxruntime) "
+                "engines, as printed by `python bench/deployment.py --record` (measured on the machine it "
+                "names; each engine's profile-predicted column comes from its own profile, measured in the "
+                "same run):",
+                "",
+                *dep.read_text().splitlines()[:40],
+                "",
+            ]
         r = met.get("within_half_point")
         if r is not None:
             lines += [

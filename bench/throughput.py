@@ -8,6 +8,7 @@ batches: `memory` (decoded once) and `stream` (a DataLoader decoding every batch
     python bench/throughput.py                              # CPU, fp32: goal stream MFU >= 0.6
     python bench/throughput.py --device cuda --precision bf16  # GPU: goal stream MFU >= 0.4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,7 @@ def matmul_peak(device: torch.device, precision: str, n: int, repeats: int = 5, 
             torch.matmul(a, b, out=out)
 
     best = min(seconds(run, device) for _ in range(repeats + 1))
-    return 2 * n ** 3 * inner / best
+    return 2 * n**3 * inner / best
 
 
 def seconds(fn: Callable[[], object], device: torch.device) -> float:
@@ -74,8 +75,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_flops(model: METModel, x: torch.Tensor, y: torch.Tensor, tcfg: TrainConfig, device: torch.device,
-               precision: str) -> int:
+def step_flops(
+    model: METModel, x: torch.Tensor, y: torch.Tensor, tcfg: TrainConfig, device: torch.device, precision: str
+) -> int:
     """FLOPs of one training step (forward + backward), counted on the explicit-matmul attention path
     (the counter has no formula for the fused CPU kernel; the arithmetic is the same)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -98,8 +100,14 @@ def step_flops(model: METModel, x: torch.Tensor, y: torch.Tensor, tcfg: TrainCon
     return counter.get_total_flops()
 
 
-def time_steps(model: METModel, source: TensorSource | StreamSource, plan: list[np.ndarray], tcfg: TrainConfig,
-               device: torch.device, precision: str) -> float:
+def time_steps(
+    model: METModel,
+    source: TensorSource | StreamSource,
+    plan: list[np.ndarray],
+    tcfg: TrainConfig,
+    device: torch.device,
+    precision: str,
+) -> float:
     """Seconds per step over `plan` (the first step, a warm-up, is not counted)."""
     opt = build_optimizer(model, tcfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(len(plan), 0))
@@ -137,8 +145,13 @@ def main() -> None:
     ds = open_dataset(str(root) if root else "cifar10")
     torch.manual_seed(0)
     backbone, _ = create_backbone(args.backbone, args.img_size)
-    mcfg = METConfig(backbone=args.backbone, img_size=args.img_size, num_classes=len(ds.class_names),
-                     class_names=ds.class_names, head_input="cls+mean")
+    mcfg = METConfig(
+        backbone=args.backbone,
+        img_size=args.img_size,
+        num_classes=len(ds.class_names),
+        class_names=ds.class_names,
+        head_input="cls+mean",
+    )
     model = METModel(backbone, mcfg).to(device)
     tcfg = TrainConfig(batch_size=args.batch_size)
     n = args.batch_size * (args.steps + 1)
@@ -151,23 +164,38 @@ def main() -> None:
     x, y = decode_all(ds, "decode", progress=False)
     flops = step_flops(model, x[: args.batch_size], y[: args.batch_size], tcfg, device, args.precision)
     runtime = RuntimeConfig(workers=args.workers)
-    sources = {"memory": TensorSource(x, y, DistContext()),
-               "stream": StreamSource(ds, DistContext(), runtime.workers, device.type == "cuda", 0)}
+    sources = {
+        "memory": TensorSource(x, y, DistContext()),
+        "stream": StreamSource(ds, DistContext(), runtime.workers, device.type == "cuda", 0),
+    }
     print(f"device: {device_name(device)}; precision {args.precision}; torch {torch.__version__}")
-    print(f"recipe: {args.backbone} at {args.img_size} px, cls+mean, r=8, 4 exits, batch {args.batch_size}, "
-          f"graph reg. 0.1; {flops / 1e9:.1f} GFLOP per training step (counted, forward + backward)")
+    print(
+        f"recipe: {args.backbone} at {args.img_size} px, cls+mean, r=8, 4 exits, batch {args.batch_size}, "
+        f"graph reg. 0.1; {flops / 1e9:.1f} GFLOP per training step (counted, forward + backward)"
+    )
     print(f"matmul peak ({args.matmul_size}^2, {args.precision}): {peak / 1e9:.1f} GFLOP/s")
     mfu = {}
     for name, src in sources.items():
         s = time_steps(model, src, plan, tcfg, device, args.precision)
         mfu[name] = flops / s / peak
-        print(f"train, {name} data path: {s:.3f} s/step, {args.batch_size / s:.1f} images/s, "
-              f"{flops / s / 1e9:.1f} GFLOP/s, MFU {mfu[name]:.2f}")
+        print(
+            f"train, {name} data path: {s:.3f} s/step, {args.batch_size / s:.1f} images/s, "
+            f"{flops / s / 1e9:.1f} GFLOP/s, MFU {mfu[name]:.2f}"
+        )
 
     tr = ds.subset(np.arange(min(args.trace_images, len(ds))))
     t0 = time.perf_counter()
-    run_trace(model, tr, exit_gmacs(model), {}, batch_size=64, features=0, progress=False,
-              precision=args.precision, workers=args.workers)
+    run_trace(
+        model,
+        tr,
+        exit_gmacs(model),
+        {},
+        batch_size=64,
+        features=0,
+        progress=False,
+        precision=args.precision,
+        workers=args.workers,
+    )
     sync(device)
     t = time.perf_counter() - t0
     print(f"trace: {len(tr) / t:.1f} images/s over {len(tr)} images (every exit, batch 64)")

@@ -4,6 +4,7 @@ with 95 % intervals on every number (and the detail tables the app shows) in und
 Uses a shipped test trace when one exists (checkpoints/cifar10-met/test_trace.npz), otherwise a
 generated one of the same shape. Prints the figures and PASS/FAIL.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -60,8 +61,9 @@ def main() -> int:
     print(f"trace: {source} ({len(trace.labels)} samples x {trace.num_exits} exits)")
     print(f"one-off preparation (softmax, scores): {prep_ms:.1f} ms")
     print(f"what-if per threshold: median {med:.3f} ms, p95 {p95:.3f} ms (goal < {GOAL_MS} ms)")
-    print(f"with 95 % intervals and detail: median {med_ci:.3f} ms, p95 {p95_ci:.3f} ms "
-          f"(goal < {GOAL_INTERVALS_MS} ms)")
+    print(
+        f"with 95 % intervals and detail: median {med_ci:.3f} ms, p95 {p95_ci:.3f} ms (goal < {GOAL_INTERVALS_MS} ms)"
+    )
     ok = p95 < GOAL_MS and p95_ci < GOAL_INTERVALS_MS
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1

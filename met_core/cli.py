@@ -3,6 +3,7 @@
 User errors (METError, missing paths, bad files) print one line `error: ...` and exit with code 2;
 no tracebacks. `--json` prints a machine-readable result on stdout; progress goes to stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,15 +50,18 @@ class Parser(argparse.ArgumentParser):
 
 def number(kind: type, bounds: Range) -> Callable[[str], Any]:
     """An argparse type: an int or float within `bounds`, checked at parse time (NaN and inf never are)."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
-                                             f"got {text[:40]!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text[:40]!r}"
+            ) from None
         if not bounds.contains(value):
             raise argparse.ArgumentTypeError(f"must be {bounds.describe()}, got {text[:40]}")
         return value
+
     return parse
 
 
@@ -71,13 +75,16 @@ def _list_parser(item: type, bounds: Range | None = None, max_len: int = 64) -> 
         try:
             return [one(v) for v in parts]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {item.__name__}, "
-                                             f"got {text[:60]!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {item.__name__}, got {text[:60]!r}"
+            ) from None
+
     return parse
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str,
-                       only: Sequence[str] | None = None) -> None:
+def add_dataclass_args(
+    parser: argparse.ArgumentParser, cls: type, title: str, only: Sequence[str] | None = None
+) -> None:
     """One flag per dataclass field (or the `only` ones), typed and range-checked from the field, with its help."""
     group = parser.add_argument_group(title)
     hints = get_type_hints(cls)
@@ -92,8 +99,12 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str,
         if hint is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         elif get_origin(hint) is list:
-            group.add_argument(flag, type=_list_parser(get_args(hint)[0], bounds, f.metadata.get("max_len") or 64),
-                               metavar="A,B,...", **common)
+            group.add_argument(
+                flag,
+                type=_list_parser(get_args(hint)[0], bounds, f.metadata.get("max_len") or 64),
+                metavar="A,B,...",
+                **common,
+            )
         elif get_origin(hint) is not None and get_args(hint) and all(isinstance(a, str) for a in get_args(hint)):
             group.add_argument(flag, choices=get_args(hint), **common)
         else:
@@ -146,8 +157,10 @@ def record_weights(mcfg: METConfig, out: Path) -> None:
     w, folder = Path(mcfg.weights).resolve(), out.resolve()
     mcfg.weights = str(w.relative_to(folder)) if w.is_relative_to(folder) else str(w)
     if not w.is_relative_to(folder):
-        log(f"note: the backbone weights {w} lie outside {out}; loading this checkpoint needs --weights {w}, or "
-            "copy the file into the folder.")
+        log(
+            f"note: the backbone weights {w} lie outside {out}; loading this checkpoint needs --weights {w}, or "
+            "copy the file into the folder."
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -166,12 +179,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     ds = open_dataset(args.dataset, split=args.split, download=not args.no_download, data_root=args.data_root)
     for note in ds.notes:
         log(note)
-    train_idx, val_idx = subsample_split(ds.labels, tcfg.per_class, tcfg.val_fraction, tcfg.seed, ds.class_names,
-                                         warn=log)
+    train_idx, val_idx = subsample_split(
+        ds.labels, tcfg.per_class, tcfg.val_fraction, tcfg.seed, ds.class_names, warn=log
+    )
     model = build_model(given_args(METConfig, args), ds.class_names, tcfg.seed)
     n = model.num_parameters()
-    log(f"trainable parameters: {n['trainable']:,} ({100 * n['trainable'] / n['frozen']:.2f}% of the "
-        f"{n['frozen']:,} frozen backbone parameters)")
+    log(
+        f"trainable parameters: {n['trainable']:,} ({100 * n['trainable'] / n['frozen']:.2f}% of the "
+        f"{n['frozen']:,} frozen backbone parameters)"
+    )
     mcfg = model.cfg
     train_ds, val_ds = ds.subset(train_idx), ds.subset(val_idx)
     train_ds.transform, val_ds.transform = transform_for(mcfg, tcfg.augment), transform_for(mcfg)
@@ -185,22 +201,40 @@ def cmd_train(args: argparse.Namespace) -> None:
     record_weights(mcfg, out)
     gm = exit_gmacs(model)
     result = {**metrics.to_dict(), "exit_gmacs": gm, "mac_note": MAC_NOTE}
-    save_checkpoint(out, model, {
-        "train": dataclasses.asdict(tcfg),
-        "runtime": {**dataclasses.asdict(runtime), "device": str(device), "device_name": device_name(device),
-                    "world_size": ctx.world_size},
-        "data": {"dataset": args.dataset, "root": ds.root, "split": args.split, "train_ids": list(train_ds.ids),
-                 "val_ids": list(val_ds.ids)},
-        "preprocessing": preprocessing_record(mcfg),
-    }, result)
-    _emit(args, {"out": str(out), **{k: v for k, v in result.items() if k != "history"}}, [
-        f"saved {out}/config.json, model.safetensors, metrics.json",
-        "validation accuracy per exit: " + (' / '.join(f'{100 * a:.1f}%' for a in metrics.val_accuracy or [])
-                                            or "none (no validation images)"),
-        f"GMACs per exit ({MAC_NOTE}): {' / '.join(f'{g:.3f}' for g in gm)}",
-        f"training time: {metrics.train_time_s:.0f} s ({metrics.data_path} data path); "
-        f"peak memory (RSS, with loader workers): {metrics.peak_rss_gb:.2f} GB",
-    ])
+    save_checkpoint(
+        out,
+        model,
+        {
+            "train": dataclasses.asdict(tcfg),
+            "runtime": {
+                **dataclasses.asdict(runtime),
+                "device": str(device),
+                "device_name": device_name(device),
+                "world_size": ctx.world_size,
+            },
+            "data": {
+                "dataset": args.dataset,
+                "root": ds.root,
+                "split": args.split,
+                "train_ids": list(train_ds.ids),
+                "val_ids": list(val_ds.ids),
+            },
+            "preprocessing": preprocessing_record(mcfg),
+        },
+        result,
+    )
+    _emit(
+        args,
+        {"out": str(out), **{k: v for k, v in result.items() if k != "history"}},
+        [
+            f"saved {out}/config.json, model.safetensors, metrics.json",
+            "validation accuracy per exit: "
+            + (" / ".join(f"{100 * a:.1f}%" for a in metrics.val_accuracy or []) or "none (no validation images)"),
+            f"GMACs per exit ({MAC_NOTE}): {' / '.join(f'{g:.3f}' for g in gm)}",
+            f"training time: {metrics.train_time_s:.0f} s ({metrics.data_path} data path); "
+            f"peak memory (RSS, with loader workers): {metrics.peak_rss_gb:.2f} GB",
+        ],
+    )
 
 
 # --- trace -----------------------------------------------------------------------------------------
@@ -216,22 +250,41 @@ def cmd_trace(args: argparse.Namespace) -> None:
     if args.engine == "onnx":
         from .engine.export import OnnxEarlyExit
         from .io.checkpoint import export_dir
+
         onnx = OnnxEarlyExit(export_dir(args.checkpoint, args.onnx))
-    trace = trace_checkpoint(args.checkpoint, dataclass_from_args(TraceConfig, args, download=not args.no_download),
-                             runtime, weights=args.weights, device=device, ctx=ctx, onnx=onnx,
-                             progress=not args.quiet and ctx.is_main, notes=log)
+    trace = trace_checkpoint(
+        args.checkpoint,
+        dataclass_from_args(TraceConfig, args, download=not args.no_download),
+        runtime,
+        weights=args.weights,
+        device=device,
+        ctx=ctx,
+        onnx=onnx,
+        progress=not args.quiet and ctx.is_main,
+        notes=log,
+    )
     shutdown(ctx)
     if trace is None:  # not the main process: it has nothing to write
         return
     gm = trace.gmacs.tolist()
     save_trace(args.out, trace)
     acc = (trace.logits.argmax(-1) == trace.labels[:, None]).mean(0)
-    _emit(args, {"out": str(args.out), "samples": len(trace.labels), "exit_accuracy": acc.tolist(), "gmacs": gm,
-                 "features": int(len(trace.feature_index)), "mac_note": MAC_NOTE}, [
-        f"saved {args.out}: {len(trace.labels)} samples, features for {len(trace.feature_index)}",
-        f"accuracy per exit: {' / '.join(f'{100 * a:.2f}%' for a in acc)}",
-        f"GMACs per exit ({MAC_NOTE}): {' / '.join(f'{g:.3f}' for g in gm)}",
-    ])
+    _emit(
+        args,
+        {
+            "out": str(args.out),
+            "samples": len(trace.labels),
+            "exit_accuracy": acc.tolist(),
+            "gmacs": gm,
+            "features": int(len(trace.feature_index)),
+            "mac_note": MAC_NOTE,
+        },
+        [
+            f"saved {args.out}: {len(trace.labels)} samples, features for {len(trace.feature_index)}",
+            f"accuracy per exit: {' / '.join(f'{100 * a:.2f}%' for a in acc)}",
+            f"GMACs per exit ({MAC_NOTE}): {' / '.join(f'{g:.3f}' for g in gm)}",
+        ],
+    )
 
 
 # --- info ------------------------------------------------------------------------------------------
@@ -308,10 +361,13 @@ def cmd_whatif(args: argparse.Namespace) -> None:
     out, lines = r.to_dict(), _whatif_lines(r)
     if args.profile:
         from .analysis.latency import predict_latency, read_profile
+
         lp = predict_latency(read_profile(args.profile, arrays.num_exits), r.exit_fractions, args.batch)
         out["latency"] = lp.to_dict()
-        lines.append(f"at batch {lp.batch}: {lp.ms_per_image:.2f} ms per image, {lp.images_per_s:.0f} images/s, "
-                     f"{lp.speedup:.2f}x faster than the last exit ({lp.note}: {lp.device_name})")
+        lines.append(
+            f"at batch {lp.batch}: {lp.ms_per_image:.2f} ms per image, {lp.images_per_s:.0f} images/s, "
+            f"{lp.speedup:.2f}x faster than the last exit ({lp.note}: {lp.device_name})"
+        )
     _emit(args, out, lines)
 
 
@@ -320,6 +376,7 @@ def _temperatures(args: argparse.Namespace, trace: Any) -> list[float] | None:
     if getattr(args, "temperatures", None) is None:
         return None
     from .analysis.reliability import read_temperatures
+
     return read_temperatures(args.temperatures, trace.num_exits, trace.meta.get("checkpoint_sha256")).temperatures
 
 
@@ -331,17 +388,28 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     val_t = load_trace(args.trace)
     test_t = load_trace(args.apply) if args.apply else val_t
-    if (val_t.meta.get("checkpoint_sha256") != test_t.meta.get("checkpoint_sha256")
-            or val_t.num_exits != test_t.num_exits):
-        raise METError(f"{args.trace} and {args.apply} come from different checkpoints; calibrate and apply on "
-                       "traces of one model.")
+    if (
+        val_t.meta.get("checkpoint_sha256") != test_t.meta.get("checkpoint_sha256")
+        or val_t.num_exits != test_t.num_exits
+    ):
+        raise METError(
+            f"{args.trace} and {args.apply} come from different checkpoints; calibrate and apply on "
+            "traces of one model."
+        )
     temps = _temperatures(args, val_t)
     val, test = TraceArrays.from_trace(val_t, temps), TraceArrays.from_trace(test_t, temps)
     if args.sweep:
         rows = sweep_applied(val, test, args.policy)
-        _emit(args, [r.to_dict() for r in rows], ["cal_gmacs,cal_accuracy,test_gmacs,test_accuracy,pareto,source"] + [
-            f"{r.cal_gmacs:.4f},{r.cal_accuracy:.4f},{r.test_gmacs:.4f},{r.test_accuracy:.4f},{int(r.pareto)},"
-            f"{r.source}" for r in rows])
+        _emit(
+            args,
+            [r.to_dict() for r in rows],
+            ["cal_gmacs,cal_accuracy,test_gmacs,test_accuracy,pareto,source"]
+            + [
+                f"{r.cal_gmacs:.4f},{r.cal_accuracy:.4f},{r.test_gmacs:.4f},{r.test_accuracy:.4f},{int(r.pareto)},"
+                f"{r.source}"
+                for r in rows
+            ],
+        )
         return
     if (args.budget is None) == (args.max_loss is None):
         raise METError("give exactly one of --budget F (fraction of the last exit's GMACs), --max-loss D, or --sweep.")
@@ -360,8 +428,11 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         return
 
     def choose(arrays: TraceArrays) -> Any:
-        return (calibrate_budget(arrays, args.budget, args.policy) if args.budget is not None
-                else calibrate_accuracy_loss(arrays, args.max_loss, args.policy))
+        return (
+            calibrate_budget(arrays, args.budget, args.policy)
+            if args.budget is not None
+            else calibrate_accuracy_loss(arrays, args.max_loss, args.policy)
+        )
 
     r = apply(test, choose(val), args.policy)
     out = r.to_dict()
@@ -369,9 +440,11 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     if args.spread:
         sp = selection_spread(val, test, choose, args.policy, reps=args.spread, seed=args.seed)
         out["selection_spread"] = sp.to_dict()
-        lines.append(f"chosen again on {sp.reps} resamples of the {sp.validation_images} calibration images, the test "
-                     f"accuracy spans {100 * sp.accuracy[0]:.2f} - {100 * sp.accuracy[2]:.2f}% and the mean GMACs "
-                     f"{sp.gmacs[0]:.3f} - {sp.gmacs[2]:.3f} (5th - 95th percentile)")
+        lines.append(
+            f"chosen again on {sp.reps} resamples of the {sp.validation_images} calibration images, the test "
+            f"accuracy spans {100 * sp.accuracy[0]:.2f} - {100 * sp.accuracy[2]:.2f}% and the mean GMACs "
+            f"{sp.gmacs[0]:.3f} - {sp.gmacs[2]:.3f} (5th - 95th percentile)"
+        )
     _emit(args, out, lines)
 
 
@@ -391,12 +464,18 @@ def cmd_reliability(args: argparse.Namespace) -> None:
             Path(args.out).write_text(fitted.to_json() + "\n")
     before = exit_reliability(trace, bins=args.bins)
     after = exit_reliability(trace, temps, args.bins) if temps else None
-    out = {"ece": [c.ece for c in before], "curves": [c.to_dict() for c in before], "temperatures": temps,
-           "ece_with_temperatures": [c.ece for c in after] if after else None}
+    out = {
+        "ece": [c.ece for c in before],
+        "curves": [c.to_dict() for c in before],
+        "temperatures": temps,
+        "ece_with_temperatures": [c.ece for c in after] if after else None,
+    }
     lines = ["expected calibration error per exit: " + " / ".join(f"{c.ece:.4f}" for c in before)]
     if after:
-        lines += ["temperatures: " + " / ".join(f"{t:.3f}" for t in temps),
-                  "with them: " + " / ".join(f"{c.ece:.4f}" for c in after)]
+        lines += [
+            "temperatures: " + " / ".join(f"{t:.3f}" for t in temps),
+            "with them: " + " / ".join(f"{c.ece:.4f}" for c in after),
+        ]
     _emit(args, out, lines)
 
 
@@ -409,8 +488,10 @@ def cmd_ood(args: argparse.Namespace) -> None:
     if cal.meta.get("checkpoint_sha256") != checkpoint_hash(args.checkpoint):
         raise METError(f"{args.trace} was made by another model than {args.checkpoint}; trace it with this one.")
     if cal.meta.get("split") not in ("holdout", "val"):
-        raise METError(f"{args.trace} is a trace of the '{cal.meta.get('split')}' split; fit on held-out images "
-                       "(met trace --split holdout --features N), never on the test split.")
+        raise METError(
+            f"{args.trace} is a trace of the '{cal.meta.get('split')}' split; fit on held-out images "
+            "(met trace --split holdout --features N), never on the test split."
+        )
     k = args.exit - 1
     if not 0 <= k < cal.num_exits or not len(cal.feature_index):
         raise METError(f"{args.trace} has no features at exit {args.exit}; trace with --features N (N >= 400).")
@@ -418,9 +499,19 @@ def cmd_ood(args: argparse.Namespace) -> None:
     rule = fit_ood(cal.features[k], args.false_alarm, args.k, k, args.seed, what)
     out = Path(args.out) if args.out else Path(args.checkpoint) / OOD_FILE
     save_ood(out, rule)
-    _emit(args, {"file": str(out), "threshold": rule.threshold, "false_alarm": rule.false_alarm, "k": rule.k,
-                 "exit": args.exit, "reference_images": len(rule.reference),
-                 "threshold_images": rule.threshold_images}, [f"wrote {out}: {rule.describe()}"])
+    _emit(
+        args,
+        {
+            "file": str(out),
+            "threshold": rule.threshold,
+            "false_alarm": rule.false_alarm,
+            "k": rule.k,
+            "exit": args.exit,
+            "reference_images": len(rule.reference),
+            "threshold_images": rule.threshold_images,
+        },
+        [f"wrote {out}: {rule.describe()}"],
+    )
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -456,14 +547,18 @@ def cmd_bench_exit(args: argparse.Namespace) -> None:
     prof = read_profile(prof_path, model.num_exits) if args.profile or prof_path.exists() else None
     x = model_inputs(model, bench_images(cfg), progress=not args.quiet)
     rows = bench_exit(model, x, cfg, thresholds, policy, runtime.precision, prof)
-    lines = [f"real batched early exit ({args.engine}) on {len(x)} images ({policy}), median of {cfg.repeats}; "
-             "speed-up over every image to the last exit:",
-             "batch | measured | GMACs-predicted | profile-predicted | measured ms/image | profile ms/image"]
+    lines = [
+        f"real batched early exit ({args.engine}) on {len(x)} images ({policy}), median of {cfg.repeats}; "
+        "speed-up over every image to the last exit:",
+        "batch | measured | GMACs-predicted | profile-predicted | measured ms/image | profile ms/image",
+    ]
     for row in rows:
         r, lp = row.measured, row.profile
-        lines.append(f"{r.batch_size} | {r.measured_speedup:.2f}x | {r.predicted_speedup:.2f}x | "
-                     f"{f'{lp.speedup:.2f}x' if lp else '-'} | {row.ms_per_image:.2f} | "
-                     f"{f'{lp.ms_per_image:.2f}' if lp else '-'}")
+        lines.append(
+            f"{r.batch_size} | {r.measured_speedup:.2f}x | {r.predicted_speedup:.2f}x | "
+            f"{f'{lp.speedup:.2f}x' if lp else '-'} | {row.ms_per_image:.2f} | "
+            f"{f'{lp.ms_per_image:.2f}' if lp else '-'}"
+        )
     if prof is not None:
         lines.append(f"profile: {prof.device_name}, {prof.threads} threads, {prof.precision} ({prof_path})")
     _emit(args, [row.to_dict() for row in rows], lines)
@@ -480,9 +575,15 @@ def cmd_export(args: argparse.Namespace) -> None:
     model, _ = load_checkpoint(args.checkpoint, args.weights)
     out = export_dir(args.checkpoint, args.out)
     m = export_onnx(model, out, policy, thresholds, sha, exit_gmacs(model), args.quantize)
-    _emit(args, json.loads(m.to_json()), [f"wrote {len(m.stages)} {m.quantization} stage graphs and exits.json to "
-                                          f"{out} (checked with the onnx checker); policy {m.policy}, thresholds "
-                                          f"{m.thresholds}"])
+    _emit(
+        args,
+        json.loads(m.to_json()),
+        [
+            f"wrote {len(m.stages)} {m.quantization} stage graphs and exits.json to "
+            f"{out} (checked with the onnx checker); policy {m.policy}, thresholds "
+            f"{m.thresholds}"
+        ],
+    )
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
@@ -503,15 +604,20 @@ def cmd_profile(args: argparse.Namespace) -> None:
     prof.checkpoint_sha256 = checkpoint_hash(args.checkpoint)
     out = Path(args.out) if args.out else profile_path(args.checkpoint, args.engine, args.onnx)
     out.write_text(prof.to_json() + "\n")
-    lines = [f"wrote {out} ({prof.engine}): {prof.device_name}, {prof.threads} threads, "
-             f"{'torch ' if prof.engine == 'pytorch' else ''}{prof.torch_version}, "
-             f"{prof.precision}",
-             "batch | stem ms | " + " | ".join(f"stage {k + 1} ms | head {k + 1} ms" for k in range(model.num_exits))
-             + " | compaction ms"]
+    lines = [
+        f"wrote {out} ({prof.engine}): {prof.device_name}, {prof.threads} threads, "
+        f"{'torch ' if prof.engine == 'pytorch' else ''}{prof.torch_version}, "
+        f"{prof.precision}",
+        "batch | stem ms | "
+        + " | ".join(f"stage {k + 1} ms | head {k + 1} ms" for k in range(model.num_exits))
+        + " | compaction ms",
+    ]
     for i, b in enumerate(prof.batch_sizes):
-        lines.append(f"{b} | {prof.stem_ms[i]:.2f} | " + " | ".join(
-            f"{prof.stage_ms[k][i]:.2f} | {prof.head_ms[k][i]:.3f}" for k in range(model.num_exits))
-            + f" | {prof.compact_ms[i]:.3f}")
+        lines.append(
+            f"{b} | {prof.stem_ms[i]:.2f} | "
+            + " | ".join(f"{prof.stage_ms[k][i]:.2f} | {prof.head_ms[k][i]:.3f}" for k in range(model.num_exits))
+            + f" | {prof.compact_ms[i]:.3f}"
+        )
     _emit(args, json.loads(prof.to_json()), lines)
 
 
@@ -540,13 +646,16 @@ def cmd_app(args: argparse.Namespace) -> None:
 
     missing = [m for m in APP_LIBRARIES if importlib.util.find_spec(m) is None]
     if missing:
-        raise METError(f"the app needs {', '.join(missing)}: install the package with its app extra "
-                       "(pip install 'met-explorer[app]', or pip install '.[app]' in a checkout).")
+        raise METError(
+            f"the app needs {', '.join(missing)}: install the package with its app extra "
+            "(pip install 'met-explorer[app]', or pip install '.[app]' in a checkout)."
+        )
     if args.checkpoints is not None:
         folder = Path(args.checkpoints).expanduser()
         if not folder.is_dir():
-            raise METError(f"--checkpoints {args.checkpoints} is not a folder; name the folder that holds your "
-                           "checkpoint folders.")
+            raise METError(
+                f"--checkpoints {args.checkpoints} is not a folder; name the folder that holds your checkpoint folders."
+            )
         os.environ["MET_CHECKPOINTS"] = str(folder.resolve())
     log(f"met app: checkpoints from {checkpoints_dir()}")
     cmd = app_command(args.streamlit_args)
@@ -558,9 +667,13 @@ def cmd_app(args: argparse.Namespace) -> None:
 
 
 def _app_args(a: argparse.ArgumentParser) -> None:
-    a.add_argument("--checkpoints", metavar="DIR", help="the folder holding checkpoint folders (default: "
-                   "$MET_CHECKPOINTS, else the checkout's checkpoints/, else $MET_CACHE_DIR/checkpoints); every "
-                   "other flag goes to Streamlit, e.g. --server.port 8502 --server.headless true")
+    a.add_argument(
+        "--checkpoints",
+        metavar="DIR",
+        help="the folder holding checkpoint folders (default: "
+        "$MET_CHECKPOINTS, else the checkout's checkpoints/, else $MET_CACHE_DIR/checkpoints); every "
+        "other flag goes to Streamlit, e.g. --server.port 8502 --server.headless true",
+    )
 
 
 # --- entry point -----------------------------------------------------------------------------------
@@ -588,8 +701,9 @@ def add_data_root(s: argparse.ArgumentParser) -> None:
 def add_rule(s: argparse.ArgumentParser) -> None:
     from .analysis.policies import DEFAULT_POLICY, POLICIES
 
-    s.add_argument("--threshold", type=number(float, THRESHOLD),
-                   help="one global threshold (default: the policy's default)")
+    s.add_argument(
+        "--threshold", type=number(float, THRESHOLD), help="one global threshold (default: the policy's default)"
+    )
     s.add_argument(
         "--thresholds",
         type=_list_parser(float, THRESHOLD),
@@ -611,8 +725,12 @@ def add_rule(s: argparse.ArgumentParser) -> None:
 
 
 def add_engine(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--engine", choices=["pytorch", "onnx"], default="pytorch",
-                   help="run the checkpoint in PyTorch, or its per-stage ONNX export with onnxruntime")
+    s.add_argument(
+        "--engine",
+        choices=["pytorch", "onnx"],
+        default="pytorch",
+        help="run the checkpoint in PyTorch, or its per-stage ONNX export with onnxruntime",
+    )
     s.add_argument("--onnx", metavar="DIR", help="the export folder (met export; default: CHECKPOINT/onnx)")
 
 
@@ -637,11 +755,16 @@ def _trace_args(r: argparse.ArgumentParser) -> None:
 def _whatif_args(w: argparse.ArgumentParser) -> None:
     w.add_argument("--trace", required=True)
     w.add_argument("--detail", action="store_true", help="add per-class accuracy and the confusion matrix")
-    w.add_argument("--intervals", action="store_true", help="add 95 %% intervals to every number (exact binomial "
-                   "for proportions, a seeded bootstrap for mean GMACs and speed-up)")
+    w.add_argument(
+        "--intervals",
+        action="store_true",
+        help="add 95 %% intervals to every number (exact binomial "
+        "for proportions, a seeded bootstrap for mean GMACs and speed-up)",
+    )
     w.add_argument("--temperatures", metavar="FILE", help="per-exit temperatures (met reliability --out FILE)")
-    w.add_argument("--profile", metavar="FILE", help="a latency profile (met profile): also predict ms per image "
-                   "and images/s")
+    w.add_argument(
+        "--profile", metavar="FILE", help="a latency profile (met profile): also predict ms per image and images/s"
+    )
     w.add_argument("--batch", type=number(int, BATCH), default=64, help="batch size of the latency prediction")
     add_rule(w)
 
@@ -649,22 +772,40 @@ def _whatif_args(w: argparse.ArgumentParser) -> None:
 def _calibrate_args(c: argparse.ArgumentParser) -> None:
     from .analysis.policies import CALIBRATABLE, DEFAULT_POLICY
 
-    c.add_argument("--trace", required=True,
-                   help="calibration trace the thresholds are chosen on (held-out or validation images)")
+    c.add_argument(
+        "--trace", required=True, help="calibration trace the thresholds are chosen on (held-out or validation images)"
+    )
     c.add_argument("--apply", help="test trace the chosen thresholds are measured on (default: the calibration trace)")
-    c.add_argument("--budget", type=number(float, Range(0, 100, lo_open=True)),
-                   help="mean cost target, a fraction of the last exit's GMACs (0.5 = half)")
-    c.add_argument("--max-loss", type=number(float, Range(0, 1)),
-                   help="accuracy loss allowed versus the last exit, a fraction (0.005 = 0.5 point)")
-    c.add_argument("--sweep", action="store_true",
-                   help="print every candidate point (CSV, or JSON with --json), Pareto front marked")
+    c.add_argument(
+        "--budget",
+        type=number(float, Range(0, 100, lo_open=True)),
+        help="mean cost target, a fraction of the last exit's GMACs (0.5 = half)",
+    )
+    c.add_argument(
+        "--max-loss",
+        type=number(float, Range(0, 1)),
+        help="accuracy loss allowed versus the last exit, a fraction (0.005 = 0.5 point)",
+    )
+    c.add_argument(
+        "--sweep",
+        action="store_true",
+        help="print every candidate point (CSV, or JSON with --json), Pareto front marked",
+    )
     c.add_argument("--policy", default=DEFAULT_POLICY, choices=list(CALIBRATABLE))
-    c.add_argument("--delta", type=number(float, Range(0, 1, True, True)),
-                   help="with --max-loss D: certified thresholds, losing at most D with probability >= 1 - delta "
-                   "over the calibration images (Learn-then-Test)")
-    c.add_argument("--spread", type=number(int, Range(0, 10_000)), default=0, metavar="REPS",
-                   help="choose again on REPS bootstrap resamples of the calibration trace and report how much the "
-                   "test figures move")
+    c.add_argument(
+        "--delta",
+        type=number(float, Range(0, 1, True, True)),
+        help="with --max-loss D: certified thresholds, losing at most D with probability >= 1 - delta "
+        "over the calibration images (Learn-then-Test)",
+    )
+    c.add_argument(
+        "--spread",
+        type=number(int, Range(0, 10_000)),
+        default=0,
+        metavar="REPS",
+        help="choose again on REPS bootstrap resamples of the calibration trace and report how much the "
+        "test figures move",
+    )
     c.add_argument("--seed", type=number(int, SEED), default=0)
     c.add_argument("--temperatures", metavar="FILE", help="per-exit temperatures (met reliability --out FILE)")
 
@@ -679,10 +820,18 @@ def _reliability_args(rl: argparse.ArgumentParser) -> None:
 
 def _ood_args(o: argparse.ArgumentParser) -> None:
     o.add_argument("--checkpoint", required=True, help="checkpoint folder (ood.npz is written into it)")
-    o.add_argument("--trace", required=True, help="a calibration trace with features (met trace --split holdout "
-                   "--features N): half its feature rows are the reference, half set the threshold")
-    o.add_argument("--false-alarm", type=number(float, Range(0, 1, lo_open=True, hi_open=True)), default=0.05,
-                   help="the largest share of in-distribution images flagged (a conformal bound)")
+    o.add_argument(
+        "--trace",
+        required=True,
+        help="a calibration trace with features (met trace --split holdout "
+        "--features N): half its feature rows are the reference, half set the threshold",
+    )
+    o.add_argument(
+        "--false-alarm",
+        type=number(float, Range(0, 1, lo_open=True, hi_open=True)),
+        default=0.05,
+        help="the largest share of in-distribution images flagged (a conformal bound)",
+    )
     o.add_argument("--k", type=number(int, Range(1, 100)), default=5, help="neighbours the distance averages")
     o.add_argument("--exit", type=number(int, Range(1, 64)), default=1, help="the exit whose features are scored")
     o.add_argument("--seed", type=number(int, Range(0, 2**32 - 1)), default=0, help="seed of the reference split")
@@ -692,8 +841,9 @@ def _ood_args(o: argparse.ArgumentParser) -> None:
 def _predict_args(pr: argparse.ArgumentParser) -> None:
     add_checkpoint_args(pr)
     pr.add_argument("images", nargs="+", help="image files")
-    pr.add_argument("--max-files", type=number(int, Range(1, 10_000)), default=256,
-                    help="refuse more files than this at once")
+    pr.add_argument(
+        "--max-files", type=number(int, Range(1, 10_000)), default=256, help="refuse more files than this at once"
+    )
     add_rule(pr)
     add_engine(pr)
     add_dataclass_args(pr, RuntimeConfig, "runtime", only=("device", "precision"))
@@ -701,8 +851,12 @@ def _predict_args(pr: argparse.ArgumentParser) -> None:
 
 def _bench_exit_args(b: argparse.ArgumentParser) -> None:
     add_checkpoint_args(b)
-    b.add_argument("--profile", metavar="FILE", help="latency profile for the predicted column (default: "
-                   "CHECKPOINT/latency.json, or ONNX_DIR/latency.json with --engine onnx, when it exists)")
+    b.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="latency profile for the predicted column (default: "
+        "CHECKPOINT/latency.json, or ONNX_DIR/latency.json with --engine onnx, when it exists)",
+    )
     add_dataclass_args(b, BenchExitConfig, "measurement")
     add_rule(b)
     add_engine(b)
@@ -712,9 +866,13 @@ def _bench_exit_args(b: argparse.ArgumentParser) -> None:
 def _export_args(ex: argparse.ArgumentParser) -> None:
     add_checkpoint_args(ex)
     ex.add_argument("--out", help="folder to write (default: CHECKPOINT/onnx)")
-    ex.add_argument("--quantize", choices=["fp32", "int8"], default="fp32",
-                    help="int8: onnxruntime's dynamic quantization of every stage graph (int8 weights of the matrix "
-                    "products; no calibration set)")
+    ex.add_argument(
+        "--quantize",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="int8: onnxruntime's dynamic quantization of every stage graph (int8 weights of the matrix "
+        "products; no calibration set)",
+    )
     add_rule(ex)
 
 
@@ -722,8 +880,10 @@ def _profile_args(pf: argparse.ArgumentParser) -> None:
     add_checkpoint_args(pf)
     pf.add_argument("--batch", type=_list_parser(int, BATCH, 16), default=[1, 8, 64, 256], metavar="B1,B2,...")
     pf.add_argument("--repeats", type=number(int, Range(1, 1000)), default=10)
-    pf.add_argument("--out", help="where to write the profile (default: CHECKPOINT/latency.json; with --engine onnx "
-                    "ONNX_DIR/latency.json)")
+    pf.add_argument(
+        "--out",
+        help="where to write the profile (default: CHECKPOINT/latency.json; with --engine onnx ONNX_DIR/latency.json)",
+    )
     add_engine(pf)
     add_dataclass_args(pf, RuntimeConfig, "runtime", only=("device", "precision"))
 
@@ -734,19 +894,43 @@ SUBCOMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], None], Callable
     ("trace", "run a checkpoint over a dataset split and store every exit's outputs", cmd_trace, _trace_args),
     ("info", "config, per-exit GMACs and parameter counts of a checkpoint", cmd_info, add_checkpoint_args),
     ("whatif", "metrics of thresholds on a trace (simulated from cached exit outputs)", cmd_whatif, _whatif_args),
-    ("calibrate", "choose thresholds on a calibration trace, measure them on a test trace", cmd_calibrate,
-     _calibrate_args),
-    ("reliability", "expected calibration error and reliability of each exit; fit per-exit temperatures",
-     cmd_reliability, _reliability_args),
-    ("ood", "fit the out-of-distribution caution (kNN distance of exit features, conformal threshold)", cmd_ood,
-     _ood_args),
+    (
+        "calibrate",
+        "choose thresholds on a calibration trace, measure them on a test trace",
+        cmd_calibrate,
+        _calibrate_args,
+    ),
+    (
+        "reliability",
+        "expected calibration error and reliability of each exit; fit per-exit temperatures",
+        cmd_reliability,
+        _reliability_args,
+    ),
+    (
+        "ood",
+        "fit the out-of-distribution caution (kNN distance of exit features, conformal threshold)",
+        cmd_ood,
+        _ood_args,
+    ),
     ("predict", "real early-exit prediction on image files", cmd_predict, _predict_args),
-    ("bench-exit", "measure real batched early exit against running every image to the last exit", cmd_bench_exit,
-     _bench_exit_args),
-    ("profile", "time each piece of the real early-exit path at several batch sizes and write latency.json",
-     cmd_profile, _profile_args),
-    ("export", "write one static ONNX graph per stage and exits.json (early exit outside PyTorch)", cmd_export,
-     _export_args),
+    (
+        "bench-exit",
+        "measure real batched early exit against running every image to the last exit",
+        cmd_bench_exit,
+        _bench_exit_args,
+    ),
+    (
+        "profile",
+        "time each piece of the real early-exit path at several batch sizes and write latency.json",
+        cmd_profile,
+        _profile_args,
+    ),
+    (
+        "export",
+        "write one static ONNX graph per stage and exits.json (early exit outside PyTorch)",
+        cmd_export,
+        _export_args,
+    ),
     ("app", "start the Streamlit app (needs the app extra); Streamlit's own flags pass through", cmd_app, _app_args),
 ]
 
@@ -754,8 +938,11 @@ SUBCOMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], None], Callable
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = Parser(prog="met", description="Multiple-Exit Tuning for timm ViTs (also: python -m met_core). "
-               "Multi-process: torchrun --nproc_per_node N -m met_core train|trace ...")
+    p = Parser(
+        prog="met",
+        description="Multiple-Exit Tuning for timm ViTs (also: python -m met_core). "
+        "Multi-process: torchrun --nproc_per_node N -m met_core train|trace ...",
+    )
     p.add_argument("--version", action="version", version=f"met_core {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_, func, configure in SUBCOMMANDS:

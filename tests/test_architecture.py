@@ -1,6 +1,7 @@
 """The architecture of docs/architecture.md, enforced: every import of every met_core module goes the way its tables
 allow (parsed from the page itself, so the page and the rule cannot drift apart), and the NumPy side never loads
 torch, even indirectly (a fresh interpreter imports it and looks at sys.modules)."""
+
 from __future__ import annotations
 
 import ast
@@ -34,7 +35,7 @@ def _table(text: str, header: str) -> list[list[str]]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([c.strip().replace("`", "") for c in line.strip().strip("|").split("|")])
@@ -139,8 +140,10 @@ def violations() -> list[str]:
             if imp.target == "met_core" or not imp.target.startswith("met_core"):
                 top = imp.target.split(".")[0]
                 if top in RULES.banned.get(RULES.side[part], set()):
-                    bad.append(f"{where}:{imp.line}: {RULES.side[part]}-side {module} imports {imp.target} "
-                               f"(banned there by docs/architecture.md)")
+                    bad.append(
+                        f"{where}:{imp.line}: {RULES.side[part]}-side {module} imports {imp.target} "
+                        f"(banned there by docs/architecture.md)"
+                    )
                 continue
             if imp.target not in MODULES:
                 bad.append(f"{where}:{imp.line}: {module} imports {imp.target}, which does not exist")
@@ -151,8 +154,10 @@ def violations() -> list[str]:
             if other in RULES.lazy[part] and imp.lazy:
                 continue
             how = "at import time" if other in RULES.lazy[part] else "at all"
-            bad.append(f"{where}:{imp.line}: {module} ({RULES.side[part]} side) imports {imp.target} "
-                       f"({RULES.side.get(other, '?')} side), which docs/architecture.md does not allow {how}")
+            bad.append(
+                f"{where}:{imp.line}: {module} ({RULES.side[part]} side) imports {imp.target} "
+                f"({RULES.side.get(other, '?')} side), which docs/architecture.md does not allow {how}"
+            )
     return bad
 
 
@@ -182,8 +187,11 @@ def test_every_imported_name_exists():
             if imp.target.startswith("met_core.app"):
                 pytest.importorskip("streamlit")
             target = importlib.import_module(imp.target)
-            missing += [f"{MODULES[module].relative_to(ROOT)}:{imp.line}: {imp.target} has no {n}"
-                        for n in imp.names if n != "*" and not hasattr(target, n)]
+            missing += [
+                f"{MODULES[module].relative_to(ROOT)}:{imp.line}: {imp.target} has no {n}"
+                for n in imp.names
+                if n != "*" and not hasattr(target, n)
+            ]
     assert not missing, "\n" + "\n".join(missing)
 
 
@@ -207,8 +215,9 @@ def test_the_numpy_side_never_imports_torch():
     scikit-learn, umap-learn, ...), met_core.cli and the app's modules; then torch, torchvision and timm must not
     be in sys.modules, nor any torch-side part of met_core."""
     numpy_side = [m for m in torch_free_modules() if RULES.side[part_of(m)] in ("base", "numpy")]
-    lazy_libraries = sorted({i.target for m in numpy_side for i in ALL_IMPORTS[m]
-                             if i.lazy and not i.target.startswith("met_core")})
+    lazy_libraries = sorted(
+        {i.target for m in numpy_side for i in ALL_IMPORTS[m] if i.lazy and not i.target.startswith("met_core")}
+    )
     entry = [m for m in torch_free_modules() if m not in numpy_side]
     torch_side = sorted(p for p, s in RULES.side.items() if s == "torch")
     code = f"""
@@ -235,8 +244,7 @@ entry = sorted(m for m in sys.modules if m.split('.')[0] in {TORCH_LIBRARIES!r}
 print(json.dumps({{"numpy_side": numpy_side, "entry": entry}}))
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STREAMLIT_GLOBAL_SHOW_WARNING_ON_DIRECT_EXECUTION": "false"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not loaded["numpy_side"], f"importing the NumPy side loaded {loaded['numpy_side'][:10]}"

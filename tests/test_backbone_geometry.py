@@ -4,6 +4,7 @@ The example: a `--weights` file whose position embedding is a 16 x 32 grid (pre-
 a RuntimeError from the resampling (the grid was assumed square, and the call sat outside the error handling).
 Non-square grids are resampled from their own grid; a geometry that cannot be resampled is one sentence.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -39,8 +40,9 @@ def test_a_tiny_vit_pretrained_on_a_non_square_grid_is_resampled_from_its_own_gr
     load_resampled(model, state, "w.safetensors")
     # random values have no grid to read: the layout closest to square, wider than tall (192 = 12 x 16)
     want_grid = grid if kind == "sincos" else {(32, 16): (16, 32), (8, 24): (12, 16)}.get(grid, grid)
-    want = resample_abs_pos_embed(state["pos_embed"], new_size=[8, 8], old_size=list(want_grid), num_prefix_tokens=1,
-                                  antialias=False)
+    want = resample_abs_pos_embed(
+        state["pos_embed"], new_size=[8, 8], old_size=list(want_grid), num_prefix_tokens=1, antialias=False
+    )
     assert torch.equal(model.pos_embed.data, want)
     assert torch.equal(model.blocks[1].mlp.fc2.weight, state["blocks.1.mlp.fc2.weight"])
 
@@ -56,18 +58,24 @@ def test_the_grid_of_real_dinov2_embeddings_resampled_to_any_layout_is_found():
 def test_the_issue_example_dinov2_weights_pretrained_at_224x448(tmp_path):
     """The real DINOv2 ViT-S/14 weights as a model fine-tuned at 224 x 448 holds them: a 16 x 32 grid."""
     state = load_file(str(imgfocus_weights()))
-    state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=[16, 32], old_size=[37, 37],
-                                                num_prefix_tokens=1, antialias=False)
+    state["pos_embed"] = resample_abs_pos_embed(
+        state["pos_embed"], new_size=[16, 32], old_size=[37, 37], num_prefix_tokens=1, antialias=False
+    )
     path = tmp_path / "dinov2-224x448.safetensors"
     save_file(state, str(path))  # no metadata: the grid is read from the values
     model, _ = create_backbone("vit_small_patch14_dinov2", 56, str(path))
-    want = resample_abs_pos_embed(state["pos_embed"], new_size=[4, 4], old_size=[16, 32], num_prefix_tokens=1,
-                                  antialias=False)
+    want = resample_abs_pos_embed(
+        state["pos_embed"], new_size=[4, 4], old_size=[16, 32], num_prefix_tokens=1, antialias=False
+    )
     assert torch.equal(model.pos_embed.data, want)
     save_file(state, str(path), metadata={"grid_size": "32x16"})  # an explicit declaration wins over the values
     model, _ = create_backbone("vit_small_patch14_dinov2", 56, str(path))
-    assert torch.equal(model.pos_embed.data, resample_abs_pos_embed(
-        state["pos_embed"], new_size=[4, 4], old_size=[32, 16], num_prefix_tokens=1, antialias=False))
+    assert torch.equal(
+        model.pos_embed.data,
+        resample_abs_pos_embed(
+            state["pos_embed"], new_size=[4, 4], old_size=[32, 16], num_prefix_tokens=1, antialias=False
+        ),
+    )
 
 
 def test_a_tiny_random_vit_at_224x448_trains_through_the_cli_and_bad_geometry_is_one_sentence(tmp_path):
@@ -80,9 +88,30 @@ def test_a_tiny_random_vit_at_224x448_trains_through_the_cli_and_bad_geometry_is
     good = tmp_path / "tiny-224x448.safetensors"
     save_file(state, str(good))
     out = tmp_path / "ckpt"
-    run_cli("train", "--dataset", str(HYMENOPTERA / "train"), "--backbone", "vit_tiny_patch16_224", "--weights",
-            str(good), "--per-class", "2", "--val-fraction", "0.5", "--img-size", "32", "--epochs", "1",
-            "--batch-size", "2", "--exits", "6,12", "--out", str(out), "--quiet")
+    run_cli(
+        "train",
+        "--dataset",
+        str(HYMENOPTERA / "train"),
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--weights",
+        str(good),
+        "--per-class",
+        "2",
+        "--val-fraction",
+        "0.5",
+        "--img-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--exits",
+        "6,12",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert (out / "model.safetensors").is_file()
 
     bad = {  # what no resampling can fix: each one sentence, in the library and the CLI
@@ -97,8 +126,20 @@ def test_a_tiny_random_vit_at_224x448_trains_through_the_cli_and_bad_geometry_is
         save_file(st, str(path), metadata=meta or None)
         with pytest.raises(METError, match=words):
             create_backbone("vit_tiny_patch16_224", 32, str(path))
-    proc = run_cli("train", "--dataset", str(HYMENOPTERA / "train"), "--backbone", "vit_tiny_patch16_224",
-                   "--weights", str(tmp_path / "prime.safetensors"), "--img-size", "32", "--out",
-                   str(tmp_path / "x"), "--quiet", check=False)
+    proc = run_cli(
+        "train",
+        "--dataset",
+        str(HYMENOPTERA / "train"),
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--weights",
+        str(tmp_path / "prime.safetensors"),
+        "--img-size",
+        "32",
+        "--out",
+        str(tmp_path / "x"),
+        "--quiet",
+        check=False,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "form no grid" in lines[0], proc.stderr[-2000:]

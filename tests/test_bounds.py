@@ -4,6 +4,7 @@ a busy machine; a wall-clock net at 20 times that catches true hangs): each must
 a one-sentence refusal (exit code 2), never a MemoryError, a traceback or a hang. Then property tests
 (hypothesis) of the same mechanisms: config ranges, trace headers, image sizes, CLI flag ranges.
 """
+
 from __future__ import annotations
 
 import io
@@ -37,9 +38,14 @@ def bounded(*args: str, mem_mib: int = 1024, seconds: int = 10, env: dict | None
     """`met ARGS` under the bounds (`seconds` of CPU time); asserts it was neither killed nor crashed (a refusal
     is exit code 2). The outer timeout only catches a harness that itself hangs: it allows the harness's own
     wall-clock net plus slow imports on a loaded machine."""
-    proc = subprocess.run([sys.executable, str(HARNESS), str(mem_mib), str(seconds), "--", *args], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, **(env or {})},
-                          timeout=WALL_FACTOR * seconds + 300)
+    proc = subprocess.run(
+        [sys.executable, str(HARNESS), str(mem_mib), str(seconds), "--", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=WALL_FACTOR * seconds + 300,
+    )
     assert proc.returncode in (0, 2), (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr[-2000:]
     return proc
@@ -59,6 +65,7 @@ def copy_checkpoint(src: Path, dst: Path) -> Path:
 
 # --- images: judged by what preprocessing makes of them -------------------------------------------------
 
+
 @pytest.mark.parametrize("size", [(1, 30_000), (40_000, 2), (7000, 7000)])
 def test_images_whose_resize_or_decode_would_blow_up_are_refused_from_the_header(size, tiny_checkpoint, tmp_path):
     f = tmp_path / "strip.png"
@@ -73,13 +80,17 @@ def test_images_whose_resize_or_decode_would_blow_up_are_refused_from_the_header
 def test_a_wide_but_sane_image_is_answered(tiny_checkpoint, tmp_path):
     photo = Image.open(next((CIFAR_TEST / "cat").glob("*.jpg"))).convert("RGB").resize((640, 32))
     photo.save(tmp_path / "wide.png")
-    out = json.loads(bounded("predict", "--checkpoint", str(tiny_checkpoint), str(tmp_path / "wide.png"),
-                             "--json").stdout)
-    assert "error" not in out[0] and out[0]["class"] in json.loads((tiny_checkpoint / "config.json").read_text()
-                                                                   )["model"]["class_names"]
+    out = json.loads(
+        bounded("predict", "--checkpoint", str(tiny_checkpoint), str(tmp_path / "wide.png"), "--json").stdout
+    )
+    assert (
+        "error" not in out[0]
+        and out[0]["class"] in json.loads((tiny_checkpoint / "config.json").read_text())["model"]["class_names"]
+    )
 
 
 # --- traces: shapes and dtypes from the .npy headers, before any array is decompressed -------------------
+
 
 def write_npz_with_header(path: Path, source: Path, name: str, shape: tuple[int, ...], dtype: str = "<f2") -> None:
     """A copy of a real trace whose array `name` claims `shape` in its header, with almost no data behind it."""
@@ -91,8 +102,9 @@ def write_npz_with_header(path: Path, source: Path, name: str, shape: tuple[int,
             zout.writestr(item, buf.getvalue() + b"\0" * 1024 if item == f"{name}.npy" else zin.read(item))
 
 
-@pytest.mark.parametrize("name,shape", [("logits", (2_000_000_000, 4, 10)), ("features", (4, 10**6, 10**6)),
-                                        ("ids", (10**9,))])
+@pytest.mark.parametrize(
+    "name,shape", [("logits", (2_000_000_000, 4, 10)), ("features", (4, 10**6, 10**6)), ("ids", (10**9,))]
+)
 def test_trace_headers_that_promise_gigabytes_are_refused_before_reading(name, shape, tmp_path):
     bomb = tmp_path / "bomb.npz"
     write_npz_with_header(bomb, SHIPPED_TRACE, name, shape, "<U64" if name == "ids" else "<f2")
@@ -120,19 +132,24 @@ def test_labels_of_a_small_integer_type_give_the_same_per_class_numbers(tmp_path
 
 # --- checkpoints: sizes against sane limits and the safetensors header, files regular and inside -------
 
-@pytest.mark.parametrize("key,value,words", [
-    ("num_classes", 10**8, ["num_classes must be at least 2 and at most 100,000"]),
-    ("img_size", 100_000, ["img_size must be"]),
-    ("img_size", 0, ["img_size must be"]),
-    ("adapter_dim", -3, ["adapter_dim must be"]),
-    ("exits", [0, 12], ["exits must be"]),
-    ("exits", list(range(1, 200)), ["exits has 199 entries"]),
-    ("class_names", ["x" * 10_000] * 10, ["class_names has an entry of 10,000 characters"]),
-    ("num_classes", 90_000, ["does not match its config.json", "heads"]),  # in range, but not what the file holds
-    ("adapter_dim", 4000, ["does not match its config.json"]),
-])
-def test_checkpoint_configs_with_absurd_or_mismatched_sizes_are_refused_before_building(key, value, words,
-                                                                                        tiny_checkpoint, tmp_path):
+
+@pytest.mark.parametrize(
+    "key,value,words",
+    [
+        ("num_classes", 10**8, ["num_classes must be at least 2 and at most 100,000"]),
+        ("img_size", 100_000, ["img_size must be"]),
+        ("img_size", 0, ["img_size must be"]),
+        ("adapter_dim", -3, ["adapter_dim must be"]),
+        ("exits", [0, 12], ["exits must be"]),
+        ("exits", list(range(1, 200)), ["exits has 199 entries"]),
+        ("class_names", ["x" * 10_000] * 10, ["class_names has an entry of 10,000 characters"]),
+        ("num_classes", 90_000, ["does not match its config.json", "heads"]),  # in range, but not what the file holds
+        ("adapter_dim", 4000, ["does not match its config.json"]),
+    ],
+)
+def test_checkpoint_configs_with_absurd_or_mismatched_sizes_are_refused_before_building(
+    key, value, words, tiny_checkpoint, tmp_path
+):
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / "ck")
     cfg = json.loads((ck / "config.json").read_text())
     cfg["model"][key] = value
@@ -142,8 +159,9 @@ def test_checkpoint_configs_with_absurd_or_mismatched_sizes_are_refused_before_b
     refused(bounded("info", "--checkpoint", str(ck), mem_mib=512), *words)
 
 
-@pytest.mark.parametrize("what", ["fifo-config", "zero-link-weights", "outside-link-weights", "huge-config",
-                                  "dir-config"])
+@pytest.mark.parametrize(
+    "what", ["fifo-config", "zero-link-weights", "outside-link-weights", "huge-config", "dir-config"]
+)
 def test_special_files_links_and_huge_files_in_a_checkpoint_folder_are_refused(what, tiny_checkpoint, tmp_path):
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / "ck")
     if what == "fifo-config":
@@ -161,25 +179,55 @@ def test_special_files_links_and_huge_files_in_a_checkpoint_folder_are_refused(w
     else:
         (ck / "config.json").unlink()
         (ck / "config.json").mkdir()
-    words = {"fifo-config": "not a regular file", "zero-link-weights": "resolves to /dev/zero, outside",
-             "outside-link-weights": "outside", "huge-config": "more than the", "dir-config": "not a regular file"}
+    words = {
+        "fifo-config": "not a regular file",
+        "zero-link-weights": "resolves to /dev/zero, outside",
+        "outside-link-weights": "outside",
+        "huge-config": "more than the",
+        "dir-config": "not a regular file",
+    }
     refused(bounded("info", "--checkpoint", str(ck)), words[what])
 
 
 def test_an_unwritable_cache_folder_is_one_sentence_naming_the_variable(tiny_checkpoint, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    refused(bounded("info", "--checkpoint", str(tiny_checkpoint), env={"MET_CACHE_DIR": str(blocker / "cache")},
-                    seconds=60), "MET_CACHE_DIR")
+    refused(
+        bounded(
+            "info", "--checkpoint", str(tiny_checkpoint), env={"MET_CACHE_DIR": str(blocker / "cache")}, seconds=60
+        ),
+        "MET_CACHE_DIR",
+    )
 
 
 # --- degenerate but valid -----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def one_exit_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("one") / "one-exit"
-    run_cli("train", "--dataset", str(CIFAR_TRAIN), "--per-class", "4", "--val-fraction", "0.5", "--img-size", "56",
-            "--epochs", "1", "--batch-size", "20", "--exits", "12", "--out", str(out), "--quiet", "--workers", "0")
+    run_cli(
+        "train",
+        "--dataset",
+        str(CIFAR_TRAIN),
+        "--per-class",
+        "4",
+        "--val-fraction",
+        "0.5",
+        "--img-size",
+        "56",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--exits",
+        "12",
+        "--out",
+        str(out),
+        "--quiet",
+        "--workers",
+        "0",
+    )
     return out
 
 
@@ -188,25 +236,66 @@ def test_a_one_exit_model_works_through_every_subcommand(one_exit_checkpoint, tm
     info = json.loads(run_cli("info", "--checkpoint", ck, "--json").stdout)
     assert len(info["exit_gmacs"]) == 1
     tr = tmp_path / "t.npz"
-    run_cli("trace", "--checkpoint", ck, "--dataset", str(CIFAR_TEST), "--limit", "40", "--features", "10",
-            "--out", str(tr), "--quiet", "--workers", "0")
+    run_cli(
+        "trace",
+        "--checkpoint",
+        ck,
+        "--dataset",
+        str(CIFAR_TEST),
+        "--limit",
+        "40",
+        "--features",
+        "10",
+        "--out",
+        str(tr),
+        "--quiet",
+        "--workers",
+        "0",
+    )
     r = json.loads(run_cli("whatif", "--trace", str(tr), "--threshold", "0.5", "--json").stdout)
     assert r["exit_fractions"] == [1.0] and r["speedup"] == 1.0
     c = json.loads(run_cli("calibrate", "--trace", str(tr), "--budget", "1.0", "--json").stdout)
     assert c["accuracy"] == r["accuracy"]
     assert len(json.loads(run_cli("calibrate", "--trace", str(tr), "--sweep", "--json").stdout)) >= 1
-    assert "below the first exit's cost" in run_cli("calibrate", "--trace", str(tr), "--budget", "0.5",
-                                                    check=False).stderr
+    assert (
+        "below the first exit's cost" in run_cli("calibrate", "--trace", str(tr), "--budget", "0.5", check=False).stderr
+    )
     photo = next((CIFAR_TEST / "dog").glob("*.jpg"))
     p = json.loads(run_cli("predict", "--checkpoint", ck, str(photo), "--json").stdout)
     assert p[0]["exit"] == 0
-    b = json.loads(run_cli("bench-exit", "--checkpoint", ck, "--dataset", str(CIFAR_TEST), "--limit", "16",
-                           "--batch", "8", "--repeats", "1", "--json", "--quiet").stdout)
+    b = json.loads(
+        run_cli(
+            "bench-exit",
+            "--checkpoint",
+            ck,
+            "--dataset",
+            str(CIFAR_TEST),
+            "--limit",
+            "16",
+            "--batch",
+            "8",
+            "--repeats",
+            "1",
+            "--json",
+            "--quiet",
+        ).stdout
+    )
     assert b[0]["predicted_speedup"] == 1.0
-    run_cli("profile", "--checkpoint", ck, "--batch", "1,4", "--repeats", "1", "--out", str(tmp_path / "lat.json"),
-            "--quiet")
-    w = json.loads(run_cli("whatif", "--trace", str(tr), "--profile", str(tmp_path / "lat.json"), "--batch", "4",
-                           "--json").stdout)
+    run_cli(
+        "profile",
+        "--checkpoint",
+        ck,
+        "--batch",
+        "1,4",
+        "--repeats",
+        "1",
+        "--out",
+        str(tmp_path / "lat.json"),
+        "--quiet",
+    )
+    w = json.loads(
+        run_cli("whatif", "--trace", str(tr), "--profile", str(tmp_path / "lat.json"), "--batch", "4", "--json").stdout
+    )
     assert w["latency"]["speedup"] == pytest.approx(1.0)
 
 
@@ -217,9 +306,28 @@ def test_an_empty_class_folder_is_a_warning_not_an_error(tmp_path):
         for f in sorted((CIFAR_TRAIN / c).glob("*.jpg"))[:4]:
             shutil.copy(f, data / c / f.name)
     (data / "empty-class").mkdir()
-    proc = run_cli("train", "--dataset", str(data), "--img-size", "32", "--epochs", "1", "--batch-size", "4",
-                   "--backbone", "vit_tiny_patch16_224", "--weights", "none", "--val-fraction", "0.5",
-                   "--out", str(tmp_path / "out"), "--quiet", "--workers", "0")
+    proc = run_cli(
+        "train",
+        "--dataset",
+        str(data),
+        "--img-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--weights",
+        "none",
+        "--val-fraction",
+        "0.5",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+        "--workers",
+        "0",
+    )
     assert "warning: the class folder(s) 'empty-class' hold no images" in proc.stderr
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["model"]["class_names"] == ["cat", "dog", "empty-class"]
@@ -232,9 +340,17 @@ SIZE_FIELDS = ["img_size", "num_classes", "adapter_dim", "adapter_scale", "exits
 
 
 @PROPS
-@given(st.dictionaries(st.sampled_from(SIZE_FIELDS),
-                       st.one_of(st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True),
-                                 st.lists(st.integers(-10**6, 10**6), max_size=80)), max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(SIZE_FIELDS),
+        st.one_of(
+            st.integers(-(10**12), 10**12),
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.lists(st.integers(-(10**6), 10**6), max_size=80),
+        ),
+        max_size=4,
+    )
+)
 def test_any_model_config_is_valid_and_in_range_or_refused_in_one_sentence(values):
     try:
         cfg = config_from_dict(METConfig, values)
@@ -249,9 +365,11 @@ def test_any_model_config_is_valid_and_in_range_or_refused_in_one_sentence(value
 
 
 @PROPS
-@given(shape=st.lists(st.integers(0, 2**40), min_size=1, max_size=4), dtype=st.sampled_from(["<f2", "<f8", "<i8",
-                                                                                                 "<U200", "|u1"]),
-       name=st.sampled_from(["logits", "labels", "ids", "features", "gmacs", "feature_index"]))
+@given(
+    shape=st.lists(st.integers(0, 2**40), min_size=1, max_size=4),
+    dtype=st.sampled_from(["<f2", "<f8", "<i8", "<U200", "|u1"]),
+    name=st.sampled_from(["logits", "labels", "ids", "features", "gmacs", "feature_index"]),
+)
 def test_any_trace_header_is_read_within_bounds_or_refused(shape, dtype, name, tmp_path_factory):
     path = tmp_path_factory.mktemp("hdr") / "t.npz"
     write_npz_with_header(path, SHIPPED_TRACE, name, tuple(shape), dtype)
@@ -280,14 +398,23 @@ def test_images_of_any_aspect_ratio_give_a_model_input_or_one_sentence(w, h):
     assert tuple(x.shape) == (3, 56, 56)
 
 
-NUMERIC_FLAGS = {f"--{k.replace('_', '-')}": b for cls in (METConfig, TrainConfig, RuntimeConfig)
-                 for k, b in field_bounds(cls).items() if k not in ("exits", "mean", "std", *DERIVED)}
+NUMERIC_FLAGS = {
+    f"--{k.replace('_', '-')}": b
+    for cls in (METConfig, TrainConfig, RuntimeConfig)
+    for k, b in field_bounds(cls).items()
+    if k not in ("exits", "mean", "std", *DERIVED)
+}
 
 
 @PROPS
-@given(flag=st.sampled_from(sorted(NUMERIC_FLAGS)),
-       value=st.one_of(st.integers(-10**15, 10**15), st.floats(allow_nan=True, allow_infinity=True),
-                       st.sampled_from(["nan", "inf", "-inf", "1e400", "0x10", "", "  3", "1_000"])))
+@given(
+    flag=st.sampled_from(sorted(NUMERIC_FLAGS)),
+    value=st.one_of(
+        st.integers(-(10**15), 10**15),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from(["nan", "inf", "-inf", "1e400", "0x10", "", "  3", "1_000"]),
+    ),
+)
 def test_cli_numbers_are_in_range_or_refused_at_parse_time(flag, value, capsys):
     bounds = NUMERIC_FLAGS[flag]
     try:

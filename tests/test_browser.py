@@ -3,6 +3,7 @@
 Visits every page, moves the slider, uploads a real photo, and saves screenshots to
 $MET_ARTIFACTS (default: test-artifacts/screenshots).
 """
+
 import json
 import os
 import shutil
@@ -36,7 +37,6 @@ pytestmark = [
         not (ROOT / "checkpoints" / "cifar10-met" / "test_trace.npz").is_file(), reason="no shipped checkpoints"
     ),
 ]
-
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +109,10 @@ def hostile_checkpoint(root: Path, port: int) -> tuple[Path, list[str]]:
     from met_core.io.checkpoint import TEST_TRACE_FILE, VAL_TRACE_FILE, checkpoint_hash
     from met_core.io.traces import load_trace, save_trace
 
-    names = [f"![ant](http://127.0.0.1:{port}/ant.png) [click me](http://127.0.0.1:{port}/link)",
-             f"<img src=http://127.0.0.1:{port}/bee.png> **bees** :red[alarm] $x^2$"]
+    names = [
+        f"![ant](http://127.0.0.1:{port}/ant.png) [click me](http://127.0.0.1:{port}/link)",
+        f"<img src=http://127.0.0.1:{port}/bee.png> **bees** :red[alarm] $x^2$",
+    ]
     ck = root / "**bold** [folder](x)"
     shutil.copytree(ROOT / "checkpoints" / "hymenoptera-met", ck)
     cfg = json.loads((ck / "config.json").read_text())
@@ -154,6 +156,7 @@ def test_untrusted_class_names_reach_the_browser_as_text_and_fetch_nothing(tmp_p
         wait_text(drv, "images match", timeout=120)
         drv.find_element("xpath", "//*[@role='tab' and contains(., 'Upload images')]").click()
         from selenium.webdriver.support.ui import WebDriverWait
+
         WebDriverWait(drv, 60).until(lambda d: d.find_elements("css selector", 'input[type="file"]'))
         photo = next((HYMENOPTERA / "val" / "bees").glob("*.jpg"))
         drv.find_element("css selector", 'input[type="file"]').send_keys(str(photo))
@@ -163,9 +166,11 @@ def test_untrusted_class_names_reach_the_browser_as_text_and_fetch_nothing(tmp_p
         body = drv.find_element("tag name", "body").text.replace(ZWSP, "")  # invisible: breaks autolinks
         assert any(n in body for n in names), body[:3000]  # the predicted class, as the characters it is
         html = drv.page_source
-        pointing = [e.get_attribute("outerHTML")[:300] for e in drv.find_elements("css selector",
-                                                                                   "img, a, link, script, iframe")
-                    if f"127.0.0.1:{port}" in (e.get_attribute("src") or "") + (e.get_attribute("href") or "")]
+        pointing = [
+            e.get_attribute("outerHTML")[:300]
+            for e in drv.find_elements("css selector", "img, a, link, script, iframe")
+            if f"127.0.0.1:{port}" in (e.get_attribute("src") or "") + (e.get_attribute("href") or "")
+        ]
         assert not pointing, pointing
         drv.save_screenshot(str(ARTIFACTS / "hostile-class-names.png"))
         assert "<strong>bees</strong>" not in html
@@ -232,5 +237,3 @@ def test_the_journey_of_a_test_image_matches_the_real_early_exit(server, browser
     assert f"Leaves at exit {p.exit + 1}, after block {block}: predicts {p.class_name}" in body, body[-1500:]
     assert metric_value(browser, "Blocks run") == f"{block} of 12"
     browser.save_screenshot(str(ARTIFACTS / "journey.png"))
-
-

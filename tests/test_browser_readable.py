@@ -1,5 +1,6 @@
 """Real browser: text the app shows reaches WCAG AA contrast (4.5:1) in light and dark mode (captions, widget labels,
 metric labels, Plotly's tick labels and legends), measured on the colours the browser computes."""
+
 from __future__ import annotations
 
 import os
@@ -13,10 +14,13 @@ from .tools.browser import CHROMIUM, DRIVER, make_browser, start_server, wait_te
 ARTIFACTS = Path(os.environ.get("MET_ARTIFACTS", ROOT / "test-artifacts" / "screenshots"))
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(DRIVER).exists()) and not os.environ.get("CI"),
-                       reason="Debian chromium + chromium-driver not installed"),
-    pytest.mark.skipif(not (ROOT / "checkpoints" / "cifar10-met" / "test_trace.npz").is_file(),
-                       reason="no shipped checkpoints"),
+    pytest.mark.skipif(
+        not (Path(CHROMIUM).exists() and Path(DRIVER).exists()) and not os.environ.get("CI"),
+        reason="Debian chromium + chromium-driver not installed",
+    ),
+    pytest.mark.skipif(
+        not (ROOT / "checkpoints" / "cifar10-met" / "test_trace.npz").is_file(), reason="no shipped checkpoints"
+    ),
 ]
 
 # the WCAG 2 contrast ratio of each element's text against what lies behind it (opacity and alpha blended in)
@@ -58,12 +62,18 @@ def test_text_and_plot_labels_reach_4_5_to_1_in_light_and_dark_mode(tmp_path, mo
     drv = make_browser(tmp_path / "profile")
     try:
         worst: dict[str, float] = {}
-        for page, ready in (("whatif", "Accuracy versus mean GMACs"), ("representations", "kNN accuracy is"),
-                            ("journey", "Leaves at exit")):
+        for page, ready in (
+            ("whatif", "Accuracy versus mean GMACs"),
+            ("representations", "kNN accuracy is"),
+            ("journey", "Leaves at exit"),
+        ):
             drv.get(f"{url}/{page}")
             wait_text(drv, ready, timeout=180)
-            wait_until(lambda: drv.find_elements("css selector", ".js-plotly-plot .xtick text"), timeout=60,
-                       what="the charts' tick labels")
+            wait_until(
+                lambda: drv.find_elements("css selector", ".js-plotly-plot .xtick text"),
+                timeout=60,
+                what="the charts' tick labels",
+            )
             for name, r in drv.execute_script(CONTRAST).items():
                 if r is not None:
                     worst[name] = min(r, worst.get(name, r))
@@ -89,9 +99,15 @@ return [...main.querySelectorAll(sel)]
               `${e.clientWidth}x${e.clientHeight}`);
 """
 
-PAGES = (("", "Try this"), ("how", "Model card"), ("whatif", "Accuracy versus mean GMACs"),
-         ("samples", "images match"), ("journey", "Leaves at exit"), ("representations", "kNN accuracy is"),
-         ("models", "Add a checkpoint folder"))
+PAGES = (
+    ("", "Try this"),
+    ("how", "Model card"),
+    ("whatif", "Accuracy versus mean GMACs"),
+    ("samples", "images match"),
+    ("journey", "Leaves at exit"),
+    ("representations", "kNN accuracy is"),
+    ("models", "Add a checkpoint folder"),
+)
 
 
 def projector(drv) -> None:
@@ -99,7 +115,6 @@ def projector(drv) -> None:
     drv.set_window_size(1280, 720)
     w, h = drv.execute_script("return [window.innerWidth, window.innerHeight];")
     drv.set_window_size(1280 + 1280 - w, 720 + 720 - h)
-
 
 
 @pytest.mark.parametrize("page,ready", PAGES)
@@ -110,8 +125,11 @@ def test_every_page_at_1280_by_720_has_no_clipped_or_overflowing_text(server, tm
         projector(drv)
         drv.get(f"{server}/{page}")
         wait_text(drv, ready, timeout=180)
-        wait_until(lambda: not drv.find_elements("css selector", '[data-testid="stStatusWidgetRunningIcon"]'),
-                   timeout=120, what="the page's run to finish")
+        wait_until(
+            lambda: not drv.find_elements("css selector", '[data-testid="stStatusWidgetRunningIcon"]'),
+            timeout=120,
+            what="the page's run to finish",
+        )
         import time
 
         time.sleep(2)
@@ -140,15 +158,25 @@ def test_the_journey_fits_a_projector_and_steps_with_buttons_and_arrow_keys(serv
         def shown_step() -> str | None:
             """The 'Blocks run' figure, or None while the page is redrawing it."""
             try:
-                return next((m.text.split("\n")[1] for m in drv.find_elements("css selector",
-                             '[data-testid="stMetric"]') if m.text.startswith("Blocks run")), None)
+                return next(
+                    (
+                        m.text.split("\n")[1]
+                        for m in drv.find_elements("css selector", '[data-testid="stMetric"]')
+                        if m.text.startswith("Blocks run")
+                    ),
+                    None,
+                )
             except Exception:  # an element replaced while it was read
                 return None
 
         wait_until(lambda: shown_step() == "3 of 12", what="exit 1 first")  # it starts at exit 1
-        parts = {"Previous": "//button[contains(., 'Previous exit')]", "Next": "//button[contains(., 'Next exit')]",
-                 "image": "//*[@data-testid='stImage']", "decision": "//*[@data-testid='stMetric'][.//p[.='Decision']]",
-                 "drawing": "(//*[@data-testid='stPlotlyChart'])[1]"}
+        parts = {
+            "Previous": "//button[contains(., 'Previous exit')]",
+            "Next": "//button[contains(., 'Next exit')]",
+            "image": "//*[@data-testid='stImage']",
+            "decision": "//*[@data-testid='stMetric'][.//p[.='Decision']]",
+            "drawing": "(//*[@data-testid='stPlotlyChart'])[1]",
+        }
         for name, xp in parts.items():
             r = drv.find_element("xpath", xp).rect
             assert r["y"] >= 0 and r["y"] + r["height"] <= 720, (name, r)  # in the first screen, no scrolling

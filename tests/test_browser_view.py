@@ -1,6 +1,7 @@
 """Real browser, the app's one view: controls and numbers never disagree, a copied link shows a second browser the
 same numbers on every page, a click on the curve adopts its thresholds, and a lasso opens its images in Explore
 samples. Debian's Chromium through Selenium, `streamlit run met_core/app/main.py` on a free localhost port."""
+
 from __future__ import annotations
 
 import os
@@ -30,11 +31,12 @@ ARTIFACTS = Path(os.environ.get("MET_ARTIFACTS", ROOT / "test-artifacts" / "scre
 CK = ROOT / "checkpoints" / DEFAULT_MODEL
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(DRIVER).exists()) and not os.environ.get("CI"),
-                       reason="Debian chromium + chromium-driver not installed"),
+    pytest.mark.skipif(
+        not (Path(CHROMIUM).exists() and Path(DRIVER).exists()) and not os.environ.get("CI"),
+        reason="Debian chromium + chromium-driver not installed",
+    ),
     pytest.mark.skipif(not (CK / "test_trace.npz").is_file(), reason="no shipped checkpoints"),
 ]
-
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +90,22 @@ def choose(drv, label: str, option: str) -> None:
 def settle(drv, seconds: float = 1.5) -> None:
     """Wait until the app has finished its run (no 'running' indicator) and a little after."""
     time.sleep(0.5)
-    wait_until(lambda: not drv.find_elements("css selector", '[data-testid="stStatusWidgetRunningIcon"]'),
-               timeout=120, what="the app's run to finish")
+    wait_until(
+        lambda: not drv.find_elements("css selector", '[data-testid="stStatusWidgetRunningIcon"]'),
+        timeout=120,
+        what="the app's run to finish",
+    )
     time.sleep(seconds)
 
 
 def chart(drv, index_or_title: int | str):
     """A Plotly chart of the page (by position or by text in it), scrolled into view, and its drag area."""
     charts = drv.find_elements("css selector", '[data-testid="stPlotlyChart"]')
-    c = charts[index_or_title] if isinstance(index_or_title, int) else next(
-        x for x in charts if index_or_title in x.text)
+    c = (
+        charts[index_or_title]
+        if isinstance(index_or_title, int)
+        else next(x for x in charts if index_or_title in x.text)
+    )
     drv.execute_script("arguments[0].scrollIntoView({block: 'center'});", c)
     time.sleep(1)
     return c, c.find_elements("css selector", ".nsewdrag")[0]
@@ -172,12 +180,15 @@ def _representations(drv) -> None:
     wait_until(lambda: query(drv).get("colour") == "correct", what="the colouring in the link")
 
 
-@pytest.mark.parametrize("page,ready,act", [
-    ("whatif", "Accuracy versus mean GMACs", _whatif),
-    ("samples", "images match", _samples),
-    ("journey", "Leaves at exit", _journey),
-    ("representations", "kNN accuracy is", _representations),
-])
+@pytest.mark.parametrize(
+    "page,ready,act",
+    [
+        ("whatif", "Accuracy versus mean GMACs", _whatif),
+        ("samples", "images match", _samples),
+        ("journey", "Leaves at exit", _journey),
+        ("representations", "kNN accuracy is", _representations),
+    ],
+)
 def test_a_copied_link_shows_a_fresh_browser_the_same_page(server, pair, page, ready, act):
     sender, recipient = pair
     sender.get(f"{server}/{page}")
@@ -187,8 +198,10 @@ def test_a_copied_link_shows_a_fresh_browser_the_same_page(server, pair, page, r
     settle(sender, 2.5)
     no_exception(sender)
     # the Copy link button copies the address bar (the clipboard call is caught to read what it was given)
-    sender.execute_script("window.__copied = null; navigator.clipboard.writeText = (t) => "
-                          "{ window.__copied = t; return Promise.resolve(); };")
+    sender.execute_script(
+        "window.__copied = null; navigator.clipboard.writeText = (t) => "
+        "{ window.__copied = t; return Promise.resolve(); };"
+    )
     click_label(sender, "Copy link")
     wait_until(lambda: sender.execute_script("return window.__copied;"), what="the copied link")
     link = sender.execute_script("return window.__copied;")
@@ -239,10 +252,21 @@ def test_a_lasso_on_representations_opens_the_same_images_in_explore_samples(ser
     settle(drv)
     _, area = chart(drv, 0)  # the left panel's drag area
     w, h = area.size["width"], area.size["height"]
-    (ActionChains(drv).move_to_element_with_offset(area, -w / 3, -h / 3).click_and_hold()
-     .move_by_offset(w / 3, 0).move_by_offset(w / 3, 0).move_by_offset(0, h / 3).move_by_offset(0, h / 3)
-     .move_by_offset(-w / 3, 0).move_by_offset(-w / 3, 0).move_by_offset(0, -h / 3).move_by_offset(0, -h / 3 + 2)
-     .release().perform())
+    (
+        ActionChains(drv)
+        .move_to_element_with_offset(area, -w / 3, -h / 3)
+        .click_and_hold()
+        .move_by_offset(w / 3, 0)
+        .move_by_offset(w / 3, 0)
+        .move_by_offset(0, h / 3)
+        .move_by_offset(0, h / 3)
+        .move_by_offset(-w / 3, 0)
+        .move_by_offset(-w / 3, 0)
+        .move_by_offset(0, -h / 3)
+        .move_by_offset(0, -h / 3 + 2)
+        .release()
+        .perform()
+    )
     wait_until(lambda: "rsel" in query(drv), what="the selection in the link")
     wait_text(drv, "selected samples")
     settle(drv)
@@ -271,8 +295,9 @@ def test_a_confusion_cell_opens_its_images_in_explore_samples(server, pair, test
     _, area = chart(drv, "Confusion matrix")
     w, h = area.size["width"], area.size["height"]
     true, pred = 3, 5  # cat predicted as dog
-    ActionChains(drv).move_to_element_with_offset(area, (pred + 0.5) / 10 * w - w / 2,
-                                                  (true + 0.5) / 10 * h - h / 2).click().perform()
+    ActionChains(drv).move_to_element_with_offset(
+        area, (pred + 0.5) / 10 * w - w / 2, (true + 0.5) / 10 * h - h / 2
+    ).click().perform()
     wait_text(drv, "test images of class cat predicted as dog", timeout=60)
     o = outcomes(test_arrays, 0.8)
     count = int(((test_arrays.labels == true) & (o.pred == pred)).sum())
@@ -319,8 +344,9 @@ def test_fast_arrow_keys_on_the_slider_leave_slider_entry_numbers_and_link_agree
         time.sleep(0.1)
     time.sleep(6)
     settle(drv)
-    shown_t = float(drv.find_element("css selector", '[data-testid="stSlider"] input[type="range"]')
-                    .get_attribute("value"))
+    shown_t = float(
+        drv.find_element("css selector", '[data-testid="stSlider"] input[type="range"]').get_attribute("value")
+    )
     entry = drv.find_element("css selector", 'input[aria-label="Exact value"]').get_attribute("value")
     assert 0.5 < shown_t <= 0.6 and float(entry) == shown_t, (shown_t, entry)
     assert float(query(drv).get("t", "0.8")) == shown_t, (query(drv), shown_t)

@@ -1,6 +1,7 @@
 """Memory bounded by the work, not by the class count (issue 22, item 7): the batch plan, the graph terms on
 it, the heads and the what-if's per-class tables, with many classes of few images.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,12 +42,28 @@ def test_the_batch_plan_is_bounded_by_the_batch_size_not_the_class_count():
 def test_a_thousand_classes_of_one_image_train_within_the_memory_of_six(tmp_path):
     """The issue's example: 1,000 classes of one 8 x 8 image at 16 px reached 5.5 GB of address space; under a
     cap of 512 MiB above the harness's baseline (RLIMIT_AS), which six classes also need, it now trains."""
-    args = ["--img-size", "16", "--epochs", "1", "--batch-size", "64", "--backbone", "vit_tiny_patch16_224",
-            "--weights", "none", "--val-fraction", "0", "--quiet", "--workers", "0"]
+    args = [
+        "--img-size",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--weights",
+        "none",
+        "--val-fraction",
+        "0",
+        "--quiet",
+        "--workers",
+        "0",
+    ]
     for n in (6, 1000):
         data = many_classes(tmp_path / f"k{n}", n)
-        proc = bounded("train", "--dataset", str(data), "--out", str(tmp_path / f"ck{n}"), *args, mem_mib=512,
-                       seconds=240)
+        proc = bounded(
+            "train", "--dataset", str(data), "--out", str(tmp_path / f"ck{n}"), *args, mem_mib=512, seconds=240
+        )
         assert proc.returncode == 0 and (tmp_path / f"ck{n}" / "model.safetensors").is_file(), proc.stderr[-2000:]
 
 
@@ -55,8 +72,11 @@ def test_heads_too_large_for_a_checkpoint_are_refused_before_they_are_allocated(
 
     with torch.device("meta"):
         vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=384, depth=4, num_heads=2, num_classes=0)
-    with pytest.raises(METError, match=r"4 heads of 384 x 100,000 classes would take 616,000,000 bytes, more than "
-                                       r"the 536,870,912"):
+    with pytest.raises(
+        METError,
+        match=r"4 heads of 384 x 100,000 classes would take 616,000,000 bytes, more than "
+        r"the 536,870,912",
+    ):
         METModel(vit, METConfig(img_size=32, exits=[1, 2, 3, 4], num_classes=100_000))
 
 
@@ -76,13 +96,16 @@ def test_a_trace_the_reader_would_refuse_is_refused_before_the_model_loads(tiny_
     loaded = []
     want = r"a trace of 300 images of 10 classes would take 0\.\d MiB, more than the 0\.\d+ MiB a trace may hold; "
     with pytest.raises(METError, match=want + r"trace at most [\d,]+ images \(--limit \d+\)\.$") as e:
-        tracing.trace_checkpoint(tiny_checkpoint, TraceConfig(str(CIFAR_TEST), limit=300, features=20),
-                                 on_model=lambda: loaded.append(1))
+        tracing.trace_checkpoint(
+            tiny_checkpoint, TraceConfig(str(CIFAR_TEST), limit=300, features=20), on_model=lambda: loaded.append(1)
+        )
     assert not loaded
     n = int(re.search(r"--limit (\d+)", str(e.value)).group(1))
     assert 100 < n < 300
-    traces.save_trace(tmp_path / "t.npz", tracing.trace_checkpoint(tiny_checkpoint, TraceConfig(str(CIFAR_TEST),
-                                                                                             limit=n, features=20)))
+    traces.save_trace(
+        tmp_path / "t.npz",
+        tracing.trace_checkpoint(tiny_checkpoint, TraceConfig(str(CIFAR_TEST), limit=n, features=20)),
+    )
     assert len(traces.load_trace(tmp_path / "t.npz").labels) == n  # under the same bound
 
 
@@ -99,9 +122,16 @@ def test_per_class_accuracy_for_many_classes_without_a_quadratic_confusion_matri
     assert r.confusion is None and "confusion" not in r.to_dict() and len(r.per_class_accuracy) == c
     seen = np.bincount(labels, minlength=c) > 0
     assert sum(a is not None for a in r.per_class_accuracy) == seen.sum()
-    small = TraceArrays(pred % 10, (pred % 10) == (labels % 10)[:, None], labels % 10, np.array([1.0, 2.0]), 10,
-                        p[..., :10] / p[..., :10].sum(-1, keepdims=True))
+    small = TraceArrays(
+        pred % 10,
+        (pred % 10) == (labels % 10)[:, None],
+        labels % 10,
+        np.array([1.0, 2.0]),
+        10,
+        p[..., :10] / p[..., :10].sum(-1, keepdims=True),
+    )
     rs = whatif(small, 0.5, detail=True)
     conf = np.asarray(rs.confusion)
     assert conf.sum() == n and rs.per_class_accuracy == [
-        (conf[i, i] / conf[i].sum()) if conf[i].sum() else None for i in range(10)]
+        (conf[i, i] / conf[i].sum()) if conf[i].sum() else None for i in range(10)
+    ]

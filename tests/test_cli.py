@@ -24,10 +24,26 @@ def test_info_json(tiny_checkpoint):
 
 def test_trace_json_on_real_test_images(tiny_checkpoint, tmp_path):
     out = tmp_path / "test.npz"
-    res = json.loads(run_cli("trace", "--checkpoint", str(tiny_checkpoint), "--dataset", str(CIFAR_TEST),
-                             "--out", str(out), "--limit", "30", "--features", "10", "--json", "--quiet").stdout)
+    res = json.loads(
+        run_cli(
+            "trace",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--dataset",
+            str(CIFAR_TEST),
+            "--out",
+            str(out),
+            "--limit",
+            "30",
+            "--features",
+            "10",
+            "--json",
+            "--quiet",
+        ).stdout
+    )
     assert res["samples"] == 30 and res["features"] == 10 and len(res["exit_accuracy"]) == 4
     from met_core.io.traces import load_trace
+
     t = load_trace(out)
     assert len(set(t.labels.tolist())) > 3  # a seeded random subset, not the first class folder
     assert t.meta["split"] == "test" and len(t.meta["checkpoint_sha256"]) == 64
@@ -35,17 +51,34 @@ def test_trace_json_on_real_test_images(tiny_checkpoint, tmp_path):
 
 def test_train_prints_trainable_parameter_count(tiny_checkpoint):
     # the fixture trained through the CLI; re-run the cheapest train to read its stderr
-    proc = run_cli("train", "--dataset", str(CIFAR_TEST), "--per-class", "2", "--val-fraction", "0.5",
-                   "--img-size", "28", "--epochs", "1", "--out", str(tiny_checkpoint.parent / "again"), "--quiet")
+    proc = run_cli(
+        "train",
+        "--dataset",
+        str(CIFAR_TEST),
+        "--per-class",
+        "2",
+        "--val-fraction",
+        "0.5",
+        "--img-size",
+        "28",
+        "--epochs",
+        "1",
+        "--out",
+        str(tiny_checkpoint.parent / "again"),
+        "--quiet",
+    )
     assert re.search(r"trainable parameters: 172,296 \(0\.80% of the 21,5\d\d,\d{3} frozen", proc.stderr)
 
 
-@pytest.mark.parametrize("args,match", [
-    (["info", "--checkpoint", "/no/such/dir"], "does not exist"),
-    (["trace", "--checkpoint", ".", "--out", "x.npz"], "config.json is missing"),
-    (["train", "--dataset", "/no/such/data", "--out", "/tmp/x"], "neither an existing folder"),
-    (["train", "--dataset", str(CIFAR_TEST), "--out", "/tmp/x", "--exits", "3,6"], "last exit"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["info", "--checkpoint", "/no/such/dir"], "does not exist"),
+        (["trace", "--checkpoint", ".", "--out", "x.npz"], "config.json is missing"),
+        (["train", "--dataset", "/no/such/data", "--out", "/tmp/x"], "neither an existing folder"),
+        (["train", "--dataset", str(CIFAR_TEST), "--out", "/tmp/x", "--exits", "3,6"], "last exit"),
+    ],
+)
 def test_user_errors_are_one_line_without_traceback(args, match):
     proc = run_cli(*args, check=False)
     assert proc.returncode == 2
@@ -54,14 +87,31 @@ def test_user_errors_are_one_line_without_traceback(args, match):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("device,match", [("cuda", "torch sees no CUDA device"), ("cuda:7", "torch sees no CUDA"),
-                                          ("tpu", "--device must be auto, cpu, cuda or cuda:N")])
+@pytest.mark.parametrize(
+    "device,match",
+    [
+        ("cuda", "torch sees no CUDA device"),
+        ("cuda:7", "torch sees no CUDA"),
+        ("tpu", "--device must be auto, cpu, cuda or cuda:N"),
+    ],
+)
 def test_asking_for_a_device_that_is_not_there_is_one_sentence(device, match, tiny_checkpoint, tmp_path):
     import torch
+
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    proc = run_cli("trace", "--checkpoint", str(tiny_checkpoint), "--dataset", str(CIFAR_TEST), "--out",
-                   str(tmp_path / "t.npz"), "--device", device, check=False)
+    proc = run_cli(
+        "trace",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--dataset",
+        str(CIFAR_TEST),
+        "--out",
+        str(tmp_path / "t.npz"),
+        "--device",
+        device,
+        check=False,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and match in lines[0], proc.stderr[-500:]
     assert not (tmp_path / "t.npz").exists()
@@ -70,8 +120,9 @@ def test_asking_for_a_device_that_is_not_there_is_one_sentence(device, match, ti
 def test_met_app_passes_streamlits_flags_on_and_other_subcommands_refuse_unknown_ones():
     from met_core.cli import APP_MAIN, app_command, build_parser
 
-    args, extra = build_parser().parse_known_args(["app", "--server.port", "8502", "--checkpoints", "ck",
-                                                   "--browser.gatherUsageStats=true"])
+    args, extra = build_parser().parse_known_args(
+        ["app", "--server.port", "8502", "--checkpoints", "ck", "--browser.gatherUsageStats=true"]
+    )
     assert args.checkpoints == "ck" and extra == ["--server.port", "8502", "--browser.gatherUsageStats=true"]
     cmd = app_command(extra)
     assert cmd[1:5] == ["-m", "streamlit", "run", str(APP_MAIN)] and APP_MAIN.is_file()

@@ -5,6 +5,7 @@ exit on the shared ants/bees model). It must see exactly what one session alone 
 and the server's peak memory must stay bounded. Figures go to test-artifacts/concurrency.json and
 are quoted in the README.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.skipif(not have_browser, reason="Debian chromium + chromium-driver not installed"),
-    pytest.mark.skipif(not (ROOT / "checkpoints" / "hymenoptera-met" / "test_trace.npz").is_file(),
-                       reason="no shipped checkpoints"),
+    pytest.mark.skipif(
+        not (ROOT / "checkpoints" / "hymenoptera-met" / "test_trace.npz").is_file(), reason="no shipped checkpoints"
+    ),
 ]
 
 
@@ -108,8 +110,10 @@ def session(url: str, photos: list, profile) -> dict:
         wait_text(drv, f"Real early exit on {len(photos)} image(s)", timeout=240)
         settle(drv)
         table = WebDriverWait(drv, 60).until(lambda d: d.find_elements("css selector", '[data-testid="stTable"]'))[0]
-        seen["upload"] = [[c.text for c in tr.find_elements("css selector", "th, td")][:5]  # file .. GMACs, not timing
-                          for tr in table.find_elements("css selector", "tbody tr")]
+        seen["upload"] = [
+            [c.text for c in tr.find_elements("css selector", "th, td")][:5]  # file .. GMACs, not timing
+            for tr in table.find_elements("css selector", "tbody tr")
+        ]
         seen["errors"] += [
             e.text
             for e in drv.find_elements(

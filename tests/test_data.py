@@ -116,8 +116,10 @@ def test_offline_named_dataset_message_names_the_exact_layout(tmp_path):
     assert "\n" not in msg
 
 
-@pytest.mark.skipif(not FASHION_DEB.is_dir() and os.environ.get("CI") != "true",
-                    reason="apt-get install dataset-fashion-mnist (CI installs it)")
+@pytest.mark.skipif(
+    not FASHION_DEB.is_dir() and os.environ.get("CI") != "true",
+    reason="apt-get install dataset-fashion-mnist (CI installs it)",
+)
 def test_fashion_mnist_idx_files_from_a_distribution_package_work_where_the_message_says(tmp_path):
     """A new user's path: copy the original IDX .gz files where the message says; no download is tried."""
     raw = tmp_path / "FashionMNIST" / "raw"

@@ -4,6 +4,7 @@ The example: a Jupyter `.ipynb_checkpoints` sub-folder inside a class folder was
 same image counted twice). Hidden folders and files are skipped at every depth, the tool-made ones people zip
 up with datasets are never classes or samples, and what was skipped is reported once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,8 +70,10 @@ def test_notebook_mac_windows_and_nas_leftovers_are_no_classes_or_samples_and_ar
     assert ds.class_names == ["ants", "bees"]
     assert len(ds.ids) == real
     assert sorted(ds.ids) == sorted(
-        [f"ants/{f.name}" for f in _real("ants", 3)] + [f"bees/{f.name}" for f in _real("bees", 3)]
-        + ["bees/more/fourth.jpg"])
+        [f"ants/{f.name}" for f in _real("ants", 3)]
+        + [f"bees/{f.name}" for f in _real("bees", 3)]
+        + ["bees/more/fourth.jpg"]
+    )
     digests = {hashlib.sha256((root / i).read_bytes()).hexdigest() for i in ds.ids}
     assert len(digests) == real  # no image counted twice
     assert list(ds.labels) == [0, 0, 0, 1, 1, 1, 1]
@@ -81,9 +84,27 @@ def test_notebook_mac_windows_and_nas_leftovers_are_no_classes_or_samples_and_ar
 
     # through the CLI: the note once, two classes, and every split image a real one
     out = tmp_path / "ckpt"
-    proc = run_cli("train", "--dataset", str(root), "--backbone", "vit_tiny_patch16_224", "--weights", "none",
-                   "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.3",
-                   "--exits", "6,12", "--out", str(out))
+    proc = run_cli(
+        "train",
+        "--dataset",
+        str(root),
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--weights",
+        "none",
+        "--img-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--val-fraction",
+        "0.3",
+        "--exits",
+        "6,12",
+        "--out",
+        str(out),
+    )
     assert proc.stderr.count("note: skipped") == 1, proc.stderr[-2000:]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["class_names"] == ["ants", "bees"]
@@ -96,6 +117,9 @@ def test_clean_folders_give_no_note_and_the_same_samples_in_the_same_order():
     old = []  # the scan of earlier versions: the split of a seed must not change
     for c in ds.class_names:
         for dirpath, _, files in sorted(os.walk(HYMENOPTERA / "train" / c)):
-            old += [os.path.relpath(os.path.join(dirpath, f), HYMENOPTERA / "train") for f in sorted(files)
-                    if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+            old += [
+                os.path.relpath(os.path.join(dirpath, f), HYMENOPTERA / "train")
+                for f in sorted(files)
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+            ]
     assert ds.ids == old

@@ -5,6 +5,7 @@
 - `torchrun --nproc_per_node 2 -m met_core train` writes the tensors a single-process run writes;
 - a 2-process `trace` writes the arrays of a 1-process trace.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,16 +53,27 @@ def _grads(rank: int, world: int, kind: str, out: str, port: int) -> None:
     from met_core.nn.losses import met_loss
 
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     ctx = init_distributed("cpu") if world > 1 else DistContext()
     x, y = _batch()
     model = _model(create_backbone("dinov2_s14_imgfocus", 56)[0])
     step = wrap_for_training(model, ctx, torch.device("cpu"))
     idx = torch.from_numpy(shard(np.arange(len(y)), rank, world))
     feats, logits = step(x[idx])
-    loss, _ = met_loss(logits, feats, y[idx], graph_reg=0.5, kind=kind, knn_k=3, distill=0.3, global_batch=len(y),
-                       world_size=world, gather=(lambda t: gather_rows(t, ctx)) if ctx.enabled else None)
+    loss, _ = met_loss(
+        logits,
+        feats,
+        y[idx],
+        graph_reg=0.5,
+        kind=kind,
+        knn_k=3,
+        distill=0.3,
+        global_batch=len(y),
+        world_size=world,
+        gather=(lambda t: gather_rows(t, ctx)) if ctx.enabled else None,
+    )
     loss.backward()
     if rank == 0:
         torch.save({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, out)
@@ -188,12 +200,28 @@ def test_the_streaming_path_trains_what_the_memory_path_trains_and_augmentation_
     augmentation and a loader worker repeats itself exactly."""
     from safetensors.torch import load_file
 
-    common = ["train", "--dataset", str(CIFAR_TRAIN), "--per-class", "4", "--val-fraction", "0.5", "--img-size", "56",
-              "--epochs", "1", "--batch-size", "20", "--quiet"]
-    for name, extra in (("memory", ["--data-path", "memory", "--workers", "0"]),
-                        ("stream", ["--data-path", "stream", "--workers", "1"]),
-                        ("aug1", ["--augment", "standard", "--workers", "1"]),
-                        ("aug2", ["--augment", "standard", "--workers", "1"])):
+    common = [
+        "train",
+        "--dataset",
+        str(CIFAR_TRAIN),
+        "--per-class",
+        "4",
+        "--val-fraction",
+        "0.5",
+        "--img-size",
+        "56",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--quiet",
+    ]
+    for name, extra in (
+        ("memory", ["--data-path", "memory", "--workers", "0"]),
+        ("stream", ["--data-path", "stream", "--workers", "1"]),
+        ("aug1", ["--augment", "standard", "--workers", "1"]),
+        ("aug2", ["--augment", "standard", "--workers", "1"]),
+    ):
         proc = run_cli(*common, *extra, "--out", str(tmp_path / name))
         assert f"data path: {'memory' if name == 'memory' else 'stream'}" in proc.stderr
     t = {n: load_file(str(tmp_path / n / "model.safetensors")) for n in ("memory", "stream", "aug1", "aug2")}

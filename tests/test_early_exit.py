@@ -1,4 +1,5 @@
 """Real batched early exit equals computing every exit and applying the rule afterwards (real images)."""
+
 import json
 
 import numpy as np
@@ -40,7 +41,7 @@ def test_batched_early_exit_matches_all_exits_then_rule(model_and_images, policy
     np.testing.assert_array_equal(res.exits, expected_exit)
     np.testing.assert_array_equal(res.classes, probs[np.arange(len(x)), expected_exit].argmax(-1))
     for i, e in enumerate(res.exits):  # probabilities exist exactly for the exits an image ran
-        assert not np.isnan(res.probs[i, : e + 1]).any() and np.isnan(res.probs[i, e + 1:]).all()
+        assert not np.isnan(res.probs[i, : e + 1]).any() and np.isnan(res.probs[i, e + 1 :]).all()
         np.testing.assert_allclose(res.probs[i, : e + 1], probs[i, : e + 1], atol=1e-5)
 
 
@@ -67,8 +68,11 @@ def test_predict_cli_json_contract(tiny_checkpoint, tmp_path):
     bad = tmp_path / "empty.png"
     bad.write_bytes(b"")
     img = CIFAR_TEST / "cat" / "0001.jpg"
-    out = json.loads(run_cli("predict", "--checkpoint", str(tiny_checkpoint), "--threshold", "0.3", "--json",
-                             str(img), str(bad)).stdout)
+    out = json.loads(
+        run_cli(
+            "predict", "--checkpoint", str(tiny_checkpoint), "--threshold", "0.3", "--json", str(img), str(bad)
+        ).stdout
+    )
     assert set(out[0]) >= {"file", "class", "exit", "confidence", "gmacs"} and set(out[1]) == {"file", "error"}
 
 

@@ -1,4 +1,5 @@
 """Early exit outside PyTorch: per-stage ONNX graphs and the onnxruntime runner give PyTorch's answers."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,11 @@ THRESHOLD = 0.25  # the tiny checkpoint is barely trained: a low threshold lets 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "onnx"
-    info = json.loads(run_cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--threshold",
-                              str(THRESHOLD), "--json").stdout)
+    info = json.loads(
+        run_cli(
+            "export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--threshold", str(THRESHOLD), "--json"
+        ).stdout
+    )
     assert info["stages"] == [f"stage_{k}.onnx" for k in range(1, 5)]
     return out
 
@@ -58,15 +62,36 @@ def test_predict_and_bench_exit_run_on_the_onnx_engine(exported, tiny_checkpoint
     a = json.loads(run_cli(*common).stdout)
     b = json.loads(run_cli(*common, "--engine", "onnx", "--onnx", str(exported)).stdout)
     assert [(r["class"], r["exit"]) for r in a] == [(r["class"], r["exit"]) for r in b]
-    rows = json.loads(run_cli("bench-exit", "--checkpoint", str(tiny_checkpoint), "--dataset", str(CIFAR_TEST),
-                              "--limit", "32", "--batch", "8", "--repeats", "1", "--threshold", str(THRESHOLD),
-                              "--engine", "onnx", "--onnx", str(exported), "--json", "--quiet").stdout)
+    rows = json.loads(
+        run_cli(
+            "bench-exit",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--dataset",
+            str(CIFAR_TEST),
+            "--limit",
+            "32",
+            "--batch",
+            "8",
+            "--repeats",
+            "1",
+            "--threshold",
+            str(THRESHOLD),
+            "--engine",
+            "onnx",
+            "--onnx",
+            str(exported),
+            "--json",
+            "--quiet",
+        ).stdout
+    )
     assert rows[0]["measured_speedup"] > 0 and rows[0]["batch_size"] == 8
 
 
 def test_export_refuses_what_cannot_be_run_stage_by_stage_and_graphs_outside_the_folder(exported, tmp_path):
-    model = METModel(tiny_vit(depth=4), METConfig(img_size=32, exits=[2, 4], num_classes=3,
-                                                  diagonal_mode="per-exit-path"))
+    model = METModel(
+        tiny_vit(depth=4), METConfig(img_size=32, exits=[2, 4], num_classes=3, diagonal_mode="per-exit-path")
+    )
     with pytest.raises(METError, match="cannot be exported stage by stage"):
         export_onnx(model, tmp_path / "x", "max-softmax", 0.5, "", [0.1, 0.2])
     manifest = json.loads((exported / "exits.json").read_text())
@@ -83,19 +108,57 @@ def test_export_refuses_what_cannot_be_run_stage_by_stage_and_graphs_outside_the
 def test_onnx_engine_has_its_own_latency_profile_used_by_bench_exit(exported, tiny_checkpoint):
     from met_core.analysis.latency import read_profile
 
-    run_cli("profile", "--checkpoint", str(tiny_checkpoint), "--engine", "onnx", "--onnx", str(exported),
-            "--batch", "1,4", "--repeats", "2", "--quiet")
+    run_cli(
+        "profile",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--engine",
+        "onnx",
+        "--onnx",
+        str(exported),
+        "--batch",
+        "1,4",
+        "--repeats",
+        "2",
+        "--quiet",
+    )
     prof = read_profile(exported / "latency.json", 4)  # beside the graphs, not the checkpoint's PyTorch profile
     assert prof.engine == "onnx" and prof.batch_sizes == [1, 4] and prof.stem_ms == [0.0, 0.0]
-    fresh = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
-                               capture_output=True, text=True, check=True).stdout)  # the CLI's own default
+    fresh = int(
+        subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )  # the CLI's own default
     assert prof.torch_version.startswith("onnxruntime") and prof.threads == fresh
     assert all(t > 0 for t in sum(prof.stage_ms, []) + prof.compact_ms + prof.full_pass_ms)
     for j, full in enumerate(prof.full_pass_ms):  # the pieces sum to one measured whole pass
         assert sum(r[j] for r in prof.stage_ms + prof.head_ms) == pytest.approx(full, rel=1e-6)
-    rows = json.loads(run_cli("bench-exit", "--checkpoint", str(tiny_checkpoint), "--dataset", str(CIFAR_TEST),
-                              "--limit", "8", "--batch", "4", "--repeats", "1", "--threshold", str(THRESHOLD),
-                              "--engine", "onnx", "--onnx", str(exported), "--json", "--quiet").stdout)
+    rows = json.loads(
+        run_cli(
+            "bench-exit",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--dataset",
+            str(CIFAR_TEST),
+            "--limit",
+            "8",
+            "--batch",
+            "4",
+            "--repeats",
+            "1",
+            "--threshold",
+            str(THRESHOLD),
+            "--engine",
+            "onnx",
+            "--onnx",
+            str(exported),
+            "--json",
+            "--quiet",
+        ).stdout
+    )
     assert rows[0]["profile"]["ms_per_image"] > 0
 
 
@@ -115,11 +178,24 @@ INT8_AGREEMENT_FLOOR = 0.8  # per exit, int8 class == fp32 class; the tiny check
 
 
 def test_int8_export_agrees_with_fp32_at_every_exit_above_the_floor(exported, images, tiny_checkpoint, tmp_path):
-    info = json.loads(run_cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "int8"),
-                              "--threshold", str(THRESHOLD), "--quantize", "int8", "--json").stdout)
+    info = json.loads(
+        run_cli(
+            "export",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--out",
+            str(tmp_path / "int8"),
+            "--threshold",
+            str(THRESHOLD),
+            "--quantize",
+            "int8",
+            "--json",
+        ).stdout
+    )
     assert info["quantization"] == "int8"
     assert sum(f.stat().st_size for f in (tmp_path / "int8").glob("*.onnx")) < sum(
-        f.stat().st_size for f in exported.glob("*.onnx"))
+        f.stat().st_size for f in exported.glob("*.onnx")
+    )
     _, x = images
     never = [2.0, 2.0, 2.0, None]  # every image to the last exit: every exit's probabilities
     fp32 = OnnxEarlyExit(exported)(x.numpy(), never).probs.argmax(-1)
@@ -129,9 +205,25 @@ def test_int8_export_agrees_with_fp32_at_every_exit_above_the_floor(exported, im
     assert (agreement >= INT8_AGREEMENT_FLOOR).all()
     # the what-if recomputed from the int8 exits: a trace made by the int8 engine
     out = tmp_path / "int8_trace.npz"
-    info = json.loads(run_cli("trace", "--checkpoint", str(tiny_checkpoint), "--engine", "onnx", "--onnx",
-                              str(tmp_path / "int8"), "--dataset", str(CIFAR_TEST), "--limit", "32", "--out", str(out),
-                              "--json", "--quiet").stdout)
+    info = json.loads(
+        run_cli(
+            "trace",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--engine",
+            "onnx",
+            "--onnx",
+            str(tmp_path / "int8"),
+            "--dataset",
+            str(CIFAR_TEST),
+            "--limit",
+            "32",
+            "--out",
+            str(out),
+            "--json",
+            "--quiet",
+        ).stdout
+    )
     assert info["samples"] == 32 and len(info["exit_accuracy"]) == 4 and info["features"] == 0
     w = json.loads(run_cli("whatif", "--trace", str(out), "--threshold", str(THRESHOLD), "--json").stdout)
     assert 0 <= w["accuracy"] <= 1 and sum(w["exit_fractions"]) == pytest.approx(1)

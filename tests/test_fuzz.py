@@ -4,6 +4,7 @@ Each reader, fed mutated real files, must either return a valid object or raise 
 sentence); any other exception is a bug. Every test counts the inputs it really tried and writes the
 count to test-artifacts/fuzz_counts.json (the README quotes it).
 """
+
 from __future__ import annotations
 
 import io
@@ -27,8 +28,12 @@ from .conftest import CIFAR_TEST, HYMENOPTERA, ROOT
 CKPT = ROOT / "checkpoints" / "hymenoptera-met"
 COUNTS = ROOT / "test-artifacts" / "fuzz_counts.json"
 EXAMPLES = int(os.environ.get("MET_FUZZ_EXAMPLES", 500))  # raise it for a longer hunt
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="MET_FUZZ_EXAMPLES" not in os.environ,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize="MET_FUZZ_EXAMPLES" not in os.environ,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def _record(name: str, tried: int, accepted: int) -> None:
@@ -69,7 +74,7 @@ def mutated_bytes(draw, seeds: list[bytes]) -> bytes:
         elif op == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=64))
         elif op == "zero-run":
-            data[pos:pos + draw(st.integers(1, 512))] = b"\0" * len(data[pos:pos + 512])
+            data[pos : pos + draw(st.integers(1, 512))] = b"\0" * len(data[pos : pos + 512])
         else:
             data = bytearray(draw(st.binary(max_size=2048)))
     return bytes(data)
@@ -95,9 +100,11 @@ def test_fuzz_image_decoding():
     assert tried[0] >= 0.9 * EXAMPLES and 0 < ok[0] < tried[0]
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
-                    max_leaves=12)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+    max_leaves=12,
+)
 
 
 def _trace_arrays() -> dict[str, np.ndarray]:
@@ -193,8 +200,18 @@ def mutated_config(draw, base: dict) -> dict | str:
         elif op == "format" and isinstance(cfg, dict):
             cfg["format"] = draw(JSON)
         elif op == "weights" and isinstance(model, dict):
-            model["weights"] = draw(st.sampled_from(["/etc/passwd", "../other/model.safetensors", "w.safetensors",
-                                                     "sub/../../x.safetensors", "default", "none"]))
+            model["weights"] = draw(
+                st.sampled_from(
+                    [
+                        "/etc/passwd",
+                        "../other/model.safetensors",
+                        "w.safetensors",
+                        "sub/../../x.safetensors",
+                        "default",
+                        "none",
+                    ]
+                )
+            )
         elif op == "raw":
             return draw(st.one_of(st.text(max_size=60), JSON.map(json.dumps)))
     return cfg
@@ -216,6 +233,7 @@ def test_fuzz_config_reader(tmp_path):
             _one_sentence(e)
             return
         from met_core.config import METConfig, config_from_dict
+
         w = config_from_dict(METConfig, back["model"]).weights
         assert w in ("default", "none") or (d / w).resolve().is_relative_to(d.resolve())
         ok[0] += 1

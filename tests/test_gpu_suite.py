@@ -1,4 +1,5 @@
 """The GPU suite (bench/gpu_suite.py) runs end to end in its CPU smoke mode, so it never rots between GPU windows."""
+
 from __future__ import annotations
 
 import json
@@ -22,15 +23,21 @@ SUITE = ROOT / "bench" / "gpu_suite.py"
 @pytest.mark.skipif(not CIFAR_TEST.is_dir(), reason="needs the CIFAR-10 test images (../shared/datasets)")
 def test_smoke_run_measures_every_section_and_writes_markdown_and_json(tmp_path):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, str(SUITE), "--smoke", "--out", str(tmp_path), "--images", str(tmp_path / "none")],
-                   check=True, capture_output=True, text=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, str(SUITE), "--smoke", "--out", str(tmp_path), "--images", str(tmp_path / "none")],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) < 150  # CPU seconds, not wall
     rep = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert rep["smoke"] and rep["skipped"] == []
     assert [p["precision"] for p in rep["peaks"]] == ["fp32", "bf16"]
     assert {(r["setting"], r["precision"]) for r in rep["train"]} == {
-        (s, p) for s in ("shipped recipe", "paper (VTAB-1k)") for p in ("fp32", "bf16")}
+        (s, p) for s in ("shipped recipe", "paper (VTAB-1k)") for p in ("fp32", "bf16")
+    }
     assert all(r["gflop_per_step"] > 0 and r["mfu"] > 0 for r in rep["train"])
     assert [r["precision"] for r in rep["trace"]] == ["fp32", "bf16"]
     assert all(r["images_per_s"] > 0 for r in rep["trace"])
@@ -46,8 +53,13 @@ def test_pack_copies_a_few_hundred_real_test_images_under_5_mb(tmp_path):
     if not CIFAR_TEST.is_dir():
         pytest.skip("needs the CIFAR-10 test images (../shared/datasets)")
     out = tmp_path / "pack"
-    subprocess.run([sys.executable, str(SUITE), "--pack", "--images", str(out), "--pack-from", str(CIFAR_TEST)],
-                   check=True, capture_output=True, text=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, str(SUITE), "--pack", "--images", str(out), "--pack-from", str(CIFAR_TEST)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     files = [f for f in out.rglob("*") if f.is_file()]
     assert len(files) == 520 and len({f.parent.name for f in files}) == 10
     assert sum(f.stat().st_size for f in files) < 5e6

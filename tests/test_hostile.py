@@ -3,6 +3,7 @@
 The app-level twins (uploads, added checkpoint folders) are in test_app.py; the README's hostile-input
 table points at each test.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,13 +65,24 @@ def test_decompression_bomb_is_refused_from_the_header(hostile_images):
 
 def test_cli_predict_reports_each_bad_file_and_caps_the_count(hostile_images, tiny_checkpoint):
     folder, expected = hostile_images
-    out = json.loads(run_cli("predict", "--checkpoint", str(tiny_checkpoint), "--json",
-                             *[str(folder / n) for n in sorted(expected)]).stdout)
+    out = json.loads(
+        run_cli(
+            "predict", "--checkpoint", str(tiny_checkpoint), "--json", *[str(folder / n) for n in sorted(expected)]
+        ).stdout
+    )
     assert [("error" not in r) for r in out] == [expected[n] for n in sorted(expected)]
-    many = run_cli("predict", "--checkpoint", str(tiny_checkpoint), "--max-files", "3",
-                   *[str(folder / n) for n in sorted(expected)], check=False)
-    assert many.returncode == 2 and many.stderr.strip() == \
-        "error: 10 files given; at most 3 at once (raise --max-files)."
+    many = run_cli(
+        "predict",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--max-files",
+        "3",
+        *[str(folder / n) for n in sorted(expected)],
+        check=False,
+    )
+    assert (
+        many.returncode == 2 and many.stderr.strip() == "error: 10 files given; at most 3 at once (raise --max-files)."
+    )
 
 
 def _copy(src, dst):
@@ -84,15 +96,18 @@ def _edit_config(d, **model):
     (d / "config.json").write_text(json.dumps(cfg))
 
 
-@pytest.mark.parametrize("damage,match", [
-    (lambda d: _edit_config(d, exits=[4, 8, 12]), "does not match its config.json"),
-    (lambda d: _edit_config(d, backbone="vit_base_patch16_224", weights="none"), "does not match its config.json"),
-    (lambda d: _edit_config(d, weights="../../backbone.safetensors"), "outside the checkpoint folder"),
-    (lambda d: _edit_config(d, exits="3,6,9,12"), "exits must be a list of integers"),
-    (lambda d: _edit_config(d, adapter_dim=True), "adapter_dim must be an integer"),
-    (lambda d: (d / "model.safetensors").write_bytes(b"\0" * 64), "corrupted or truncated"),
-    (lambda d: (d / "config.json").write_text("[1, 2"), "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        (lambda d: _edit_config(d, exits=[4, 8, 12]), "does not match its config.json"),
+        (lambda d: _edit_config(d, backbone="vit_base_patch16_224", weights="none"), "does not match its config.json"),
+        (lambda d: _edit_config(d, weights="../../backbone.safetensors"), "outside the checkpoint folder"),
+        (lambda d: _edit_config(d, exits="3,6,9,12"), "exits must be a list of integers"),
+        (lambda d: _edit_config(d, adapter_dim=True), "adapter_dim must be an integer"),
+        (lambda d: (d / "model.safetensors").write_bytes(b"\0" * 64), "corrupted or truncated"),
+        (lambda d: (d / "config.json").write_text("[1, 2"), "not valid JSON"),
+    ],
+)
 def test_strangers_checkpoints_get_one_sentence_in_the_cli(tmp_path, damage, match):
     d = _copy(HYM, tmp_path / "ck")
     damage(d)
@@ -123,8 +138,13 @@ def test_traces_with_hostile_contents(tmp_path):
         "gmacs": ("gmacs", lambda a: a[::-1].copy()),
         "short": ("labels", lambda a: a[:-1]),
     }
-    expect = {"inf": "NaN or inf", "escape": "leaves the dataset folder", "absolute": "leaves the dataset folder",
-              "gmacs": "must be positive and increase", "short": "mismatched lengths"}
+    expect = {
+        "inf": "NaN or inf",
+        "escape": "leaves the dataset folder",
+        "absolute": "leaves the dataset folder",
+        "gmacs": "must be positive and increase",
+        "short": "mismatched lengths",
+    }
     for name, (field, change) in cases.items():
         bad = load_trace(HYM / "test_trace.npz")
         setattr(bad, field, change(getattr(bad, field)))
@@ -137,15 +157,34 @@ def test_traces_with_hostile_contents(tmp_path):
         load_trace(tmp_path / "trace.npz")
 
 
-@pytest.mark.parametrize("flag,value,sentence", [
-    ("--distill", "-1", "error: argument --distill: must be at least 0 and at most 10,000, got -1."),
-    ("--distill-temperature", "0", "error: argument --distill-temperature: must be positive and at most 1,000, got 0."),
-    ("--epochs", "0", "error: argument --epochs: must be at least 1 and at most 10,000, got 0."),
-    ("--val-fraction", "1.5", "error: argument --val-fraction: must be at least 0 and below 1, got 1.5."),
-    ("--img-size", "100000", "error: argument --img-size: must be at least 16 and at most 1,024, got 100000."),
-])
+@pytest.mark.parametrize(
+    "flag,value,sentence",
+    [
+        ("--distill", "-1", "error: argument --distill: must be at least 0 and at most 10,000, got -1."),
+        (
+            "--distill-temperature",
+            "0",
+            "error: argument --distill-temperature: must be positive and at most 1,000, got 0.",
+        ),
+        ("--epochs", "0", "error: argument --epochs: must be at least 1 and at most 10,000, got 0."),
+        ("--val-fraction", "1.5", "error: argument --val-fraction: must be at least 0 and below 1, got 1.5."),
+        ("--img-size", "100000", "error: argument --img-size: must be at least 16 and at most 1,024, got 100000."),
+    ],
+)
 def test_cli_train_refuses_a_bad_recipe_in_one_sentence(tmp_path, flag, value, sentence):
-    proc = run_cli("train", "--backbone", "vit_tiny_patch16_224", "--weights", "none", "--dataset", str(HYM.parent),
-                   "--out", str(tmp_path / "out"), flag, value, check=False)
+    proc = run_cli(
+        "train",
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--weights",
+        "none",
+        "--dataset",
+        str(HYM.parent),
+        "--out",
+        str(tmp_path / "out"),
+        flag,
+        value,
+        check=False,
+    )
     assert proc.returncode == 2 and proc.stderr.strip() == sentence, proc.stderr
     assert not (tmp_path / "out").exists()

@@ -5,6 +5,7 @@ the answer of an all-black image; its 8-bit copy says "bees 0.999". The property
 value range give the pixels of their 8-bit RGB rendering, computed here independently of met_core (within
 rounding), or are refused in one sentence; equal pixels give the same class.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -43,8 +44,17 @@ def test_a_float_tiff_bee_is_the_bee_of_its_8bit_copy_in_the_cli_and_the_app(tmp
     assert Image.open(tmp_path / "bee-float.tif").mode == "F"
     names = ["bee-8bit.png", "bee-float.tif", "bee-float-unrounded.tif", "black.png"]
 
-    out = json.loads(run_cli("predict", "--checkpoint", str(HYM), "--json", "--threshold", "1.01",  # last exit
-                             *[str(tmp_path / n) for n in names]).stdout)  # the CLI
+    out = json.loads(
+        run_cli(
+            "predict",
+            "--checkpoint",
+            str(HYM),
+            "--json",
+            "--threshold",
+            "1.01",  # last exit
+            *[str(tmp_path / n) for n in names],
+        ).stdout
+    )  # the CLI
     ref, black = out[0], out[3]
     assert (ref["class"], black["class"]) == ("bees", "ants") and ref["confidence"] > 0.99  # the issue's numbers
     assert black["confidence"] == pytest.approx(0.985, abs=0.005)
@@ -76,8 +86,28 @@ def _saved(img: Image.Image, fmt: str, **kw) -> io.BytesIO:
     return buf
 
 
-CASES = ["1", "L", "LA", "P", "P-transparent", "PA", "RGB", "RGBA", "RGBX", "La", "RGBa", "CMYK", "YCbCr", "LAB",
-         "HSV", "I;16", "I;16B", "I;16-declared-in-PGM", "I", "F"]
+CASES = [
+    "1",
+    "L",
+    "LA",
+    "P",
+    "P-transparent",
+    "PA",
+    "RGB",
+    "RGBA",
+    "RGBX",
+    "La",
+    "RGBa",
+    "CMYK",
+    "YCbCr",
+    "LAB",
+    "HSV",
+    "I;16",
+    "I;16B",
+    "I;16-declared-in-PGM",
+    "I",
+    "F",
+]
 
 
 def _case(case: str, px: np.ndarray, fmt_pick: int, scale: float, offset: float, special: int):
@@ -121,8 +151,9 @@ def _case(case: str, px: np.ndarray, fmt_pick: int, scale: float, offset: float,
         return _saved(Image.fromarray(cmyk, "CMYK"), "TIFF"), want, 1
     if case == "YCbCr":  # JFIF: the decoder of every JPEG
         y, cb, cr = (px[..., i].astype(np.float64) for i in range(3))
-        want = np.stack([y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128),
-                         y + 1.772 * (cb - 128)], -1).clip(0, 255)
+        want = np.stack(
+            [y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128), y + 1.772 * (cb - 128)], -1
+        ).clip(0, 255)
         return _saved(Image.fromarray(rgb, "YCbCr"), "TIFF"), want, 2
     if case == "LAB":  # ICC colour management (lcms), the reference for CIELAB
         img = Image.fromarray(rgb, "LAB")
@@ -133,15 +164,19 @@ def _case(case: str, px: np.ndarray, fmt_pick: int, scale: float, offset: float,
         return Image.fromarray(rgb, "HSV"), want, 2
     v16 = (px[..., 0].astype(np.uint32) * 256 + px[..., 1]).astype(np.uint16)  # full 16-bit values
     if case in ("I;16", "I;16B"):
-        img = (Image.fromarray(v16) if case == "I;16"  # Pillow's convert("I;16B") clips at 255: built from bytes
-               else Image.frombytes("I;16B", (w, h), v16.astype(">u2").tobytes()))
+        img = (
+            Image.fromarray(v16)
+            if case == "I;16"  # Pillow's convert("I;16B") clips at 255: built from bytes
+            else Image.frombytes("I;16B", (w, h), v16.astype(">u2").tobytes())
+        )
         return _saved(img, ["PNG", "TIFF"][fmt_pick % 2] if case == "I;16" else "TIFF"), _grey(v16 / 257.0), 1
     if case == "I;16-declared-in-PGM":  # a PGM of 16-bit samples, even if they are all small: the file says 16
         small = v16 >> (special % 16)
         return _saved(Image.fromarray(small.astype(np.uint16)), "PPM"), _grey(small / 257.0), 1
     if case == "I":  # a 32-bit container: the smallest of 8, 16 or 31 bits that holds the values
-        vals = [g.astype(np.int64), v16.astype(np.int64), v16.astype(np.int64) * 32768 + g,
-                g.astype(np.int64) - 128][special % 4]
+        vals = [g.astype(np.int64), v16.astype(np.int64), v16.astype(np.int64) * 32768 + g, g.astype(np.int64) - 128][
+            special % 4
+        ]
         img = _saved(Image.fromarray(vals.astype(np.int32)), "TIFF")
         if vals.min() < 0:
             return img, None, 0
@@ -149,8 +184,14 @@ def _case(case: str, px: np.ndarray, fmt_pick: int, scale: float, offset: float,
         return img, _grey(vals * (255 / full)), 1
     # F: floats of any range, NaN and infinities
     base = px[..., 0].astype(np.float64) / 255
-    vals = [base, np.round(base * 255), np.round(base * 65535), base * scale + offset,
-            np.where(px[..., 1] > 200, np.nan, base), np.where(px[..., 1] > 200, np.inf, base)][special % 6]
+    vals = [
+        base,
+        np.round(base * 255),
+        np.round(base * 65535),
+        base * scale + offset,
+        np.where(px[..., 1] > 200, np.nan, base),
+        np.where(px[..., 1] > 200, np.inf, base),
+    ][special % 6]
     vals = vals.astype(np.float32)
     img = _saved(Image.fromarray(vals), "TIFF")
     lo, hi = float(np.min(vals)), float(np.max(vals))
@@ -163,15 +204,24 @@ def _case(case: str, px: np.ndarray, fmt_pick: int, scale: float, offset: float,
     return img, None, 0
 
 
-@settings(max_examples=int(os.environ.get("MET_MODE_EXAMPLES", "60")), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(case=st.sampled_from(CASES),
-       px=st.integers(1, 9).flatmap(lambda h: st.integers(1, 9).flatmap(
-           lambda w: arrays(np.uint8, (h, w, 4), elements=st.integers(0, 255)))),
-       fmt_pick=st.integers(0, 3), scale=st.floats(0.001, 1e6), offset=st.floats(-1e3, 1e3),
-       special=st.integers(0, 1000))
-def test_every_mode_and_value_range_gives_its_8bit_rendering_or_one_sentence(case, px, fmt_pick, scale, offset,
-                                                                             special):
+@settings(
+    max_examples=int(os.environ.get("MET_MODE_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    case=st.sampled_from(CASES),
+    px=st.integers(1, 9).flatmap(
+        lambda h: st.integers(1, 9).flatmap(lambda w: arrays(np.uint8, (h, w, 4), elements=st.integers(0, 255)))
+    ),
+    fmt_pick=st.integers(0, 3),
+    scale=st.floats(0.001, 1e6),
+    offset=st.floats(-1e3, 1e3),
+    special=st.integers(0, 1000),
+)
+def test_every_mode_and_value_range_gives_its_8bit_rendering_or_one_sentence(
+    case, px, fmt_pick, scale, offset, special
+):
     src, want, tol = _case(case, px, fmt_pick, scale, offset, special)
     try:
         img = load_image(src, f"{case}.img") if isinstance(src, io.BytesIO) else to_rgb(src, f"{case}.img")

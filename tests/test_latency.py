@@ -1,4 +1,5 @@
 """The measured latency profile of the real early-exit path, and what it predicts."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,18 @@ from .conftest import CIFAR_TEST, run_cli
 @pytest.fixture(scope="module")
 def profile_file(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("lat") / "latency.json"
-    run_cli("profile", "--checkpoint", str(tiny_checkpoint), "--batch", "1,8,32", "--repeats", "3", "--out", str(out),
-            "--quiet")
+    run_cli(
+        "profile",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--batch",
+        "1,8,32",
+        "--repeats",
+        "3",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     return out
 
 
@@ -41,19 +52,43 @@ def test_prediction_follows_the_exit_shares(profile_file):
 
 
 def test_bench_exit_reports_each_batch_size_with_both_predictions(tiny_checkpoint, profile_file):
-    rows = json.loads(run_cli("bench-exit", "--checkpoint", str(tiny_checkpoint), "--dataset", str(CIFAR_TEST),
-                              "--limit", "32", "--batch", "1,8", "--repeats", "2", "--threshold", "0.2",
-                              "--profile", str(profile_file), "--json", "--quiet").stdout)
+    rows = json.loads(
+        run_cli(
+            "bench-exit",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--dataset",
+            str(CIFAR_TEST),
+            "--limit",
+            "32",
+            "--batch",
+            "1,8",
+            "--repeats",
+            "2",
+            "--threshold",
+            "0.2",
+            "--profile",
+            str(profile_file),
+            "--json",
+            "--quiet",
+        ).stdout
+    )
     assert [r["batch_size"] for r in rows] == [1, 8]
     for r in rows:
         assert r["measured_speedup"] > 0 and r["predicted_speedup"] >= 1 and r["profile"]["speedup"] >= 1
         assert r["profile"]["ms_per_image"] > 0 and r["measured_ms_per_image"] > 0
 
 
-@pytest.mark.parametrize("edit", [
-    lambda d: d.update(batch_sizes=[8, 1]), lambda d: d.update(stem_ms=[-1, 2, 3]), lambda d: d.pop("head_ms"),
-    lambda d: d.update(stage_ms=[[1e400] * 3] * 4), lambda d: d.update(format="x"),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.update(batch_sizes=[8, 1]),
+        lambda d: d.update(stem_ms=[-1, 2, 3]),
+        lambda d: d.pop("head_ms"),
+        lambda d: d.update(stage_ms=[[1e400] * 3] * 4),
+        lambda d: d.update(format="x"),
+    ],
+)
 def test_a_damaged_profile_is_one_sentence(edit, profile_file, tmp_path):
     data = json.loads(profile_file.read_text())
     edit(data)

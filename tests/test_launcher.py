@@ -2,6 +2,7 @@
 environment is one sentence within the rendezvous timeout (MET_RENDEZVOUS_TIMEOUT), checked before any
 rendezvous; a real two-process job still meets.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,18 @@ from met_core.errors import METError
 from .conftest import ROOT
 from .test_bounds import bounded, refused
 
-LAUNCHER = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-            "TORCHELASTIC_RUN_ID", "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_RESTART_COUNT")
+LAUNCHER = (
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_USE_AGENT_STORE",
+    "TORCHELASTIC_RESTART_COUNT",
+)
 TIMEOUT_S = 1.0  # the rendezvous timeout these tests run with
 REACHED: list[bool] = []  # property examples that got as far as the rendezvous
 
@@ -34,28 +45,56 @@ def free_port() -> int:
 
 
 def test_the_issue_example_a_leftover_world_size_without_peers_is_one_sentence_within_the_timeout(tmp_path):
-    env = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "MET_RENDEZVOUS_TIMEOUT": "2"}
-    proc = bounded("trace", "--checkpoint", str(ROOT / "checkpoints" / "hymenoptera-met"), "--device", "cpu",
-                   "--out", str(tmp_path / "t.npz"), env=env)
-    line = refused(proc, "WORLD_SIZE=2", "not all 2 processes met", "within 2 s", "MET_RENDEZVOUS_TIMEOUT",
-                   "torchrun", "unset WORLD_SIZE")
+    env = {
+        "WORLD_SIZE": "2",
+        "RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "MET_RENDEZVOUS_TIMEOUT": "2",
+    }
+    proc = bounded(
+        "trace",
+        "--checkpoint",
+        str(ROOT / "checkpoints" / "hymenoptera-met"),
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "t.npz"),
+        env=env,
+    )
+    line = refused(
+        proc,
+        "WORLD_SIZE=2",
+        "not all 2 processes met",
+        "within 2 s",
+        "MET_RENDEZVOUS_TIMEOUT",
+        "torchrun",
+        "unset WORLD_SIZE",
+    )
     assert not (tmp_path / "t.npz").exists(), line
 
 
-@pytest.mark.parametrize("env,words", [
-    ({"RANK": "3"}, "RANK=3 is set but WORLD_SIZE is unset"),
-    ({"WORLD_SIZE": "1", "LOCAL_RANK": "1"}, "LOCAL_RANK=1 is set but WORLD_SIZE is 1"),
-    ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be at least 1"),
-    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
-    ({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}, "RANK is unset"),
-    ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}, "RANK=2 must be between"),
-    ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_PORT": "29500"}, "MASTER_ADDR is unset"),
-    ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1"}, "MASTER_PORT is unset"),
-    ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "70000"}, "MASTER_PORT=70000"),
-    ({"WORLD_SIZE": "4", "RANK": "1", "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "h", "MASTER_PORT": "1"},
-     "LOCAL_WORLD_SIZE=8 must be between 1 and 4"),
-])
+@pytest.mark.parametrize(
+    "env,words",
+    [
+        ({"RANK": "3"}, "RANK=3 is set but WORLD_SIZE is unset"),
+        ({"WORLD_SIZE": "1", "LOCAL_RANK": "1"}, "LOCAL_RANK=1 is set but WORLD_SIZE is 1"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be at least 1"),
+        ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
+        ({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}, "RANK is unset"),
+        (
+            {"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},
+            "RANK=2 must be between",
+        ),
+        ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_PORT": "29500"}, "MASTER_ADDR is unset"),
+        ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1"}, "MASTER_PORT is unset"),
+        ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "70000"}, "MASTER_PORT=70000"),
+        (
+            {"WORLD_SIZE": "4", "RANK": "1", "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "h", "MASTER_PORT": "1"},
+            "LOCAL_WORLD_SIZE=8 must be between 1 and 4",
+        ),
+    ],
+)
 def test_inconsistent_launcher_variables_are_refused_before_any_rendezvous(env, words, monkeypatch):
     for name in LAUNCHER:
         monkeypatch.delenv(name, raising=False)
@@ -69,6 +108,7 @@ def test_inconsistent_launcher_variables_are_refused_before_any_rendezvous(env, 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon", "1e9"])
 def test_a_bad_rendezvous_timeout_is_one_sentence(value, monkeypatch):
     from met_core.engine.distributed import rendezvous_timeout
+
     monkeypatch.setenv("MET_RENDEZVOUS_TIMEOUT", value)
     with pytest.raises(METError, match="MET_RENDEZVOUS_TIMEOUT"):
         rendezvous_timeout()
@@ -89,9 +129,12 @@ VALUES = {
 
 
 # a complete multi-process environment (the issue's example and its relatives), which reaches the rendezvous
-COMPLETE = {"WORLD_SIZE": st.sampled_from(["2", "3"]), "RANK": st.sampled_from(["0", "1"]),
-            "MASTER_ADDR": st.sampled_from(["127.0.0.1", "localhost", "nonexistent.invalid"]),
-            "MASTER_PORT": st.just("free")}
+COMPLETE = {
+    "WORLD_SIZE": st.sampled_from(["2", "3"]),
+    "RANK": st.sampled_from(["0", "1"]),
+    "MASTER_ADDR": st.sampled_from(["127.0.0.1", "localhost", "nonexistent.invalid"]),
+    "MASTER_PORT": st.just("free"),
+}
 EXTRA = {k: v for k, v in VALUES.items() if k.startswith(("TORCHELASTIC", "LOCAL", "GROUP"))}
 
 
@@ -102,8 +145,9 @@ def test_any_subset_of_launcher_variables_is_answered_within_the_timeout(env):
     store's connection retries), never a hang. Half the examples are complete environments that reach the
     rendezvous. Run in a thread so that a hang fails the test instead of freezing the suite."""
     saved = {name: os.environ.pop(name, None) for name in (*LAUNCHER, "MET_RENDEZVOUS_TIMEOUT")}
-    os.environ.update({k: (str(free_port()) if v == "free" else v) for k, v in env.items()},
-                      MET_RENDEZVOUS_TIMEOUT=str(TIMEOUT_S))
+    os.environ.update(
+        {k: (str(free_port()) if v == "free" else v) for k, v in env.items()}, MET_RENDEZVOUS_TIMEOUT=str(TIMEOUT_S)
+    )
     result: list = []
 
     def attempt() -> None:
@@ -152,13 +196,30 @@ shutdown(ctx)
 
 def test_two_processes_still_meet_when_one_starts_late():
     port = str(free_port())
-    base = {**os.environ, "PYTHONPATH": str(ROOT), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port, "MET_RENDEZVOUS_TIMEOUT": "120", "OMP_NUM_THREADS": "1"}
-    late = subprocess.Popen([sys.executable, "-c", SCRIPT], env={**base, "RANK": "1", "LOCAL_RANK": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": port,
+        "MET_RENDEZVOUS_TIMEOUT": "120",
+        "OMP_NUM_THREADS": "1",
+    }
+    late = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT],
+        env={**base, "RANK": "1", "LOCAL_RANK": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(2)  # rank 1 waits for rank 0's store
-    first = subprocess.run([sys.executable, "-c", SCRIPT], env={**base, "RANK": "0", "LOCAL_RANK": "0"},
-                           capture_output=True, text=True, timeout=600)
+    first = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env={**base, "RANK": "0", "LOCAL_RANK": "0"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out, err = late.communicate(timeout=600)
     assert first.returncode == 0 and late.returncode == 0, (first.stderr[-1500:], err[-1500:])
     assert first.stdout.split() == ["0", "2", "3"] and out.split() == ["1", "2", "3"]

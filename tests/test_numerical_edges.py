@@ -2,6 +2,7 @@
 the what-if, the PyTorch early exit and the ONNX runner; the fewest calibration images that certify; patience
 thresholds that are whole counts 1..K.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,6 +37,7 @@ def shipped() -> tuple:
 
 
 # --- (a) threshold 1.0 ----------------------------------------------------------------------------------
+
 
 @needs_shipped
 def test_threshold_one_sends_out_early_only_the_images_whose_float64_probability_is_one(shipped):
@@ -76,8 +78,10 @@ def _confident_model() -> tuple[METModel, torch.Tensor]:
     """A tiny ViT whose first exit answers class 0 with a logit margin of 30: float32 rounds that probability to
     exactly 1.0, float64 to 1 - 8e-13; the later exits are unsure."""
     torch.manual_seed(0)
-    model = METModel(tiny_vit(depth=4), METConfig(img_size=32, exits=[1, 2, 3, 4], num_classes=10,
-                                                       class_names=[str(c) for c in range(10)])).eval()
+    model = METModel(
+        tiny_vit(depth=4),
+        METConfig(img_size=32, exits=[1, 2, 3, 4], num_classes=10, class_names=[str(c) for c in range(10)]),
+    ).eval()
     with torch.no_grad():
         for k, head in enumerate(model.heads):
             head.weight.zero_()
@@ -108,6 +112,7 @@ def test_onnx_runner_at_threshold_one_does_not_saturate(tmp_path):
 
 # --- (b) the fewest calibration images ------------------------------------------------------------------
 
+
 def first_certifying(harm_rate: float, max_loss: float, delta: float, upto: int) -> int | None:
     n = np.arange(1, upto + 1)
     ok = np.flatnonzero(binom.cdf(np.floor(harm_rate * n), n, max_loss) <= delta)
@@ -122,8 +127,12 @@ def test_images_needed_is_the_fewest_for_the_issue_example():
 
 
 @settings(max_examples=40, deadline=None)
-@given(harm=st.integers(0, 40), per=st.integers(50, 2000), loss=st.sampled_from([0.01, 0.02, 0.05, 0.1]),
-       delta=st.sampled_from([0.05, 0.1, 0.2]))
+@given(
+    harm=st.integers(0, 40),
+    per=st.integers(50, 2000),
+    loss=st.sampled_from([0.01, 0.02, 0.05, 0.1]),
+    delta=st.sampled_from([0.05, 0.1, 0.2]),
+)
 def test_images_needed_is_the_first_n_that_certifies(harm, per, loss, delta):
     rate = harm / per
     if rate >= loss:
@@ -134,6 +143,7 @@ def test_images_needed_is_the_first_n_that_certifies(harm, per, loss, delta):
 
 
 # --- (c) patience counts ---------------------------------------------------------------------------------
+
 
 @needs_shipped
 @pytest.mark.parametrize("bad", [0.5, 0.0, -3.0, 2.5, 5.0])
@@ -151,4 +161,5 @@ def test_patience_below_one_is_refused_by_the_cli_in_one_sentence():
     proc = run_cli("whatif", "--trace", str(TRACE), "--policy", "patience", "--threshold", "0.5", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: patience thresholds are counts of agreeing exits: whole numbers from 1 to 4 for this 4-exit model "
-        "(4: never leave early), got 0.5."]
+        "(4: never leave early), got 0.5."
+    ]

@@ -1,5 +1,6 @@
 """The out-of-distribution caution (met_core/analysis/ood.py): its false-alarm rate on in-distribution test images is
 the stated one within its interval, photos of another kind are flagged, and a damaged reference file is one sentence."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,8 +33,10 @@ def test_photos_of_ants_and_bees_given_to_the_cifar10_model_are_flagged_while_it
 
     model = load_checkpoint(CK)[0]
     rule = load_ood(CK / OOD_FILE)
-    photos = sorted((HYMENOPTERA / "val" / "ants").glob("*.jpg"))[:8] + sorted(
-        (HYMENOPTERA / "val" / "bees").glob("*.jpg"))[:8]
+    photos = (
+        sorted((HYMENOPTERA / "val" / "ants").glob("*.jpg"))[:8]
+        + sorted((HYMENOPTERA / "val" / "bees").glob("*.jpg"))[:8]
+    )
     scores = score_images(model, rule, [(p.name, p) for p in photos])
     assert all(s is not None and s > rule.threshold for s in scores), scores
     confident = [p.confidence for p in predict_files(model, photos, 0.0)]  # the softmax alone would not flag them
@@ -59,8 +62,11 @@ def test_too_few_calibration_images_and_damaged_files_are_one_sentence(tmp_path)
     assert load_ood(tmp_path / "ok.npz").threshold == pytest.approx(rule.threshold)
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not a zip")
     np.savez(tmp_path / "pickled.npz", reference=np.array([{"a": 1}], dtype=object), header=np.array("{}"))
-    np.savez(tmp_path / "nan.npz", reference=np.full((4, 8), np.nan),
-             header=np.array('{"format": "met-ood/1", "threshold": 0.1, "k": 2, "false_alarm": 0.1, "exit": 0}'))
+    np.savez(
+        tmp_path / "nan.npz",
+        reference=np.full((4, 8), np.nan),
+        header=np.array('{"format": "met-ood/1", "threshold": 0.1, "k": 2, "false_alarm": 0.1, "exit": 0}'),
+    )
     for bad in ("junk.npz", "pickled.npz", "nan.npz", "missing.npz"):
         with pytest.raises(METError) as e:
             load_ood(tmp_path / bad)

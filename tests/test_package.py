@@ -1,4 +1,5 @@
 """The package: the `met` command, registries that carry their metadata, the exit-rule file, the model card."""
+
 from __future__ import annotations
 
 import json
@@ -27,17 +28,34 @@ def test_met_console_script_is_the_cli():
     assert MET.is_file(), "pip install -r requirements.txt (or pip install -e .) installs the met command"
     version = subprocess.run([str(MET), "--version"], capture_output=True, text=True, check=True).stdout
     assert version.strip() == f"met_core {__version__}"
-    helps = [subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout
-             for cmd in ([str(MET), "whatif", "--help"], [sys.executable, "-m", "met_core", "whatif", "--help"])]
+    helps = [
+        subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout
+        for cmd in ([str(MET), "whatif", "--help"], [sys.executable, "-m", "met_core", "whatif", "--help"])
+    ]
     assert "--rule FILE" in helps[0] and helps[0].split("\n", 1)[1] == helps[1].split("\n", 1)[1]
 
 
 @pytest.fixture(scope="module")
 def real_arrays(tiny_checkpoint, tmp_path_factory) -> tuple[Path, TraceArrays]:
     out = tmp_path_factory.mktemp("trace") / "t.npz"
-    run_cli("trace", "--checkpoint", str(tiny_checkpoint), "--dataset", str(CIFAR_TEST), "--out", str(out),
-            "--limit", "200", "--features", "0", "--quiet", "--workers", "0")
+    run_cli(
+        "trace",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--dataset",
+        str(CIFAR_TEST),
+        "--out",
+        str(out),
+        "--limit",
+        "200",
+        "--features",
+        "0",
+        "--quiet",
+        "--workers",
+        "0",
+    )
     from met_core.io.traces import load_trace
+
     return out, TraceArrays.from_trace(load_trace(out))
 
 
@@ -69,9 +87,32 @@ def test_backbone_entries_know_their_preprocessing(name):
 
 def test_train_records_the_backbones_own_preprocessing(tmp_path):
     out = tmp_path / "vit"
-    run_cli("train", "--backbone", "vit_base_patch16_224.augreg_in21k", "--weights", "none", "--img-size", "32",
-            "--dataset", str(HYMENOPTERA / "val"), "--per-class", "4", "--val-fraction", "0.5", "--epochs", "1",
-            "--exits", "6,12", "--batch-size", "4", "--out", str(out), "--quiet", "--workers", "0")
+    run_cli(
+        "train",
+        "--backbone",
+        "vit_base_patch16_224.augreg_in21k",
+        "--weights",
+        "none",
+        "--img-size",
+        "32",
+        "--dataset",
+        str(HYMENOPTERA / "val"),
+        "--per-class",
+        "4",
+        "--val-fraction",
+        "0.5",
+        "--epochs",
+        "1",
+        "--exits",
+        "6,12",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+        "--quiet",
+        "--workers",
+        "0",
+    )
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["mean"] == [0.5, 0.5, 0.5] == cfg["preprocessing"]["mean"]  # timm's, not ImageNet's
     assert cfg["preprocessing"]["interpolation"] == "bicubic" and cfg["runtime"]["device"] == "cpu"
@@ -80,6 +121,7 @@ def test_train_records_the_backbones_own_preprocessing(tmp_path):
 def test_exit_rule_round_trip_and_cli(real_arrays, tmp_path):
     trace_path, arrays = real_arrays
     from met_core.io.traces import load_trace
+
     sha = load_trace(trace_path).meta["checkpoint_sha256"]
     rule = ExitRule("entropy", [0.2, 0.4, 0.6, None], "cifar-tiny", sha)
     f = tmp_path / "rule.json"

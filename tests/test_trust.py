@@ -1,6 +1,7 @@
 """Thresholds you can trust: intervals that cover, certified rules that keep their promise, the spread of a
 validation-chosen rule, per-exit calibration and temperatures. On the shipped 10,000-image CIFAR-10 trace,
 used here only as an exchangeable pool to test the methods."""
+
 from __future__ import annotations
 
 import json
@@ -89,30 +90,63 @@ def test_temperatures_fitted_on_one_trace_lower_the_ece_on_another_and_keep_ever
     assert all(a < b for a, b in zip(after, before)), (before, after)
     assert (test.probs(temps).argmax(-1) == test.probs().argmax(-1)).all()
     out = tmp_path / "temperatures.json"
-    run_cli("reliability", "--trace", str(CK / "test_trace.npz"), "--fit-on", str(CK / "val_trace.npz"),
-            "--out", str(out))
+    run_cli(
+        "reliability", "--trace", str(CK / "test_trace.npz"), "--fit-on", str(CK / "val_trace.npz"), "--out", str(out)
+    )
     t = read_temperatures(out, 4, test.meta["checkpoint_sha256"])
     np.testing.assert_allclose(t.temperatures, temps, rtol=1e-6)
-    r = json.loads(run_cli("whatif", "--trace", str(CK / "test_trace.npz"), "--temperatures", str(out),
-                           "--intervals", "--json").stdout)
+    r = json.loads(
+        run_cli(
+            "whatif", "--trace", str(CK / "test_trace.npz"), "--temperatures", str(out), "--intervals", "--json"
+        ).stdout
+    )
     assert r["accuracy"] == whatif(TraceArrays.from_trace(test, temps), 0.8).accuracy
     assert r["intervals"]["accuracy"][0] < r["accuracy"] < r["intervals"]["accuracy"][1]
 
 
 def test_cli_certified_calibration_and_spread():
-    out = json.loads(run_cli("calibrate", "--trace", str(CK / "test_trace.npz"), "--max-loss", "0.01", "--delta",
-                             "0.1", "--json").stdout)
+    out = json.loads(
+        run_cli(
+            "calibrate", "--trace", str(CK / "test_trace.npz"), "--max-loss", "0.01", "--delta", "0.1", "--json"
+        ).stdout
+    )
     c = out["certified"]
     assert c["thresholds"] is not None and c["calibration_images"] == 10_000 and c["p_value"] <= 0.1
-    sp = json.loads(run_cli("calibrate", "--trace", str(CK / "val_trace.npz"), "--apply", str(CK / "test_trace.npz"),
-                            "--budget", "0.6", "--spread", "30", "--json").stdout)["selection_spread"]
+    sp = json.loads(
+        run_cli(
+            "calibrate",
+            "--trace",
+            str(CK / "val_trace.npz"),
+            "--apply",
+            str(CK / "test_trace.npz"),
+            "--budget",
+            "0.6",
+            "--spread",
+            "30",
+            "--json",
+        ).stdout
+    )["selection_spread"]
     assert sp["accuracy"][0] <= sp["accuracy"][1] <= sp["accuracy"][2] and sp["validation_images"] == 200
 
 
 def test_holdout_trace_draws_only_images_the_checkpoint_never_saw(tiny_checkpoint, tmp_path):
     out = tmp_path / "cal.npz"
-    run_cli("trace", "--checkpoint", str(tiny_checkpoint), "--split", "holdout", "--holdout", "60", "--features",
-            "0", "--out", str(out), "--quiet", "--workers", "0")
+    run_cli(
+        "trace",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--split",
+        "holdout",
+        "--holdout",
+        "60",
+        "--features",
+        "0",
+        "--out",
+        str(out),
+        "--quiet",
+        "--workers",
+        "0",
+    )
     t = load_trace(out)
     data = json.loads((tiny_checkpoint / "config.json").read_text())["data"]
     assert len(t.ids) == 60 and not set(t.ids) & set(data["train_ids"] + data["val_ids"])

@@ -1,6 +1,7 @@
 """The app's typed view (met_core/app/view.py): every valid view survives its link, hostile links are one sentence
 each, and a generated view rendered in one session, sent as its link to a fresh session, shows the same numbers
 there."""
+
 from __future__ import annotations
 
 import html
@@ -31,8 +32,10 @@ from met_core.io.traces import load_trace
 from .conftest import ROOT
 
 CKPT = ROOT / "checkpoints"
-pytestmark = pytest.mark.skipif(not (CKPT / "cifar10-met" / "test_trace.npz").is_file(),
-                                reason="shipped checkpoints missing: run bench/rebuild_checkpoints.py")
+pytestmark = pytest.mark.skipif(
+    not (CKPT / "cifar10-met" / "test_trace.npz").is_file(),
+    reason="shipped checkpoints missing: run bench/rebuild_checkpoints.py",
+)
 # models traced on the same test images with features (what Representations can compare)
 FEATURED = ("cifar10-met-nogr", "cifar10-met-strong-gr")
 
@@ -40,9 +43,17 @@ FEATURED = ("cifar10-met-nogr", "cifar10-met-strong-gr")
 def cifar_context() -> Context:
     t = load_trace(CKPT / "cifar10-met" / "test_trace.npz")
     models = ("cifar10-met", "cifar10-met-nogr", "cifar10-met-strong-gr", "hymenoptera-met")
-    return Context(model="cifar10-met", models=models, num_exits=t.num_exits, class_names=tuple(t.class_names),
-                   ids=tuple(str(i) for i in t.ids), batch_sizes=(1, 8, 64, 256), certifiable=True,
-                   comparable=models[1:3], twin="cifar10-met-nogr")
+    return Context(
+        model="cifar10-met",
+        models=models,
+        num_exits=t.num_exits,
+        class_names=tuple(t.class_names),
+        ids=tuple(str(i) for i in t.ids),
+        batch_sizes=(1, 8, 64, 256),
+        certifiable=True,
+        comparable=models[1:3],
+        twin="cifar10-met-nogr",
+    )
 
 
 CTX = cifar_context() if (CKPT / "cifar10-met" / "test_trace.npz").is_file() else None
@@ -85,15 +96,30 @@ def views(draw, rows_from: tuple[int, ...] = ()) -> View:
         per_exit=tuple(draw(thresholds(policy, k)) for _ in range(k - 1)),
         cert_loss=draw(st.floats(0.1, 20.0)),
         cert_delta=draw(st.floats(0.01, 0.5)),
-        whatif=WhatIfView(cost=draw(st.sampled_from(list(COSTS))), batch=draw(st.sampled_from([None, 1, 64, 256])),
-                          reliability=draw(st.booleans()), confusion=draw(st.booleans()), cell=draw(cell)),
-        samples=SamplesView(exits=draw(subset(range(1, k + 1))), verdict=draw(st.sampled_from(VERDICTS)),
-                            classes=tuple(draw(st.lists(st.sampled_from(ctx.class_names), max_size=5, unique=True))),
-                            cell=draw(cell), rows=draw(rows), sort=draw(st.sampled_from(list(SORTS))),
-                            page=draw(st.integers(1, 3)), sample=draw(image)),
+        whatif=WhatIfView(
+            cost=draw(st.sampled_from(list(COSTS))),
+            batch=draw(st.sampled_from([None, 1, 64, 256])),
+            reliability=draw(st.booleans()),
+            confusion=draw(st.booleans()),
+            cell=draw(cell),
+        ),
+        samples=SamplesView(
+            exits=draw(subset(range(1, k + 1))),
+            verdict=draw(st.sampled_from(VERDICTS)),
+            classes=tuple(draw(st.lists(st.sampled_from(ctx.class_names), max_size=5, unique=True))),
+            cell=draw(cell),
+            rows=draw(rows),
+            sort=draw(st.sampled_from(list(SORTS))),
+            page=draw(st.integers(1, 3)),
+            sample=draw(image),
+        ),
         journey=JourneyView(image=draw(image), step=draw(st.integers(1, k))),
-        representations=RepresentationsView(exit=draw(st.integers(0, k - 1)), colour=draw(st.sampled_from(COLOURS)),
-                                            compare=draw(st.sampled_from([None, *FEATURED])), rows=draw(rows)),
+        representations=RepresentationsView(
+            exit=draw(st.integers(0, k - 1)),
+            colour=draw(st.sampled_from(COLOURS)),
+            compare=draw(st.sampled_from([None, *FEATURED])),
+            rows=draw(rows),
+        ),
     )
 
 
@@ -125,20 +151,23 @@ def test_switching_policy_and_back_restores_the_thresholds():
     assert (v.threshold, v.per_exit) == (0.55, (0.5, 0.6, 0.7))
 
 
-@pytest.mark.parametrize("query,dropped", [
-    ({"t": "0.0"}, []),  # a threshold of 0 is a threshold, not 'unset'
-    ({"t": "abc"}, ["t"]),
-    ({"te": "0.5,0.5"}, ["te"]),  # 2 values for 4 exits
-    ({"policy": "patience", "t": "1.5"}, ["t"]),  # patience counts whole exits
-    ({"sample": "../../etc/passwd"}, ["sample"]),
-    ({"rows": "5-3"}, ["rows"]),
-    ({"rows": "9999-10000"}, ["rows"]),
-    ({"rows": "1," * 5000}, ["rows"]),
-    ({"cell": "cat"}, ["cell"]),
-    ({"compare": "hymenoptera-met"}, ["compare"]),  # other classes: nothing to compare
-    ({"batch": "3"}, ["batch"]),
-    ({"mode": "per-exit", "t": "0.7"}, []),
-])
+@pytest.mark.parametrize(
+    "query,dropped",
+    [
+        ({"t": "0.0"}, []),  # a threshold of 0 is a threshold, not 'unset'
+        ({"t": "abc"}, ["t"]),
+        ({"te": "0.5,0.5"}, ["te"]),  # 2 values for 4 exits
+        ({"policy": "patience", "t": "1.5"}, ["t"]),  # patience counts whole exits
+        ({"sample": "../../etc/passwd"}, ["sample"]),
+        ({"rows": "5-3"}, ["rows"]),
+        ({"rows": "9999-10000"}, ["rows"]),
+        ({"rows": "1," * 5000}, ["rows"]),
+        ({"cell": "cat"}, ["cell"]),
+        ({"compare": "hymenoptera-met"}, ["compare"]),  # other classes: nothing to compare
+        ({"batch": "3"}, ["batch"]),
+        ({"mode": "per-exit", "t": "0.7"}, []),
+    ],
+)
 def test_a_hostile_or_odd_link_drops_only_its_bad_parameters(query, dropped):
     v, problems = read_link({"model": "cifar10-met", **query}, contexts)
     assert [p.split("'s ")[1].split(" ")[0] for p in problems] == dropped, problems
@@ -175,8 +204,12 @@ def render(at: AppTest) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-@settings(max_examples=5, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: slow
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=5,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: slow
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(views(rows_from=FEATURE_ROWS))
 def test_a_rendered_view_sent_as_a_link_opens_the_same_view_and_numbers(v):
     from met_core.app.session import KEY, Session

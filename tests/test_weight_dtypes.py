@@ -4,6 +4,7 @@ The example: a backbone `--weights` file stored in bfloat16 (the usual format of
 `TypeError: Got unsupported ScalarType BFloat16` while hashing. bf16 weights must give the fp32 weights'
 logits within bf16 rounding, and train.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,10 @@ def _images(n: int = 4, size: int = 56) -> torch.Tensor:
     from met_core.io.images import load_image
 
     tf = make_transform(size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    files = sorted((HYMENOPTERA / "val" / "bees").glob("*.jpg"))[:n // 2] + sorted(
-        (HYMENOPTERA / "val" / "ants").glob("*.jpg"))[:n - n // 2]
+    files = (
+        sorted((HYMENOPTERA / "val" / "bees").glob("*.jpg"))[: n // 2]
+        + sorted((HYMENOPTERA / "val" / "ants").glob("*.jpg"))[: n - n // 2]
+    )
     return torch.stack([tf(load_image(f)) for f in files])
 
 
@@ -66,9 +69,26 @@ def test_bf16_backbone_weights_give_the_fp32_logits_within_bf16_rounding_and_tra
 
     # a tiny training run on the bf16 file, and the checkpoint it writes loads with that file only
     out = tmp_path / "ckpt"
-    run_cli("train", "--dataset", str(HYMENOPTERA / "train"), "--weights", str(bf16_file), "--per-class", "2",
-            "--val-fraction", "0.5", "--img-size", "28", "--epochs", "1", "--batch-size", "2", "--out", str(out),
-            "--quiet")
+    run_cli(
+        "train",
+        "--dataset",
+        str(HYMENOPTERA / "train"),
+        "--weights",
+        str(bf16_file),
+        "--per-class",
+        "2",
+        "--val-fraction",
+        "0.5",
+        "--img-size",
+        "28",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     model, cfg_dict = load_checkpoint(out, weights=str(bf16_file))
     assert cfg_dict["model"]["weights_sha256"] == read_weights(bf16_file)[1]
     with pytest.raises(METError, match="trained on other backbone weights"):
@@ -81,8 +101,10 @@ def test_a_checkpoint_stored_in_bf16_answers_like_its_fp32_original_and_int8_is_
     for dtype in (torch.bfloat16, torch.int8):
         ck = tmp_path / str(dtype).split(".")[1]
         shutil.copytree(HYM, ck, ignore=shutil.ignore_patterns("*.npz"))
-        save_file({k: v.to(dtype) for k, v in load_file(str(HYM / "model.safetensors")).items()},
-                  str(ck / "model.safetensors"))
+        save_file(
+            {k: v.to(dtype) for k, v in load_file(str(HYM / "model.safetensors")).items()},
+            str(ck / "model.safetensors"),
+        )
         if dtype == torch.int8:
             with pytest.raises(METError) as e:
                 load_checkpoint(ck)
@@ -95,20 +117,43 @@ def test_a_checkpoint_stored_in_bf16_answers_like_its_fp32_original_and_int8_is_
         assert torch.equal(a.argmax(-1), b.argmax(-1)) and (a.softmax(-1) - b.softmax(-1)).abs().max() < 0.02
 
 
-DTYPES = [d for d in (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn,
-                      torch.float8_e5m2, getattr(torch, "float8_e4m3fnuz", None),
-                      getattr(torch, "float8_e5m2fnuz", None), getattr(torch, "float8_e8m0fnu", None),
-                      torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool, torch.complex64)
-          if d is not None]
+DTYPES = [
+    d
+    for d in (
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float8_e4m3fn,
+        torch.float8_e5m2,
+        getattr(torch, "float8_e4m3fnuz", None),
+        getattr(torch, "float8_e5m2fnuz", None),
+        getattr(torch, "float8_e8m0fnu", None),
+        torch.int8,
+        torch.uint8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+        torch.complex64,
+    )
+    if d is not None
+]
 
 
-@settings(max_examples=int(os.environ.get("MET_DTYPE_EXAMPLES", "60")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(dtypes=st.lists(st.sampled_from(DTYPES), min_size=1, max_size=4),
-       shapes=st.lists(st.lists(st.integers(0, 5), max_size=3), min_size=4, max_size=4),
-       seed=st.integers(0, 2**31 - 1))
-def test_safetensors_of_every_floating_dtype_load_as_float32_or_refuse_in_one_sentence(dtypes, shapes, seed,
-                                                                                      tmp_path_factory):
+@settings(
+    max_examples=int(os.environ.get("MET_DTYPE_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    dtypes=st.lists(st.sampled_from(DTYPES), min_size=1, max_size=4),
+    shapes=st.lists(st.lists(st.integers(0, 5), max_size=3), min_size=4, max_size=4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_safetensors_of_every_floating_dtype_load_as_float32_or_refuse_in_one_sentence(
+    dtypes, shapes, seed, tmp_path_factory
+):
     rng = np.random.default_rng(seed)
     state = {}
     for i, d in enumerate(dtypes):
@@ -123,8 +168,10 @@ def test_safetensors_of_every_floating_dtype_load_as_float32_or_refuse_in_one_se
         msg = str(e)
         assert bad, msg
         assert "\n" not in msg and msg.endswith(".") and "not a floating-point type" in msg
-        assert any(f" as {torch_name} (" in msg for torch_name in ("int8", "uint8", "int16", "int32", "int64", "bool",
-                                                                  "complex64")), msg
+        assert any(
+            f" as {torch_name} (" in msg
+            for torch_name in ("int8", "uint8", "int16", "int32", "int64", "bool", "complex64")
+        ), msg
         return
     assert not bad
     assert digest == tensors_sha256(state) and len(digest) == 64  # hashed on the stored bytes

@@ -1,4 +1,5 @@
 """What-if and calibration: exact checks on a real trace, hypothesis properties on real and generated traces."""
+
 import json
 
 import numpy as np
@@ -26,16 +27,35 @@ from .conftest import CIFAR_TEST, ROOT, run_cli
 @pytest.fixture(scope="module")
 def real_trace(tiny_checkpoint, tmp_path_factory):
     path = tmp_path_factory.mktemp("trace") / "test.npz"
-    run_cli("trace", "--checkpoint", str(tiny_checkpoint), "--dataset", str(CIFAR_TEST), "--out", str(path),
-            "--limit", "300", "--features", "50", "--quiet")
+    run_cli(
+        "trace",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--dataset",
+        str(CIFAR_TEST),
+        "--out",
+        str(path),
+        "--limit",
+        "300",
+        "--features",
+        "50",
+        "--quiet",
+    )
     return path
 
 
 def synthetic(seed: int, n: int = 200, k: int = 4, c: int = 5) -> TraceArrays:
     rng = np.random.default_rng(seed)
     logits = rng.normal(size=(n, k, c)) * np.linspace(0.5, 3, k)[None, :, None]
-    t = Trace(logits.astype(np.float16), rng.integers(0, c, n), np.array([str(i) for i in range(n)]),
-              np.cumsum(rng.uniform(0.1, 1, k)), [str(i) for i in range(c)], np.zeros(0, int), np.zeros((k, 0, 8)))
+    t = Trace(
+        logits.astype(np.float16),
+        rng.integers(0, c, n),
+        np.array([str(i) for i in range(n)]),
+        np.cumsum(rng.uniform(0.1, 1, k)),
+        [str(i) for i in range(c)],
+        np.zeros(0, int),
+        np.zeros((k, 0, 8)),
+    )
     return TraceArrays.from_trace(t.validate())
 
 
@@ -58,8 +78,9 @@ def test_whatif_by_hand(real_trace):
 def test_whatif_cli_contract(real_trace):
     r = json.loads(run_cli("whatif", "--trace", str(real_trace), "--threshold", "0.5", "--json").stdout)
     assert {"accuracy", "gmacs", "speedup", "exit_fractions", "exit_accuracy", "thresholds"} <= set(r)
-    r2 = json.loads(run_cli("calibrate", "--trace", str(real_trace), "--apply", str(real_trace), "--budget", "0.5",
-                            "--json").stdout)
+    r2 = json.loads(
+        run_cli("calibrate", "--trace", str(real_trace), "--apply", str(real_trace), "--budget", "0.5", "--json").stdout
+    )
     assert {"accuracy", "gmacs", "speedup", "exit_fractions", "exit_accuracy", "thresholds"} <= set(r2)
     assert r2["gmacs"] <= 0.5 * r2["last_exit_gmacs"] + 1e-9  # same trace: the budget holds exactly
 
@@ -98,8 +119,11 @@ def test_rule_figures_are_whatif_for_many_rules_at_once(policy, monkeypatch):
     pol = POLICIES[policy]
     rng = np.random.default_rng(0)
     lo, hi = pol.ui_range(a.num_exits)
-    draw = (lambda m: np.round(rng.uniform(lo, hi, m)).tolist()) if pol.counts_exits else (
-        lambda m: rng.uniform(lo, hi, m).tolist())
+    draw = (
+        (lambda m: np.round(rng.uniform(lo, hi, m)).tolist())
+        if pol.counts_exits
+        else (lambda m: rng.uniform(lo, hi, m).tolist())
+    )
     rules = draw(5) + [draw(3) + [None] for _ in range(5)]
     monkeypatch.setattr("met_core.analysis.whatif._RULE_CHUNK", 3 * 10_000)  # three rules per chunk: chunks are joined
     fig = rule_figures(a, rules, policy)
@@ -135,8 +159,9 @@ def test_above_one_everything_takes_the_last_exit(a, t):
 
 
 @FAST
-@given(a=TRACES, t=st.lists(st.floats(0, 1), min_size=3, max_size=3),
-       policy=st.sampled_from(["max-softmax", "entropy"]))
+@given(
+    a=TRACES, t=st.lists(st.floats(0, 1), min_size=3, max_size=3), policy=st.sampled_from(["max-softmax", "entropy"])
+)
 def test_exit_shares_sum_to_one(a, t, policy):
     assert sum(whatif(a, t, policy).exit_fractions) == pytest.approx(1.0)
 

@@ -5,6 +5,7 @@ images leaves at each exit (share_k proportional to q^k, q swept: the MSDNet bud
 the single global thresholds at the score quantiles. From them: the accuracy-vs-GMACs sweep with its
 Pareto front, the best point within a cost budget, and the cheapest point within an accuracy loss.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,8 +53,14 @@ class Calibrated:
     measured: WhatIfResult
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.measured.to_dict(), "calibration_set": {
-            "accuracy": self.point.accuracy, "gmacs": self.point.gmacs, "source": self.point.source}}
+        return {
+            **self.measured.to_dict(),
+            "calibration_set": {
+                "accuracy": self.point.accuracy,
+                "gmacs": self.point.gmacs,
+                "source": self.point.source,
+            },
+        }
 
 
 def oriented_score(arrays: TraceArrays, policy: str, what: str) -> tuple[Policy, np.ndarray]:
@@ -104,15 +111,21 @@ def sweep(arrays: TraceArrays, policy: str = "max-softmax", n_q: int = 41, n_glo
     k = arrays.num_exits
     cands: list[tuple[list[float | None], str]] = []
     for q in np.concatenate([[0.0], np.logspace(-2, 2, n_q)]):
-        cands.append((thresholds_for_shares(arrays, geometric_shares(q, k) if q > 0 else np.eye(k)[0], policy),
-                      f"geometric q={q:.4g}"))
+        cands.append(
+            (
+                thresholds_for_shares(arrays, geometric_shares(q, k) if q > 0 else np.eye(k)[0], policy),
+                f"geometric q={q:.4g}",
+            )
+        )
     scores = arrays.score(pol)[:, :-1].ravel()  # empty for a one-exit model: nothing to threshold
     for t in np.unique(np.quantile(scores, np.linspace(0, 1, n_global))) if scores.size else []:
         cands.append(([float(t)] * (k - 1) + [None], f"global {t:.4g}"))
     cands.append(([pol.never] * (k - 1) + [None], "last exit only"))
     fig = rule_figures(arrays, [th for th, _ in cands], policy)
-    points = [OperatingPoint(th, float(a), float(g), f.tolist(), src)
-              for (th, src), a, g, f in zip(cands, fig.accuracy, fig.gmacs, fig.exit_fractions, strict=True)]
+    points = [
+        OperatingPoint(th, float(a), float(g), f.tolist(), src)
+        for (th, src), a, g, f in zip(cands, fig.accuracy, fig.gmacs, fig.exit_fractions, strict=True)
+    ]
     points.sort(key=lambda p: (p.gmacs, -p.accuracy))
     best = -1.0
     for p in points:
@@ -125,8 +138,10 @@ def sweep_applied(val: TraceArrays, test: TraceArrays, policy: str = "max-softma
     """Every candidate chosen on `val` with its validation figures and the same thresholds measured on `test`."""
     points = sweep(val, policy)
     fig = rule_figures(test, [p.thresholds for p in points], policy)
-    return [AppliedPoint(p.thresholds, p.source, p.pareto, p.accuracy, p.gmacs, float(a), float(g))
-            for p, a, g in zip(points, fig.accuracy, fig.gmacs, strict=True)]
+    return [
+        AppliedPoint(p.thresholds, p.source, p.pareto, p.accuracy, p.gmacs, float(a), float(g))
+        for p, a, g in zip(points, fig.accuracy, fig.gmacs, strict=True)
+    ]
 
 
 def calibrate_budget(val: TraceArrays, budget: float, policy: str = "max-softmax") -> OperatingPoint:
@@ -136,8 +151,10 @@ def calibrate_budget(val: TraceArrays, budget: float, policy: str = "max-softmax
     limit = budget * val.gmacs[-1]
     feasible = [p for p in sweep(val, policy) if p.gmacs <= limit + 1e-12]
     if not feasible:
-        raise METError(f"a budget of {budget:.0%} ({limit:.3f} GMACs) is below the first exit's cost "
-                       f"({val.gmacs[0]:.3f} GMACs, {val.gmacs[0] / val.gmacs[-1]:.0%}); raise it.")
+        raise METError(
+            f"a budget of {budget:.0%} ({limit:.3f} GMACs) is below the first exit's cost "
+            f"({val.gmacs[0]:.3f} GMACs, {val.gmacs[0] / val.gmacs[-1]:.0%}); raise it."
+        )
     return max(feasible, key=lambda p: (p.accuracy, -p.gmacs))
 
 

@@ -13,6 +13,7 @@ included, loses at most D against the last exit on new images from the same dist
 on bootstrap resamples of that trace and measured on the test trace each time: the spread of those test
 figures is how much the choice itself can move.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -107,8 +108,9 @@ def threshold_path(arrays: TraceArrays, policy: str, steps: int = 400) -> np.nda
     return q if pol.higher_is_confident else -q
 
 
-def certify_max_loss(cal: TraceArrays, max_loss: float, delta: float, policy: str = "max-softmax",
-                     steps: int = 400) -> CertifiedRule:
+def certify_max_loss(
+    cal: TraceArrays, max_loss: float, delta: float, policy: str = "max-softmax", steps: int = 400
+) -> CertifiedRule:
     """The cheapest global threshold certified to lose at most `max_loss` (a fraction) against the last exit,
     with probability at least 1 - delta over the calibration images (see the module docstring)."""
     if not 0 < max_loss < 1:
@@ -118,8 +120,9 @@ def certify_max_loss(cal: TraceArrays, max_loss: float, delta: float, policy: st
     pol = get_policy(policy)
     n, k = cal.pred.shape
     last_right = cal.correct[:, -1]
-    full = CertifiedRule(policy, max_loss, delta, n, None, 0, None, float(cal.gmacs[-1]),
-                         float(last_right.mean()), 0, None, "")
+    full = CertifiedRule(
+        policy, max_loss, delta, n, None, 0, None, float(cal.gmacs[-1]), float(last_right.mean()), 0, None, ""
+    )
     if k == 1:
         full.message = "the model has one exit: every image runs the whole network."
         return full
@@ -135,21 +138,37 @@ def certify_max_loss(cal: TraceArrays, max_loss: float, delta: float, policy: st
     if passed == 0:
         need = images_needed(harm[0] / n, max_loss, delta)
         full.tested, full.images_needed = 1, need
-        full.message = (f"no early exit can be certified on {n:,} images: the most cautious threshold (harm {harm[0]} "
-                        f"of {n}, p = {p[0]:.3f} > delta = {delta:g}) fails; "
-                        + (f"about {need:,} calibration images with the same harm rate would certify it."
-                           if need else f"at its observed harm rate ({100 * harm[0] / n:.2f} %) no number of images "
-                                        f"would certify a {100 * max_loss:g}-point loss: allow a larger loss."))
+        full.message = (
+            f"no early exit can be certified on {n:,} images: the most cautious threshold (harm {harm[0]} "
+            f"of {n}, p = {p[0]:.3f} > delta = {delta:g}) fails; "
+            + (
+                f"about {need:,} calibration images with the same harm rate would certify it."
+                if need
+                else f"at its observed harm rate ({100 * harm[0] / n:.2f} %) no number of images "
+                f"would certify a {100 * max_loss:g}-point loss: allow a larger loss."
+            )
+        )
         return full
     j = passed - 1
     t = float(path[j])
     r = whatif(cal, t, policy)
-    return CertifiedRule(policy, max_loss, delta, n, [t] * (k - 1) + [None], int(harm[j]), float(p[j]), r.gmacs,
-                         r.accuracy, int(min(passed + 1, len(path))), None,
-                         f"certified: with probability at least {1 - delta:.0%} over the {n:,} calibration images, "
-                         f"threshold {t:.4g} loses at most {100 * max_loss:g} "
-                         f"point{'' if 100 * max_loss == 1 else 's'} against the last exit on new "
-                         f"images from the same source ({r.gmacs / cal.gmacs[-1]:.0%} of its GMACs here).")
+    return CertifiedRule(
+        policy,
+        max_loss,
+        delta,
+        n,
+        [t] * (k - 1) + [None],
+        int(harm[j]),
+        float(p[j]),
+        r.gmacs,
+        r.accuracy,
+        int(min(passed + 1, len(path))),
+        None,
+        f"certified: with probability at least {1 - delta:.0%} over the {n:,} calibration images, "
+        f"threshold {t:.4g} loses at most {100 * max_loss:g} "
+        f"point{'' if 100 * max_loss == 1 else 's'} against the last exit on new "
+        f"images from the same source ({r.gmacs / cal.gmacs[-1]:.0%} of its GMACs here).",
+    )
 
 
 @dataclass
@@ -162,8 +181,14 @@ class Spread(Record):
     validation_images: int
 
 
-def selection_spread(val: TraceArrays, test: TraceArrays, choose: Callable[[TraceArrays], OperatingPoint],
-                     policy: str = "max-softmax", reps: int = 100, seed: int = 0) -> Spread:
+def selection_spread(
+    val: TraceArrays,
+    test: TraceArrays,
+    choose: Callable[[TraceArrays], OperatingPoint],
+    policy: str = "max-softmax",
+    reps: int = 100,
+    seed: int = 0,
+) -> Spread:
     """Choose again on `reps` bootstrap resamples of the validation trace, measure each choice on test."""
     rng = np.random.default_rng(seed)
     n = len(val.labels)

@@ -6,6 +6,7 @@ of the traces' sha256 digests and found again by any process (the shipped models
 keeps the kNN accuracy and silhouette of both feature sets (`geometry`), so a page that shows them needs neither
 scikit-learn (about a second to import) nor the features again.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,10 @@ def shared_rows(a: Trace, b: Trace) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         raise METError("the two traces are not of the same images; trace both models on the same dataset.")
     common, ia, ib = np.intersect1d(a.feature_index, b.feature_index, return_indices=True)
     if len(common) < MIN_SHARED:
-        raise METError(f"the two traces share fewer than {MIN_SHARED} feature samples; trace both with the same "
-                       "--features and --seed.")
+        raise METError(
+            f"the two traces share fewer than {MIN_SHARED} feature samples; trace both with the same "
+            "--features and --seed."
+        )
     return common, ia, ib
 
 
@@ -74,8 +77,13 @@ def _read(path: Path, rows: np.ndarray) -> tuple[np.ndarray, ...] | None:
             got = {k: z[k] for k in _ARRAYS}
     except (METError, OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
         return None
-    shapes = {"rows": rows.shape, "xy_lo": (len(rows), 2), "xy_hi": (len(rows), 2), "geometry_lo": (2,),
-              "geometry_hi": (2,)}
+    shapes = {
+        "rows": rows.shape,
+        "xy_lo": (len(rows), 2),
+        "xy_hi": (len(rows), 2),
+        "geometry_lo": (2,),
+        "geometry_hi": (2,),
+    }
     if not np.array_equal(got["rows"], rows) or any(got[k].shape != v for k, v in shapes.items()):
         return None
     out = tuple(got[k].astype(np.float64 if k.startswith("geometry") else np.float32) for k in _ARRAYS[1:])
@@ -88,13 +96,21 @@ def _write(path: Path, rows: np.ndarray, arrays: Sequence[np.ndarray], meta: dic
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
     lo, hi, geo_lo, geo_hi = arrays
     with os.fdopen(fd, "wb") as f:
-        np.savez(f, rows=rows, xy_lo=lo.astype(np.float32), xy_hi=hi.astype(np.float32), geometry_lo=geo_lo,
-                 geometry_hi=geo_hi, meta=json.dumps(meta))
+        np.savez(
+            f,
+            rows=rows,
+            xy_lo=lo.astype(np.float32),
+            xy_hi=hi.astype(np.float32),
+            geometry_lo=geo_lo,
+            geometry_hi=geo_hi,
+            meta=json.dumps(meta),
+        )
     os.replace(tmp, path)
 
 
-def aligned_pair(a: Trace, b: Trace, exit_index: int, digests: tuple[str, str], folders: Sequence[Path],
-                 write_to: Path | None) -> AlignedPair:
+def aligned_pair(
+    a: Trace, b: Trace, exit_index: int, digests: tuple[str, str], folders: Sequence[Path], write_to: Path | None
+) -> AlignedPair:
     """The aligned embedding of traces `a` and `b` at one exit, with both feature sets' kNN accuracy and silhouette
     on the shared rows: read from the first of `folders` that holds it, else fitted (aligned UMAP, seeded) and
     written to `write_to` (unless None).
@@ -107,8 +123,9 @@ def aligned_pair(a: Trace, b: Trace, exit_index: int, digests: tuple[str, str], 
     name, swapped = cache_name(*digests, exit_index)
 
     def pair(xy_a: np.ndarray, xy_b: np.ndarray, geo_a: np.ndarray, geo_b: np.ndarray, cached: bool) -> AlignedPair:
-        return AlignedPair(rows, xy_a, xy_b, cached, (float(geo_a[0]), float(geo_b[0])),
-                           (float(geo_a[1]), float(geo_b[1])))
+        return AlignedPair(
+            rows, xy_a, xy_b, cached, (float(geo_a[0]), float(geo_b[0])), (float(geo_a[1]), float(geo_b[1]))
+        )
 
     for folder in folders:
         got = _read(Path(folder) / name, rows)
@@ -120,8 +137,12 @@ def aligned_pair(a: Trace, b: Trace, exit_index: int, digests: tuple[str, str], 
     xy_a, xy_b = aligned_umap([fa, fb])
     geo_a, geo_b = _geometry(fa, a.labels[rows]), _geometry(fb, b.labels[rows])
     if write_to is not None:
-        meta = {"digests": sorted(digests), "exit": exit_index + 1, "method": "umap.AlignedUMAP, cosine, seed 0",
-                "geometry": "[10-NN accuracy, silhouette], cosine, scikit-learn"}
+        meta = {
+            "digests": sorted(digests),
+            "exit": exit_index + 1,
+            "method": "umap.AlignedUMAP, cosine, seed 0",
+            "geometry": "[10-NN accuracy, silhouette], cosine, scikit-learn",
+        }
         arrays = (xy_b, xy_a, geo_b, geo_a) if swapped else (xy_a, xy_b, geo_a, geo_b)
         _write(Path(write_to) / name, rows, arrays, meta)
     return pair(xy_a, xy_b, geo_a, geo_b, False)

@@ -4,6 +4,7 @@ The app's "Thresholds as JSON" button writes it; `whatif`, `predict`, `bench-exi
 (`--rule FILE`). It is untrusted input when it comes from elsewhere: read with a size bound and checked field by
 field, as the dataclass declares them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,7 @@ class ExitRule(TaggedFile):
 
     FORMAT = FORMAT
     policy: str = _f(REQUIRED, "The exit policy's name (met_core.analysis.policies).", max_len=64)
-    thresholds: list[float | None] = _f(REQUIRED, "One finite threshold per exit; null for the last "
-                                        "exit.", max_len=64)
+    thresholds: list[float | None] = _f(REQUIRED, "One finite threshold per exit; null for the last exit.", max_len=64)
     checkpoint: str = _f("", "The checkpoint's name in the app.", max_len=4096)
     checkpoint_sha256: str = _f("", "The checkpoint's hash (met_core.io.checkpoint.checkpoint_hash).", max_len=64)
     simulated: dict[str, Any] = _f({}, "What the what-if predicted for the rule (simulated, labelled so).")
@@ -39,12 +39,15 @@ class ExitRule(TaggedFile):
 
     def check_checkpoint(self, sha256: str, source: str = "the exit rule") -> None:
         if self.checkpoint_sha256 and self.checkpoint_sha256 != sha256:
-            raise METError(f"{source} was exported for another checkpoint ({self.checkpoint or 'unnamed'}, sha256 "
-                           f"{self.checkpoint_sha256[:12]}...); export thresholds for this model.")
+            raise METError(
+                f"{source} was exported for another checkpoint ({self.checkpoint or 'unnamed'}, sha256 "
+                f"{self.checkpoint_sha256[:12]}...); export thresholds for this model."
+            )
 
 
 def read_exit_rule(path: str | Path) -> ExitRule:
     """Read and check an exported exit rule (its fields as declared above); one sentence for anything wrong. Keys
     another version may add are ignored."""
-    return read_tagged_file(ExitRule, path, "an exit rule", "export the thresholds again", MAX_BYTES,
-                            ignore_unknown=True)
+    return read_tagged_file(
+        ExitRule, path, "an exit rule", "export the thresholds again", MAX_BYTES, ignore_unknown=True
+    )

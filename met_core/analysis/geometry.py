@@ -3,6 +3,7 @@
 Pure functions over (N, D) feature arrays: kNN accuracy (leave-one-out, cosine), silhouette (cosine),
 and an aligned UMAP of several feature sets of the same samples, so their pictures share one frame.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

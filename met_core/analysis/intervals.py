@@ -6,6 +6,7 @@ sample only through how many of its images leave at each exit, so their seeded b
 counts (a multinomial draw, the same as resampling the images and exact for these statistics) and takes
 the percentile interval: vectorised and cheap enough for every slider move.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,9 +15,11 @@ import numpy as np
 from scipy.special import betaincinv  # scipy.stats' beta.ppf, without importing scipy.stats (~1 s)
 
 LEVEL = 0.95
-MEANING = ("95 % intervals: drawing another set of test images from the same source, intervals built this way "
-           "contain the true value 95 times in 100; they cover the noise of this sample of images, not a change "
-           "of data.")
+MEANING = (
+    "95 % intervals: drawing another set of test images from the same source, intervals built this way "
+    "contain the true value 95 times in 100; they cover the noise of this sample of images, not a change "
+    "of data."
+)
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,9 @@ def exit_count_draws(counts: np.ndarray, reps: int = 2000, seed: int = 0) -> np.
     return np.random.default_rng(seed).multinomial(n, counts / n, size=reps)
 
 
-def cost_intervals(counts: np.ndarray, gmacs: np.ndarray, reps: int = 2000, seed: int = 0,
-                   level: float = LEVEL) -> tuple[Interval, Interval]:
+def cost_intervals(
+    counts: np.ndarray, gmacs: np.ndarray, reps: int = 2000, seed: int = 0, level: float = LEVEL
+) -> tuple[Interval, Interval]:
     """Percentile-bootstrap intervals of the mean GMACs and of the speed-up over the last exit."""
     draws = exit_count_draws(counts, reps, seed)
     mean = draws @ gmacs / counts.sum()
@@ -67,14 +71,20 @@ class WhatIfIntervals:
     meaning: str = MEANING
 
     def to_dict(self) -> dict:
-        return {"accuracy": self.accuracy.to_list(), "gmacs": self.gmacs.to_list(), "speedup": self.speedup.to_list(),
-                "exit_fractions": [i.to_list() for i in self.exit_fractions],
-                "exit_accuracy": [None if i is None else i.to_list() for i in self.exit_accuracy],
-                "level": LEVEL, "meaning": self.meaning}
+        return {
+            "accuracy": self.accuracy.to_list(),
+            "gmacs": self.gmacs.to_list(),
+            "speedup": self.speedup.to_list(),
+            "exit_fractions": [i.to_list() for i in self.exit_fractions],
+            "exit_accuracy": [None if i is None else i.to_list() for i in self.exit_accuracy],
+            "level": LEVEL,
+            "meaning": self.meaning,
+        }
 
 
-def whatif_intervals(n_correct: int, counts: np.ndarray, right: np.ndarray, gmacs: np.ndarray, seed: int = 0,
-                     reps: int = 2000) -> WhatIfIntervals:
+def whatif_intervals(
+    n_correct: int, counts: np.ndarray, right: np.ndarray, gmacs: np.ndarray, seed: int = 0, reps: int = 2000
+) -> WhatIfIntervals:
     """From a rule's outcome on n images: correct answers, images leaving at each exit and right among them."""
     n = int(counts.sum())
     acc_lo, acc_hi = clopper_pearson(n_correct, n)
@@ -82,6 +92,9 @@ def whatif_intervals(n_correct: int, counts: np.ndarray, right: np.ndarray, gmac
     ea_lo, ea_hi = clopper_pearson(right, counts)
     g, s = cost_intervals(counts, gmacs, reps, seed)
     return WhatIfIntervals(
-        Interval(float(acc_lo), float(acc_hi)), g, s,
+        Interval(float(acc_lo), float(acc_hi)),
+        g,
+        s,
         [Interval(float(a), float(b)) for a, b in zip(sh_lo, sh_hi)],
-        [None if c == 0 else Interval(float(a), float(b)) for a, b, c in zip(ea_lo, ea_hi, counts)])
+        [None if c == 0 else Interval(float(a), float(b)) for a, b, c in zip(ea_lo, ea_hi, counts)],
+    )

@@ -1,5 +1,6 @@
 """One image's way through a multi-exit network, exit by exit: what it has cost so far, what the exit believes,
 and whether the exit rule lets it leave. Pure functions over that image's per-exit probabilities."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -51,8 +52,13 @@ class Journey:
         return self.saved_gmacs / self.full_gmacs
 
 
-def journey(probs: np.ndarray, gmacs: Sequence[float], blocks: Sequence[int], thresholds: float | Sequence[float],
-            policy: str = "max-softmax") -> Journey:
+def journey(
+    probs: np.ndarray,
+    gmacs: Sequence[float],
+    blocks: Sequence[int],
+    thresholds: float | Sequence[float],
+    policy: str = "max-softmax",
+) -> Journey:
     """Walk one image through the exits with `probs` (K', C) for its first K' exits (K' = K for a test image's
     trace row, fewer for a real early exit that stopped), the model's per-exit `gmacs` and exit `blocks`.
     The decision at each exit is the same rule `policies.exit_index` applies to a whole trace."""
@@ -67,8 +73,19 @@ def journey(probs: np.ndarray, gmacs: Sequence[float], blocks: Sequence[int], th
     for j in range(len(p)):
         last = j == k - 1
         passes = bool(last or pol.passes(scores[j], t[j]))
-        steps.append(JourneyStep(j, int(blocks[j]), float(gmacs[j]), p[j].tolist(), int(p[j].argmax()),
-                                 float(scores[j]), None if last else float(t[j]), passes, passes))
+        steps.append(
+            JourneyStep(
+                j,
+                int(blocks[j]),
+                float(gmacs[j]),
+                p[j].tolist(),
+                int(p[j].argmax()),
+                float(scores[j]),
+                None if last else float(t[j]),
+                passes,
+                passes,
+            )
+        )
         if passes:
             break
     if not steps[-1].leaves:

@@ -15,6 +15,7 @@ dispatch and finds other caches warm; on the 2 CPU cores here the sum was 0.97 t
 So at each batch size the profile also times one whole pass to the last exit and scales the stem, stage and head
 times to sum to it (`full_pass_ms`, `piece_scale`); the split between the pieces stays measured.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -55,18 +56,29 @@ class LatencyProfile(TaggedFile):
     compact_ms: list[float] = _f(REQUIRED, "Compacting the continuing images, ms per batch size.", MS, max_len=64)
     checkpoint_sha256: str = _f("", "Hash of the checkpoint profiled.", max_len=64)
     full_pass_ms: list[float] | None = _f(None, "One whole pass to the last exit, per batch size.", MS, max_len=64)
-    piece_scale: list[float] | None = _f(None, "Full pass over the sum of the pieces timed alone (applied already).",
-                                         MS, max_len=64)
-    engine: Literal["pytorch", "onnx"] = _f("pytorch", "'pytorch', or 'onnx': the per-stage export run by "
-                                            "onnxruntime (its stem is inside stage 1).")
+    piece_scale: list[float] | None = _f(
+        None, "Full pass over the sum of the pieces timed alone (applied already).", MS, max_len=64
+    )
+    engine: Literal["pytorch", "onnx"] = _f(
+        "pytorch", "'pytorch', or 'onnx': the per-stage export run by onnxruntime (its stem is inside stage 1)."
+    )
 
     def check(self, what: str) -> None:
         """Batch sizes increasing; one time per batch size in every row; as many head rows as stage rows."""
         n = len(self.batch_sizes)
-        rows = [self.stem_ms, self.compact_ms, *self.stage_ms, *self.head_ms,
-                *(v for v in (self.full_pass_ms, self.piece_scale) if v is not None)]
-        if not (n and self.batch_sizes == sorted(set(self.batch_sizes)) and all(len(r) == n for r in rows)
-                and len(self.stage_ms) == len(self.head_ms) > 0):
+        rows = [
+            self.stem_ms,
+            self.compact_ms,
+            *self.stage_ms,
+            *self.head_ms,
+            *(v for v in (self.full_pass_ms, self.piece_scale) if v is not None),
+        ]
+        if not (
+            n
+            and self.batch_sizes == sorted(set(self.batch_sizes))
+            and all(len(r) == n for r in rows)
+            and len(self.stage_ms) == len(self.head_ms) > 0
+        ):
             raise METError(f"{what} has malformed timings (one per batch size, batch sizes increasing).")
 
     def piece(self, times: Sequence[float], batch: float) -> float:

@@ -15,6 +15,7 @@ Angelopoulos & Bates 2021), so the stated false-alarm rate is a bound, and RESUL
 File: `ood.npz` beside the checkpoint (`met ood`): the reference features (float16, unit length) and a JSON
 header; read without unpickling, bounded in size.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,9 +55,11 @@ class OODRule:
         return self.score(z) > self.threshold
 
     def describe(self) -> str:
-        return (f"kNN distance of exit {self.exit + 1}'s features to {len(self.reference):,} in-distribution images; "
-                f"threshold {self.threshold:.4f} set on {self.threshold_images:,} {self.fitted_on} so that at most "
-                f"{100 * self.false_alarm:g} % of images like the training data are flagged")
+        return (
+            f"kNN distance of exit {self.exit + 1}'s features to {len(self.reference):,} in-distribution images; "
+            f"threshold {self.threshold:.4f} set on {self.threshold_images:,} {self.fitted_on} so that at most "
+            f"{100 * self.false_alarm:g} % of images like the training data are flagged"
+        )
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -71,8 +74,8 @@ def knn_distance(reference: np.ndarray, queries: np.ndarray, k: int = 5, chunk: 
     k = min(k, len(reference))
     out = np.empty(len(q))
     for i in range(0, len(q), chunk):
-        d = 1.0 - q[i:i + chunk] @ reference.T
-        out[i:i + chunk] = np.partition(d, k - 1, axis=1)[:, :k].mean(1)
+        d = 1.0 - q[i : i + chunk] @ reference.T
+        out[i : i + chunk] = np.partition(d, k - 1, axis=1)[:, :k].mean(1)
     return out
 
 
@@ -84,8 +87,14 @@ def conformal_threshold(scores: np.ndarray, alpha: float) -> float:
     return float(np.sort(scores)[rank - 1]) if rank <= n else math.inf
 
 
-def fit_ood(features: np.ndarray, false_alarm: float = 0.05, k: int = 5, exit: int = 0, seed: int = 0,
-            fitted_on: str = "held-out training images") -> OODRule:
+def fit_ood(
+    features: np.ndarray,
+    false_alarm: float = 0.05,
+    k: int = 5,
+    exit: int = 0,
+    seed: int = 0,
+    fitted_on: str = "held-out training images",
+) -> OODRule:
     """An OOD rule from (M, D) features of held-out in-distribution images: a seeded half is the reference, the
     other half sets the threshold. Raises METError when there are too few images for `false_alarm`."""
     if not 0 < false_alarm < 1:
@@ -93,18 +102,21 @@ def fit_ood(features: np.ndarray, false_alarm: float = 0.05, k: int = 5, exit: i
     m = len(features)
     need = math.ceil(1 / false_alarm)  # threshold images for a finite conformal threshold
     if m < 2 * max(need, k):
-        raise METError(f"{m} calibration images cannot set a threshold for a {100 * false_alarm:g} % false-alarm "
-                       f"rate; trace at least {2 * max(need, k)} with features (met trace --features N).")
+        raise METError(
+            f"{m} calibration images cannot set a threshold for a {100 * false_alarm:g} % false-alarm "
+            f"rate; trace at least {2 * max(need, k)} with features (met trace --features N)."
+        )
     order = np.random.default_rng(seed).permutation(m)
-    ref, held = unit_rows(features[order[: m // 2]]), features[order[m // 2:]]
+    ref, held = unit_rows(features[order[: m // 2]]), features[order[m // 2 :]]
     threshold = conformal_threshold(knn_distance(ref, held, k), false_alarm)
     return OODRule(ref, threshold, false_alarm, k, exit, len(held), fitted_on)
 
 
 def save_ood(path: str | Path, rule: OODRule) -> None:
     header = {k: v for k, v in asdict(rule).items() if k != "reference"}
-    np.savez_compressed(path, reference=rule.reference.astype(np.float16),
-                        header=np.array(json.dumps({"format": FORMAT, **header})))
+    np.savez_compressed(
+        path, reference=rule.reference.astype(np.float16), header=np.array(json.dumps({"format": FORMAT, **header}))
+    )
 
 
 def load_ood(path: str | Path) -> OODRule:
@@ -120,12 +132,29 @@ def load_ood(path: str | Path) -> OODRule:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, RecursionError) as e:
         raise METError(f"{path} is not a readable ood.npz ({type(e).__name__}); re-create it with `met ood`.") from None
-    ok = (isinstance(header, dict) and header.get("format") == FORMAT and ref.ndim == 2 and ref.dtype.kind == "f"
-          and 0 < len(ref) <= MAX_REFERENCE_ROWS and np.isfinite(ref).all()
-          and isinstance(header.get("threshold"), (int, float)) and isinstance(header.get("k"), int)
-          and 1 <= header["k"] <= len(ref) and isinstance(header.get("false_alarm"), (int, float))
-          and 0 < header["false_alarm"] < 1 and isinstance(header.get("exit"), int) and header["exit"] >= 0)
+    ok = (
+        isinstance(header, dict)
+        and header.get("format") == FORMAT
+        and ref.ndim == 2
+        and ref.dtype.kind == "f"
+        and 0 < len(ref) <= MAX_REFERENCE_ROWS
+        and np.isfinite(ref).all()
+        and isinstance(header.get("threshold"), (int, float))
+        and isinstance(header.get("k"), int)
+        and 1 <= header["k"] <= len(ref)
+        and isinstance(header.get("false_alarm"), (int, float))
+        and 0 < header["false_alarm"] < 1
+        and isinstance(header.get("exit"), int)
+        and header["exit"] >= 0
+    )
     if not ok:
         raise METError(f"{path} is not a valid ood.npz (format {FORMAT}); re-create it with `met ood`.")
-    return OODRule(unit_rows(ref), float(header["threshold"]), float(header["false_alarm"]), header["k"],
-                   header["exit"], int(header.get("threshold_images", 0)), str(header.get("fitted_on", ""))[:200])
+    return OODRule(
+        unit_rows(ref),
+        float(header["threshold"]),
+        float(header["false_alarm"]),
+        header["k"],
+        header["exit"],
+        int(header.get("threshold_images", 0)),
+        str(header.get("fitted_on", ""))[:200],
+    )

@@ -15,6 +15,7 @@ early-exit scores of the 30,000 on that trace). So a max-softmax threshold of 1.
 the other classes together hold less than 1.1e-16 of probability", and anything above 1 (the slider's top
 end) means "never leave early".
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -44,8 +45,9 @@ def exit_scores(logits: np.ndarray, policy: Policy, temperatures: Sequence[float
     float64 probabilities never take more than SCORE_CHUNK_ELEMENTS at once."""
     n, per_row = len(logits), int(np.prod(logits.shape[1:]))
     rows = max(1, SCORE_CHUNK_ELEMENTS // max(per_row, 1))
-    return np.concatenate([policy.score(exit_probs(logits[i:i + rows], temperatures))
-                           for i in range(0, max(n, 1), rows)])
+    return np.concatenate(
+        [policy.score(exit_probs(logits[i : i + rows], temperatures)) for i in range(0, max(n, 1), rows)]
+    )
 
 
 def max_softmax(p: np.ndarray) -> np.ndarray:
@@ -105,8 +107,10 @@ class Policy:
             early = thresholds[:-1]
             if not (np.isin(early, np.arange(1, k + 1)).all()):
                 bad = next(float(t) for t in early if t not in range(1, k + 1))
-                raise METError(f"{self.name} thresholds are counts of agreeing exits: whole numbers from 1 to {k} "
-                               f"for this {k}-exit model ({k}: never leave early), got {bad:g}.")
+                raise METError(
+                    f"{self.name} thresholds are counts of agreeing exits: whole numbers from 1 to {k} "
+                    f"for this {k}-exit model ({k}: never leave early), got {bad:g}."
+                )
 
 
 POLICIES: dict[str, Policy] = {
@@ -191,8 +195,15 @@ class EarlyExitBook:
     n images, K exits, C classes; thresholds: (K,) as `as_thresholds` gives them; replay (n,): each image's 0-based
     exit instead of the rule's."""
 
-    def __init__(self, n: int, num_exits: int, num_classes: int, policy: Policy, thresholds: np.ndarray,
-                 replay: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        n: int,
+        num_exits: int,
+        num_classes: int,
+        policy: Policy,
+        thresholds: np.ndarray,
+        replay: np.ndarray | None = None,
+    ) -> None:
         self.policy, self.thresholds, self.replay, self.num_exits = policy, thresholds, replay, num_exits
         self.exit_of = np.full(n, -1)
         self.probs = np.full((n, num_exits, num_classes), np.nan)  # float64: what the decision sees

@@ -7,6 +7,7 @@ logits by one number T_k fitted on a calibration trace (minimum negative log-lik
 an exit's predicted class, only its confidence, so it moves which images leave where. Temperatures live
 beside the checkpoint in `temperatures.json`, never in the trained weights.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,8 +47,12 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> Reliab
     with np.errstate(invalid="ignore", divide="ignore"):
         mc, ma = s_conf / count, s_acc / count
     ece = float(np.nansum(np.abs(ma - mc) * count) / len(labels))
-    return ReliabilityCurve([None if c == 0 else float(v) for v, c in zip(mc, count)],
-                            [None if c == 0 else float(v) for v, c in zip(ma, count)], count.tolist(), ece)
+    return ReliabilityCurve(
+        [None if c == 0 else float(v) for v, c in zip(mc, count)],
+        [None if c == 0 else float(v) for v, c in zip(ma, count)],
+        count.tolist(),
+        ece,
+    )
 
 
 def _nll(logits: np.ndarray, labels: np.ndarray, t: float) -> float:
@@ -85,8 +90,12 @@ class Temperatures(TaggedFile):
     @classmethod
     def fit(cls, cal: Trace, fitted_on: str) -> Temperatures:
         """Per-exit temperatures fitted on a calibration trace (named `fitted_on` in the file)."""
-        return cls(fit_temperatures(cal.logits.astype(np.float32), cal.labels),
-                   str(cal.meta.get("checkpoint_sha256", "")), fitted_on, len(cal.labels))
+        return cls(
+            fit_temperatures(cal.logits.astype(np.float32), cal.labels),
+            str(cal.meta.get("checkpoint_sha256", "")),
+            fitted_on,
+            len(cal.labels),
+        )
 
 
 def fit_temperatures(logits: np.ndarray, labels: np.ndarray) -> list[float]:
@@ -102,8 +111,9 @@ def exit_reliability(trace: Trace, temperatures: list[float] | None = None, bins
 
 def read_temperatures(path: str | Path, num_exits: int, sha256: str | None = None) -> Temperatures:
     """Read and check a temperatures file (untrusted: bounded, its fields as declared above, for this model)."""
-    t = read_tagged_file(Temperatures, path, "a temperatures file", "fit the temperatures again (met reliability)",
-                         ignore_unknown=True)
+    t = read_tagged_file(
+        Temperatures, path, "a temperatures file", "fit the temperatures again (met reliability)", ignore_unknown=True
+    )
     if len(t.temperatures) != num_exits:
         raise METError(f"{path}: temperatures must be {num_exits} numbers between 0.001 and 1000.")
     if sha256 and t.checkpoint_sha256 not in (sha256, ""):

@@ -3,6 +3,7 @@
 `TraceArrays` precomputes what every what-if needs once (predictions, correctness, policy scores),
 so a slider move costs one comparison and a few bincounts over (N, K) arrays.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -44,13 +45,29 @@ class TraceArrays:
         """`temperatures`: one per exit, dividing that exit's logits (temperature scaling), if given."""
         p = trace.probs(temperatures)
         pred = p.argmax(-1)
-        return cls(pred, pred == trace.labels[:, None], trace.labels, np.asarray(trace.gmacs, float),
-                   p.shape[-1], p, trace.logits, None if temperatures is None else tuple(map(float, temperatures)))
+        return cls(
+            pred,
+            pred == trace.labels[:, None],
+            trace.labels,
+            np.asarray(trace.gmacs, float),
+            p.shape[-1],
+            p,
+            trace.logits,
+            None if temperatures is None else tuple(map(float, temperatures)),
+        )
 
     def take(self, rows: np.ndarray) -> TraceArrays:
         """The same arrays for a subset (or a resample) of the samples."""
-        return TraceArrays(self.pred[rows], self.correct[rows], self.labels[rows], self.gmacs, self.num_classes,
-                           self.probs[rows], self.logits[rows], self.temperatures)
+        return TraceArrays(
+            self.pred[rows],
+            self.correct[rows],
+            self.labels[rows],
+            self.gmacs,
+            self.num_classes,
+            self.probs[rows],
+            self.logits[rows],
+            self.temperatures,
+        )
 
     def score(self, policy: Policy) -> np.ndarray:
         if policy.name not in self._scores:
@@ -129,8 +146,14 @@ class WhatIfResult:
         return d
 
 
-def whatif(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str = "max-softmax",
-           detail: bool = False, intervals: bool = False, seed: int = 0) -> WhatIfResult:
+def whatif(
+    arrays: TraceArrays,
+    thresholds: float | Sequence[float],
+    policy: str = "max-softmax",
+    detail: bool = False,
+    intervals: bool = False,
+    seed: int = 0,
+) -> WhatIfResult:
     """Accuracy, mean GMACs, speed-up over the last exit, exit shares and per-exit accuracy of leavers.
 
     `detail` adds per-class accuracy and the confusion matrix; `intervals` their 95 % intervals (seeded).
@@ -143,11 +166,16 @@ def whatif(arrays: TraceArrays, thresholds: float | Sequence[float], policy: str
     right = np.bincount(ex, weights=correct, minlength=k)
     gm = float(arrays.gmacs[ex].mean())
     out = WhatIfResult(
-        accuracy=float(correct.mean()), gmacs=gm, speedup=float(arrays.gmacs[-1] / gm),
+        accuracy=float(correct.mean()),
+        gmacs=gm,
+        speedup=float(arrays.gmacs[-1] / gm),
         exit_fractions=(counts / n).tolist(),
         exit_accuracy=[float(r / c) if c else None for r, c in zip(right, counts, strict=True)],
-        thresholds=[float(x) if np.isfinite(x) else None for x in t], policy=policy,
-        last_exit_accuracy=float(arrays.correct[:, -1].mean()), last_exit_gmacs=float(arrays.gmacs[-1]))
+        thresholds=[float(x) if np.isfinite(x) else None for x in t],
+        policy=policy,
+        last_exit_accuracy=float(arrays.correct[:, -1].mean()),
+        last_exit_gmacs=float(arrays.gmacs[-1]),
+    )
     if intervals:
         out.intervals = whatif_intervals(int(correct.sum()), counts, right, arrays.gmacs, seed)
     if detail:  # per-class accuracy in O(N + C); the C x C confusion matrix only up to MAX_CONFUSION_CLASSES
@@ -172,8 +200,9 @@ class RuleFigures:
 _RULE_CHUNK = 1 << 24  # booleans (rules x samples) held at once by rule_figures
 
 
-def rule_figures(arrays: TraceArrays, thresholds: Sequence[float | Sequence[float | None]],
-                 policy: str = "max-softmax") -> RuleFigures:
+def rule_figures(
+    arrays: TraceArrays, thresholds: Sequence[float | Sequence[float | None]], policy: str = "max-softmax"
+) -> RuleFigures:
     """`whatif`'s accuracy, mean GMACs and exit shares for R rules at once (vectorised over rules, in chunks of
     at most 16 M booleans): what a sweep of candidate thresholds needs, about 10x faster than R calls of `whatif`.
     Mean GMACs are summed per exit (counts x GMACs), so they may differ from `whatif`'s in the last bits.

@@ -6,6 +6,7 @@ A trace's result is a checkpoint folder in the user's run folder (met_core.io.pa
 the new test trace, found again by `state.discover` on the next start. A measurement's result is met_core's
 `SpeedupResult`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,8 +72,9 @@ class Job:
         elapsed = time.monotonic() - self.stage_started
         rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
         left = f", about {_duration((self.total - self.done) / rate)} left" if rate else ""
-        return self.done / self.total, (f"{self.stage}: {self.done:,} of {self.total:,} images"
-                                        + (f", {rate:.0f} images/s" if rate else "") + left)
+        return self.done / self.total, (
+            f"{self.stage}: {self.done:,} of {self.total:,} images" + (f", {rate:.0f} images/s" if rate else "") + left
+        )
 
     def run(self) -> None:
         try:
@@ -125,8 +127,10 @@ class TraceJob(Job):
                 save_trace(f, trace)
                 self.result = str(with_trace(self.checkpoint, dest, f))
         except OSError as e:
-            raise METError(f"the trace could not be written to {runs_dir()} ({e.strerror}); set $MET_RUNS_DIR to a "
-                           "folder you may write to.") from e
+            raise METError(
+                f"the trace could not be written to {runs_dir()} ({e.strerror}); set $MET_RUNS_DIR to a "
+                "folder you may write to."
+            ) from e
 
     def _loading(self) -> None:
         self.enter(backbone_note(self.checkpoint))
@@ -151,8 +155,7 @@ class MeasureJob(Job):
         from met_core.engine.inference import bench_exit, bench_images, model_inputs
         from met_core.nn.checkpoint import load_checkpoint
 
-        cfg = BenchExitConfig(self.dataset_root, batch=[MEASURE_BATCH], limit=MEASURE_IMAGES,
-                              repeats=MEASURE_REPEATS)
+        cfg = BenchExitConfig(self.dataset_root, batch=[MEASURE_BATCH], limit=MEASURE_IMAGES, repeats=MEASURE_REPEATS)
         self.enter("reading the test images' folder")
         ds = bench_images(cfg)
         self.enter(backbone_note(self.checkpoint))
@@ -161,8 +164,10 @@ class MeasureJob(Job):
         x = model_inputs(model, ds)
         self.progress(len(ds), len(ds))
         passes = 2 + 2 * MEASURE_REPEATS
-        self.enter(f"running the early exit and the full network in turn ({passes} passes over the {len(x)} "
-                   "images)", passes * len(x))
+        self.enter(
+            f"running the early exit and the full network in turn ({passes} passes over the {len(x)} images)",
+            passes * len(x),
+        )
         self.result = bench_exit(model, x, cfg, self.thresholds, self.policy, on_progress=self.progress)[0].measured
 
 

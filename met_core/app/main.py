@@ -1,5 +1,6 @@
 """MET Explorer: `met app` (installed or in a checkout), or `streamlit run met_core/app/main.py` in a checkout.
 Opens on the shipped default model, offline."""
+
 import sys
 from pathlib import Path
 
@@ -47,8 +48,12 @@ with st.sidebar:
     st.caption(f"Model: **{md(state.label(state.current()))}** (change it on the Models page)")
     st.caption("The address bar always holds this view; copy it to share it.")
     session.copy_link_button()
-    session.bind(st.toggle, "Large type (projector)", "local.large_type",
-                 help="Larger text everywhere, for a projector or a screen far away; this browser only.")
+    session.bind(
+        st.toggle,
+        "Large type (projector)",
+        "local.large_type",
+        help="Larger text everywhere, for a projector or a screen far away; this browser only.",
+    )
 if session.local().large_type:
     st.html(LARGE_TYPE)
 try:

@@ -6,6 +6,7 @@ Classes: Paul Tol's colour-blind-safe qualitative scheme as Plotly ships it (`pl
 11 colours), cycled with a new marker shape after every 11 classes. Models and exits: Okabe & Ito's palette
 (Okabe and Ito, "Color Universal Design", 2008) without its black, which vanishes on a dark background.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,8 +17,18 @@ CLASS_COLOURS: tuple[str, ...] = tuple(qualitative.Safe)
 # ordered so that neighbours in a list differ in hue, not only in lightness
 # (its yellow is left out too: a line in it is barely visible on white)
 OKABE_ITO: tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9")
-SYMBOLS: tuple[str, ...] = ("circle", "square", "diamond", "triangle-up", "cross", "triangle-down", "star",
-                            "hexagon", "pentagon", "x")
+SYMBOLS: tuple[str, ...] = (
+    "circle",
+    "square",
+    "diamond",
+    "triangle-up",
+    "cross",
+    "triangle-down",
+    "star",
+    "hexagon",
+    "pentagon",
+    "x",
+)
 CORRECT = ("#0072B2", "circle")  # (colour, marker shape)
 WRONG = ("#D55E00", "x")
 HIGHLIGHT = "#D55E00"  # the one bar or cell the page is about (the exit an image leaves at, a predicted class)

@@ -5,6 +5,7 @@ tooltips, and in st.table cells; Plotly renders a subset of HTML in its labels. 
 came from a file or a user through one of these two functions, so a class name like `![x](http://host/p.png)`
 shows as those characters and makes no browser fetch anything.
 """
+
 from __future__ import annotations
 
 import html

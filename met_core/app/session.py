@@ -9,6 +9,7 @@ of the same run (and of every fragment run), so the address bar always names wha
 Only this module touches `st.session_state`: one key for the session's `Session`, and one per bound widget,
 named after the view field it shows.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -124,9 +125,17 @@ def _changed(path: str, key: str, convert: Callable[[Any], Any], then: Callable[
     v.fit(context())
 
 
-def bind(widget: Callable[..., Any], label: str, path: str, *args: Any, show: Callable[[Any], Any] = lambda x: x,
-         convert: Callable[[Any], Any] = lambda x: x, then: Callable[[View], Any] | None = None,
-         key: str | None = None, **kwargs: Any) -> Any:
+def bind(
+    widget: Callable[..., Any],
+    label: str,
+    path: str,
+    *args: Any,
+    show: Callable[[Any], Any] = lambda x: x,
+    convert: Callable[[Any], Any] = lambda x: x,
+    then: Callable[[View], Any] | None = None,
+    key: str | None = None,
+    **kwargs: Any,
+) -> Any:
     """Draw `widget(label, *args, **kwargs)` showing the view field at `path` (`local.NAME` for a Local field),
     as `show(value)`; a change is written back as `convert(widget value)` (a METError there keeps the old value and
     leaves a notice), then `then(view)` runs. Returns what the widget returns."""
@@ -140,8 +149,9 @@ def bind(widget: Callable[..., Any], label: str, path: str, *args: Any, show: Ca
     return widget(label, *args, key=key, on_change=_changed, args=(path, key, convert, then), **kwargs)
 
 
-def bind_entry(label: str, path: str, show: Callable[[Any], str], convert: Callable[[str], Any], key: str,
-               **kwargs: Any) -> None:
+def bind_entry(
+    label: str, path: str, show: Callable[[Any], str], convert: Callable[[str], Any], key: str, **kwargs: Any
+) -> None:
     """A text entry for the view field at `path`, applied when submitted (Enter, or its Use button). It sits in a
     form, whose values the browser sends only on submit: a browser that has not yet received the value a slider
     just set cannot send its older copy back and overwrite the view with it (fast arrow keys on a loaded machine
@@ -152,8 +162,9 @@ def bind_entry(label: str, path: str, show: Callable[[Any], str], convert: Calla
     with st.form(f"form:{key}", border=False, enter_to_submit=True):
         c1, c2 = st.columns([5, 1], vertical_alignment="bottom")
         c1.text_input(label, key=key, **kwargs)
-        c2.form_submit_button("Use", key=f"{key}:use", on_click=_changed, args=(path, key, convert, None),
-                              width="stretch")
+        c2.form_submit_button(
+            "Use", key=f"{key}:use", on_click=_changed, args=(path, key, convert, None), width="stretch"
+        )
 
 
 def selected_points(chart_key: str) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 cache_resource: objects shared by all sessions (models, traces); cache_data: derived tables.
 """
+
 from __future__ import annotations
 
 import os
@@ -73,11 +74,16 @@ def current() -> Path:
 def _default_model() -> Path:
     found = discover()
     if not found:
-        fail(f"No checkpoints found under {CHECKPOINTS}: "
-             + ("rebuild the shipped ones with `python bench/rebuild_checkpoints.py`, or name a folder of "
-                "checkpoints with `met app --checkpoints DIR`." if checkout_root() is not None else
-                "train one with `met train --dataset FOLDER --out DIR/NAME` (FOLDER: one sub-folder of images per "
-                "class), then start the app with `met app --checkpoints DIR`."))
+        fail(
+            f"No checkpoints found under {CHECKPOINTS}: "
+            + (
+                "rebuild the shipped ones with `python bench/rebuild_checkpoints.py`, or name a folder of "
+                "checkpoints with `met app --checkpoints DIR`."
+                if checkout_root() is not None
+                else "train one with `met train --dataset FOLDER --out DIR/NAME` (FOLDER: one sub-folder of images per "
+                "class), then start the app with `met app --checkpoints DIR`."
+            )
+        )
     return found[0]
 
 
@@ -106,13 +112,22 @@ def context(model: str | None = None) -> Context:
     except METError:
         prof = None
     twin = label(path.parent / f"{path.name}-nogr")
-    comparable = tuple(label(p) for p in paths if p != path and has_test_trace(p)
-                       and card(str(p))["config"]["model"]["num_classes"] == cfg["num_classes"])
+    comparable = tuple(
+        label(p)
+        for p in paths
+        if p != path and has_test_trace(p) and card(str(p))["config"]["model"]["num_classes"] == cfg["num_classes"]
+    )
     return Context(
-        model=label(path), models=labels, num_exits=len(cfg["exits"]), class_names=tuple(cfg.get("class_names") or ()),
-        ids=ids, batch_sizes=tuple(prof.batch_sizes) if prof else (),
+        model=label(path),
+        models=labels,
+        num_exits=len(cfg["exits"]),
+        class_names=tuple(cfg.get("class_names") or ()),
+        ids=ids,
+        batch_sizes=tuple(prof.batch_sizes) if prof else (),
         certifiable=any((path / n).is_file() for n in (CAL_TRACE_FILE, VAL_TRACE_FILE)),
-        comparable=comparable, twin=twin if twin in comparable else None)
+        comparable=comparable,
+        twin=twin if twin in comparable else None,
+    )
 
 
 def thresholds_in_use() -> tuple[str, float | list[float | None]]:
@@ -242,8 +257,10 @@ def traces_of(ckpt: Path) -> tuple[tuple[Trace, TraceArrays], tuple[Trace, Trace
     """(test trace, validation trace or None) of a checkpoint, with one-sentence errors."""
     test = ckpt / TEST_TRACE_FILE
     if not test.is_file():
-        fail(f"{label(ckpt)} has no test_trace.npz; create it with `python -m met_core trace --checkpoint {ckpt} "
-             f"--dataset DATA --out {test}`.")
+        fail(
+            f"{label(ckpt)} has no test_trace.npz; create it with `python -m met_core trace --checkpoint {ckpt} "
+            f"--dataset DATA --out {test}`."
+        )
     try:
         t = trace(str(test))
         v = trace(str(ckpt / VAL_TRACE_FILE)) if (ckpt / VAL_TRACE_FILE).is_file() else None
@@ -433,8 +450,10 @@ def aligned(a: Path, b: Path, k: int):
     name, _ = cache_name(da, db, k)
     if any((f / name).is_file() for f in (SHIPPED_EMBEDDINGS, embeddings_dir())):
         return _aligned(str(ta), str(tb), k, da, db)
-    with st.spinner(f"Fitting an aligned UMAP of both models' features at exit {k + 1} (once for this pair: about "
-                    "10 s; it is kept on disk for every later view)..."):
+    with st.spinner(
+        f"Fitting an aligned UMAP of both models' features at exit {k + 1} (once for this pair: about "
+        "10 s; it is kept on disk for every later view)..."
+    ):
         return _aligned(str(ta), str(tb), k, da, db)
 
 

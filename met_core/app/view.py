@@ -11,6 +11,7 @@ checked against what the app has (`Context`: the listed models, the model's exit
 bad one is dropped with one sentence and the rest of the view still opens. `write_link` writes every field that
 differs from the model's default view, so `read_link(write_link(v)) == v` for every valid view (tests/test_view.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,13 @@ MODES = {"global": "One global threshold", "per-exit": "Per exit", "certified": 
 COSTS = {"gmacs": "GMACs", "time": "predicted time"}
 VERDICTS = ("all", "correct", "wrong")
 COLOURS = ("class", "correct", "exit taken")
-SORTS = {"order": "test-set order", "conf-asc": "confidence, lowest first", "conf-desc": "confidence, highest first",
-         "exit": "exit taken", "class": "true class"}
+SORTS = {
+    "order": "test-set order",
+    "conf-asc": "confidence, lowest first",
+    "conf-desc": "confidence, highest first",
+    "exit": "exit taken",
+    "class": "true class",
+}
 CERT_LOSS = (0.1, 20.0)  # points of accuracy
 CERT_DELTA = (0.01, 0.5)
 
@@ -151,8 +157,11 @@ class View:
         if self.policy not in POLICIES:
             self.policy = DEFAULT_POLICY
         pol = get_policy(self.policy)
-        modes = ["global"] + (["per-exit"] if k > 1 else []) + (
-            ["certified"] if k > 1 and pol.calibratable and ctx.certifiable else [])
+        modes = (
+            ["global"]
+            + (["per-exit"] if k > 1 else [])
+            + (["certified"] if k > 1 and pol.calibratable and ctx.certifiable else [])
+        )
         if self.mode not in modes:
             self.mode = "global"
         dflt = float(pol.default_threshold)
@@ -203,9 +212,16 @@ class View:
     def for_model(self, ctx: Context) -> View:
         """The view after the model changed: the policy, mode and thresholds stay; what belongs to the old model's
         classes, images and comparisons starts afresh."""
-        return replace(View.default(ctx), policy=self.policy, mode=self.mode, threshold=self.threshold,
-                       per_exit=self.per_exit, cert_loss=self.cert_loss, cert_delta=self.cert_delta,
-                       whatif=replace(WhatIfView(), cost=self.whatif.cost)).fit(ctx)
+        return replace(
+            View.default(ctx),
+            policy=self.policy,
+            mode=self.mode,
+            threshold=self.threshold,
+            per_exit=self.per_exit,
+            cert_loss=self.cert_loss,
+            cert_delta=self.cert_delta,
+            whatif=replace(WhatIfView(), cost=self.whatif.cost),
+        ).fit(ctx)
 
 
 _ID_SETS: dict[int, frozenset[str]] = {}
@@ -295,6 +311,7 @@ def _choice(options: Any) -> Callable[[str, Context], str]:
         if text not in options:
             raise METError("one of " + ", ".join(options))
         return text
+
     return parse
 
 
@@ -345,6 +362,7 @@ def _int_in(lo: int, hi: int | None = None) -> Callable[[str, Context], int]:
         if not text.isdigit() or int(text) < lo or (hi is not None and int(text) > hi):
             raise METError(f"a whole number of at least {lo}" + ("" if hi is None else f" and at most {hi}"))
         return int(text)
+
     return parse
 
 
@@ -363,6 +381,7 @@ def _float_in(lo: float, hi: float) -> Callable[[str, Context], float]:
         if not lo <= v <= hi:
             raise METError(f"a number from {number(lo)} to {number(hi)}")
         return v
+
     return parse
 
 
@@ -517,4 +536,3 @@ def write_link(view: View, ctx: Context) -> dict[str, str]:
         else:
             out[p.name] = p.show(v)
     return out
-

@@ -1,2 +1,1 @@
-"""Datasets, transforms and the training sampler. Torch side (docs/architecture.md).
-"""
+"""Datasets, transforms and the training sampler. Torch side (docs/architecture.md)."""

@@ -3,6 +3,7 @@
 Every dataset is seen through `ImageDataset`: sample ids (paths relative to the root for folders),
 integer labels, class names, and an image loader that always returns RGB.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,25 +40,44 @@ class NamedDataset:
 
 _MNIST_RAW = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 TORCHVISION_DATASETS: dict[str, NamedDataset] = {
-    "cifar10": NamedDataset("CIFAR10", {"train": True}, {"train": False},
-                            "cifar-10-batches-py/ (cifar-10-python.tar.gz extracted: data_batch_1..5, test_batch, "
-                            "batches.meta)"),
-    "cifar100": NamedDataset("CIFAR100", {"train": True}, {"train": False},
-                             "cifar-100-python/ (cifar-100-python.tar.gz extracted: train, test, meta)"),
-    "fashion_mnist": NamedDataset("FashionMNIST", {"train": True}, {"train": False},
-                                  "FashionMNIST/raw/ with " + ", ".join(_MNIST_RAW) + " (or the same names + .gz)",
-                                  _MNIST_RAW),
-    "mnist": NamedDataset("MNIST", {"train": True}, {"train": False},
-                          "MNIST/raw/ with " + ", ".join(_MNIST_RAW) + " (or the same names + .gz)", _MNIST_RAW),
+    "cifar10": NamedDataset(
+        "CIFAR10",
+        {"train": True},
+        {"train": False},
+        "cifar-10-batches-py/ (cifar-10-python.tar.gz extracted: data_batch_1..5, test_batch, batches.meta)",
+    ),
+    "cifar100": NamedDataset(
+        "CIFAR100",
+        {"train": True},
+        {"train": False},
+        "cifar-100-python/ (cifar-100-python.tar.gz extracted: train, test, meta)",
+    ),
+    "fashion_mnist": NamedDataset(
+        "FashionMNIST",
+        {"train": True},
+        {"train": False},
+        "FashionMNIST/raw/ with " + ", ".join(_MNIST_RAW) + " (or the same names + .gz)",
+        _MNIST_RAW,
+    ),
+    "mnist": NamedDataset(
+        "MNIST",
+        {"train": True},
+        {"train": False},
+        "MNIST/raw/ with " + ", ".join(_MNIST_RAW) + " (or the same names + .gz)",
+        _MNIST_RAW,
+    ),
     "svhn": NamedDataset("SVHN", {"split": "train"}, {"split": "test"}, "train_32x32.mat and test_32x32.mat"),
-    "flowers102": NamedDataset("Flowers102", {"split": "train"}, {"split": "test"},
-                               "flowers-102/ with jpg/, imagelabels.mat and setid.mat"),
-    "oxford_pets": NamedDataset("OxfordIIITPet", {"split": "trainval"}, {"split": "test"},
-                                "oxford-iiit-pet/ with images/ and annotations/"),
+    "flowers102": NamedDataset(
+        "Flowers102", {"split": "train"}, {"split": "test"}, "flowers-102/ with jpg/, imagelabels.mat and setid.mat"
+    ),
+    "oxford_pets": NamedDataset(
+        "OxfordIIITPet", {"split": "trainval"}, {"split": "test"}, "oxford-iiit-pet/ with images/ and annotations/"
+    ),
     "dtd": NamedDataset("DTD", {"split": "train"}, {"split": "test"}, "dtd/dtd/ with images/, imdb/ and labels/"),
     "food101": NamedDataset("Food101", {"split": "train"}, {"split": "test"}, "food-101/ with images/ and meta/"),
-    "stl10": NamedDataset("STL10", {"split": "train"}, {"split": "test"},
-                          "stl10_binary/ (stl10_binary.tar.gz extracted)"),
+    "stl10": NamedDataset(
+        "STL10", {"split": "train"}, {"split": "test"}, "stl10_binary/ (stl10_binary.tar.gz extracted)"
+    ),
     "eurosat": NamedDataset("EuroSAT", {}, {}, "eurosat/2750/ with one folder per class"),  # one split: sub-sample it
 }
 
@@ -173,9 +193,24 @@ def open_dataset(spec: str, split: str = "train", download: bool = True, data_ro
 # Folders and files that tools leave beside people's images and that get zipped up with datasets: never a class
 # or a sample. Hidden names (a leading dot: .ipynb_checkpoints, .DS_Store, .git, macOS's ._photo.jpg twins) are
 # skipped too, at every depth; what was skipped is reported in one note.
-TOOL_MADE = frozenset(n.lower() for n in (
-    "__MACOSX", "__pycache__", "@eaDir", "@__thumb", "@Recycle", "#recycle", "#snapshot", "$RECYCLE.BIN",
-    "System Volume Information", "lost+found", "Thumbs.db", "ehthumbs.db", "desktop.ini"))
+TOOL_MADE = frozenset(
+    n.lower()
+    for n in (
+        "__MACOSX",
+        "__pycache__",
+        "@eaDir",
+        "@__thumb",
+        "@Recycle",
+        "#recycle",
+        "#snapshot",
+        "$RECYCLE.BIN",
+        "System Volume Information",
+        "lost+found",
+        "Thumbs.db",
+        "ehthumbs.db",
+        "desktop.ini",
+    )
+)
 
 
 def skipped_name(name: str) -> bool:
@@ -203,23 +238,40 @@ def image_folder(root: Path) -> ImageDataset:
             walked.append((dirpath, files))
         for dirpath, files in sorted(walked):  # the order (and so the seeded splits) of earlier versions
             for f in sorted(files):
-                if (f.lower().endswith(IMAGE_EXTENSIONS) and not skipped_name(f)
-                        and os.path.isfile(os.path.join(dirpath, f))):  # regular files only: no pipes or devices
+                if (
+                    f.lower().endswith(IMAGE_EXTENSIONS)
+                    and not skipped_name(f)
+                    and os.path.isfile(os.path.join(dirpath, f))
+                ):  # regular files only: no pipes or devices
                     ids.append(os.path.relpath(os.path.join(dirpath, f), root))
                     labels.append(label)
     if not ids:
         raise METError(f"{root} has class folders but no image files ({', '.join(IMAGE_EXTENSIONS)}).")
     counts = np.bincount(labels, minlength=len(classes))
     empty = [c for c, n in zip(classes, counts) if n == 0]
-    notes = [f"warning: the class folder(s) {', '.join(repr(c[:40]) for c in empty[:5])} hold no images; they stay "
-             "classes (no sample has their label), so class indices match the folder names."] if empty else []
+    notes = (
+        [
+            f"warning: the class folder(s) {', '.join(repr(c[:40]) for c in empty[:5])} hold no images; they stay "
+            "classes (no sample has their label), so class indices match the folder names."
+        ]
+        if empty
+        else []
+    )
     if skipped:
-        notes.append(f"note: skipped {len(skipped)} hidden or tool-made folder(s) and file(s) "
-                     f"({', '.join(repr(s[:60]) for s in skipped[:3])}{', ...' if len(skipped) > 3 else ''}); "
-                     "they are never classes or samples.")
+        notes.append(
+            f"note: skipped {len(skipped)} hidden or tool-made folder(s) and file(s) "
+            f"({', '.join(repr(s[:60]) for s in skipped[:3])}{', ...' if len(skipped) > 3 else ''}); "
+            "they are never classes or samples."
+        )
     root_s = str(root.resolve())
-    return ImageDataset(root_s, ids, np.asarray(labels, dtype=np.int64), classes,
-                        lambda i: load_image(os.path.join(root_s, ids[i])), notes=notes)
+    return ImageDataset(
+        root_s,
+        ids,
+        np.asarray(labels, dtype=np.int64),
+        classes,
+        lambda i: load_image(os.path.join(root_s, ids[i])),
+        notes=notes,
+    )
 
 
 def _torchvision_dataset(name: str, split: str, download: bool, data_root: str | None) -> ImageDataset:
@@ -233,8 +285,10 @@ def _torchvision_dataset(name: str, split: str, download: bool, data_root: str |
         ds = getattr(tvd, entry.tv_class)(root=str(root), download=download, **kw)
     except Exception as e:  # network errors, missing files, checksum errors
         first = str(e).splitlines()[0][:200] if str(e) else ""
-        raise METError(f"could not get {name} ({type(e).__name__}: {first}); connect to the internet once, or put "
-                       f"its files at {root}/{entry.layout} (another folder: --data-root DIR).") from None
+        raise METError(
+            f"could not get {name} ({type(e).__name__}: {first}); connect to the internet once, or put "
+            f"its files at {root}/{entry.layout} (another folder: --data-root DIR)."
+        ) from None
     labels = np.asarray(_tv_labels(ds), dtype=np.int64)
     classes = [str(c) for c in getattr(ds, "classes", sorted(set(labels.tolist())))]
     ids = [f"{name}/{split}/{i:06d}" for i in range(len(ds))]
@@ -284,8 +338,12 @@ def smallest_splittable_class(val_fraction: float) -> int:
 
 
 def subsample_split(
-    labels: np.ndarray, per_class: int, val_fraction: float, seed: int,
-    class_names: Sequence[str] | None = None, warn: Callable[[str], None] | None = None,
+    labels: np.ndarray,
+    per_class: int,
+    val_fraction: float,
+    seed: int,
+    class_names: Sequence[str] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """VTAB-1k style: `per_class` images per class (0 = all), each class split train/val, seeded.
 
@@ -311,21 +369,32 @@ def subsample_split(
     if without and warn is not None:
         need = smallest_splittable_class(val_fraction)
         if len(without) == len(classes):
-            warn(f"warning: --val-fraction {val_fraction:g} gives no validation image to any class (each has fewer "
-                 f"than {need} images), so this run has no validation images: no validation accuracy is reported "
-                 f"and `met trace --split val` has nothing to trace; give each class at least {need} images, or "
-                 "pass --val-fraction 0 to train on all of them without this warning.")
+            warn(
+                f"warning: --val-fraction {val_fraction:g} gives no validation image to any class (each has fewer "
+                f"than {need} images), so this run has no validation images: no validation accuracy is reported "
+                f"and `met trace --split val` has nothing to trace; give each class at least {need} images, or "
+                "pass --val-fraction 0 to train on all of them without this warning."
+            )
         else:
             names = [str(class_names[c]) if class_names is not None else str(c) for c in without]
-            warn(f"warning: --val-fraction {val_fraction:g} gives no validation image to {len(without)} of "
-                 f"{len(classes)} classes ({', '.join(repr(n[:40]) for n in names[:5])}"
-                 f"{' ...' if len(names) > 5 else ''}: fewer than {need} images each); the validation accuracy "
-                 "covers the other classes only.")
+            warn(
+                f"warning: --val-fraction {val_fraction:g} gives no validation image to {len(without)} of "
+                f"{len(classes)} classes ({', '.join(repr(n[:40]) for n in names[:5])}"
+                f"{' ...' if len(names) > 5 else ''}: fewer than {need} images each); the validation accuracy "
+                "covers the other classes only."
+            )
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
 
 
-def dataset_for_checkpoint(cfg: dict[str, Any], dataset: str | None, split: str, download: bool,
-                           data_root: str | None = None, holdout: int = 0, seed: int = 0) -> ImageDataset:
+def dataset_for_checkpoint(
+    cfg: dict[str, Any],
+    dataset: str | None,
+    split: str,
+    download: bool,
+    data_root: str | None = None,
+    holdout: int = 0,
+    seed: int = 0,
+) -> ImageDataset:
     """The dataset a trace runs over: an explicit one; the checkpoint's own validation images ('val', by id);
     or `holdout` images of its training split that it never trained or validated on ('holdout', seeded):
     a calibration set of useful size, never drawn from the test split."""
@@ -334,8 +403,9 @@ def dataset_for_checkpoint(cfg: dict[str, Any], dataset: str | None, split: str,
     data = cfg.get("data", {})
     if split not in ("val", "holdout"):
         if not dataset:
-            raise METError("pass --dataset (a folder or a dataset name), or --split val / holdout for the "
-                           "checkpoint's own images.")
+            raise METError(
+                "pass --dataset (a folder or a dataset name), or --split val / holdout for the checkpoint's own images."
+            )
         return open_dataset(dataset, split=split, download=download, data_root=data_root)
     found = locate_dataset(data.get("root"))
     src = dataset or (str(found) if found else data.get("dataset"))
@@ -348,28 +418,40 @@ def dataset_for_checkpoint(cfg: dict[str, Any], dataset: str | None, split: str,
     if split == "val":
         if not data.get("val_ids"):
             fraction = cfg.get("train", {}).get("val_fraction")
-            raise METError("this checkpoint was trained without validation images"
-                           + (f" (--val-fraction {fraction:g} gave none)" if isinstance(fraction, (int, float))
-                              else "")
-                           + ", so --split val has nothing to trace; trace "
-                           + (f"some of the {len(free):,} images it never saw (--split holdout --holdout N) or "
-                              if len(free) else "")
-                           + "a test split.")
+            raise METError(
+                "this checkpoint was trained without validation images"
+                + (f" (--val-fraction {fraction:g} gave none)" if isinstance(fraction, (int, float)) else "")
+                + ", so --split val has nothing to trace; trace "
+                + (
+                    f"some of the {len(free):,} images it never saw (--split holdout --holdout N) or "
+                    if len(free)
+                    else ""
+                )
+                + "a test split."
+            )
         missing = [s for s in data["val_ids"] if s not in where]
         if missing:
-            raise METError(f"the checkpoint's validation images are not all in {src} ({len(missing)} of "
-                           f"{len(data['val_ids'])} missing); pass the dataset it was trained on.")
+            raise METError(
+                f"the checkpoint's validation images are not all in {src} ({len(missing)} of "
+                f"{len(data['val_ids'])} missing); pass the dataset it was trained on."
+            )
         return ds.subset([where[s] for s in data["val_ids"]])
     if not len(free):
-        raise METError(f"the checkpoint trained or validated on all {len(ds):,} images of {src}, so none is left "
-                       "for --split holdout; trace another split (a test split), or train with --per-class below "
-                       "the class sizes to leave images out.")
+        raise METError(
+            f"the checkpoint trained or validated on all {len(ds):,} images of {src}, so none is left "
+            "for --split holdout; trace another split (a test split), or train with --per-class below "
+            "the class sizes to leave images out."
+        )
     if holdout < 1:
-        raise METError(f"--split holdout needs --holdout N: how many of the {len(free):,} images the checkpoint "
-                       "never saw to trace.")
+        raise METError(
+            f"--split holdout needs --holdout N: how many of the {len(free):,} images the checkpoint "
+            "never saw to trace."
+        )
     if holdout > len(free):
-        raise METError(f"--holdout {holdout:,} asks for more than the {len(free):,} images of {src} the checkpoint "
-                       f"never saw; pass --holdout {len(free)} or fewer.")
+        raise METError(
+            f"--holdout {holdout:,} asks for more than the {len(free):,} images of {src} the checkpoint "
+            f"never saw; pass --holdout {len(free)} or fewer."
+        )
     return ds.subset(np.sort(np.random.default_rng(seed).choice(free, size=holdout, replace=False)))
 
 

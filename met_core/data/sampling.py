@@ -4,6 +4,7 @@ Every process draws the same plan and takes its own shard of each batch, so N pr
 the batches one process would, and a data path (in-memory tensor or streaming DataLoader) only
 decides how the images of a shard are fetched.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,9 @@ def classes_in_batch(num_classes: int, batch_size: int, classes_per_batch: int) 
     return p, max(2, batch_size // p)
 
 
-def class_balanced_batches(labels: np.ndarray, batch_size: int, classes_per_batch: int,
-                           rng: np.random.Generator) -> list[np.ndarray]:
+def class_balanced_batches(
+    labels: np.ndarray, batch_size: int, classes_per_batch: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """One epoch of P x M batches (P classes, M images each; `classes_in_batch`) so every batch has same-class
     pairs.
 
@@ -55,7 +57,7 @@ def class_balanced_batches(labels: np.ndarray, batch_size: int, classes_per_batc
 def shuffled_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """One epoch of plain shuffled batches covering every sample once."""
     perm = rng.permutation(n)
-    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def plan_epochs(labels: np.ndarray, tcfg: TrainConfig, world_size: int = 1) -> list[list[np.ndarray]]:
@@ -66,8 +68,11 @@ def plan_epochs(labels: np.ndarray, tcfg: TrainConfig, world_size: int = 1) -> l
     balanced = tcfg.graph_reg > 0 and tcfg.graph_reg_kind == "label"
     plans = []
     for _ in range(tcfg.epochs):
-        plan = (class_balanced_batches(labels, tcfg.batch_size, tcfg.classes_per_batch, rng) if balanced
-                else shuffled_batches(len(labels), tcfg.batch_size, rng))
+        plan = (
+            class_balanced_batches(labels, tcfg.batch_size, tcfg.classes_per_batch, rng)
+            if balanced
+            else shuffled_batches(len(labels), tcfg.batch_size, rng)
+        )
         plans.append([b for b in plan if len(b) >= world_size])
     return plans
 

@@ -1,4 +1,5 @@
 """Devices and numeric precision: one place that turns `--device` and `--precision` into torch objects."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,12 +22,16 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
         if not torch.cuda.is_available():
-            raise METError(f"--device {spec} asks for a GPU, but torch sees no CUDA device here; use --device cpu "
-                           "(or auto), or install a CUDA build of torch.")
+            raise METError(
+                f"--device {spec} asks for a GPU, but torch sees no CUDA device here; use --device cpu "
+                "(or auto), or install a CUDA build of torch."
+            )
         index = local_rank if spec == "cuda" else int(spec[5:])
         if index >= torch.cuda.device_count():
-            raise METError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-                           f"pick cuda:0..cuda:{torch.cuda.device_count() - 1}.")
+            raise METError(
+                f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                f"pick cuda:0..cuda:{torch.cuda.device_count() - 1}."
+            )
         return torch.device("cuda", index)
     raise METError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}.")
 
@@ -36,6 +41,7 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
+
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 

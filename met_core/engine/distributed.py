@@ -4,6 +4,7 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them everything runs as o
 here is the identity. The helpers keep multi-process results equal to a single process's: gathers return
 rows in rank order, and sums of disjoint contributions are exact.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,8 +56,9 @@ def env_int(name: str, default: int, lo: int = 0, hi: int | None = None) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise METError(f"environment variable {name}={value[:40]!r} is not an integer; unset it or let torchrun "
-                       "set it.") from None
+        raise METError(
+            f"environment variable {name}={value[:40]!r} is not an integer; unset it or let torchrun set it."
+        ) from None
     if n < lo or (hi is not None and n > hi):
         within = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
         raise METError(f"environment variable {name}={n} must be {within}; {UNSET}, or let torchrun set them.")
@@ -73,9 +75,11 @@ def rendezvous_timeout() -> float:
     except ValueError:
         t = float("nan")
     if not 0 < t <= MAX_RENDEZVOUS_TIMEOUT_S:  # NaN too
-        raise METError(f"environment variable MET_RENDEZVOUS_TIMEOUT={value[:40]!r} must be a number of seconds "
-                       f"above 0 and at most {MAX_RENDEZVOUS_TIMEOUT_S:,.0f}; unset it for "
-                       f"{RENDEZVOUS_TIMEOUT_S:.0f} s.")
+        raise METError(
+            f"environment variable MET_RENDEZVOUS_TIMEOUT={value[:40]!r} must be a number of seconds "
+            f"above 0 and at most {MAX_RENDEZVOUS_TIMEOUT_S:,.0f}; unset it for "
+            f"{RENDEZVOUS_TIMEOUT_S:.0f} s."
+        )
     return t
 
 
@@ -85,21 +89,27 @@ def launcher_context() -> DistContext:
     rank below WORLD_SIZE with the address (MASTER_ADDR, MASTER_PORT) where the processes meet."""
     world = env_int("WORLD_SIZE", 1, lo=1)
     if world == 1:
-        stray = [f"{name}={os.environ[name]}" for name in ("RANK", "LOCAL_RANK") if env_int(name, 0, lo=-2**63) != 0]
+        stray = [f"{name}={os.environ[name]}" for name in ("RANK", "LOCAL_RANK") if env_int(name, 0, lo=-(2**63)) != 0]
         if stray:
-            raise METError(f"{' and '.join(stray)} is set but WORLD_SIZE is {os.environ.get('WORLD_SIZE', 'unset')}, "
-                           f"so there is no such process; {UNSET}, or launch with torchrun.")
+            raise METError(
+                f"{' and '.join(stray)} is set but WORLD_SIZE is {os.environ.get('WORLD_SIZE', 'unset')}, "
+                f"so there is no such process; {UNSET}, or launch with torchrun."
+            )
         return DistContext()
     rank = env_int("RANK", 0, hi=world - 1)
     local_world = env_int("LOCAL_WORLD_SIZE", world, lo=1, hi=world)
     local_rank = env_int("LOCAL_RANK", rank % local_world, hi=local_world - 1)
     if "RANK" not in os.environ:
-        raise METError(f"WORLD_SIZE={world} asks for {world} processes but RANK is unset, so this process has no "
-                       f"place among them; launch with torchrun --nproc_per_node {world}, or {UNSET}.")
+        raise METError(
+            f"WORLD_SIZE={world} asks for {world} processes but RANK is unset, so this process has no "
+            f"place among them; launch with torchrun --nproc_per_node {world}, or {UNSET}."
+        )
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if not os.environ.get(name, "").strip():
-            raise METError(f"WORLD_SIZE={world} asks for {world} processes but {name} is unset, so they have no "
-                           f"place to meet; launch with torchrun --nproc_per_node {world}, or {UNSET}.")
+            raise METError(
+                f"WORLD_SIZE={world} asks for {world} processes but {name} is unset, so they have no "
+                f"place to meet; launch with torchrun --nproc_per_node {world}, or {UNSET}."
+            )
     env_int("MASTER_PORT", 0, lo=1, hi=65_535)
     return DistContext(rank, world, local_rank)
 
@@ -149,14 +159,23 @@ def init_distributed(device_type: str) -> DistContext:
     try:
         with _native_stderr_quiet():
             store = _rendezvous(ctx, timeout)
-            dist.init_process_group("nccl" if device_type == "cuda" else "gloo", store=PrefixStore("default_pg", store),
-                                    rank=ctx.rank, world_size=ctx.world_size)
+            dist.init_process_group(
+                "nccl" if device_type == "cuda" else "gloo",
+                store=PrefixStore("default_pg", store),
+                rank=ctx.rank,
+                world_size=ctx.world_size,
+            )
     except (ValueError, RuntimeError) as e:
         timed_out = "timed out" in str(e).lower()
-        why = (f"not all {ctx.world_size} processes met at {where} within {timeout:g} s (MET_RENDEZVOUS_TIMEOUT)"
-               if timed_out else f"the process group could not start at {where} ({' '.join(str(e).split())[:160]})")
-        raise METError(f"WORLD_SIZE={ctx.world_size} and RANK={ctx.rank} ask for a multi-process job, but {why}; "
-                       f"launch every process with torchrun --nproc_per_node {ctx.world_size}, or {UNSET}.") from None
+        why = (
+            f"not all {ctx.world_size} processes met at {where} within {timeout:g} s (MET_RENDEZVOUS_TIMEOUT)"
+            if timed_out
+            else f"the process group could not start at {where} ({' '.join(str(e).split())[:160]})"
+        )
+        raise METError(
+            f"WORLD_SIZE={ctx.world_size} and RANK={ctx.rank} ask for a multi-process job, but {why}; "
+            f"launch every process with torchrun --nproc_per_node {ctx.world_size}, or {UNSET}."
+        ) from None
     return ctx
 
 
@@ -179,6 +198,7 @@ def gather_rows(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     padded = torch.cat([x, x.new_zeros((longest - len(x), *x.shape[1:]))]) if len(x) < longest else x
     if padded.requires_grad:
         from torch.distributed.nn.functional import all_gather  # its backward sums every rank's gradient
+
         parts = all_gather(padded)
     else:
         parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]

@@ -6,6 +6,7 @@ stage k > 1 takes the tokens of the images still running and returns the same. `
 them (order, policy, thresholds, class names, input size, preprocessing, GMACs, the checkpoint's hash), and
 `OnnxEarlyExit` runs real batched early exit over the graphs, moving only the continuing images on.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,8 +42,9 @@ class ExitsManifest(TaggedFile):
     preprocessing: dict[str, Any] = _f(REQUIRED, "mean, std and interpolation, as the checkpoint records them.")
     gmacs: list[float] = _f(REQUIRED, "GMACs per exit.", max_len=64)
     checkpoint_sha256: str = _f(REQUIRED, "Hash of the checkpoint exported.", max_len=64)
-    quantization: Literal["fp32", "int8"] = _f("fp32", "'fp32', or 'int8': weights of the matrix products int8, "
-                                               "activations quantized per run.")
+    quantization: Literal["fp32", "int8"] = _f(
+        "fp32", "'fp32', or 'int8': weights of the matrix products int8, activations quantized per run."
+    )
 
     def check(self, what: str) -> None:
         """As many thresholds and GMACs as stages, a known policy and a usable preprocessing record."""
@@ -50,8 +52,10 @@ class ExitsManifest(TaggedFile):
             raise METError(f"{what} is inconsistent (stages, thresholds, GMACs).")
         get_policy(self.policy)
         pre = self.preprocessing
-        if not (all(isinstance(pre.get(k), list) and len(pre[k]) == 3 for k in ("mean", "std"))
-                and pre.get("interpolation", "bicubic") in ("bicubic", "bilinear")):
+        if not (
+            all(isinstance(pre.get(k), list) and len(pre[k]) == 3 for k in ("mean", "std"))
+            and pre.get("interpolation", "bicubic") in ("bicubic", "bilinear")
+        ):
             raise METError(f"{what} has no usable preprocessing record.")
 
     def transform(self) -> Any:
@@ -78,8 +82,15 @@ def stage_module(model: METModel, k: int):
     return Stage().eval()
 
 
-def export_onnx(model: METModel, out: Path, policy: str, thresholds: Any, checkpoint_sha256: str,
-                gmacs: list[float], quantize: str = "fp32") -> ExitsManifest:
+def export_onnx(
+    model: METModel,
+    out: Path,
+    policy: str,
+    thresholds: Any,
+    checkpoint_sha256: str,
+    gmacs: list[float],
+    quantize: str = "fp32",
+) -> ExitsManifest:
     """Write stage_1.onnx ... stage_K.onnx and exits.json; each graph is validated with the onnx checker.
 
     quantize="int8": onnxruntime's dynamic quantization of each graph (the matrix products' weights stored in
@@ -92,9 +103,11 @@ def export_onnx(model: METModel, out: Path, policy: str, thresholds: Any, checkp
     from ..data.datasets import preprocessing_record
 
     if model.cfg.diagonal_mode != "stage":
-        raise METError("this checkpoint uses per-exit-path diagonals: each exit recomputes every block from the "
-                       "stem, so it cannot be exported stage by stage; export a model trained with --diagonal-mode "
-                       "stage.")
+        raise METError(
+            "this checkpoint uses per-exit-path diagonals: each exit recomputes every block from the "
+            "stem, so it cannot be exported stage by stage; export a model trained with --diagonal-mode "
+            "stage."
+        )
     if quantize not in ("fp32", "int8"):
         raise METError(f"--quantize must be fp32 or int8, got {quantize!r}.")
     pol = get_policy(policy)
@@ -108,17 +121,32 @@ def export_onnx(model: METModel, out: Path, policy: str, thresholds: Any, checkp
             name = f"stage_{k + 1}.onnx"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(stage_module(model, k), (x,), str(out / name), dynamo=False, opset_version=OPSET,
-                                  input_names=["input"], output_names=["tokens", "logits"],
-                                  dynamic_axes={"input": {0: "batch"}, "tokens": {0: "batch"}, "logits": {0: "batch"}})
+                torch.onnx.export(
+                    stage_module(model, k),
+                    (x,),
+                    str(out / name),
+                    dynamo=False,
+                    opset_version=OPSET,
+                    input_names=["input"],
+                    output_names=["tokens", "logits"],
+                    dynamic_axes={"input": {0: "batch"}, "tokens": {0: "batch"}, "logits": {0: "batch"}},
+                )
             onnx.checker.check_model(str(out / name))
             if quantize == "int8":
                 quantize_int8(out / name)
             names.append(name)
             x, _ = stage_module(model, k)(x)
-    manifest = ExitsManifest(names, pol.name, [float(v) if np.isfinite(v) else None for v in t],
-                             list(model.cfg.class_names), s, preprocessing_record(model.cfg), list(gmacs),
-                             checkpoint_sha256, quantize)
+    manifest = ExitsManifest(
+        names,
+        pol.name,
+        [float(v) if np.isfinite(v) else None for v in t],
+        list(model.cfg.class_names),
+        s,
+        preprocessing_record(model.cfg),
+        list(gmacs),
+        checkpoint_sha256,
+        quantize,
+    )
     (out / EXITS_FILE).write_text(manifest.to_json() + "\n")
     return manifest
 
@@ -145,8 +173,9 @@ def quantize_int8(path: Path) -> None:
 def read_manifest(folder: Path) -> ExitsManifest:
     """exits.json of an export folder, checked (untrusted: bounded, its fields as declared above, graphs inside the
     folder)."""
-    m = read_tagged_file(ExitsManifest, folder / EXITS_FILE, "an export manifest", "export the checkpoint again",
-                         inside=folder)
+    m = read_tagged_file(
+        ExitsManifest, folder / EXITS_FILE, "an export manifest", "export the checkpoint again", inside=folder
+    )
     for name in m.stages:
         regular_file(folder / name, "a stage graph", MAX_WEIGHTS_BYTES, inside=folder)
     return m
@@ -155,8 +184,9 @@ def read_manifest(folder: Path) -> ExitsManifest:
 def check_export(runner: OnnxEarlyExit, checkpoint: str | Path) -> None:
     """One sentence when an export's runner was made from another checkpoint than `checkpoint`."""
     if runner.manifest.checkpoint_sha256 != checkpoint_hash(checkpoint):
-        raise METError(f"the ONNX export in {runner.folder} was made from another checkpoint; export this one "
-                       "again (met export).")
+        raise METError(
+            f"the ONNX export in {runner.folder} was made from another checkpoint; export this one again (met export)."
+        )
 
 
 def open_export(checkpoint: str | Path, folder: str | Path | None = None) -> OnnxEarlyExit:
@@ -197,8 +227,10 @@ class OnnxEarlyExit:
         self.manifest = read_manifest(self.folder)
         self.threads = threads or torch.get_num_threads()
         so = session_options(self.threads)
-        self.sessions = [ort.InferenceSession(str(self.folder / n), so, providers=providers or ["CPUExecutionProvider"])
-                         for n in self.manifest.stages]
+        self.sessions = [
+            ort.InferenceSession(str(self.folder / n), so, providers=providers or ["CPUExecutionProvider"])
+            for n in self.manifest.stages
+        ]
 
     @property
     def num_exits(self) -> int:
@@ -217,20 +249,31 @@ class OnnxEarlyExit:
             out.append(logits)
         return np.stack(out, 1)
 
-    def __call__(self, x: np.ndarray, thresholds: Any = None, policy: str | None = None,
-                 batch_size: int = 64, replay: np.ndarray | None = None) -> EarlyExitResult:
+    def __call__(
+        self,
+        x: np.ndarray,
+        thresholds: Any = None,
+        policy: str | None = None,
+        batch_size: int = 64,
+        replay: np.ndarray | None = None,
+    ) -> EarlyExitResult:
         """Early exit of preprocessed images (N, 3, S, S), in batches; `replay` (N,) gives each image's exit
         instead of the rule (as `METModel.forward_early_exit`)."""
         from ..nn.model import EarlyExitResult
 
-        parts = [self.run_batch(x[i:i + batch_size], thresholds, policy,
-                                None if replay is None else replay[i:i + batch_size])
-                 for i in range(0, len(x), batch_size)]
-        return EarlyExitResult(*(np.concatenate([getattr(p, f) for p in parts])
-                                 for f in ("classes", "exits", "confidence", "probs")))
+        parts = [
+            self.run_batch(
+                x[i : i + batch_size], thresholds, policy, None if replay is None else replay[i : i + batch_size]
+            )
+            for i in range(0, len(x), batch_size)
+        ]
+        return EarlyExitResult(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("classes", "exits", "confidence", "probs"))
+        )
 
-    def run_batch(self, x: np.ndarray, thresholds: Any = None, policy: str | None = None,
-                  replay: np.ndarray | None = None) -> EarlyExitResult:
+    def run_batch(
+        self, x: np.ndarray, thresholds: Any = None, policy: str | None = None, replay: np.ndarray | None = None
+    ) -> EarlyExitResult:
         """One batch: stage by stage, the images that pass their exit's threshold leave it."""
         from ..nn.model import EarlyExitResult
 

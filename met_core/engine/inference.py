@@ -2,6 +2,7 @@
 
 Shared by the CLI (`predict`, `bench-exit`) and the app's upload page and measurement.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -30,14 +31,20 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def head_inputs(model: METModel, data: torch.Tensor | ImageDataset, device: torch.device | None = None,
-                precision: str = "fp32", batch_size: int = 128, workers: int = 0) -> list[torch.Tensor]:
+def head_inputs(
+    model: METModel,
+    data: torch.Tensor | ImageDataset,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+    batch_size: int = 128,
+    workers: int = 0,
+) -> list[torch.Tensor]:
     """Head inputs of every exit for a tensor of images (N, 3, H, W) or a dataset, batched: K tensors (N, D')
     on the CPU in float32 (`METModel.forward_features`), whatever device and precision ran them."""
     model.eval()
     device = device or next(model.parameters()).device
     if isinstance(data, torch.Tensor):
-        chunks: Any = (data[i:i + batch_size] for i in range(0, len(data), batch_size))
+        chunks: Any = (data[i : i + batch_size] for i in range(0, len(data), batch_size))
     else:
         chunks = (x for x, _, _ in torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers))
     parts = []
@@ -47,8 +54,15 @@ def head_inputs(model: METModel, data: torch.Tensor | ImageDataset, device: torc
     return [torch.cat(z) for z in zip(*parts, strict=True)]
 
 
-def early_exit(model: METModel, x: torch.Tensor, thresholds: float | Sequence[float], policy: str = "max-softmax",
-               batch_size: int = 64, precision: str = "fp32", replay: np.ndarray | None = None) -> EarlyExitResult:
+def early_exit(
+    model: METModel,
+    x: torch.Tensor,
+    thresholds: float | Sequence[float],
+    policy: str = "max-softmax",
+    batch_size: int = 64,
+    precision: str = "fp32",
+    replay: np.ndarray | None = None,
+) -> EarlyExitResult:
     """Batched real early exit over preprocessed images x (N, 3, H, W), on the model's device, in batches of
     `batch_size`; `replay` (N,) gives each image's exit instead of the rule (see `METModel.forward_early_exit`).
     thresholds: one global value or one per exit (`policies.as_thresholds`; METError when malformed or out of
@@ -59,10 +73,11 @@ def early_exit(model: METModel, x: torch.Tensor, thresholds: float | Sequence[fl
     parts = []
     for i in range(0, len(x), batch_size):
         with autocast(device, precision):
-            part = None if replay is None else replay[i:i + batch_size]
-            parts.append(model.forward_early_exit(x[i:i + batch_size].to(device), t, pol, part))
-    return EarlyExitResult(*(np.concatenate([getattr(p, f) for p in parts])
-                             for f in ("classes", "exits", "confidence", "probs")))
+            part = None if replay is None else replay[i : i + batch_size]
+            parts.append(model.forward_early_exit(x[i : i + batch_size].to(device), t, pol, part))
+    return EarlyExitResult(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("classes", "exits", "confidence", "probs"))
+    )
 
 
 @dataclass
@@ -86,15 +101,26 @@ class Prediction:
         return d
 
 
-def predict_files(model: METModel, files: Sequence[str | Path], thresholds: float | Sequence[float],
-                  policy: str = "max-softmax", batch_size: int = 64, precision: str = "fp32") -> list[Prediction]:
+def predict_files(
+    model: METModel,
+    files: Sequence[str | Path],
+    thresholds: float | Sequence[float],
+    policy: str = "max-softmax",
+    batch_size: int = 64,
+    precision: str = "fp32",
+) -> list[Prediction]:
     """Per file: class, exit, confidence, GMACs and per-exit probabilities; or an error for that file alone."""
     return predict_images(model, [(str(f), f) for f in files], thresholds, policy, batch_size, precision)
 
 
-def predict_images(model: METModel | OnnxEarlyExit, items: Sequence[tuple[str, str | Path | IO[bytes]]],
-                   thresholds: float | Sequence[float], policy: str = "max-softmax",
-                   batch_size: int = 64, precision: str = "fp32") -> list[Prediction]:
+def predict_images(
+    model: METModel | OnnxEarlyExit,
+    items: Sequence[tuple[str, str | Path | IO[bytes]]],
+    thresholds: float | Sequence[float],
+    policy: str = "max-softmax",
+    batch_size: int = 64,
+    precision: str = "fp32",
+) -> list[Prediction]:
     """Like `predict_files` for (name, path or binary file object) pairs, e.g. uploads; `model` is a METModel or
     an ONNX export's runner (the same answers: tests/test_export.py)."""
     from .export import OnnxEarlyExit
@@ -111,6 +137,7 @@ def predict_images(model: METModel | OnnxEarlyExit, items: Sequence[tuple[str, s
 
         def run(x: torch.Tensor) -> EarlyExitResult:
             return early_exit(model, x, thresholds, policy, batch_size, precision)
+
     results = [Prediction(name) for name, _ in items]
     good, tensors = [], []
     for i, (name, src) in enumerate(items):
@@ -167,10 +194,17 @@ class SpeedupResult(Record):
     early_seconds_median: float
 
 
-def measure_speedup(model: METModel | OnnxEarlyExit, x: torch.Tensor, thresholds: float | Sequence[float],
-                    policy: str = "max-softmax", batch_size: int = 64, repeats: int = 5,
-                    precision: str = "fp32", replay: np.ndarray | None = None,
-                    on_progress: Callable[[int, int], None] | None = None) -> SpeedupResult:
+def measure_speedup(
+    model: METModel | OnnxEarlyExit,
+    x: torch.Tensor,
+    thresholds: float | Sequence[float],
+    policy: str = "max-softmax",
+    batch_size: int = 64,
+    repeats: int = 5,
+    precision: str = "fp32",
+    replay: np.ndarray | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> SpeedupResult:
     """Real batched early exit vs every image to the last exit: same images, same process, interleaved, median.
     `model` is a METModel (PyTorch) or an ONNX export's runner. `replay` (N,): each image leaves at this exit
     instead of where the rule sends it (a replayed exit pattern: the timing needs no trained weights).
@@ -199,7 +233,7 @@ def measure_speedup(model: METModel | OnnxEarlyExit, x: torch.Tensor, thresholds
         def run_full() -> None:
             with torch.no_grad(), autocast(device, precision):
                 for i in range(0, len(x), batch_size):
-                    model(x[i:i + batch_size].to(device))
+                    model(x[i : i + batch_size].to(device))
 
         def run_early() -> EarlyExitResult:
             return early_exit(model, x, t, policy, batch_size, precision, replay)
@@ -228,14 +262,24 @@ def measure_speedup(model: METModel | OnnxEarlyExit, x: torch.Tensor, thresholds
         predicted_speedup=float(gm[-1] / gm[res.exits].mean()),
         measured_speedup=float(statistics.median(full_s) / statistics.median(early_s)),
         early_exit_share=float((res.exits < k - 1).mean()),
-        exit_fractions=(np.bincount(res.exits, minlength=k) / len(x)).tolist(), images=len(x),
-        batch_size=batch_size, repeats=repeats, policy=pol.name,
+        exit_fractions=(np.bincount(res.exits, minlength=k) / len(x)).tolist(),
+        images=len(x),
+        batch_size=batch_size,
+        repeats=repeats,
+        policy=pol.name,
         thresholds=[float(v) if np.isfinite(v) else None for v in t],
-        full_seconds_median=statistics.median(full_s), early_seconds_median=statistics.median(early_s))
+        full_seconds_median=statistics.median(full_s),
+        early_seconds_median=statistics.median(early_s),
+    )
 
 
-def load_engine(checkpoint: str | Path, engine: str = "pytorch", onnx: str | Path | None = None,
-                weights: str | None = None, device: Any = "cpu") -> METModel | OnnxEarlyExit:
+def load_engine(
+    checkpoint: str | Path,
+    engine: str = "pytorch",
+    onnx: str | Path | None = None,
+    weights: str | None = None,
+    device: Any = "cpu",
+) -> METModel | OnnxEarlyExit:
     """The model `predict`, `bench-exit` and `profile` run: the checkpoint in PyTorch on `device`, or its ONNX
     export's runner (`engine="onnx"`; `onnx`: the export folder, default CHECKPOINT/onnx), checked to be of it."""
     from ..nn.checkpoint import load_checkpoint
@@ -276,10 +320,16 @@ class BenchExitRow:
         return d if self.profile is None else {**d, "profile": self.profile.to_dict()}
 
 
-def bench_exit(model: METModel | OnnxEarlyExit, x: torch.Tensor, cfg: BenchExitConfig,
-               thresholds: float | Sequence[float | None], policy: str = "max-softmax", precision: str = "fp32",
-               profile: LatencyProfile | None = None,
-               on_progress: Callable[[int, int], None] | None = None) -> list[BenchExitRow]:
+def bench_exit(
+    model: METModel | OnnxEarlyExit,
+    x: torch.Tensor,
+    cfg: BenchExitConfig,
+    thresholds: float | Sequence[float | None],
+    policy: str = "max-softmax",
+    precision: str = "fp32",
+    profile: LatencyProfile | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[BenchExitRow]:
     """`met bench-exit` and the app's measurement: at each of `cfg.batch`, the real batched early exit against
     every image to the last exit (`measure_speedup`, `cfg.repeats` timed passes, torch seeded by `cfg.seed`), with
     the profile's prediction beside it when a latency profile is given."""

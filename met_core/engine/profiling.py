@@ -2,6 +2,7 @@
 or over an ONNX export (warm-up, repeats, median; CUDA synchronised). The profile, its file and the prediction
 made from it are met_core.analysis.latency (see its docstring for the method).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -20,8 +21,9 @@ def _median_ms(fn: Callable[[], object], sync: Callable[[], None], repeats: int,
     return 1e3 * statistics.median(timed(fn, sync) for _ in range(repeats))
 
 
-def _scale_to_whole_pass(stem_ms: list[float], stage_ms: list[list[float]], head_ms: list[list[float]],
-                         full_ms: float) -> float:
+def _scale_to_whole_pass(
+    stem_ms: list[float], stage_ms: list[list[float]], head_ms: list[list[float]], full_ms: float
+) -> float:
     """Scale the last-measured stem, stage and head times so that they sum to one whole pass; returns the factor."""
     scale = full_ms / (stem_ms[-1] + sum(r[-1] for r in stage_ms) + sum(r[-1] for r in head_ms))
     stem_ms[-1] *= scale
@@ -30,8 +32,14 @@ def _scale_to_whole_pass(stem_ms: list[float], stage_ms: list[list[float]], head
     return scale
 
 
-def profile_onnx(runner, batch_sizes: Sequence[int], repeats: int = 10, warmup: int = 2, policy: str = "max-softmax",
-                 progress: Callable[[str], None] = lambda s: None) -> LatencyProfile:
+def profile_onnx(
+    runner,
+    batch_sizes: Sequence[int],
+    repeats: int = 10,
+    warmup: int = 2,
+    policy: str = "max-softmax",
+    progress: Callable[[str], None] = lambda s: None,
+) -> LatencyProfile:
     """The same profile for an ONNX export's runner (`met_core.engine.export.OnnxEarlyExit`): each stage graph (its
     blocks and its exit's logits; the stem is inside stage 1, so `stem_ms` is 0), each exit's softmax and exit
     test, the compaction of the continuing tokens, and one whole pass; inputs are seeded random images."""
@@ -54,21 +62,47 @@ def profile_onnx(runner, batch_sizes: Sequence[int], repeats: int = 10, warmup: 
         for k in range(k_total):
             stage_ms[k].append(_median_ms(lambda k=k, t=tokens: runner.run_stage(k, t), lambda: None, repeats, warmup))
             tokens, logits = runner.run_stage(k, tokens)
-            head_ms[k].append(_median_ms(lambda z=logits: pol.passes(pol.score(exit_probs(z)[:, None])[:, -1], 0.5),
-                                         lambda: None, repeats, warmup))
+            head_ms[k].append(
+                _median_ms(
+                    lambda z=logits: pol.passes(pol.score(exit_probs(z)[:, None])[:, -1], 0.5),
+                    lambda: None,
+                    repeats,
+                    warmup,
+                )
+            )
         keep = np.arange(b) % 2 == 0  # half continue
-        compact_ms.append(_median_ms(lambda t=tokens, m=keep: np.ascontiguousarray(t[m]), lambda: None, repeats,
-                                     warmup))
+        compact_ms.append(
+            _median_ms(lambda t=tokens, m=keep: np.ascontiguousarray(t[m]), lambda: None, repeats, warmup)
+        )
         full_ms.append(_median_ms(lambda x=x: runner.run_batch(x, never, policy), lambda: None, repeats, warmup))
         scale.append(_scale_to_whole_pass(stem_ms, stage_ms, head_ms, full_ms[-1]))
     name = f"CPU ({platform.processor() or platform.machine()}, {runner.threads} threads)"
-    return LatencyProfile("cpu", name, runner.threads, f"onnxruntime {ort.__version__}", "fp32", list(batch_sizes),
-                          stem_ms, stage_ms, head_ms, compact_ms, full_pass_ms=full_ms, piece_scale=scale,
-                          engine="onnx")
+    return LatencyProfile(
+        "cpu",
+        name,
+        runner.threads,
+        f"onnxruntime {ort.__version__}",
+        "fp32",
+        list(batch_sizes),
+        stem_ms,
+        stage_ms,
+        head_ms,
+        compact_ms,
+        full_pass_ms=full_ms,
+        piece_scale=scale,
+        engine="onnx",
+    )
 
 
-def profile_model(model, batch_sizes: Sequence[int], precision: str = "fp32", repeats: int = 10, warmup: int = 2,
-                  policy: str = "max-softmax", progress: Callable[[str], None] = lambda s: None) -> LatencyProfile:
+def profile_model(
+    model,
+    batch_sizes: Sequence[int],
+    precision: str = "fp32",
+    repeats: int = 10,
+    warmup: int = 2,
+    policy: str = "max-softmax",
+    progress: Callable[[str], None] = lambda s: None,
+) -> LatencyProfile:
     """Time each piece of the real early-exit path at each batch size (inputs: seeded random images)."""
     import torch
 
@@ -104,6 +138,17 @@ def profile_model(model, batch_sizes: Sequence[int], precision: str = "fp32", re
             compact_ms.append(_median_ms(lambda t=tokens, m=keep: (t[m], m.nonzero()), sync, repeats, warmup))
             full_ms.append(_median_ms(lambda x=x: model.forward_early_exit(x, never, pol), sync, repeats, warmup))
             scale.append(_scale_to_whole_pass(stem_ms, stage_ms, head_ms, full_ms[-1]))
-    return LatencyProfile(str(device), device_name(device), torch.get_num_threads(), torch.__version__, precision,
-                          list(batch_sizes), stem_ms, stage_ms, head_ms, compact_ms, full_pass_ms=full_ms,
-                          piece_scale=scale)
+    return LatencyProfile(
+        str(device),
+        device_name(device),
+        torch.get_num_threads(),
+        torch.__version__,
+        precision,
+        list(batch_sizes),
+        stem_ms,
+        stage_ms,
+        head_ms,
+        compact_ms,
+        full_pass_ms=full_ms,
+        piece_scale=scale,
+    )

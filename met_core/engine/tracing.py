@@ -1,6 +1,7 @@
 """Making traces: every exit of a checkpoint over a dataset split, in PyTorch (batched, one or several processes)
 or through its ONNX export. The file format and its reader are met_core.io.traces.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -90,19 +91,28 @@ def run_trace(
     ).validate("the new trace")
 
 
-def run_trace_onnx(runner: Any, ds: ImageDataset, meta: dict[str, Any], batch_size: int = 64, workers: int = 0,
-                   progress: bool = False) -> Trace:
+def run_trace_onnx(
+    runner: Any, ds: ImageDataset, meta: dict[str, Any], batch_size: int = 64, workers: int = 0, progress: bool = False
+) -> Trace:
     """Every exit's logits over `ds` from an ONNX export's runner (no head inputs), as a trace."""
     import torch
     from tqdm.auto import tqdm
 
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
-    logits = np.concatenate([runner.all_logits(x.numpy()) for x, _, _ in tqdm(loader, desc="trace", unit="batch",
-                                                                              disable=not progress)])
+    logits = np.concatenate(
+        [runner.all_logits(x.numpy()) for x, _, _ in tqdm(loader, desc="trace", unit="batch", disable=not progress)]
+    )
     k, d = runner.num_exits, 0
-    return Trace(logits.astype(np.float16), np.asarray(ds.labels), np.asarray(ds.ids, dtype=str),
-                 np.asarray(runner.manifest.gmacs), list(ds.class_names), np.zeros(0, np.int64),
-                 np.zeros((k, 0, d), np.float16), meta).validate("the new trace")
+    return Trace(
+        logits.astype(np.float16),
+        np.asarray(ds.labels),
+        np.asarray(ds.ids, dtype=str),
+        np.asarray(runner.manifest.gmacs),
+        list(ds.class_names),
+        np.zeros(0, np.int64),
+        np.zeros((k, 0, d), np.float16),
+        meta,
+    ).validate("the new trace")
 
 
 class TraceCancelled(METError):
@@ -160,11 +170,15 @@ def trace_checkpoint(
         (notes or (lambda _: None))(note)
     want = list(mcfg.class_names)
     if len(ds.class_names) != len(want):
-        raise METError(f"the dataset has {len(ds.class_names)} classes and the checkpoint {len(want)}; trace a "
-                       "dataset with the checkpoint's classes (one sub-folder per class).")
+        raise METError(
+            f"the dataset has {len(ds.class_names)} classes and the checkpoint {len(want)}; trace a "
+            "dataset with the checkpoint's classes (one sub-folder per class)."
+        )
     if list(ds.class_names) != want:
-        raise METError(f"the dataset's classes {list(ds.class_names)[:5]}... differ from the checkpoint's "
-                       f"{want[:5]}...; name its sub-folders as the checkpoint's classes.")
+        raise METError(
+            f"the dataset's classes {list(ds.class_names)[:5]}... differ from the checkpoint's "
+            f"{want[:5]}...; name its sub-folders as the checkpoint's classes."
+        )
     if not len(ds):
         raise METError("the dataset has no images; put image files (.jpg, .png, ...) in its class sub-folders.")
     ds = seeded_subset(ds, o.limit, o.seed)
@@ -176,21 +190,40 @@ def trace_checkpoint(
         base = trace_bytes(0, k, c, 0, dim, id_chars)
         fixed = base + k * min(rows, len(ds)) * (dim * 2 + 8)  # what does not shrink with --limit
         fits = max(0, (MAX_TRACE_BYTES - fixed) // (trace_bytes(1, k, c, 0, dim, id_chars) - base))
-        raise METError(f"a trace of {len(ds):,} images of {len(want):,} classes would take {size / 2**20:,.1f} MiB, "
-                       f"more than the {MAX_TRACE_BYTES / 2**20:g} MiB a trace may hold; "
-                       + (f"trace at most {fits:,} images (--limit {fits})." if fits else
-                          "store fewer feature rows (--features)."))
+        raise METError(
+            f"a trace of {len(ds):,} images of {len(want):,} classes would take {size / 2**20:,.1f} MiB, "
+            f"more than the {MAX_TRACE_BYTES / 2**20:g} MiB a trace may hold; "
+            + (f"trace at most {fits:,} images (--limit {fits})." if fits else "store fewer feature rows (--features).")
+        )
     if onnx is None:
         if on_model is not None:
             on_model()
         model, cfg = load_checkpoint(checkpoint, weights, device)
     ds.transform = transform_for(mcfg)
-    meta = {"checkpoint": Path(checkpoint).name, "checkpoint_sha256": checkpoint_hash(checkpoint),
-            "dataset": dataset or cfg.get("data", {}).get("dataset"), "dataset_root": ds.root,
-            "split": split, "exits": mcfg.exits, "mac_note": MAC_NOTE, "note": SIMULATED_NOTE}
+    meta = {
+        "checkpoint": Path(checkpoint).name,
+        "checkpoint_sha256": checkpoint_hash(checkpoint),
+        "dataset": dataset or cfg.get("data", {}).get("dataset"),
+        "dataset_root": ds.root,
+        "split": split,
+        "exits": mcfg.exits,
+        "mac_note": MAC_NOTE,
+        "note": SIMULATED_NOTE,
+    }
     if onnx is not None:
         meta["engine"] = f"onnx {onnx.manifest.quantization}"
         return run_trace_onnx(onnx, ds, meta, o.batch_size, runtime.workers, progress)
-    return run_trace(model, ds, exit_gmacs(model), meta, batch_size=o.batch_size, features=o.features, seed=o.seed,
-                     progress=progress, precision=runtime.precision, workers=runtime.workers, ctx=ctx,
-                     on_batch=on_batch)
+    return run_trace(
+        model,
+        ds,
+        exit_gmacs(model),
+        meta,
+        batch_size=o.batch_size,
+        features=o.features,
+        seed=o.seed,
+        progress=progress,
+        precision=runtime.precision,
+        workers=runtime.workers,
+        ctx=ctx,
+        on_batch=on_batch,
+    )

@@ -6,6 +6,7 @@ shard of each (sampling.py); DistributedDataParallel averages the gradients of t
 graph regulariser sees the whole global batch through a differentiable gather (losses.met_loss), so N processes
 train the same tensors as one process with the same global batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,14 +50,17 @@ def build_optimizer(model: METModel, tcfg: TrainConfig) -> torch.optim.Optimizer
 
 def lr_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """Linear warm-up, then cosine decay to zero: a multiplier of the peak learning rate per step."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+
     return factor
 
 
 # --- where a process's images come from ----------------------------------------------------------------
+
 
 class TensorSource:
     """Images (or precomputed head inputs) held in memory: the decode-once fast path."""
@@ -82,8 +86,13 @@ class StreamSource:
         self.ctx = ctx
         self.sampler = PlannedBatches()
         self.loader = torch.utils.data.DataLoader(
-            ds, batch_sampler=self.sampler, num_workers=workers, pin_memory=pin_memory,
-            persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed + 7919 * ctx.rank))
+            ds,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(seed + 7919 * ctx.rank),
+        )
 
     def batches(self, plan: list[np.ndarray]) -> Iterator[Batch]:
         self.sampler.set_plan([shard(b, self.ctx.rank, self.ctx.world_size) for b in plan])
@@ -122,6 +131,7 @@ def wrap_for_training(model: METModel, ctx: DistContext, device: torch.device) -
 
 # --- one epoch, and evaluation ----------------------------------------------------------------------
 
+
 @dataclass
 class StepLog:
     """Running sums of the loss terms over an epoch (this process's shares; `reduced` adds up the processes)."""
@@ -147,10 +157,19 @@ class StepLog:
         return {k: round(means[k] / max(1, self.steps), 5) for k in ("ce", "gr", "kd") if k in self.has}
 
 
-def train_one_epoch(step: nn.Module, source: Source, plan: list[np.ndarray], opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, tcfg: TrainConfig,
-                    ctx: DistContext, device: torch.device, precision: str,
-                    on_step: Callable[[Any], None] = lambda parts: None) -> StepLog:
+def train_one_epoch(
+    step: nn.Module,
+    source: Source,
+    plan: list[np.ndarray],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    tcfg: TrainConfig,
+    ctx: DistContext,
+    device: torch.device,
+    precision: str,
+    on_step: Callable[[Any], None] = lambda parts: None,
+) -> StepLog:
     """One pass over the planned global batches; this process trains on its shard of each."""
     gather = (lambda t: gather_rows(t, ctx)) if ctx.enabled else None
     log = StepLog()
@@ -159,9 +178,19 @@ def train_one_epoch(step: nn.Module, source: Source, plan: list[np.ndarray], opt
         y = y.to(device, non_blocking=True)
         with autocast(device, precision):
             feats, logits = step(x)
-            loss, parts = met_loss(logits, feats, y, tcfg.graph_reg, tcfg.graph_reg_kind, tcfg.knn_k, tcfg.distill,
-                                   tcfg.distill_temperature, global_batch=len(b), world_size=ctx.world_size,
-                                   gather=gather)
+            loss, parts = met_loss(
+                logits,
+                feats,
+                y,
+                tcfg.graph_reg,
+                tcfg.graph_reg_kind,
+                tcfg.knn_k,
+                tcfg.distill,
+                tcfg.distill_temperature,
+                global_batch=len(b),
+                world_size=ctx.world_size,
+                gather=gather,
+            )
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {float(loss)}; lower --lr (or use --precision fp32).")
         opt.zero_grad(set_to_none=True)
@@ -175,8 +204,15 @@ def train_one_epoch(step: nn.Module, source: Source, plan: list[np.ndarray], opt
 
 
 @torch.no_grad()
-def evaluate(model: METModel, source: Source, n: int, ctx: DistContext, device: torch.device, precision: str,
-             batch_size: int = 128) -> list[float]:
+def evaluate(
+    model: METModel,
+    source: Source,
+    n: int,
+    ctx: DistContext,
+    device: torch.device,
+    precision: str,
+    batch_size: int = 128,
+) -> list[float]:
     """Per-exit accuracy over a validation set, sharded across processes and summed."""
     model.eval()
     plan = [np.arange(i, min(i + batch_size * ctx.world_size, n)) for i in range(0, n, batch_size * ctx.world_size)]
@@ -191,6 +227,7 @@ def evaluate(model: METModel, source: Source, n: int, ctx: DistContext, device: 
 
 
 # --- the whole run ----------------------------------------------------------------------------------
+
 
 @dataclass
 class TrainMetrics(Record):
@@ -229,8 +266,9 @@ def choose_data_path(n_images: int, img_size: int, tcfg: TrainConfig, runtime: R
     if tcfg.augment != "none":
         return "stream", f"augmentation '{tcfg.augment}' draws new crops every epoch"
     if need <= runtime.memory_budget_gb:
-        return "memory", (f"{n_images:,} decoded images take {need:.2f} GB, within the "
-                          f"{runtime.memory_budget_gb} GB budget")
+        return "memory", (
+            f"{n_images:,} decoded images take {need:.2f} GB, within the {runtime.memory_budget_gb} GB budget"
+        )
     return (
         "stream",
         f"{n_images:,} decoded images would take {need:.2f} GB, over the {runtime.memory_budget_gb} GB budget",
@@ -279,9 +317,16 @@ def make_sources(
     )
 
 
-def fit(model: METModel, train_ds: ImageDataset, val_ds: ImageDataset | None, tcfg: TrainConfig,
-        runtime: RuntimeConfig | None = None, ctx: DistContext | None = None, progress: bool = True,
-        log: Callable[[str], None] = lambda msg: None) -> TrainMetrics:
+def fit(
+    model: METModel,
+    train_ds: ImageDataset,
+    val_ds: ImageDataset | None,
+    tcfg: TrainConfig,
+    runtime: RuntimeConfig | None = None,
+    ctx: DistContext | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda msg: None,
+) -> TrainMetrics:
     """Train the adapters and heads of `model`. `train_ds` carries the training transform; `val_ds` is scored
     with its own. Returns the run's metrics; only the trainable tensors change."""
     from tqdm.auto import tqdm
@@ -290,8 +335,10 @@ def fit(model: METModel, train_ds: ImageDataset, val_ds: ImageDataset | None, tc
     runtime, ctx = runtime or RuntimeConfig(workers=0), ctx or DistContext()
     runtime.validate()
     if tcfg.batch_size < ctx.world_size:
-        raise METError(f"--batch-size {tcfg.batch_size} is smaller than the {ctx.world_size} processes; every "
-                       "process needs at least one image of each batch.")
+        raise METError(
+            f"--batch-size {tcfg.batch_size} is smaller than the {ctx.world_size} processes; every "
+            "process needs at least one image of each batch."
+        )
     device = resolve_device(runtime.device, ctx.local_rank)
     seed_everything(tcfg.seed)
     t0 = time.perf_counter()
@@ -325,8 +372,18 @@ def fit(model: METModel, train_ds: ImageDataset, val_ds: ImageDataset | None, tc
     model.eval()
     n = model.num_parameters()
     return TrainMetrics(
-        val_accuracy=history[-1].get("val_accuracy"), train_time_s=round(time.perf_counter() - t0, 2),
-        train_images=len(train_ds), val_images=n_val, trainable_parameters=n["trainable"],
-        frozen_parameters=n["frozen"], trainable_share=round(n["trainable"] / n["frozen"], 6),
-        torch_threads=torch.get_num_threads(), data_path=path, world_size=ctx.world_size, device=device_name(device),
-        precision=runtime.precision, peak_rss_gb=peak_rss_gb(), history=history)
+        val_accuracy=history[-1].get("val_accuracy"),
+        train_time_s=round(time.perf_counter() - t0, 2),
+        train_images=len(train_ds),
+        val_images=n_val,
+        trainable_parameters=n["trainable"],
+        frozen_parameters=n["frozen"],
+        trainable_share=round(n["trainable"] / n["frozen"], 6),
+        torch_threads=torch.get_num_threads(),
+        data_path=path,
+        world_size=ctx.world_size,
+        device=device_name(device),
+        precision=runtime.precision,
+        peak_rss_gb=peak_rss_gb(),
+        history=history,
+    )

@@ -5,6 +5,7 @@ from its name and weight source, and its content hash must match the one recorde
 This module is the folder's format and what reads it without torch (config, metrics, hash); writing a model
 into a folder and rebuilding it from one is met_core.nn.checkpoint.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,10 @@ def write_json(path: Path, data: Any) -> None:
 def check_checkpoint_path(path: Path) -> Path:
     """A checkpoint is a folder; refuse pickle files and missing paths with one sentence."""
     if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
-        raise METError(f"{path} is a pickle-format file; MET never unpickles (it can run code). "
-                       "A checkpoint is a folder with config.json and model.safetensors.")
+        raise METError(
+            f"{path} is a pickle-format file; MET never unpickles (it can run code). "
+            "A checkpoint is a folder with config.json and model.safetensors."
+        )
     if path.is_file():
         raise METError(f"{path} is a file; a checkpoint is a folder with config.json and model.safetensors.")
     if not path.is_dir():
@@ -78,9 +81,11 @@ def weights_path(path: Path, weights: str) -> str:
     if target.is_relative_to(folder):
         regular_file(target, "the backbone weights", MAX_WEIGHTS_BYTES, inside=folder)
     else:
-        raise METError(f"{path / 'config.json'} points the backbone weights at {weights}, outside the checkpoint "
-                       "folder; MET follows no path out of a checkpoint: copy the file into the folder and name it "
-                       "there, or pass the weights yourself (--weights FILE).")
+        raise METError(
+            f"{path / 'config.json'} points the backbone weights at {weights}, outside the checkpoint "
+            "folder; MET follows no path out of a checkpoint: copy the file into the folder and name it "
+            "there, or pass the weights yourself (--weights FILE)."
+        )
     return str(target)
 
 

@@ -1,4 +1,5 @@
 """Reading one image safely, without torch: the app's pages show pictures before any model is loaded."""
+
 from __future__ import annotations
 
 import os
@@ -58,23 +59,28 @@ def _grey_levels(img: Image.Image, name: str, bits: int | None) -> np.ndarray:
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     if img.mode == "F":
         if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise METError(f"{name} holds NaN or infinite pixel values; save it with finite values, or as an 8- "
-                           "or 16-bit image.")
+            raise METError(
+                f"{name} holds NaN or infinite pixel values; save it with finite values, or as an 8- or 16-bit image."
+            )
         if lo >= -FLOAT_SLACK and hi <= 1 + FLOAT_SLACK:
             arr *= 255.0
             return arr
         if lo >= 0 and hi <= 65535 and np.array_equal(arr, np.round(arr)):
             full = 255.0 if hi <= 255 else 65535.0
         else:
-            raise METError(f"{name} is a floating-point image with values from {lo:.4g} to {hi:.4g}, and MET reads "
-                           "floats only as 0..1 (or whole numbers 0..255 or 0..65535); rescale it to 0..1, or save "
-                           "it as an 8- or 16-bit image.")
+            raise METError(
+                f"{name} is a floating-point image with values from {lo:.4g} to {hi:.4g}, and MET reads "
+                "floats only as 0..1 (or whole numbers 0..255 or 0..65535); rescale it to 0..1, or save "
+                "it as an 8- or 16-bit image."
+            )
     elif img.mode in _SIXTEEN_BIT:
         full = 65535.0
     else:  # I: 32-bit signed integers
         if lo < 0:
-            raise METError(f"{name} holds negative pixel values (down to {lo:.0f}), so MET cannot tell which value "
-                           "is black; save it as an 8- or 16-bit image.")
+            raise METError(
+                f"{name} holds negative pixel values (down to {lo:.0f}), so MET cannot tell which value "
+                "is black; save it as an 8- or 16-bit image."
+            )
         if bits is None or bits > 16:
             bits = 8 if hi <= 255 else 16 if hi <= 65535 else 31
         full = float(2**bits - 1)
@@ -110,8 +116,11 @@ def to_rgb(img: Image.Image, name: str = "the image", bits: int | None = None) -
         if key is not None and mode != "F" and isinstance(key, int):
             alpha = Image.fromarray(np.where(np.asarray(img) == key, 0, 255).astype(np.uint8), "L")
         return _over_white(grey.convert("RGB"), alpha)
-    if mode in _STRAIGHT_ALPHA or (key is not None and mode in ("1", "L", "P", "RGB")) or (
-            mode == "P" and img.palette is not None and img.palette.mode == "RGBA"):
+    if (
+        mode in _STRAIGHT_ALPHA
+        or (key is not None and mode in ("1", "L", "P", "RGB"))
+        or (mode == "P" and img.palette is not None and img.palette.mode == "RGBA")
+    ):
         rgba = img.convert("RGBA")
         return _over_white(rgba.convert("RGB"), rgba.getchannel("A"))
     if mode in _PILLOW_RGB:
@@ -119,8 +128,12 @@ def to_rgb(img: Image.Image, name: str = "the image", bits: int | None = None) -
     raise METError(f"{name} has the image mode {mode!r}, which MET does not read; save it as an 8-bit RGB image.")
 
 
-def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None, resize_to: int | None = None,
-               max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def load_image(
+    source: str | os.PathLike | IO[bytes],
+    name: str | None = None,
+    resize_to: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> Image.Image:
     """Open an image (path or binary file object) as RGB: first frame of animations, EXIF orientation
     applied; its size, and what resizing to `resize_to` would make of it, checked from the header before
     any pixel is decoded (limits.check_image_size); one-sentence errors."""
@@ -138,5 +151,6 @@ def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None, r
         raise METError(f"{name} is refused as a decompression bomb ({e}); downscale it first.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         reason = str(e).replace(repr(source), repr(name))  # uploads: the file name, not a BytesIO repr
-        raise METError(f"{name} is not a readable image ({type(e).__name__}: {reason[:200]}); remove or replace "
-                       "it.") from None
+        raise METError(
+            f"{name} is not a readable image ({type(e).__name__}: {reason[:200]}); remove or replace it."
+        ) from None

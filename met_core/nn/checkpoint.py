@@ -2,6 +2,7 @@
 from a folder (the frozen backbone from its recorded source, checked by its hash). The folder's format and its
 torch-free readers are met_core.io.checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,14 @@ def versions() -> dict[str, str]:
     import torchvision
 
     from .. import __version__
-    return {"met_core": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__, "python": platform.python_version()}
+
+    return {
+        "met_core": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def save_checkpoint(out: Path, model: METModel, record: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -47,8 +54,9 @@ def save_checkpoint(out: Path, model: METModel, record: dict[str, Any], metrics:
 
     out.mkdir(parents=True, exist_ok=True)
     config = {"format": FORMAT, "model": dataclasses.asdict(model.cfg), **record, "versions": versions()}
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()},
-              str(out / WEIGHTS_FILE))  # device-independent: always written from CPU tensors
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}, str(out / WEIGHTS_FILE)
+    )  # device-independent: always written from CPU tensors
     write_json(out / CONFIG_FILE, config)
     write_json(out / METRICS_FILE, metrics)
 
@@ -101,10 +109,17 @@ def check_tensors(path: Path, mcfg: METConfig) -> None:
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     bad = [k for k in want if k in have and have[k] != want[k]]
     if missing or extra or bad:
-        what = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
-                else f"shape of {bad[0]} is {have[bad[0]]}, expected {want[bad[0]]}")
-        raise METError(f"{path / WEIGHTS_FILE} does not match its config.json ({what}); the folder mixes files of "
-                       "different models.")
+        what = (
+            f"missing {missing[:3]}"
+            if missing
+            else f"unexpected {extra[:3]}"
+            if extra
+            else f"shape of {bad[0]} is {have[bad[0]]}, expected {want[bad[0]]}"
+        )
+        raise METError(
+            f"{path / WEIGHTS_FILE} does not match its config.json ({what}); the folder mixes files of "
+            "different models."
+        )
 
 
 def inspect_checkpoint(path: Path) -> dict[str, Any]:
@@ -115,8 +130,9 @@ def inspect_checkpoint(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def load_checkpoint(path: str | Path, weights: str | None = None,
-                    device: torch.device | str | None = None) -> tuple[METModel, dict[str, Any]]:
+def load_checkpoint(
+    path: str | Path, weights: str | None = None, device: torch.device | str | None = None
+) -> tuple[METModel, dict[str, Any]]:
     """Rebuild a trained model from its folder (on `device`, CPU by default). `weights` (the caller's own
     choice, so trusted) overrides the recorded backbone weight source."""
     import torch
@@ -131,13 +147,16 @@ def load_checkpoint(path: str | Path, weights: str | None = None,
     check_tensors(path, mcfg)
     backbone, digest = create_backbone(mcfg.backbone, mcfg.img_size, weights or weights_path(path, mcfg.weights))
     if mcfg.weights_sha256 and digest and digest != mcfg.weights_sha256:
-        raise METError(f"checkpoint {path} was trained on other backbone weights (sha256 "
-                       f"{mcfg.weights_sha256[:12]}..., loaded {digest[:12]}...); use the weights it was trained with.")
+        raise METError(
+            f"checkpoint {path} was trained on other backbone weights (sha256 "
+            f"{mcfg.weights_sha256[:12]}..., loaded {digest[:12]}...); use the weights it was trained with."
+        )
     model = METModel(backbone, mcfg)
     state = _read_safetensors(path, lambda f: load_floating(f)[0])  # any floating dtype, as float32
     if any(not torch.isfinite(v).all() for v in state.values()):
-        raise METError(f"{path / WEIGHTS_FILE} contains NaN or inf weights; the training diverged or the file is "
-                       "damaged.")
+        raise METError(
+            f"{path / WEIGHTS_FILE} contains NaN or inf weights; the training diverged or the file is damaged."
+        )
     model.load_state_dict(state, strict=False)  # the frozen backbone is not in the file
     model.eval()
     return (model.to(device) if device is not None else model), cfg

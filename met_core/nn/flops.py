@@ -5,6 +5,7 @@ adapter projections, heads). Not counted: norms, activations, softmax, additions
 `torch.utils.flop_counter` counts the same operations at 2 FLOPs per MAC. The unit's label is
 met_core.io.traces.MAC_NOTE.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -4,6 +4,7 @@ optional self-distillation of early exits from the last one.
 Each regulariser takes the head inputs `z` of one early exit, the labels, and the last exit's
 features `ref` (used detached by the 'relational' and 'knn' graphs), and returns a scalar.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -63,9 +64,11 @@ def self_distillation(logits: list[torch.Tensor], temperature: float, denominato
     an early answer costs nothing where it equals the answer the full network would give.
     """
     teacher = F.log_softmax(logits[-1].detach().float() / temperature, dim=-1)
-    kl = [F.kl_div(F.log_softmax(lg.float() / temperature, dim=-1), teacher, log_target=True, reduction="sum")
-          for lg in logits[:-1]]
-    return temperature ** 2 * torch.stack(kl).sum() / (denominator or len(logits[0]))
+    kl = [
+        F.kl_div(F.log_softmax(lg.float() / temperature, dim=-1), teacher, log_target=True, reduction="sum")
+        for lg in logits[:-1]
+    ]
+    return temperature**2 * torch.stack(kl).sum() / (denominator or len(logits[0]))
 
 
 @dataclass
@@ -78,10 +81,19 @@ class LossParts:
     kd: float | None = None
 
 
-def met_loss(logits: list[torch.Tensor], feats: list[torch.Tensor], y: torch.Tensor,
-             graph_reg: float = 0.1, kind: str = "label", knn_k: int = 5,
-             distill: float = 0.0, temperature: float = 3.0, global_batch: int | None = None,
-             world_size: int = 1, gather: Gather | None = None) -> tuple[torch.Tensor, LossParts]:
+def met_loss(
+    logits: list[torch.Tensor],
+    feats: list[torch.Tensor],
+    y: torch.Tensor,
+    graph_reg: float = 0.1,
+    kind: str = "label",
+    knn_k: int = 5,
+    distill: float = 0.0,
+    temperature: float = 3.0,
+    global_batch: int | None = None,
+    world_size: int = 1,
+    gather: Gather | None = None,
+) -> tuple[torch.Tensor, LossParts]:
     """sum_k CE(exit k) + lambda * sum_{k<K} GR(z_k) [+ distill * KD], equal exit weights.
 
     One process: `y` is the whole batch. Under data parallelism `y` is this process's shard of a batch of

@@ -9,6 +9,7 @@ head input z_k (B, D') and `forward_head` maps each to its logits, since each ex
 Shapes: B images, T tokens (prefix + patches), D the backbone width, D' the head input width (D, or 2D for
 'cls+mean'), K exits, C classes. Tensors are float32 unless run under autocast.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,9 @@ def build_model(given: dict[str, Any], class_names: list[str], seed: int = 0) ->
 
     pre = backbone_entry(given.get("backbone") or METConfig.backbone).preprocessing
     own = {"mean": list(pre.mean), "std": list(pre.std), "interpolation": pre.interpolation}
-    base = config_from_dict(METConfig, {**own, **given, "num_classes": len(class_names),
-                                        "class_names": list(class_names)})
+    base = config_from_dict(
+        METConfig, {**own, **given, "num_classes": len(class_names), "class_names": list(class_names)}
+    )
     backbone, digest = create_backbone(base.backbone, base.img_size, base.weights)
     depth = len(backbone.blocks)
     if given.get("exits") is None:
@@ -72,16 +74,23 @@ class METModel(nn.Module):
         self.cfg = cfg
         self.backbone = backbone.requires_grad_(False).eval()
         dim = backbone.embed_dim
-        self.adapters = (EAdapters(self.depth, dim, len(cfg.exits), cfg.adapter_dim, cfg.adapter_scale,
-                                   cfg.sharing, cfg.exit_diagonals) if cfg.adapters else None)
+        self.adapters = (
+            EAdapters(
+                self.depth, dim, len(cfg.exits), cfg.adapter_dim, cfg.adapter_scale, cfg.sharing, cfg.exit_diagonals
+            )
+            if cfg.adapters
+            else None
+        )
         self.feature_dim = 2 * dim if cfg.head_input == "cls+mean" else dim
         head_bytes = len(cfg.exits) * (self.feature_dim + 1) * cfg.num_classes * 4  # float32, before allocating
         on_meta = torch.empty(0).device.type == "meta"  # shapes only (checkpoint.expected_shapes): no memory
         if head_bytes > MAX_TRAINED_BYTES and not on_meta:
-            raise METError(f"{len(cfg.exits)} heads of {self.feature_dim:,} x {cfg.num_classes:,} classes would take "
-                           f"{head_bytes:,} bytes, more than the {MAX_TRAINED_BYTES:,} a checkpoint's trained tensors "
-                           "may hold (training needs 4 times that); use fewer exits or classes"
-                           + (", or --head-input cls (half as wide)." if cfg.head_input == "cls+mean" else "."))
+            raise METError(
+                f"{len(cfg.exits)} heads of {self.feature_dim:,} x {cfg.num_classes:,} classes would take "
+                f"{head_bytes:,} bytes, more than the {MAX_TRAINED_BYTES:,} a checkpoint's trained tensors "
+                "may hold (training needs 4 times that); use fewer exits or classes"
+                + (", or --head-input cls (half as wide)." if cfg.head_input == "cls+mean" else ".")
+            )
         self.heads = nn.ModuleList(nn.Linear(self.feature_dim, cfg.num_classes) for _ in cfg.exits)
         starts = [0] + list(cfg.exits[:-1])
         self.stages = [range(s, e) for s, e in zip(starts, cfg.exits)]  # 0-based block indices per exit
@@ -142,7 +151,7 @@ class METModel(nn.Module):
         if self.cfg.head_input == "cls":
             return self.backbone.norm(x[:, 0])
         x = self.backbone.norm(x)
-        mean = x[:, self.backbone.num_prefix_tokens:].mean(dim=1)
+        mean = x[:, self.backbone.num_prefix_tokens :].mean(dim=1)
         return mean if self.cfg.head_input == "mean" else torch.cat([x[:, 0], mean], dim=-1)
 
     # --- timm-style API ---------------------------------------------------------------------------
@@ -170,8 +179,9 @@ class METModel(nn.Module):
 
     # --- real early exit --------------------------------------------------------------------------
     @torch.no_grad()
-    def forward_early_exit(self, x: torch.Tensor, thresholds: np.ndarray, policy: Policy,
-                           replay: np.ndarray | None = None) -> EarlyExitResult:
+    def forward_early_exit(
+        self, x: torch.Tensor, thresholds: np.ndarray, policy: Policy, replay: np.ndarray | None = None
+    ) -> EarlyExitResult:
         """Run block by block; at each exit the images whose score passes leave the batch and stop computing.
 
         Only the images still running continue (batch compaction). Same classes and exits as

@@ -7,6 +7,7 @@ is not floating point (int8 or uint8 quantised weights, bool, complex), or one t
 refused in one sentence naming the tensor and its dtype, before the tensor is read: its values mean nothing
 without a dequantisation recipe MET does not know.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,9 +21,22 @@ COMPUTE_DTYPE = torch.float32
 # safetensors' names of floating-point dtypes (those torch reads today: F64 F32 F16 BF16 and the F8 family)
 FLOAT_NAMES = ("F64", "F32", "F16", "BF16")
 FLOAT_PREFIX = "F8_"
-READABLE = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "I32": "int32",
-            "U32": "uint32", "I64": "int64", "U64": "uint64", "C64": "complex64", "F4": "float4", "F6_E2M3": "float6",
-            "F6_E3M2": "float6", "F8_E8M0": "float8_e8m0"}
+READABLE = {
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "I16": "int16",
+    "U16": "uint16",
+    "I32": "int32",
+    "U32": "uint32",
+    "I64": "int64",
+    "U64": "uint64",
+    "C64": "complex64",
+    "F4": "float4",
+    "F6_E2M3": "float6",
+    "F6_E3M2": "float6",
+    "F8_E8M0": "float8_e8m0",
+}
 
 
 def is_floating(name: str) -> bool:
@@ -64,9 +78,11 @@ def load_floating(file: str, skip_hash: Iterable[str] = ("head.",)) -> tuple[dic
         for k in keys:
             dtype = f.get_slice(k).get_dtype()
             if not is_floating(dtype):
-                raise METError(f"{file} stores {k} as {READABLE.get(dtype, dtype)} ({dtype}), not a floating-point "
-                               "type; MET reads weights in float64, float32, float16, bfloat16 or float8 only: "
-                               "dequantise the file first.")
+                raise METError(
+                    f"{file} stores {k} as {READABLE.get(dtype, dtype)} ({dtype}), not a floating-point "
+                    "type; MET reads weights in float64, float32, float16, bfloat16 or float8 only: "
+                    "dequantise the file first."
+                )
         for k in keys:
             t = f.get_tensor(k)
             if not k.startswith(skip):
@@ -74,6 +90,8 @@ def load_floating(file: str, skip_hash: Iterable[str] = ("head.",)) -> tuple[dic
             try:
                 out[k] = t.to(COMPUTE_DTYPE)
             except (RuntimeError, TypeError) as e:
-                raise METError(f"{file} stores {k} as {t.dtype}, which this torch cannot cast to float32 "
-                               f"({str(e)[:80]}); save the file in float32, float16 or bfloat16.") from None
+                raise METError(
+                    f"{file} stores {k} as {t.dtype}, which this torch cannot cast to float32 "
+                    f"({str(e)[:80]}); save the file in float32, float16 or bfloat16."
+                ) from None
     return out, h.hexdigest()

@@ -9,6 +9,7 @@ they hold on a busy machine: CPU time is what the process used, not how long it 
 wall-clock alarm at WALL_FACTOR x SECONDS stays as a safety net against true hangs only (a process that
 waits on a socket or a lock uses no CPU). Exit code 3 means a bound was hit.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -38,12 +39,13 @@ def cpu_seconds() -> float:
 
 def main() -> int:
     mem_mib, seconds = int(sys.argv[1]), int(sys.argv[2])
-    args = sys.argv[sys.argv.index("--") + 1:]
+    args = sys.argv[sys.argv.index("--") + 1 :]
     for m in pkgutil.walk_packages(met_core.__path__, "met_core."):
         if m.name != "met_core.__main__" and not m.name.startswith("met_core.app"):  # __main__ runs the CLI on import
             importlib.import_module(m.name)
     import safetensors.torch  # noqa: F401  (imported lazily by the readers)
     import torch
+
     torch.zeros(1) @ torch.zeros(1)  # start the thread pool before the cap
     limit = mapped_bytes() + mem_mib * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -62,6 +64,7 @@ def main() -> int:
     signal.signal(signal.SIGALRM, hung)
     signal.alarm(WALL_FACTOR * seconds)
     from met_core.cli import main as cli_main
+
     return cli_main(args)
 
 

@@ -1,5 +1,6 @@
 """A real browser on the app: `streamlit run met_core/app/main.py` headless on a free port, Debian's Chromium through
 Selenium. Shared by tests/test_browser.py and bench/app_speed.py."""
+
 from __future__ import annotations
 
 import os

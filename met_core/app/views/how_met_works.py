@@ -1,4 +1,5 @@
 """How MET works: the loaded model drawn from its real config, its model card, and the method in plain words."""
+
 import pandas as pd
 import streamlit as st
 
@@ -11,14 +12,22 @@ ckpt = state.current()
 c = state.card(str(ckpt))
 m, t, met, data = c["config"]["model"], c["config"].get("train", {}), c["metrics"], c["config"].get("data", {})
 st.title("How MET works")
-st.write("**Multiple-Exit Tuning** (Liu et al., 2024) adapts a frozen, pre-trained Vision Transformer so that "
-         "easy images can leave early. Below is the model this app has loaded, drawn from its real config.")
+st.write(
+    "**Multiple-Exit Tuning** (Liu et al., 2024) adapts a frozen, pre-trained Vision Transformer so that "
+    "easy images can leave early. Below is the model this app has loaded, drawn from its real config."
+)
 
 gm = met.get("exit_gmacs", [])
-st.plotly_chart(network_figure(m["exits"], gm, bool(m["adapters"])), key="architecture", width="stretch",
-                config={"displayModeBar": False})
-st.caption("Every block is frozen; the E-adapters inside each block are trained, and each exit is a norm and a "
-           "linear head after its block. The cost under each exit is what an image has spent when it leaves there.")
+st.plotly_chart(
+    network_figure(m["exits"], gm, bool(m["adapters"])),
+    key="architecture",
+    width="stretch",
+    config={"displayModeBar": False},
+)
+st.caption(
+    "Every block is frozen; the E-adapters inside each block are trained, and each exit is a norm and a "
+    "linear head after its block. The cost under each exit is what an image has spent when it leaves there."
+)
 
 st.subheader("Model card")
 card = state.summary(ckpt).card()

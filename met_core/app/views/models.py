@@ -1,5 +1,6 @@
 """Models: every checkpoint with its per-exit test and validation accuracy, cost, recipe and data (select a row
 to use it on every page); run a model over a dataset folder; add a checkpoint folder."""
+
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +39,7 @@ def row(p: Path) -> dict:
         "graph reg. lambda": sm.graph_reg,
         "adapters": sm.adapters,
         "recipe": f"{train.get('epochs', '?')} epochs, lr {train.get('lr', '?')}, {sm.img_size} px, "
-                  f"head input {sm.head_input}, seed {train.get('seed', '?')}",
+        f"head input {sm.head_input}, seed {train.get('seed', '?')}",
         "trained on": f"{sm.training_data} + {sm.val_images:,} val. images of {sm.dataset or '?'}",
         "test images": f"{test[1]:,} of {test[2]}" if test else "",
         "backbone": sm.backbone,
@@ -54,15 +55,23 @@ for p in state.checkpoints():
     except METError as e:
         st.error(md(f"{state.label(p)}: {user_message(e)}"))
 cur = state.current()
-st.caption("Select a row to use that model on every page. Test accuracy: every image at that exit, on the test "
-           "trace; validation: the checkpoint's own held-out training images.")
+st.caption(
+    "Select a row to use that model on every page. Test accuracy: every image at that exit, on the test "
+    "trace; validation: the checkpoint's own held-out training images."
+)
 
 default_rows = [paths.index(cur)] if cur in paths else []
 # one table per model in use, so its highlighted row is always that model (also after a trace picked a new one)
 table_key = f"model_table-{state.label(cur)}"
-event = st.dataframe(pd.DataFrame(rows), hide_index=True, on_select="rerun", selection_mode="single-row",
-                     height=36 * (len(rows) + 1) + 3,
-                     key=table_key, selection_default={"selection": {"rows": default_rows}})
+event = st.dataframe(
+    pd.DataFrame(rows),
+    hide_index=True,
+    on_select="rerun",
+    selection_mode="single-row",
+    height=36 * (len(rows) + 1) + 3,
+    key=table_key,
+    selection_default={"selection": {"rows": default_rows}},
+)
 picked = list(event.selection.rows) if event else []
 if picked and paths[picked[0]] != cur:  # a click on another row
     session.set_model(state.label(paths[picked[0]]))
@@ -70,21 +79,31 @@ if picked and paths[picked[0]] != cur:  # a click on another row
 st.write(f"Every page uses **{md(state.name(cur))}**.")
 
 st.subheader("Run a model on a dataset")
-st.caption(md(f"Traces the model over the images once (every exit's output; features of up to {jobs.FEATURES:,}), "
-              f"then every page can use it. The result is kept in {runs_dir()} (set $MET_RUNS_DIR to move it)."))
+st.caption(
+    md(
+        f"Traces the model over the images once (every exit's output; features of up to {jobs.FEATURES:,}), "
+        f"then every page can use it. The result is kept in {runs_dir()} (set $MET_RUNS_DIR to move it)."
+    )
+)
 job_id = session.local().trace_job
 job = jobs.registry().get(job_id) if job_id else None
 with st.form("trace_form"):
     c1, c2 = st.columns(2)
     model = c1.selectbox("Model", paths, index=paths.index(cur) if cur in paths else 0, format_func=state.label)
-    data = c2.text_input("Dataset: an ImageFolder path (one sub-folder per class) or a torchvision name",
-                         max_chars=MAX_PATH_CHARS, placeholder="/path/to/images  or  cifar10")
+    data = c2.text_input(
+        "Dataset: an ImageFolder path (one sub-folder per class) or a torchvision name",
+        max_chars=MAX_PATH_CHARS,
+        placeholder="/path/to/images  or  cifar10",
+    )
     c3, c4 = st.columns(2)
     split = c3.radio("Split (torchvision names only)", ["test", "train"], horizontal=True)
     limit = c4.number_input("At most this many images (0: all)", 0, 10_000_000, 0, step=100)
     busy = bool(job and job.running)
-    go_ = st.form_submit_button("Run the trace", disabled=busy,
-                                help="A trace of yours is running: wait for it below, or cancel it" if busy else None)
+    go_ = st.form_submit_button(
+        "Run the trace",
+        disabled=busy,
+        help="A trace of yours is running: wait for it below, or cancel it" if busy else None,
+    )
 if go_:
     if not data.strip():
         st.error("Give a dataset folder or name first.")
@@ -113,8 +132,9 @@ elif job is not None and job.result:
     st.success(md(f"Traced {state.label(Path(job.result))}: it is listed in the table above."))
 
 st.subheader("Add a checkpoint folder")
-new = session.bind(st.text_input, "Folder with config.json and model.safetensors", "local.new_checkpoint",
-                   max_chars=MAX_PATH_CHARS)
+new = session.bind(
+    st.text_input, "Folder with config.json and model.safetensors", "local.new_checkpoint", max_chars=MAX_PATH_CHARS
+)
 if st.button("Add", key="add_ckpt") and new:
     from met_core.nn.checkpoint import inspect_checkpoint  # torch (a model on the meta device): only on Add
 

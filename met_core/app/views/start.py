@@ -1,4 +1,5 @@
 """Start here: what MET and early exit are, what each page answers, and prepared views to try first."""
+
 import numpy as np
 import streamlit as st
 
@@ -18,11 +19,19 @@ st.markdown(
     "the point. **Multiple-Exit Tuning** (MET, Liu et al., 2024) adds those exits to a frozen, pre-trained "
     "network and trains only small adapters and the exits' heads."
 )
-st.plotly_chart(network_figure(cfg["exits"], state.card(str(ckpt))["metrics"].get("exit_gmacs", []),
-                               bool(cfg["adapters"]), font=15, height=240), key="start_network",
-                config={"displayModeBar": False})
-st.caption(md(f"The model in use: {state.name(ckpt)} ({len(cfg['exits'])} exits after blocks "
-              f"{', '.join(map(str, cfg['exits']))}); change it on the Models page."))
+st.plotly_chart(
+    network_figure(
+        cfg["exits"], state.card(str(ckpt))["metrics"].get("exit_gmacs", []), bool(cfg["adapters"]), font=15, height=240
+    ),
+    key="start_network",
+    config={"displayModeBar": False},
+)
+st.caption(
+    md(
+        f"The model in use: {state.name(ckpt)} ({len(cfg['exits'])} exits after blocks "
+        f"{', '.join(map(str, cfg['exits']))}); change it on the Models page."
+    )
+)
 
 st.subheader("What each page answers")
 st.markdown(
@@ -55,12 +64,23 @@ def try_hard_image() -> None:
 
 
 c1, c2, c3 = st.columns(3)  # labels short enough for a 1280 px projector
-if c1.button("Half the compute: what does it cost?", key="try_budget", on_click=try_budget,
-             help="Thresholds chosen on the calibration set for 50 % of the last exit's GMACs, on the what-if page"):
+if c1.button(
+    "Half the compute: what does it cost?",
+    key="try_budget",
+    on_click=try_budget,
+    help="Thresholds chosen on the calibration set for 50 % of the last exit's GMACs, on the what-if page",
+):
     st.switch_page(session.page("whatif"))
-if c2.button("Follow a hard image", key="try_journey", on_click=try_hard_image,
-             help="The first test image that only the last exit answers, on the journey page"):
+if c2.button(
+    "Follow a hard image",
+    key="try_journey",
+    on_click=try_hard_image,
+    help="The first test image that only the last exit answers, on the journey page",
+):
     st.switch_page(session.page("journey"))
-if c3.button("What graph regularization changes", key="try_reps",
-             help="The first exit's features of this model and of its comparison, side by side"):
+if c3.button(
+    "What graph regularization changes",
+    key="try_reps",
+    help="The first exit's features of this model and of its comparison, side by side",
+):
     st.switch_page(session.page("representations"))
