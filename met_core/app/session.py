@@ -160,7 +160,7 @@ def bind_entry(
     if key not in st.session_state or st.session_state[key] != want:
         st.session_state[key] = want
     with st.form(f"form:{key}", border=False, enter_to_submit=True):
-        c1, c2 = st.columns([5, 1], vertical_alignment="bottom")
+        c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
         c1.text_input(label, key=key, **kwargs)
         c2.form_submit_button(
             "Use", key=f"{key}:use", on_click=_changed, args=(path, key, convert, None), width="stretch"
