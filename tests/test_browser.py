@@ -186,7 +186,7 @@ def test_trace_a_folder_in_the_app_then_see_its_numbers_on_the_whatif_page(serve
     from met_core.analysis.whatif import TraceArrays, whatif
     from met_core.io.traces import load_trace
 
-    from .conftest import CIFAR_TEST
+    from .conftest import CIFAR_TEST, DEFAULT_MODEL
 
     folder = tmp_path / "my cifar photos"
     for c in sorted(p.name for p in CIFAR_TEST.iterdir()):
@@ -203,7 +203,7 @@ def test_trace_a_folder_in_the_app_then_see_its_numbers_on_the_whatif_page(serve
     wait_text(browser, "it is listed in the table above", timeout=240)
     no_exception(browser)
     browser.save_screenshot(str(ARTIFACTS / "models-traced-a-folder.png"))
-    run = next(Path(os.environ["MET_RUNS_DIR"]).glob("cifar10-met@my_cifar_photos-*"))
+    run = next(Path(os.environ["MET_RUNS_DIR"]).glob(f"{DEFAULT_MODEL}@my_cifar_photos-*"))
     click_nav(browser, "Threshold what-if")
     wait_text(browser, "on 30 test images")
     wait_text(browser, "Accuracy versus mean GMACs")
