@@ -6,6 +6,7 @@ cache_resource: objects shared by all sessions (models, traces); cache_data: der
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -192,9 +193,22 @@ def fail(message: str) -> None:
     address still names the view (written before the stop: what a stopped run writes is not sent)."""
     from met_core.app import session
 
+    if _failing.active:  # writing the link failed too (e.g. no checkpoints at all): the first sentence stands
+        st.stop()
     st.error(md(message))
-    session.publish()
+    _failing.active = True
+    try:
+        session.publish()
+    finally:
+        _failing.active = False
     st.stop()
+
+
+class _Failing(threading.local):
+    active = False  # this session's thread is inside fail()'s link write
+
+
+_failing = _Failing()
 
 
 @st.cache_data(show_spinner=False)
