@@ -21,6 +21,7 @@ from .config import (
     SEED,
     BenchExitConfig,
     METConfig,
+    ProfileConfig,
     Range,
     RuntimeConfig,
     TraceConfig,
@@ -291,7 +292,7 @@ def cmd_trace(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from .analysis.summary import ModelSummary
+    from .analysis.summary import ModelSummary, config_digest
     from .io.checkpoint import METRICS_FILE, read_json
     from .nn.checkpoint import load_checkpoint
     from .nn.flops import cost_breakdown, exit_gmacs
@@ -303,10 +304,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     summary = ModelSummary.build(
         Path(args.checkpoint).name, cfg, metrics if isinstance(metrics, dict) else {}, exit_gmacs(model), n
     )
-    cfg_small = {k: v for k, v in cfg.items() if k != "data"}
-    cfg_small["data"] = {k: (f"{len(v)} ids" if k.endswith("_ids") else v) for k, v in cfg.get("data", {}).items()}
     result = {
-        "config": cfg_small,
+        "config": config_digest(cfg),
         "exit_gmacs": summary.exit_gmacs,
         "mac_note": MAC_NOTE,
         "parameters": n,
@@ -388,14 +387,12 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     val_t = load_trace(args.trace)
     test_t = load_trace(args.apply) if args.apply else val_t
-    if (
-        val_t.meta.get("checkpoint_sha256") != test_t.meta.get("checkpoint_sha256")
-        or val_t.num_exits != test_t.num_exits
-    ):
-        raise METError(
-            f"{args.trace} and {args.apply} come from different checkpoints; calibrate and apply on "
-            "traces of one model."
-        )
+    test_t.check_model(
+        val_t.meta.get("checkpoint_sha256"),
+        str(args.apply),
+        str(args.trace),
+        "calibrate and apply on traces of one model.",
+    )
     temps = _temperatures(args, val_t)
     val, test = TraceArrays.from_trace(val_t, temps), TraceArrays.from_trace(test_t, temps)
     if args.sweep:
@@ -456,8 +453,9 @@ def cmd_reliability(args: argparse.Namespace) -> None:
     temps = _temperatures(args, trace)
     if args.fit_on:
         cal = load_trace(args.fit_on)
-        if cal.meta.get("checkpoint_sha256") != trace.meta.get("checkpoint_sha256"):
-            raise METError(f"{args.fit_on} comes from another checkpoint than {args.trace}.")
+        cal.check_model(
+            trace.meta.get("checkpoint_sha256"), args.fit_on, args.trace, "fit on a trace of the same model."
+        )
         fitted = Temperatures.fit(cal, Path(args.fit_on).name)
         temps = fitted.temperatures
         if args.out:
@@ -480,23 +478,13 @@ def cmd_reliability(args: argparse.Namespace) -> None:
 
 
 def cmd_ood(args: argparse.Namespace) -> None:
-    from .analysis.ood import OOD_FILE, fit_ood, save_ood
+    from .analysis.ood import OOD_FILE, fit_ood_on_trace, save_ood
     from .io.checkpoint import checkpoint_hash
     from .io.traces import load_trace
 
     cal = load_trace(args.trace)
-    if cal.meta.get("checkpoint_sha256") != checkpoint_hash(args.checkpoint):
-        raise METError(f"{args.trace} was made by another model than {args.checkpoint}; trace it with this one.")
-    if cal.meta.get("split") not in ("holdout", "val"):
-        raise METError(
-            f"{args.trace} is a trace of the '{cal.meta.get('split')}' split; fit on held-out images "
-            "(met trace --split holdout --features N), never on the test split."
-        )
-    k = args.exit - 1
-    if not 0 <= k < cal.num_exits or not len(cal.feature_index):
-        raise METError(f"{args.trace} has no features at exit {args.exit}; trace with --features N (N >= 400).")
-    what = "held-out training images" if cal.meta.get("split") == "holdout" else "validation images"
-    rule = fit_ood(cal.features[k], args.false_alarm, args.k, k, args.seed, what)
+    cal.check_model(checkpoint_hash(args.checkpoint), args.trace, args.checkpoint, "trace it with this one.")
+    rule = fit_ood_on_trace(cal, args.trace, args.exit - 1, args.false_alarm, args.k, args.seed)
     out = Path(args.out) if args.out else Path(args.checkpoint) / OOD_FILE
     save_ood(out, rule)
     _emit(
@@ -593,14 +581,15 @@ def cmd_profile(args: argparse.Namespace) -> None:
     from .io.checkpoint import checkpoint_hash
 
     runtime, _, device = runtime_setup(args)
+    cfg: ProfileConfig = dataclass_from_args(ProfileConfig, args)
     progress = (lambda s: None) if args.quiet else (lambda s: log(f"profiling {s}"))
     if args.engine == "onnx" and runtime.precision != "fp32":
         raise METError("the ONNX export runs in fp32 on the CPU; profile it without --precision.")
     model = load_engine(args.checkpoint, args.engine, args.onnx, args.weights, device)
     if args.engine == "onnx":
-        prof = profile_onnx(model, args.batch, args.repeats, progress=progress)
+        prof = profile_onnx(model, cfg.batch, cfg.repeats, progress=progress)
     else:
-        prof = profile_model(model, args.batch, runtime.precision, args.repeats, progress=progress)
+        prof = profile_model(model, cfg.batch, runtime.precision, cfg.repeats, progress=progress)
     prof.checkpoint_sha256 = checkpoint_hash(args.checkpoint)
     out = Path(args.out) if args.out else profile_path(args.checkpoint, args.engine, args.onnx)
     out.write_text(prof.to_json() + "\n")
@@ -878,8 +867,7 @@ def _export_args(ex: argparse.ArgumentParser) -> None:
 
 def _profile_args(pf: argparse.ArgumentParser) -> None:
     add_checkpoint_args(pf)
-    pf.add_argument("--batch", type=_list_parser(int, BATCH, 16), default=[1, 8, 64, 256], metavar="B1,B2,...")
-    pf.add_argument("--repeats", type=number(int, Range(1, 1000)), default=10)
+    add_dataclass_args(pf, ProfileConfig, "profile")
     pf.add_argument(
         "--out",
         help="where to write the profile (default: CHECKPOINT/latency.json; with --engine onnx ONNX_DIR/latency.json)",

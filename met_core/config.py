@@ -292,6 +292,15 @@ class BenchExitConfig:
     download: bool = _f(True, DOWNLOAD_HELP)
 
 
+@dataclass
+class ProfileConfig:
+    """What `met profile` times: each piece of the real early-exit path (stem, stages, heads, compaction, one
+    whole pass) at each batch size, on seeded random images."""
+
+    batch: list[int] = _f([1, 8, 64, 256], "Batch sizes to time.", BATCH, max_len=16)
+    repeats: int = _f(10, "Timed runs of each piece; the median is kept.", Range(1, 1000))
+
+
 def check_fields(cfg: Any, what: str = "") -> None:
     """Every field of a config dataclass against its type hint, its Range and its length: one sentence for the
     first that is off (`what` names the file it came from)."""

@@ -91,8 +91,7 @@ def test_a_trace_the_reader_would_refuse_is_refused_before_the_model_loads(tiny_
 
     from .conftest import CIFAR_TEST
 
-    for module in (traces, tracing):  # the reader's bound (load_trace) and the one met trace checks first
-        monkeypatch.setattr(module, "MAX_TRACE_BYTES", 170_000)
+    monkeypatch.setattr(traces, "MAX_TRACE_BYTES", 170_000)  # one bound: the reader's, which met trace checks first
     loaded = []
     want = r"a trace of 300 images of 10 classes would take 0\.\d MiB, more than the 0\.\d+ MiB a trace may hold; "
     with pytest.raises(METError, match=want + r"trace at most [\d,]+ images \(--limit \d+\)\.$") as e:

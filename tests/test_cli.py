@@ -20,6 +20,8 @@ def test_info_json(tiny_checkpoint):
     assert "1 multiply-add = 1" in info["mac_note"]
     assert info["parameters"]["trainable"] < 0.02 * info["parameters"]["frozen"]
     assert info["config"]["model"]["backbone"] == "dinov2_s14_imgfocus"
+    cfg = json.loads((tiny_checkpoint / "config.json").read_text())  # the split's ids are counted, not listed
+    assert info["config"]["data"]["train_ids"] == f"{len(cfg['data']['train_ids'])} ids"
 
 
 def test_trace_json_on_real_test_images(tiny_checkpoint, tmp_path):

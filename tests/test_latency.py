@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from met_core.analysis.latency import LatencyProfile, predict_latency, read_profile
+from met_core.analysis.latency import LatencyProfile, latency_pieces, predict_latency, read_profile
 from met_core.errors import METError
 
 from .conftest import CIFAR_TEST, run_cli
@@ -49,6 +49,26 @@ def test_prediction_follows_the_exit_shares(profile_file):
     assert full.speedup == pytest.approx(1.0) and early.speedup > 1.5
     assert early.ms_per_image < full.ms_per_image and early.images_per_s == pytest.approx(1000 / early.ms_per_image)
     assert p.piece(p.stem_ms, 20) == pytest.approx((p.stem_ms[1] + p.stem_ms[2]) / 2)  # linear between sizes
+
+
+def test_pieces_put_each_stage_s_gmacs_beside_its_measured_time():
+    """The shipped default model's profile and its trace's cumulative GMACs: each stage's own GMACs (they add up
+    to the last exit's), and each piece's time as the profile interpolates it."""
+    from met_core.io.traces import load_trace
+
+    from .conftest import DEFAULT_MODEL, ROOT
+
+    p = read_profile(ROOT / "checkpoints" / DEFAULT_MODEL / "latency.json", 4)
+    gm = load_trace(ROOT / "checkpoints" / DEFAULT_MODEL / "test_trace.npz").gmacs
+    rows = latency_pieces(p, gm, 100)
+    assert [r.piece for r in rows][:3] == ["stem (patches and position)", "blocks to exit 1", "exit 1 head and test"]
+    assert len(rows) == 2 * 4 + 2 and rows[-1].piece == "moving the continuing images on"
+    stages = [r for r in rows if r.gmacs is not None]
+    assert sum(r.gmacs for r in stages) == pytest.approx(gm[-1]) and stages[0].gmacs == pytest.approx(gm[0])
+    assert stages[1].ms_per_batch == pytest.approx(p.piece(p.stage_ms[1], 100))
+    assert p.stage_ms[1][2] < stages[1].ms_per_batch < p.stage_ms[1][3]  # between batch 64 and 256
+    with pytest.raises(METError, match="profile has 4 exits and the model 3"):
+        latency_pieces(p, gm[:3], 100)
 
 
 def test_bench_exit_reports_each_batch_size_with_both_predictions(tiny_checkpoint, profile_file):

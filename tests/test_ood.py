@@ -3,6 +3,8 @@ the stated one within its interval, photos of another kind are flagged, and a da
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -71,3 +73,24 @@ def test_too_few_calibration_images_and_damaged_files_are_one_sentence(tmp_path)
         with pytest.raises(METError) as e:
             load_ood(tmp_path / bad)
         assert "\n" not in str(e.value) and str(e.value).endswith("."), str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("trace", "expected"),
+    [
+        ("cifar10-full-met/test_trace.npz", "was made by another model than .*trace it with this one"),
+        ("cifar10-met/test_trace.npz", "a trace of the 'test' split; fit on held-out images"),
+        ("cifar10-met/cal_trace.npz", "has no features at exit 1; trace with --features N"),
+    ],
+)
+def test_met_ood_refuses_a_trace_it_cannot_fit_on_in_one_sentence(trace, expected, tmp_path):
+    """Another model's trace, the test split (the caution is judged there) and a trace without features: each is
+    one sentence and nothing is written."""
+    from .conftest import run_cli
+
+    out = tmp_path / "ood.npz"
+    proc = run_cli(
+        "ood", "--checkpoint", str(CK), "--trace", str(ROOT / "checkpoints" / trace), "--out", str(out), check=False
+    )
+    assert proc.returncode == 2 and not out.exists(), proc.stderr
+    assert re.search(expected, proc.stderr) and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1

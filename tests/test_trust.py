@@ -151,3 +151,19 @@ def test_holdout_trace_draws_only_images_the_checkpoint_never_saw(tiny_checkpoin
     data = json.loads((tiny_checkpoint / "config.json").read_text())["data"]
     assert len(t.ids) == 60 and not set(t.ids) & set(data["train_ids"] + data["val_ids"])
     assert t.meta["split"] == "holdout"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("calibrate", "--trace", "cifar10-met/val_trace.npz", "--apply", "cifar10-full-met/test_trace.npz"),
+        ("reliability", "--trace", "cifar10-met/test_trace.npz", "--fit-on", "cifar10-full-met/cal_trace.npz"),
+    ],
+)
+def test_thresholds_or_temperatures_from_another_model_s_trace_are_one_sentence(args):
+    """Choosing on one model's trace and applying to another's would report numbers of neither model."""
+    cmd, *rest = args
+    paths = [str(ROOT / "checkpoints" / a) if a.endswith(".npz") else a for a in rest]
+    proc = run_cli(cmd, *paths, *(["--budget", "0.6"] if cmd == "calibrate" else []), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert f"{paths[3]} was made by another model than {paths[1]}" in proc.stderr, proc.stderr

@@ -124,6 +124,36 @@ def predict_latency(profile: LatencyProfile, exit_fractions: Sequence[float], ba
     return LatencyPrediction(early, 1000 / early, full, full / early, batch, profile.device_name)
 
 
+@dataclass
+class LatencyPiece(Record):
+    """One piece of the early-exit path at a batch size: its GMACs (None: not counted by the GMACs, as the stem,
+    the exit heads and the compaction) beside the milliseconds per batch the profile measured for it."""
+
+    piece: str
+    gmacs: float | None
+    ms_per_batch: float
+
+
+def latency_pieces(profile: LatencyProfile, exit_gmacs: Sequence[float], batch: int) -> list[LatencyPiece]:
+    """Where a batch's time goes, piece by piece, beside what the GMACs count: the stem, each stage's blocks
+    (GMACs per image of that stage alone: the differences of the cumulative `exit_gmacs`), each exit's head and
+    test, and the compaction. Used to explain a measured speed-up that differs from the GMACs-predicted one.
+
+    Raises METError when `exit_gmacs` and the profile count different exits."""
+    k = len(profile.stage_ms)
+    if len(exit_gmacs) != k:
+        raise METError(f"the profile has {k} exits and the model {len(exit_gmacs)}; profile this checkpoint.")
+    stage_gmacs = np.diff(np.asarray(exit_gmacs, dtype=np.float64), prepend=0.0)
+    rows = [LatencyPiece("stem (patches and position)", None, profile.piece(profile.stem_ms, batch))]
+    for j in range(k):
+        rows.append(
+            LatencyPiece(f"blocks to exit {j + 1}", float(stage_gmacs[j]), profile.piece(profile.stage_ms[j], batch))
+        )
+        rows.append(LatencyPiece(f"exit {j + 1} head and test", None, profile.piece(profile.head_ms[j], batch)))
+    rows.append(LatencyPiece("moving the continuing images on", None, profile.piece(profile.compact_ms, batch)))
+    return rows
+
+
 def profile_path(checkpoint: str | Path, engine: str = "pytorch", onnx: str | Path | None = None) -> Path:
     """Where an engine's latency profile lives by default: CHECKPOINT/latency.json for PyTorch, beside the graphs
     (ONNX_DIR/latency.json, ONNX_DIR by default CHECKPOINT/onnx) for the ONNX export."""

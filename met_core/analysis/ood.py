@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import METError
 from ..io.limits import regular_file
+from ..io.traces import Trace
 
 OOD_FILE = "ood.npz"
 FORMAT = "met-ood/1"
@@ -110,6 +111,24 @@ def fit_ood(
     ref, held = unit_rows(features[order[: m // 2]]), features[order[m // 2 :]]
     threshold = conformal_threshold(knn_distance(ref, held, k), false_alarm)
     return OODRule(ref, threshold, false_alarm, k, exit, len(held), fitted_on)
+
+
+def fit_ood_on_trace(
+    trace: Trace, source: str, exit: int, false_alarm: float = 0.05, k: int = 5, seed: int = 0
+) -> OODRule:
+    """`fit_ood` on the features a trace stored at `exit` (0-based). The trace must be of held-out images (split
+    'holdout' or 'val'), never of the test split the caution is judged on. Raises METError, one sentence naming
+    `source` and what to trace instead, when it is not or stores no features at that exit."""
+    split = trace.meta.get("split")
+    if split not in ("holdout", "val"):
+        raise METError(
+            f"{source} is a trace of the '{split}' split; fit on held-out images "
+            "(met trace --split holdout --features N), never on the test split."
+        )
+    if not 0 <= exit < trace.num_exits or not len(trace.feature_index):
+        raise METError(f"{source} has no features at exit {exit + 1}; trace with --features N (N >= 400).")
+    what = "held-out training images" if split == "holdout" else "validation images"
+    return fit_ood(trace.features[exit], false_alarm, k, exit, seed, what)
 
 
 def save_ood(path: str | Path, rule: OODRule) -> None:

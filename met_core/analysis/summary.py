@@ -138,6 +138,15 @@ class ModelSummary(Record):
         ]
 
 
+def config_digest(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config.json for printing: each of its split's id lists (`data.train_ids`, `data.val_ids`,
+    tens of thousands of paths) replaced by its count, "45000 ids"; every other field as it is."""
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    digest = {k: v for k, v in config.items() if k != "data"}
+    digest["data"] = {k: (f"{_count(v)} ids" if k.endswith("_ids") else v) for k, v in data.items()}
+    return digest
+
+
 def _number(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 

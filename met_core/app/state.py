@@ -278,10 +278,9 @@ def traces_of(ckpt: Path) -> tuple[tuple[Trace, TraceArrays], tuple[Trace, Trace
     try:
         t = trace(str(test))
         v = trace(str(ckpt / VAL_TRACE_FILE)) if (ckpt / VAL_TRACE_FILE).is_file() else None
+        t[0].check_model(checkpoint_sha256(ckpt), str(test), label(ckpt), "re-create the trace.", unhashed_ok=True)
     except METError as e:
         fail(user_message(e))
-    if t[0].meta.get("checkpoint_sha256") not in (None, checkpoint_sha256(ckpt)):
-        fail(f"{test} was made by another model than {label(ckpt)}; re-create the trace.")
     return t, v
 
 
@@ -292,10 +291,11 @@ def calibration_set(ckpt: Path) -> tuple[TraceArrays, str] | None:
         if (ckpt / name).is_file():
             try:
                 t, a = trace(str(ckpt / name))
+                t.check_model(
+                    checkpoint_sha256(ckpt), str(ckpt / name), label(ckpt), "re-create the trace.", unhashed_ok=True
+                )
             except METError as e:
                 fail(user_message(e))
-            if t.meta.get("checkpoint_sha256") not in (None, checkpoint_sha256(ckpt)):
-                fail(f"{ckpt / name} was made by another model than {label(ckpt)}; re-create the trace.")
             return a, f"{len(a.labels):,} {what} ({name})"
     return None
 

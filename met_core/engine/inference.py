@@ -194,6 +194,48 @@ class SpeedupResult(Record):
     early_seconds_median: float
 
 
+def _two_passes(
+    model: METModel | OnnxEarlyExit,
+    x: torch.Tensor,
+    thresholds: float | Sequence[float],
+    pol: Any,
+    batch_size: int,
+    precision: str,
+    replay: np.ndarray | None,
+) -> tuple[int, np.ndarray, list[float], Callable[[], None], Callable[[], None], Callable[[], EarlyExitResult]]:
+    """What `measure_speedup` times, for either engine: (exits, cumulative GMACs, thresholds, the device's
+    synchronizer, every image to the last exit, the real batched early exit)."""
+    from .export import OnnxEarlyExit
+
+    if isinstance(model, OnnxEarlyExit):
+        k, xn = model.num_exits, x.numpy()
+        t = as_thresholds(thresholds, k, pol)
+        return (
+            k,
+            np.asarray(model.manifest.gmacs),
+            t,
+            synchronizer(torch.device("cpu")),
+            lambda: model(xn, [pol.skip(k)] * (k - 1) + [None], pol.name, batch_size),
+            lambda: model(xn, t, pol.name, batch_size, replay),
+        )
+    k, device = model.num_exits, next(model.parameters()).device
+    t = as_thresholds(thresholds, k, pol)
+
+    def run_full() -> None:
+        with torch.no_grad(), autocast(device, precision):
+            for i in range(0, len(x), batch_size):
+                model(x[i : i + batch_size].to(device))
+
+    return (
+        k,
+        np.asarray(exit_gmacs(model)),
+        t,
+        synchronizer(device),
+        run_full,
+        lambda: early_exit(model, x, t, pol.name, batch_size, precision, replay),
+    )
+
+
 def measure_speedup(
     model: METModel | OnnxEarlyExit,
     x: torch.Tensor,
@@ -210,34 +252,8 @@ def measure_speedup(
     instead of where the rule sends it (a replayed exit pattern: the timing needs no trained weights).
     `on_progress(images, total)` is called after each pass over the images (2 warm-up passes and 2 per repeat),
     counting images run so far; an exception it raises stops the measurement."""
-    from .export import OnnxEarlyExit
-
     pol = get_policy(policy)
-    if isinstance(model, OnnxEarlyExit):
-        k, gm = model.num_exits, np.asarray(model.manifest.gmacs)
-        t = as_thresholds(thresholds, k, pol)
-        xn = x.numpy()
-        sync = synchronizer(torch.device("cpu"))
-
-        def run_full() -> None:
-            model(xn, [pol.skip(k)] * (k - 1) + [None], policy, batch_size)
-
-        def run_early() -> EarlyExitResult:
-            return model(xn, t, policy, batch_size, replay)
-    else:
-        k, gm = model.num_exits, np.asarray(exit_gmacs(model))
-        t = as_thresholds(thresholds, k, pol)
-        device = next(model.parameters()).device
-        sync = synchronizer(device)
-
-        def run_full() -> None:
-            with torch.no_grad(), autocast(device, precision):
-                for i in range(0, len(x), batch_size):
-                    model(x[i : i + batch_size].to(device))
-
-        def run_early() -> EarlyExitResult:
-            return early_exit(model, x, t, policy, batch_size, precision, replay)
-
+    k, gm, t, sync, run_full, run_early = _two_passes(model, x, thresholds, pol, batch_size, precision, replay)
     passes, total = 0, (2 + 2 * repeats) * len(x)
 
     def passed() -> None:

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import METError
-from ..io.limits import MAX_TRACE_BYTES
-from ..io.traces import MAC_NOTE, SIMULATED_NOTE, Trace, trace_bytes
+from ..io.traces import MAC_NOTE, SIMULATED_NOTE, Trace, check_trace_size
 
 if TYPE_CHECKING:
     from ..config import RuntimeConfig, TraceConfig
@@ -130,6 +129,22 @@ def _feature_dim(checkpoint: Path) -> int:
         return int(f.get_slice(heads[0]).get_shape()[1]) if heads else 0
 
 
+def _check_classes(ds: Any, want: list[str]) -> None:
+    """The dataset holds images of exactly the checkpoint's classes, in its order; else one sentence (METError)."""
+    if len(ds.class_names) != len(want):
+        raise METError(
+            f"the dataset has {len(ds.class_names)} classes and the checkpoint {len(want)}; trace a "
+            "dataset with the checkpoint's classes (one sub-folder per class)."
+        )
+    if list(ds.class_names) != want:
+        raise METError(
+            f"the dataset's classes {list(ds.class_names)[:5]}... differ from the checkpoint's "
+            f"{want[:5]}...; name its sub-folders as the checkpoint's classes."
+        )
+    if not len(ds):
+        raise METError("the dataset has no images; put image files (.jpg, .png, ...) in its class sub-folders.")
+
+
 def trace_checkpoint(
     checkpoint: str | Path,
     options: TraceConfig,
@@ -168,33 +183,11 @@ def trace_checkpoint(
     ds = dataset_for_checkpoint(cfg, dataset, split, o.download, o.data_root or None, o.holdout, o.seed)
     for note in ds.notes:
         (notes or (lambda _: None))(note)
-    want = list(mcfg.class_names)
-    if len(ds.class_names) != len(want):
-        raise METError(
-            f"the dataset has {len(ds.class_names)} classes and the checkpoint {len(want)}; trace a "
-            "dataset with the checkpoint's classes (one sub-folder per class)."
-        )
-    if list(ds.class_names) != want:
-        raise METError(
-            f"the dataset's classes {list(ds.class_names)[:5]}... differ from the checkpoint's "
-            f"{want[:5]}...; name its sub-folders as the checkpoint's classes."
-        )
-    if not len(ds):
-        raise METError("the dataset has no images; put image files (.jpg, .png, ...) in its class sub-folders.")
+    _check_classes(ds, list(mcfg.class_names))
     ds = seeded_subset(ds, o.limit, o.seed)
-    rows, dim = (0 if onnx is not None else o.features), _feature_dim(Path(checkpoint))
+    rows = 0 if onnx is not None else o.features
     id_chars = max((len(str(i)) for i in ds.ids), default=0)
-    size = trace_bytes(len(ds), len(mcfg.exits), len(want), rows, dim, id_chars)
-    if size > MAX_TRACE_BYTES:
-        k, c = len(mcfg.exits), len(want)
-        base = trace_bytes(0, k, c, 0, dim, id_chars)
-        fixed = base + k * min(rows, len(ds)) * (dim * 2 + 8)  # what does not shrink with --limit
-        fits = max(0, (MAX_TRACE_BYTES - fixed) // (trace_bytes(1, k, c, 0, dim, id_chars) - base))
-        raise METError(
-            f"a trace of {len(ds):,} images of {len(want):,} classes would take {size / 2**20:,.1f} MiB, "
-            f"more than the {MAX_TRACE_BYTES / 2**20:g} MiB a trace may hold; "
-            + (f"trace at most {fits:,} images (--limit {fits})." if fits else "store fewer feature rows (--features).")
-        )
+    check_trace_size(len(ds), len(mcfg.exits), len(mcfg.class_names), rows, _feature_dim(Path(checkpoint)), id_chars)
     if onnx is None:
         if on_model is not None:
             on_model()

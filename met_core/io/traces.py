@@ -48,6 +48,13 @@ class Trace:
     def num_exits(self) -> int:
         return self.logits.shape[1]
 
+    def check_model(self, sha256: str | None, source: str, model: str, fix: str, *, unhashed_ok: bool = False) -> None:
+        """Raise METError, one sentence ending in `fix`, when this trace (read from `source`) was made by another
+        model than the checkpoint hashed `sha256` (named `model`); a trace without a hash passes if `unhashed_ok`."""
+        have = self.meta.get("checkpoint_sha256")
+        if have != sha256 and not (unhashed_ok and have is None):
+            raise METError(f"{source} was made by another model than {model}; {fix}")
+
     def probs(self, temperatures: Sequence[float] | None = None) -> np.ndarray:
         """Softmax probabilities (N, K, C), float32; each exit's logits divided by its temperature if given."""
         z = self.logits.astype(np.float32)
@@ -276,6 +283,26 @@ def trace_bytes(
         + num_exits * min(feature_rows, images) * (feature_dim * 2 + 8)
         + 4 * MAX_TEXT_CHARS["class_names"] * num_classes
         + 2**16
+    )
+
+
+def check_trace_size(
+    images: int, num_exits: int, num_classes: int, feature_rows: int, feature_dim: int, id_chars: int
+) -> None:
+    """Refuse, before any model runs, a trace `load_trace` would refuse for its size (`trace_bytes` over
+    limits.MAX_TRACE_BYTES): one sentence with the --limit that fits, or --features when even no image fits.
+    Raises METError."""
+    size = trace_bytes(images, num_exits, num_classes, feature_rows, feature_dim, id_chars)
+    if size <= MAX_TRACE_BYTES:
+        return
+    base = trace_bytes(0, num_exits, num_classes, 0, feature_dim, id_chars)
+    fixed = base + num_exits * min(feature_rows, images) * (feature_dim * 2 + 8)  # what does not shrink with --limit
+    per_image = trace_bytes(1, num_exits, num_classes, 0, feature_dim, id_chars) - base
+    fits = max(0, (MAX_TRACE_BYTES - fixed) // per_image)
+    raise METError(
+        f"a trace of {images:,} images of {num_classes:,} classes would take {size / 2**20:,.1f} MiB, "
+        f"more than the {MAX_TRACE_BYTES / 2**20:g} MiB a trace may hold; "
+        + (f"trace at most {fits:,} images (--limit {fits})." if fits else "store fewer feature rows (--features).")
     )
 
 

@@ -11,7 +11,7 @@ import streamlit as st
 
 from met_core.analysis.exit_rule import ExitRule
 from met_core.analysis.intervals import MEANING, clopper_pearson
-from met_core.analysis.latency import PREDICTED_NOTE, LatencyProfile, predict_latency
+from met_core.analysis.latency import PREDICTED_NOTE, LatencyProfile, latency_pieces, predict_latency
 from met_core.analysis.policies import CALIBRATABLE, POLICIES, get_policy
 from met_core.analysis.whatif import WhatIfResult, exit_accuracy_all, outcomes, whatif
 from met_core.app import jobs, session, state
@@ -762,32 +762,14 @@ def explain(res, policy: str, thresholds: list) -> None:
         return
     b = res.batch_size
     lp = predict_latency(prof, res.exit_fractions, b)
-    stage_gm = np.diff(np.concatenate([[0.0], np.asarray(arrays.gmacs)]))
     rows = [
-        {"piece": "stem (patches and position)", "GMACs": "not counted", "ms per batch": prof.piece(prof.stem_ms, b)}
-    ]
-    for j in range(k):
-        rows.append(
-            {
-                "piece": f"blocks to exit {j + 1}",
-                "GMACs": f"{stage_gm[j]:.3f}",
-                "ms per batch": prof.piece(prof.stage_ms[j], b),
-            }
-        )
-        rows.append(
-            {
-                "piece": f"exit {j + 1} head and test",
-                "GMACs": "not counted",
-                "ms per batch": prof.piece(prof.head_ms[j], b),
-            }
-        )
-    rows.append(
         {
-            "piece": "moving the continuing images on",
-            "GMACs": "not counted",
-            "ms per batch": prof.piece(prof.compact_ms, b),
+            "piece": p.piece,
+            "GMACs": "not counted" if p.gmacs is None else f"{p.gmacs:.3f}",
+            "ms per batch": p.ms_per_batch,
         }
-    )
+        for p in latency_pieces(prof, arrays.gmacs, b)
+    ]
     st.write(
         f"Why measured and predicted differ: the GMACs count only the blocks. The latency profile of this "
         f"checkpoint ({md(prof.device_name)}, {prof.threads} threads) also times the pieces the GMACs leave out, "
