@@ -48,7 +48,9 @@ FULL_DATA = ("cifar10-full-met", "cifar10-full-met-nogr")  # all of CIFAR-10's t
 def test_a_full_data_model_is_calibrated_on_held_out_images_only(name):
     """45,000 images to train, 5,000 held out (their ids in config.json): the calibration trace is exactly the
     held-out images, none of them trained on; the test trace is of the test split; temperatures, the latency
-    profile and the OOD caution ship beside it, fitted on the held-out images."""
+    profile ship beside it, fitted on the held-out images, and the default model's OOD caution (the twin gave its
+    1.4 MB up to the size cap). The twin holds out the same images and stores features of the same test rows, so
+    the two compare image for image."""
     d = CKPT / name
     data = json.loads((d / "config.json").read_text())["data"]
     cal, test = load_trace(d / "cal_trace.npz"), load_trace(d / "test_trace.npz")
@@ -58,7 +60,10 @@ def test_a_full_data_model_is_calibrated_on_held_out_images_only(name):
     assert len(test.labels) == 10_000 and test.meta["dataset_root"] != cal.meta["dataset_root"]
     temps = json.loads((d / "temperatures.json").read_text())
     assert temps["fitted_on"] == "cal_trace.npz" and temps["images"] == 5_000
-    assert (d / "latency.json").is_file() and (d / "ood.npz").is_file()
+    assert (d / "latency.json").is_file() and (d / "ood.npz").is_file() == (name == "cifar10-full-met")
+    default = CKPT / FULL_DATA[0]
+    assert json.loads((default / "config.json").read_text())["data"]["val_ids"] == data["val_ids"]
+    assert (load_trace(default / "test_trace.npz").feature_index == test.feature_index).all()
 
 
 def test_a_shipped_calibration_trace_holds_only_images_its_model_never_saw():

@@ -167,3 +167,28 @@ def test_thresholds_or_temperatures_from_another_model_s_trace_are_one_sentence(
     proc = run_cli(cmd, *paths, *(["--budget", "0.6"] if cmd == "calibrate" else []), check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert f"{paths[3]} was made by another model than {paths[1]}" in proc.stderr, proc.stderr
+
+
+def test_the_paired_comparison_of_two_models_is_mcnemar_s_exact_test():
+    """The full-data models with and without graph regularization on the same 10,000 test images: the p-value is
+    scipy's exact binomial test on the discordant images, the interval holds the difference and shrinks to it."""
+    from scipy.stats import binomtest
+
+    from met_core.analysis.intervals import paired_difference
+
+    full = ROOT / "checkpoints" / "cifar10-full-met"
+    twin = ROOT / "checkpoints" / "cifar10-full-met-nogr"
+    if not (twin / "test_trace.npz").is_file():
+        pytest.skip("the full-data twin is not shipped")
+    a, b = load_trace(full / "test_trace.npz"), load_trace(twin / "test_trace.npz")
+    assert (a.ids == b.ids).all()
+    for k in range(a.num_exits):
+        ca, cb = a.logits[:, k].argmax(-1) == a.labels, b.logits[:, k].argmax(-1) == b.labels
+        r = paired_difference(ca, cb)
+        assert r.difference == pytest.approx(ca.mean() - cb.mean()) and r.lo <= r.difference <= r.hi
+        assert r.p_value == pytest.approx(binomtest(r.a_only, r.a_only + r.b_only, 0.5).pvalue, rel=1e-9)
+        swapped = paired_difference(cb, ca)
+        assert swapped.difference == -r.difference and swapped.p_value == pytest.approx(r.p_value)
+        assert (swapped.lo, swapped.hi) == pytest.approx((-r.hi, -r.lo))
+    same = paired_difference(ca, ca)
+    assert (same.difference, same.lo, same.hi, same.p_value) == (0.0, 0.0, 0.0, 1.0)

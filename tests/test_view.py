@@ -37,12 +37,12 @@ pytestmark = pytest.mark.skipif(
     reason="shipped checkpoints missing: run bench/rebuild_checkpoints.py",
 )
 # models traced on the same test images with features (what Representations can compare)
-FEATURED = ("cifar10-met-nogr", "cifar10-met-strong-gr")
+FEATURED = ("cifar10-met-nogr", "cifar10-full-met", "cifar10-full-met-nogr")
 
 
 def cifar_context() -> Context:
     t = load_trace(CKPT / "cifar10-met" / "test_trace.npz")
-    models = ("cifar10-met", "cifar10-met-nogr", "cifar10-met-strong-gr", "hymenoptera-met")
+    models = ("cifar10-met", *FEATURED, "cifar10-met-strong-gr", "hymenoptera-met")
     return Context(
         model="cifar10-met",
         models=models,
@@ -51,7 +51,7 @@ def cifar_context() -> Context:
         ids=tuple(str(i) for i in t.ids),
         batch_sizes=(1, 8, 64, 256),
         certifiable=True,
-        comparable=models[1:3],
+        comparable=FEATURED,
         twin="cifar10-met-nogr",
     )
 

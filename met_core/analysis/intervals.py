@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betaincinv  # scipy.stats' beta.ppf, without importing scipy.stats (~1 s)
+from scipy.special import bdtr, betaincinv  # scipy.stats' binom.cdf and beta.ppf, without scipy.stats (~1 s)
 
 LEVEL = 0.95
 MEANING = (
@@ -40,6 +40,38 @@ def clopper_pearson(k: np.ndarray | int, n: np.ndarray | int, level: float = LEV
         hi = np.where(k < n, betaincinv(k + 1, n - k, 1 - a), 1.0)
     bad = n <= 0
     return np.where(bad, np.nan, lo), np.where(bad, np.nan, hi)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Accuracy of model A minus model B on the same images, from the images only one of them gets right."""
+
+    difference: float  # (a_only - b_only) / images
+    lo: float
+    hi: float
+    p_value: float  # exact McNemar test of "no difference", two-sided
+    a_only: int  # images A gets right and B wrong
+    b_only: int
+    images: int
+
+
+def paired_difference(a_correct: np.ndarray, b_correct: np.ndarray, level: float = LEVEL) -> PairedDifference:
+    """Two models' accuracies compared image for image (bool arrays (N,), the same images in the same order).
+
+    Only discordant images carry information: the exact McNemar test (McNemar 1947; the two-sided binomial test
+    of a_only among the d = a_only + b_only discordant images at p = 1/2, scipy.stats.binomtest's p-value) and, for
+    the difference, the Clopper-Pearson interval of the share a_only / d mapped to (d / N) * (2 share - 1): exact
+    conditional on d. With no discordant image the difference is 0 with interval [0, 0] and p-value 1."""
+    a, b = np.asarray(a_correct, dtype=bool), np.asarray(b_correct, dtype=bool)
+    a_only, b_only, n = int((a & ~b).sum()), int((b & ~a).sum()), len(a)
+    d = a_only + b_only
+    if d == 0:
+        return PairedDifference(0.0, 0.0, 0.0, 1.0, 0, 0, n)
+    lo, hi = clopper_pearson(a_only, d, level)
+    p = min(1.0, 2 * float(bdtr(min(a_only, b_only), d, 0.5))) if a_only != b_only else 1.0
+    return PairedDifference(
+        (a_only - b_only) / n, d / n * (2 * float(lo) - 1), d / n * (2 * float(hi) - 1), p, a_only, b_only, n
+    )
 
 
 def exit_count_draws(counts: np.ndarray, reps: int = 2000, seed: int = 0) -> np.ndarray:
