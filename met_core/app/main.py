@@ -32,7 +32,7 @@ st.set_page_config(page_title="MET Explorer", layout="wide")
 st.html(STYLE)
 
 PAGES = [
-    st.Page(session.page("start"), title="Start here", url_path="start", default=True),
+    st.Page(session.page("start"), title="Start here", default=True),  # the default page lives at the root, "/"
     st.Page(session.page("how_met_works"), title="How MET works", url_path="how"),
     st.Page(session.page("whatif"), title="Threshold what-if", url_path="whatif"),
     st.Page(session.page("samples"), title="Explore samples", url_path="samples"),

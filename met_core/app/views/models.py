@@ -32,6 +32,7 @@ def row(p: Path) -> dict:
             st.warning(md(f"{state.label(p)}: {user_message(e)}"))
     return {
         "checkpoint": sm.name,
+        "trained on": f"{sm.training_data} + {sm.val_images:,} val. images of {sm.dataset or '?'}",
         "exits (blocks)": ", ".join(map(str, sm.exits)),
         "test accuracy per exit (%)": per_exit(test[0]) if test else "no test trace",
         "val. accuracy per exit (%)": per_exit(sm.val_accuracy),
@@ -40,7 +41,6 @@ def row(p: Path) -> dict:
         "adapters": sm.adapters,
         "recipe": f"{train.get('epochs', '?')} epochs, lr {train.get('lr', '?')}, {sm.img_size} px, "
         f"head input {sm.head_input}, seed {train.get('seed', '?')}",
-        "trained on": f"{sm.training_data} + {sm.val_images:,} val. images of {sm.dataset or '?'}",
         "test images": f"{test[1]:,} of {test[2]}" if test else "",
         "backbone": sm.backbone,
         "train time (s)": sm.train_time_s,

@@ -52,7 +52,7 @@ if other not in others:  # not traced on the same images with features: the page
     session.update(lambda view: setattr(view.representations, "compare", None))
     other = default_other
 labels = [state.label(p) for p in others]
-c1, c2, c3 = st.columns(3)
+c1, c2, c3 = st.columns([2, 1, 1])  # the compared model's name with its training data needs the width
 session.bind(
     c1.selectbox,
     "Compare with",
@@ -214,10 +214,11 @@ st.dataframe(
             {
                 "model": state.label(p),
                 "graph reg. lambda": lam(p),
-                f"kNN accuracy, exit {k + 1} (%)": 100 * fr["knn"][j],
-                f"silhouette, exit {k + 1}": fr["sil"][j],
-                f"test accuracy, exit {k + 1} (%)": 100 * acc[j][k],
-                "test accuracy, last exit (%)": 100 * acc[j][-1],
+                # rounded as the sentence below states them
+                f"kNN accuracy, exit {k + 1} (%)": round(100 * fr["knn"][j], 1),
+                f"silhouette, exit {k + 1}": round(fr["sil"][j], 3),
+                f"test accuracy, exit {k + 1} (%)": round(100 * acc[j][k], 1),
+                "test accuracy, last exit (%)": round(100 * acc[j][-1], 1),
             }
             for j, p in enumerate((ckpt, other))
         ]
