@@ -663,6 +663,18 @@ def main() -> int:
                 *dep.read_text().splitlines()[:40],
                 "",
             ]
+        q = ck / FULL[0] / "int8.md"
+        if q.is_file():
+            lines += [
+                "## Int8 early exit, over all the test images (measured)",
+                "",
+                "Which onnxruntime quantization `met export --quantize int8` uses, chosen on held-out images, and what "
+                "it costs at each exit and in the early-exit what-if recomputed from the int8 exits' own traces, as "
+                "printed by `python bench/int8.py --record`:",
+                "",
+                *q.read_text().splitlines()[:60],
+                "",
+            ]
         r = met.get("within_half_point")
         if r is not None:
             lines += [

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 
 from met_core.config import METConfig
@@ -196,6 +197,12 @@ def test_int8_export_agrees_with_fp32_at_every_exit_above_the_floor(exported, im
     assert sum(f.stat().st_size for f in (tmp_path / "int8").glob("*.onnx")) < sum(
         f.stat().st_size for f in exported.glob("*.onnx")
     )
+    # the quantization bench/int8.py chose on held-out images: int8 matrix products with one weight scale per
+    # output channel (dynamic: no activation scales stored)
+    graph = onnx.load(str(tmp_path / "int8" / "stage_1.onnx")).graph
+    assert sum(n.op_type == "MatMulInteger" for n in graph.node) > 0
+    scales = [i for i in graph.initializer if i.name.endswith("_scale")]
+    assert scales and all(len(i.dims) == 1 and i.dims[0] > 1 for i in scales)
     _, x = images
     never = [2.0, 2.0, 2.0, None]  # every image to the last exit: every exit's probabilities
     fp32 = OnnxEarlyExit(exported)(x.numpy(), never).probs.argmax(-1)
