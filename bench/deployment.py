@@ -5,8 +5,10 @@ For each engine and batch size: ms per image of the full network and of the earl
 over running every image to the last exit, the speed-up GMACs predict, and the one the engine's own latency profile
 predicts (`met profile`, `met profile --engine onnx`). Both profiles are measured in the same run, just before (a
 ratio from one run: on a shared machine the same pass timed minutes apart varies by several per cent); the engines
-are measured interleaved (`--rounds` alternations, medians). Goals (issues 14 and 26): each engine's profile within
-10 % of its measured time at batch 64 and 256; ONNX at most PyTorch's ms per image at every batch size (early exit).
+are measured interleaved (`--rounds` alternations, medians; with three rounds one slow round no longer moves the
+result, with two the median is their mean: in one quiet run ONNX's first round at batch 64 was 17 % slower than its
+next two). Goals (issues 14 and 26): each engine's profile within 10 % of its measured time at batch 64 and 256; ONNX
+at most PyTorch's ms per image at every batch size (early exit).
 `--profile FILE` predicts PyTorch from a stored profile instead (e.g. the shipped `latency.json`).
 
     python bench/deployment.py [--checkpoint checkpoints/cifar10-met] [--threshold 0.8] [--images 512] [--record]
@@ -44,7 +46,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--batch", default="1,8,64,256")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per engine, batch size and round")
-    ap.add_argument("--rounds", type=int, default=2, help="alternations of the two engines per batch size")
+    ap.add_argument("--rounds", type=int, default=3, help="alternations of the engines per batch size")
     ap.add_argument("--record", action="store_true", help="also write the table to CHECKPOINT/deployment.md")
     ap.add_argument("--profile", help="a stored latency.json to predict with (default: profile in this run)")
     args = ap.parse_args()
@@ -119,7 +121,7 @@ def main() -> int:
             for n in ("onnx", "onnx int8")
         }
         say(
-            "per-exit test accuracy, fp32 ONNX -> int8: "
+            f"per-exit accuracy on these {args.images} test images (all of them: bench/int8.py), fp32 ONNX -> int8: "
             + ", ".join(
                 f"exit {k + 1} {100 * a:.1f} -> {100 * b:.1f} %"
                 for k, (a, b) in enumerate(zip(acc["onnx"], acc["onnx int8"]))

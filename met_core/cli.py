@@ -387,12 +387,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     val_t = load_trace(args.trace)
     test_t = load_trace(args.apply) if args.apply else val_t
-    test_t.check_model(
-        val_t.meta.get("checkpoint_sha256"),
-        str(args.apply),
-        str(args.trace),
-        "calibrate and apply on traces of one model.",
-    )
+    test_t.check_pair(val_t, str(args.apply), str(args.trace), "calibrate and apply on traces of one model.")
     temps = _temperatures(args, val_t)
     val, test = TraceArrays.from_trace(val_t, temps), TraceArrays.from_trace(test_t, temps)
     if args.sweep:
@@ -453,9 +448,7 @@ def cmd_reliability(args: argparse.Namespace) -> None:
     temps = _temperatures(args, trace)
     if args.fit_on:
         cal = load_trace(args.fit_on)
-        cal.check_model(
-            trace.meta.get("checkpoint_sha256"), args.fit_on, args.trace, "fit on a trace of the same model."
-        )
+        cal.check_pair(trace, args.fit_on, args.trace, "fit on a trace of the same model.")
         fitted = Temperatures.fit(cal, Path(args.fit_on).name)
         temps = fitted.temperatures
         if args.out:

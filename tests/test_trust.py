@@ -14,7 +14,7 @@ from met_core.analysis.certify import certify_max_loss, harm_p_value, images_nee
 from met_core.analysis.intervals import clopper_pearson
 from met_core.analysis.reliability import fit_temperatures, read_temperatures, reliability
 from met_core.analysis.whatif import TraceArrays, whatif
-from met_core.io.traces import load_trace
+from met_core.io.traces import Trace, load_trace, save_trace
 
 from .conftest import ROOT, run_cli
 
@@ -167,6 +167,33 @@ def test_thresholds_or_temperatures_from_another_model_s_trace_are_one_sentence(
     proc = run_cli(cmd, *paths, *(["--budget", "0.6"] if cmd == "calibrate" else []), check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert f"{paths[3]} was made by another model than {paths[1]}" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("cmd", ["calibrate", "reliability"])
+def test_two_traces_without_hashes_of_other_exit_counts_are_one_sentence(cmd, tmp_path):
+    """Traces made by hand record no checkpoint hash; their exits still tell two models apart (this pair used to
+    give "only the last exit's threshold may be null")."""
+    real = load_trace(ROOT / "checkpoints" / "cifar10-met" / "val_trace.npz")
+    paths = []
+    for k in (4, 3):
+        t = Trace(
+            real.logits[:, :k],
+            real.labels,
+            real.ids,
+            real.gmacs[:k],
+            real.class_names,
+            np.zeros(0, np.int64),
+            np.zeros((k, 0, 0), np.float16),
+            {"exits": real.meta["exits"][:k]},
+        )
+        paths.append(str(tmp_path / f"hand_{k}.npz"))
+        save_trace(paths[-1], t)
+    flag = "--apply" if cmd == "calibrate" else "--fit-on"
+    proc = run_cli(
+        cmd, "--trace", paths[0], flag, paths[1], *(["--budget", "0.6"] if cmd == "calibrate" else []), check=False
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert f"{paths[1]} (3 exits, 10 classes) and {paths[0]} (4 exits, 10 classes) differ" in proc.stderr, proc.stderr
 
 
 def test_the_paired_comparison_of_two_models_is_mcnemar_s_exact_test():

@@ -194,6 +194,17 @@ class SpeedupResult(Record):
     early_seconds_median: float
 
 
+@dataclass
+class _TwoPasses:
+    """What `measure_speedup` times, for either engine."""
+
+    gmacs: np.ndarray  # cumulative GMACs per exit
+    thresholds: np.ndarray  # (K,), as_thresholds
+    sync: Callable[[], None]  # the device's synchronizer
+    run_full: Callable[[], None]  # every image to the last exit
+    run_early: Callable[[], EarlyExitResult]  # the real batched early exit
+
+
 def _two_passes(
     model: METModel | OnnxEarlyExit,
     x: torch.Tensor,
@@ -202,32 +213,29 @@ def _two_passes(
     batch_size: int,
     precision: str,
     replay: np.ndarray | None,
-) -> tuple[int, np.ndarray, list[float], Callable[[], None], Callable[[], None], Callable[[], EarlyExitResult]]:
-    """What `measure_speedup` times, for either engine: (exits, cumulative GMACs, thresholds, the device's
-    synchronizer, every image to the last exit, the real batched early exit)."""
+) -> _TwoPasses:
+    """The two passes `measure_speedup` compares, for a METModel (PyTorch) or an ONNX export's runner."""
     from .export import OnnxEarlyExit
 
+    k = model.num_exits
+    t = as_thresholds(thresholds, k, pol)
     if isinstance(model, OnnxEarlyExit):
-        k, xn = model.num_exits, x.numpy()
-        t = as_thresholds(thresholds, k, pol)
-        return (
-            k,
+        xn = x.numpy()
+        return _TwoPasses(
             np.asarray(model.manifest.gmacs),
             t,
             synchronizer(torch.device("cpu")),
             lambda: model(xn, [pol.skip(k)] * (k - 1) + [None], pol.name, batch_size),
             lambda: model(xn, t, pol.name, batch_size, replay),
         )
-    k, device = model.num_exits, next(model.parameters()).device
-    t = as_thresholds(thresholds, k, pol)
+    device = next(model.parameters()).device
 
     def run_full() -> None:
         with torch.no_grad(), autocast(device, precision):
             for i in range(0, len(x), batch_size):
                 model(x[i : i + batch_size].to(device))
 
-    return (
-        k,
+    return _TwoPasses(
         np.asarray(exit_gmacs(model)),
         t,
         synchronizer(device),
@@ -253,7 +261,8 @@ def measure_speedup(
     `on_progress(images, total)` is called after each pass over the images (2 warm-up passes and 2 per repeat),
     counting images run so far; an exception it raises stops the measurement."""
     pol = get_policy(policy)
-    k, gm, t, sync, run_full, run_early = _two_passes(model, x, thresholds, pol, batch_size, precision, replay)
+    two = _two_passes(model, x, thresholds, pol, batch_size, precision, replay)
+    k, gm = model.num_exits, two.gmacs
     passes, total = 0, (2 + 2 * repeats) * len(x)
 
     def passed() -> None:
@@ -262,17 +271,17 @@ def measure_speedup(
         if on_progress is not None:
             on_progress(passes * len(x), total)
 
-    res = run_early()  # warm-up, and the exits the prediction is based on
-    sync()
+    res = two.run_early()  # warm-up, and the exits the prediction is based on
+    two.sync()
     passed()
-    run_full()
-    sync()
+    two.run_full()
+    two.sync()
     passed()
     full_s, early_s = [], []
     for _ in range(repeats):
-        full_s.append(timed(run_full, sync))
+        full_s.append(timed(two.run_full, two.sync))
         passed()
-        early_s.append(timed(run_early, sync))
+        early_s.append(timed(two.run_early, two.sync))
         passed()
     return SpeedupResult(
         predicted_speedup=float(gm[-1] / gm[res.exits].mean()),
@@ -283,7 +292,7 @@ def measure_speedup(
         batch_size=batch_size,
         repeats=repeats,
         policy=pol.name,
-        thresholds=[float(v) if np.isfinite(v) else None for v in t],
+        thresholds=[float(v) if np.isfinite(v) else None for v in two.thresholds],
         full_seconds_median=statistics.median(full_s),
         early_seconds_median=statistics.median(early_s),
     )

@@ -55,6 +55,18 @@ class Trace:
         if have != sha256 and not (unhashed_ok and have is None):
             raise METError(f"{source} was made by another model than {model}; {fix}")
 
+    def check_pair(self, other: Trace, source: str, other_source: str, fix: str) -> None:
+        """Raise METError, one sentence ending in `fix`, when this trace (from `source`) and `other` (from
+        `other_source`) were made by different models: other checkpoint hashes, or, where neither records one
+        (traces made by hand), other exits or classes."""
+        self.check_model(other.meta.get("checkpoint_sha256"), source, other_source, fix)
+        if (self.num_exits, list(self.class_names)) != (other.num_exits, list(other.class_names)):
+            raise METError(
+                f"{source} ({self.num_exits} exits, {len(self.class_names)} classes) and {other_source} "
+                f"({other.num_exits} exits, {len(other.class_names)} classes) differ in their exits or class names: "
+                f"they were made by different models; {fix}"
+            )
+
     def probs(self, temperatures: Sequence[float] | None = None) -> np.ndarray:
         """Softmax probabilities (N, K, C), float32; each exit's logits divided by its temperature if given."""
         z = self.logits.astype(np.float32)
