@@ -9,7 +9,7 @@
    variant with the highest mean agreement over the exits is the one to ship: PASS when it is the export's.
 2. The export's int8 graphs traced the way `met trace --engine onnx` does, over the held-out calibration set and
    every test image. Per exit: fp32 (the checkpoint's shipped traces, PyTorch) against int8 test accuracy, image
-   for image (exact McNemar test and interval, `met_core.analysis.intervals.paired_difference`), and agreement.
+   for image (exact McNemar test and interval, `met_core.analysis.whatif.exit_differences`), and agreement.
 3. The early-exit what-if recomputed from the int8 exits: each rule chosen on the engine's own held-out trace (a
    budget of 50 % of the last exit's GMACs; certified at most 1 pt below the last exit, delta 0.1) and measured
    on its own test trace, beside the same rules for fp32; the time per image at batch 64 predicted from each
@@ -30,7 +30,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,11 +37,11 @@ import numpy as np
 
 from met_core.analysis.calibration import calibrate_budget
 from met_core.analysis.certify import certify_max_loss
-from met_core.analysis.intervals import paired_difference
 from met_core.analysis.latency import predict_latency
-from met_core.analysis.whatif import TraceArrays, whatif
+from met_core.analysis.whatif import TraceArrays, exit_differences, whatif
 from met_core.config import TraceConfig
 from met_core.data.datasets import dataset_for_checkpoint, decode_all, open_dataset, seeded_subset, transform_for
+from met_core.engine.devices import timed
 from met_core.engine.export import INT8_OPS, OnnxEarlyExit, export_onnx
 from met_core.engine.profiling import profile_onnx
 from met_core.engine.tracing import trace_checkpoint
@@ -98,12 +97,7 @@ def alternatives(stage_inputs: list[np.ndarray]) -> dict[str, Callable[[str, str
 def ms_per_image(runner: OnnxEarlyExit, x: np.ndarray, repeats: int = 5) -> float:
     """A full pass (every exit) of one batch: median ms per image after one warm-up."""
     runner.all_logits(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        runner.all_logits(x)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times) / len(x)
+    return 1e3 * statistics.median(timed(lambda: runner.all_logits(x)) for _ in range(repeats)) / len(x)
 
 
 def logits_of(runner: OnnxEarlyExit, x: np.ndarray) -> np.ndarray:
@@ -202,8 +196,7 @@ def main() -> int:
             "agreement (%) |"
         )
         say("|---|---|---|---|---|---|")
-        for k in range(a8.num_exits):
-            d = paired_difference(a8.correct[:, k], a32.correct[:, k])
+        for k, d in enumerate(exit_differences(a8, a32)):
             say(
                 f"| {k + 1} | {100 * a32.correct[:, k].mean():.2f} | {100 * a8.correct[:, k].mean():.2f} | "
                 f"{100 * d.difference:+.2f} ({100 * d.lo:+.2f} to {100 * d.hi:+.2f}) | {d.p_value:.2g} | "

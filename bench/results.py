@@ -29,7 +29,7 @@ from met_core.analysis.geometry import class_spread, knn_accuracy, silhouette  #
 from met_core.analysis.intervals import MEANING  # noqa: E402
 from met_core.analysis.policies import CALIBRATABLE  # noqa: E402
 from met_core.analysis.reliability import TEMPERATURES_FILE, read_temperatures, reliability  # noqa: E402
-from met_core.analysis.whatif import TraceArrays, exit_accuracy_all, whatif  # noqa: E402
+from met_core.analysis.whatif import TraceArrays, exit_accuracy_all, exit_differences, whatif  # noqa: E402
 from met_core.errors import METError  # noqa: E402
 from met_core.io.checkpoint import CAL_TRACE_FILE  # noqa: E402
 from met_core.io.traces import MAC_NOTE, load_trace  # noqa: E402
@@ -321,8 +321,6 @@ def geometry_table(ms: list[dict]) -> tuple[list[str], int]:
 def graph_reg_section(models: dict) -> list[str]:
     """Test accuracy and feature geometry at every exit for the same recipe at each graph-regularization lambda
     whose test trace stores features; the others (logits only) by their accuracy against the default."""
-    from met_core.analysis.intervals import paired_difference
-
     featured = [n for n in GR_MODELS if n in models and len(models[n]["test"].feature_index)]
     ms = [models[n] for n in featured]
     lams = [m["config"].get("train", {}).get("graph_reg", 0.0) for m in ms]
@@ -346,7 +344,7 @@ def graph_reg_section(models: dict) -> list[str]:
             continue
         a, b = models[name]["A"], default["A"]
         lam = models[name]["config"].get("train", {}).get("graph_reg", 0.0)
-        d = [paired_difference(a.correct[:, k], b.correct[:, k]) for k in range(a.num_exits)]
+        d = exit_differences(a, b)
         out += [
             f"`{name}` (lambda {lam:g}, 20 times the default; its test trace keeps logits only: its feature rows went "
             "to the full-data twin under the 50 MB cap) against `cifar10-met`, image for image, per exit: "
@@ -459,11 +457,8 @@ def full_data_section(models: dict, figure: Path) -> list[str]:
 
 def gr_effect(ms: list[dict], names: list[str]) -> list[str]:
     """Image-for-image: each exit's accuracy with graph regularization minus without, its interval and McNemar's
-    exact p-value (met_core.analysis.intervals.paired_difference), and what that says, in plain words."""
-    from met_core.analysis.intervals import paired_difference
-
-    a, b = ms[0]["A"], ms[1]["A"]
-    diffs = [paired_difference(a.correct[:, k], b.correct[:, k]) for k in range(a.num_exits)]
+    exact p-value (met_core.analysis.whatif.exit_differences), and what that says, in plain words."""
+    diffs = exit_differences(ms[0]["A"], ms[1]["A"])
     helps = [k + 1 for k, d in enumerate(diffs) if d.lo > 0]
     hurts = [k + 1 for k, d in enumerate(diffs) if d.hi < 0]
     plain = (

@@ -13,7 +13,8 @@ from met_core.analysis.calibration import calibrate_budget
 from met_core.analysis.certify import certify_max_loss, harm_p_value, images_needed, selection_spread
 from met_core.analysis.intervals import clopper_pearson
 from met_core.analysis.reliability import fit_temperatures, read_temperatures, reliability
-from met_core.analysis.whatif import TraceArrays, whatif
+from met_core.analysis.whatif import TraceArrays, exit_differences, whatif
+from met_core.errors import METError
 from met_core.io.traces import Trace, load_trace, save_trace
 
 from .conftest import ROOT, run_cli
@@ -219,3 +220,11 @@ def test_the_paired_comparison_of_two_models_is_mcnemar_s_exact_test():
         assert (swapped.lo, swapped.hi) == pytest.approx((-r.hi, -r.lo))
     same = paired_difference(ca, ca)
     assert (same.difference, same.lo, same.hi, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+    # every exit at once, from the what-if arrays: the same comparison
+    arrays = [TraceArrays.from_trace(t) for t in (a, b)]
+    assert exit_differences(*arrays) == [
+        paired_difference(arrays[0].correct[:, k], arrays[1].correct[:, k]) for k in range(a.num_exits)
+    ]
+    assert exit_differences(*arrays)[-1] == r  # the logits' classes are the arrays' classes
+    with pytest.raises(METError, match="same images"):
+        exit_differences(arrays[0], arrays[1].take(np.arange(100)))

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import METError
 from ..io.limits import MAX_CONFUSION_CLASSES
 from ..io.traces import SIMULATED_NOTE, Trace
-from .intervals import WhatIfIntervals, whatif_intervals
+from .intervals import PairedDifference, WhatIfIntervals, paired_difference, whatif_intervals
 from .policies import Policy, as_thresholds, exit_index, exit_probs, exit_scores, get_policy
 
 
@@ -230,3 +231,13 @@ def rule_figures(
 def exit_accuracy_all(arrays: TraceArrays) -> list[float]:
     """Accuracy of every exit on all samples (no early exit)."""
     return arrays.correct.mean(0).tolist()
+
+
+def exit_differences(a: TraceArrays, b: TraceArrays) -> list[PairedDifference]:
+    """Each exit's accuracy of model A minus model B, image for image (`intervals.paired_difference`: exact McNemar
+    test and interval), on traces of the same images in the same order.
+
+    Raises METError when the traces hold other images or other exit counts."""
+    if a.num_exits != b.num_exits or not np.array_equal(a.labels, b.labels):
+        raise METError("compare two traces of the same images with as many exits, in the same order.")
+    return [paired_difference(a.correct[:, k], b.correct[:, k]) for k in range(a.num_exits)]
