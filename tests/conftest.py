@@ -38,6 +38,26 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+def train_args(dataset: Path, per_class: int, img_size: int, *extra: object, val_fraction: float = 0.5) -> list[str]:
+    """`met train` arguments for one quiet epoch on `per_class` real images of each class of `dataset`, then
+    `extra` (as strings)."""
+    return [
+        "train",
+        "--dataset",
+        str(dataset),
+        "--per-class",
+        str(per_class),
+        "--val-fraction",
+        str(val_fraction),
+        "--img-size",
+        str(img_size),
+        "--epochs",
+        "1",
+        "--quiet",
+        *map(str, extra),
+    ]
+
+
 def tiny_vit(depth: int = 4, img_size: int = 32):
     """A tiny random timm ViT (shape and wiring tests only)."""
     from timm.models.vision_transformer import VisionTransformer
@@ -59,24 +79,7 @@ def real_backbone_56():
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A real checkpoint trained by the CLI for one epoch on 40 real CIFAR-10 images at 56 px."""
     out = tmp_path_factory.mktemp("ckpt") / "cifar-tiny"
-    run_cli(
-        "train",
-        "--dataset",
-        str(CIFAR_TRAIN),
-        "--per-class",
-        "4",
-        "--val-fraction",
-        "0.5",
-        "--img-size",
-        "56",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "20",
-        "--out",
-        str(out),
-        "--quiet",
-    )
+    run_cli(*train_args(CIFAR_TRAIN, 4, 56, "--batch-size", "20", "--out", str(out)))
     return out
 
 

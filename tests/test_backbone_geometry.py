@@ -16,7 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 from met_core.errors import METError
 from met_core.nn.backbones import create_backbone, imgfocus_weights, load_resampled, pos_embed_grid
 
-from .conftest import HYMENOPTERA, run_cli
+from .conftest import HYMENOPTERA, run_cli, train_args
 
 
 def _tiny(img_size) -> VisionTransformer:
@@ -89,28 +89,8 @@ def test_a_tiny_random_vit_at_224x448_trains_through_the_cli_and_bad_geometry_is
     save_file(state, str(good))
     out = tmp_path / "ckpt"
     run_cli(
-        "train",
-        "--dataset",
-        str(HYMENOPTERA / "train"),
-        "--backbone",
-        "vit_tiny_patch16_224",
-        "--weights",
-        str(good),
-        "--per-class",
-        "2",
-        "--val-fraction",
-        "0.5",
-        "--img-size",
-        "32",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-        "--exits",
-        "6,12",
-        "--out",
-        str(out),
-        "--quiet",
+        *train_args(HYMENOPTERA / "train", 2, 32, "--backbone", "vit_tiny_patch16_224", "--weights", str(good)),
+        *("--batch-size", "2", "--exits", "6,12", "--out", str(out)),
     )
     assert (out / "model.safetensors").is_file()
 

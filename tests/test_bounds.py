@@ -27,7 +27,7 @@ from met_core.config import METConfig, RuntimeConfig, TrainConfig, config_from_d
 from met_core.errors import METError
 from met_core.io.traces import load_trace
 
-from .conftest import CIFAR_TEST, CIFAR_TRAIN, ROOT, run_cli
+from .conftest import CIFAR_TEST, CIFAR_TRAIN, ROOT, run_cli, train_args
 
 HARNESS = ROOT / "tests" / "tools" / "bounded_cli.py"
 WALL_FACTOR = 20  # bounded_cli.WALL_FACTOR
@@ -206,28 +206,7 @@ def test_an_unwritable_cache_folder_is_one_sentence_naming_the_variable(tiny_che
 @pytest.fixture(scope="module")
 def one_exit_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("one") / "one-exit"
-    run_cli(
-        "train",
-        "--dataset",
-        str(CIFAR_TRAIN),
-        "--per-class",
-        "4",
-        "--val-fraction",
-        "0.5",
-        "--img-size",
-        "56",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "20",
-        "--exits",
-        "12",
-        "--out",
-        str(out),
-        "--quiet",
-        "--workers",
-        "0",
-    )
+    run_cli(*train_args(CIFAR_TRAIN, 4, 56, "--batch-size", "20", "--exits", "12", "--out", str(out), "--workers", "0"))
     return out
 
 

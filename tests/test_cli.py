@@ -5,7 +5,7 @@ import pytest
 
 from met_core.cli import SUBCOMMANDS
 
-from .conftest import CIFAR_TEST, run_cli
+from .conftest import CIFAR_TEST, run_cli, train_args
 
 
 @pytest.mark.parametrize("sub", [name for name, *_ in SUBCOMMANDS])
@@ -53,22 +53,7 @@ def test_trace_json_on_real_test_images(tiny_checkpoint, tmp_path):
 
 def test_train_prints_trainable_parameter_count(tiny_checkpoint):
     # the fixture trained through the CLI; re-run the cheapest train to read its stderr
-    proc = run_cli(
-        "train",
-        "--dataset",
-        str(CIFAR_TEST),
-        "--per-class",
-        "2",
-        "--val-fraction",
-        "0.5",
-        "--img-size",
-        "28",
-        "--epochs",
-        "1",
-        "--out",
-        str(tiny_checkpoint.parent / "again"),
-        "--quiet",
-    )
+    proc = run_cli(*train_args(CIFAR_TEST, 2, 28, "--out", str(tiny_checkpoint.parent / "again")))
     assert re.search(r"trainable parameters: 172,296 \(0\.80% of the 21,5\d\d,\d{3} frozen", proc.stderr)
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from .conftest import CIFAR_TEST, CIFAR_TRAIN, ROOT, run_cli
+from .conftest import CIFAR_TEST, CIFAR_TRAIN, ROOT, run_cli, train_args
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -124,28 +124,9 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
 def test_torchrun_training_writes_the_single_process_tensors(tmp_path):
     from safetensors.torch import load_file
 
-    common = [
-        "train",
-        "--dataset",
-        str(CIFAR_TRAIN),
-        "--per-class",
-        "6",
-        "--val-fraction",
-        "0.5",
-        "--img-size",
-        "56",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "20",
-        "--warmup-epochs",
-        "0",
-        "--graph-reg",
-        "0.5",
-        "--workers",
-        "0",
-        "--quiet",
-    ]
+    common = train_args(
+        CIFAR_TRAIN, 6, 56, "--batch-size", "20", "--warmup-epochs", "0", "--graph-reg", "0.5", "--workers", "0"
+    )
     run_cli(*common, "--out", str(tmp_path / "one"))
     proc = _torchrun(*common, "--out", str(tmp_path / "two"))
     assert proc.stderr.count("data path: memory") == 1  # only rank 0 logs
@@ -200,22 +181,7 @@ def test_the_streaming_path_trains_what_the_memory_path_trains_and_augmentation_
     augmentation and a loader worker repeats itself exactly."""
     from safetensors.torch import load_file
 
-    common = [
-        "train",
-        "--dataset",
-        str(CIFAR_TRAIN),
-        "--per-class",
-        "4",
-        "--val-fraction",
-        "0.5",
-        "--img-size",
-        "56",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "20",
-        "--quiet",
-    ]
+    common = train_args(CIFAR_TRAIN, 4, 56, "--batch-size", "20")
     for name, extra in (
         ("memory", ["--data-path", "memory", "--workers", "0"]),
         ("stream", ["--data-path", "stream", "--workers", "1"]),

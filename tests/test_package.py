@@ -19,7 +19,7 @@ from met_core.analysis.whatif import TraceArrays, whatif
 from met_core.errors import METError
 from met_core.nn.backbones import BACKBONES, backbone_entry
 
-from .conftest import CIFAR_TEST, HYMENOPTERA, ROOT, run_cli
+from .conftest import CIFAR_TEST, HYMENOPTERA, ROOT, run_cli, train_args
 
 MET = Path(sys.executable).parent / "met"  # the console script `pip install` puts beside the interpreter
 
@@ -88,30 +88,8 @@ def test_backbone_entries_know_their_preprocessing(name):
 def test_train_records_the_backbones_own_preprocessing(tmp_path):
     out = tmp_path / "vit"
     run_cli(
-        "train",
-        "--backbone",
-        "vit_base_patch16_224.augreg_in21k",
-        "--weights",
-        "none",
-        "--img-size",
-        "32",
-        "--dataset",
-        str(HYMENOPTERA / "val"),
-        "--per-class",
-        "4",
-        "--val-fraction",
-        "0.5",
-        "--epochs",
-        "1",
-        "--exits",
-        "6,12",
-        "--batch-size",
-        "4",
-        "--out",
-        str(out),
-        "--quiet",
-        "--workers",
-        "0",
+        *train_args(HYMENOPTERA / "val", 4, 32, "--backbone", "vit_base_patch16_224.augreg_in21k", "--weights", "none"),
+        *("--exits", "6,12", "--batch-size", "4", "--out", str(out), "--workers", "0"),
     )
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["mean"] == [0.5, 0.5, 0.5] == cfg["preprocessing"]["mean"]  # timm's, not ImageNet's

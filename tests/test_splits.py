@@ -13,7 +13,7 @@ import pytest
 from met_core.data.datasets import dataset_for_checkpoint, open_dataset, smallest_splittable_class, subsample_split
 from met_core.errors import METError
 
-from .conftest import CIFAR_TRAIN, run_cli
+from .conftest import CIFAR_TRAIN, run_cli, train_args
 
 CLASSES = ("cat", "dog", "ship")
 
@@ -53,28 +53,8 @@ def test_the_issue_example_through_the_cli(tmp_path):
     data = image_folder(tmp_path / "data", 2)
     out = tmp_path / "ck"
     proc = run_cli(
-        "train",
-        "--dataset",
-        str(data),
-        "--per-class",
-        "1",
-        "--val-fraction",
-        "0.2",
-        "--img-size",
-        "32",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "3",
-        "--backbone",
-        "vit_tiny_patch16_224",
-        "--weights",
-        "none",
-        "--out",
-        str(out),
-        "--quiet",
-        "--workers",
-        "0",
+        *train_args(data, 1, 32, "--batch-size", "3", "--backbone", "vit_tiny_patch16_224", val_fraction=0.2),
+        *("--weights", "none", "--out", str(out), "--workers", "0"),
     )
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: --val-fraction")]
     assert len(warnings) == 1 and "no validation images" in warnings[0]

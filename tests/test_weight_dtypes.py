@@ -22,7 +22,7 @@ from met_core.nn.backbones import create_backbone, imgfocus_weights, read_weight
 from met_core.nn.checkpoint import load_checkpoint
 from met_core.nn.tensorfiles import tensors_sha256
 
-from .conftest import HYMENOPTERA, ROOT, run_cli
+from .conftest import HYMENOPTERA, ROOT, run_cli, train_args
 
 HYM = ROOT / "checkpoints" / "hymenoptera-met"
 BF16_EPS = 2.0**-8  # bfloat16 keeps 8 significant bits: a relative rounding of at most 2^-9 per weight
@@ -69,26 +69,7 @@ def test_bf16_backbone_weights_give_the_fp32_logits_within_bf16_rounding_and_tra
 
     # a tiny training run on the bf16 file, and the checkpoint it writes loads with that file only
     out = tmp_path / "ckpt"
-    run_cli(
-        "train",
-        "--dataset",
-        str(HYMENOPTERA / "train"),
-        "--weights",
-        str(bf16_file),
-        "--per-class",
-        "2",
-        "--val-fraction",
-        "0.5",
-        "--img-size",
-        "28",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-        "--out",
-        str(out),
-        "--quiet",
-    )
+    run_cli(*train_args(HYMENOPTERA / "train", 2, 28, "--weights", str(bf16_file), "--batch-size", "2", "--out", out))
     model, cfg_dict = load_checkpoint(out, weights=str(bf16_file))
     assert cfg_dict["model"]["weights_sha256"] == read_weights(bf16_file)[1]
     with pytest.raises(METError, match="trained on other backbone weights"):
