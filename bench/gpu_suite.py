@@ -368,32 +368,23 @@ class Suite:
         ds = ds.subset(np.arange(min(s.trace_images, len(ds))))
         ds.transform = transform_for(model.cfg)
         gm = exit_gmacs(model)
-        for prec in self.precisions:
+
+        def run(subset, precision: str) -> None:
             run_trace(
                 model,
-                ds.subset(np.arange(min(len(ds), s.trace_batch))),
+                subset,
                 gm,
                 {},
                 batch_size=s.trace_batch,
                 features=0,
                 progress=False,
-                precision=prec,
+                precision=precision,
                 workers=s.workers,
-            )  # warm-up
-            sec = seconds(
-                lambda p=prec: run_trace(
-                    model,
-                    ds,
-                    gm,
-                    {},
-                    batch_size=s.trace_batch,
-                    features=0,
-                    progress=False,
-                    precision=p,
-                    workers=s.workers,
-                ),
-                self.device,
             )
+
+        for prec in self.precisions:
+            run(ds.subset(np.arange(min(len(ds), s.trace_batch))), prec)  # warm-up
+            sec = seconds(lambda p=prec: run(ds, p), self.device)
             self.report.trace.append(TraceRow(prec, len(ds), s.trace_batch, s.workers, len(ds) / sec))
 
     def early_exit(self, policy: str, threshold: float) -> None:
