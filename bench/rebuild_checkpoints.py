@@ -192,7 +192,7 @@ def main() -> int:
             t = {"train_s": json.loads((d / "metrics.json").read_text())["train_time_s"]}
         else:
             seed = [] if "--seed" in flags else ["--seed", "0"]
-            t = {"train_s": run(py + ["train", *COMMON, *seed, *flags, "--out", str(d), "--quiet"])}
+            t = {"train_s": run(py + ["train", *COMMON, *seed, *flags, "--out", str(d), "--overwrite", "--quiet"])}
         # the held-out images: a validation split of 200 under VTAB-1k; the 5,000-image calibration set of a
         # full-data model (never trained on; thresholds, temperatures and the OOD caution are fitted on it)
         held_out = CAL_TRACE if name in FULL_DATA else VAL_TRACE

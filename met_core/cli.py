@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +30,8 @@ from .config import (
     config_from_dict,
 )
 from .errors import METError, user_message
+from .io.checkpoint import checkpoint_hash
+from .io.outputs import output_file, output_folder
 from .io.traces import MAC_NOTE
 
 if TYPE_CHECKING:
@@ -164,6 +167,41 @@ def record_weights(mcfg: METConfig, out: Path) -> None:
         )
 
 
+REPLACE_HINT = (
+    "pass --overwrite to replace it (the traces, profiles and other files made for its weights are then removed if "
+    "the new weights differ), or choose another folder."
+)
+
+
+def _hash_or_none(folder: Path) -> str | None:
+    """The checkpoint hash of `folder`, or None when it holds no readable checkpoint."""
+    try:
+        return checkpoint_hash(folder)
+    except METError:
+        return None
+
+
+def remove_derived(out: Path) -> None:
+    """Remove what was made for other weights than those now in `out` (`met train --overwrite` when the retrained
+    model differs): traces, latency profiles, temperatures, OOD rule, ONNX export; naming each in a note."""
+    from .analysis.latency import LATENCY_FILE
+    from .analysis.ood import OOD_FILE
+    from .analysis.reliability import TEMPERATURES_FILE
+    from .engine.export import EXITS_FILE
+    from .io.checkpoint import CAL_TRACE_FILE, EXPORT_DIR, TEST_TRACE_FILE, VAL_TRACE_FILE
+
+    gone = []
+    for name in (TEST_TRACE_FILE, VAL_TRACE_FILE, CAL_TRACE_FILE, LATENCY_FILE, TEMPERATURES_FILE, OOD_FILE):
+        if (out / name).is_file():
+            (out / name).unlink()
+            gone.append(name)
+    if (out / EXPORT_DIR / EXITS_FILE).is_file():
+        shutil.rmtree(out / EXPORT_DIR)
+        gone.append(f"{EXPORT_DIR}/")
+    if gone:
+        log(f"note: removed {', '.join(gone)} from {out} (made for the weights this run replaces)")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .data.datasets import open_dataset, preprocessing_record, subsample_split, transform_for
     from .engine.devices import device_name
@@ -175,6 +213,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     tcfg: TrainConfig = dataclass_from_args(TrainConfig, args)
     tcfg.validate()  # before any data is read
+    out = output_folder(
+        args.out,
+        "a checkpoint",
+        None if args.overwrite else REPLACE_HINT,
+    )
     runtime, ctx, device = runtime_setup(args)
     seed_everything(tcfg.seed)
     ds = open_dataset(args.dataset, split=args.split, download=not args.no_download, data_root=args.data_root)
@@ -198,7 +241,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     shutdown(ctx)
     if not ctx.is_main:
         return
-    out = Path(args.out)
+    before = _hash_or_none(out) if args.overwrite else None
     record_weights(mcfg, out)
     gm = exit_gmacs(model)
     result = {**metrics.to_dict(), "exit_gmacs": gm, "mac_note": MAC_NOTE}
@@ -224,6 +267,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         },
         result,
     )
+    if args.overwrite and checkpoint_hash(out) != before:
+        remove_derived(out)
     _emit(
         args,
         {"out": str(out), **{k: v for k, v in result.items() if k != "history"}},
@@ -246,6 +291,7 @@ def cmd_trace(args: argparse.Namespace) -> None:
     from .engine.tracing import trace_checkpoint
     from .io.traces import save_trace
 
+    output_file(args.out, ".npz", "a trace")
     runtime, ctx, device = runtime_setup(args)
     onnx = None
     if args.engine == "onnx":
@@ -444,6 +490,8 @@ def cmd_reliability(args: argparse.Namespace) -> None:
     from .analysis.reliability import Temperatures, exit_reliability
     from .io.traces import load_trace
 
+    if args.out:
+        output_file(args.out, ".json", "the temperatures")
     trace = load_trace(args.trace)
     temps = _temperatures(args, trace)
     if args.fit_on:
@@ -472,13 +520,12 @@ def cmd_reliability(args: argparse.Namespace) -> None:
 
 def cmd_ood(args: argparse.Namespace) -> None:
     from .analysis.ood import OOD_FILE, fit_ood_on_trace, save_ood
-    from .io.checkpoint import checkpoint_hash
     from .io.traces import load_trace
 
+    out = output_file(args.out or Path(args.checkpoint) / OOD_FILE, ".npz", "the OOD rule")
     cal = load_trace(args.trace)
     cal.check_model(checkpoint_hash(args.checkpoint), args.trace, args.checkpoint, "trace it with this one.")
     rule = fit_ood_on_trace(cal, args.trace, args.exit - 1, args.false_alarm, args.k, args.seed)
-    out = Path(args.out) if args.out else Path(args.checkpoint) / OOD_FILE
     save_ood(out, rule)
     _emit(
         args,
@@ -497,7 +544,6 @@ def cmd_ood(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from .engine.inference import load_engine, predict_files
-    from .io.checkpoint import checkpoint_hash
 
     if len(args.images) > args.max_files:
         raise METError(f"{len(args.images)} files given; at most {args.max_files} at once (raise --max-files).")
@@ -506,19 +552,25 @@ def cmd_predict(args: argparse.Namespace) -> None:
     model = load_engine(args.checkpoint, args.engine, args.onnx, args.weights, device)
     res = predict_files(model, args.images, thresholds, policy, precision=runtime.precision)
     lines = [
-        f"{r.file}: error: {r.error}"
-        if r.error
-        else f"{r.file}: {r.class_name} at exit {r.exit + 1}/{model.num_exits}, confidence {r.confidence:.3f}, "
+        f"{r.file}: {r.class_name} at exit {r.exit + 1}/{model.num_exits}, confidence {r.confidence:.3f}, "
         f"{r.gmacs:.3f} of {r.gmacs_full:.3f} GMACs"
         for r in res
+        if not r.error
     ]
     _emit(args, [r.to_dict() for r in res], lines)
+    failed = [r for r in res if r.error]
+    if not args.json:
+        for r in failed:
+            log(f"error: {r.error}" if r.file in r.error else f"error: {r.file}: {r.error}")
+    if failed:  # every file is answered; the exit code says whether all were (scripts check it)
+        raise METError(
+            f"{len(failed)} of {len(res)} files could not be read (each is named with its error); the rest answered."
+        )
 
 
 def cmd_bench_exit(args: argparse.Namespace) -> None:
     from .analysis.latency import profile_path, read_profile
     from .engine.inference import bench_exit, bench_images, load_engine, model_inputs
-    from .io.checkpoint import checkpoint_hash
 
     runtime, _, device = runtime_setup(args)
     cfg: BenchExitConfig = dataclass_from_args(BenchExitConfig, args, download=not args.no_download)
@@ -547,14 +599,16 @@ def cmd_bench_exit(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from .engine.export import export_onnx
-    from .io.checkpoint import checkpoint_hash, export_dir
+    from .io.checkpoint import export_dir
     from .nn.checkpoint import load_checkpoint
     from .nn.flops import exit_gmacs
 
     sha = checkpoint_hash(args.checkpoint)
+    out = output_folder(
+        export_dir(args.checkpoint, args.out), "the export", "an export needs its own folder (default CHECKPOINT/onnx)."
+    )
     policy, thresholds = _rule(args, sha if args.rule else None)
     model, _ = load_checkpoint(args.checkpoint, args.weights)
-    out = export_dir(args.checkpoint, args.out)
     m = export_onnx(model, out, policy, thresholds, sha, exit_gmacs(model), args.quantize)
     _emit(
         args,
@@ -571,20 +625,19 @@ def cmd_profile(args: argparse.Namespace) -> None:
     from .analysis.latency import profile_path
     from .engine.inference import load_engine
     from .engine.profiling import profile_model, profile_onnx
-    from .io.checkpoint import checkpoint_hash
 
     runtime, _, device = runtime_setup(args)
     cfg: ProfileConfig = dataclass_from_args(ProfileConfig, args)
     progress = (lambda s: None) if args.quiet else (lambda s: log(f"profiling {s}"))
     if args.engine == "onnx" and runtime.precision != "fp32":
         raise METError("the ONNX export runs in fp32 on the CPU; profile it without --precision.")
+    out = output_file(args.out or profile_path(args.checkpoint, args.engine, args.onnx), ".json", "the latency profile")
     model = load_engine(args.checkpoint, args.engine, args.onnx, args.weights, device)
     if args.engine == "onnx":
         prof = profile_onnx(model, cfg.batch, cfg.repeats, progress=progress)
     else:
         prof = profile_model(model, cfg.batch, runtime.precision, cfg.repeats, progress=progress)
     prof.checkpoint_sha256 = checkpoint_hash(args.checkpoint)
-    out = Path(args.out) if args.out else profile_path(args.checkpoint, args.engine, args.onnx)
     out.write_text(prof.to_json() + "\n")
     lines = [
         f"wrote {out} ({prof.engine}): {prof.device_name}, {prof.threads} threads, "
@@ -720,6 +773,12 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--dataset", required=True, help="ImageFolder path or torchvision name (cifar10, ...)")
     t.add_argument("--split", default="train", help="split to sub-sample for training (default: train)")
     t.add_argument("--out", required=True, help="checkpoint folder to write")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a checkpoint already in --out; if the new weights differ, the files made for the old ones "
+        "(traces, latency profiles, temperatures, OOD rule, ONNX export) are removed",
+    )
     add_data_root(t)
     add_dataclass_args(t, METConfig, "model")
     add_dataclass_args(t, TrainConfig, "training")

@@ -73,7 +73,7 @@ def test_images_whose_resize_or_decode_would_blow_up_are_refused_from_the_header
     assert f.stat().st_size < 200_000  # small on disk
     proc = bounded("predict", "--checkpoint", str(tiny_checkpoint), str(f), "--json")
     out = json.loads(proc.stdout)  # predict answers per file: this one is refused in one sentence
-    assert proc.returncode == 0 and "error" in out[0] and "\n" not in out[0]["error"]
+    assert proc.returncode == 2 and "error" in out[0] and "\n" not in out[0]["error"]
     assert ("crop it closer to square" in out[0]["error"]) or ("over the limit" in out[0]["error"])
 
 

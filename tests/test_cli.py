@@ -118,3 +118,41 @@ def test_met_app_passes_streamlits_flags_on_and_other_subcommands_refuse_unknown
     assert proc.returncode == 2 and proc.stderr.strip() == "error: unrecognized arguments: --server.port 8502."
     proc = run_cli("app", "--checkpoints", "no/such/folder", check=False)
     assert proc.returncode == 2 and "is not a folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_every_out_is_checked_before_any_work(tiny_checkpoint, tmp_path):
+    """A trace written over a checkpoint's own weights destroyed the model; a folder or an unwritable place given as
+    --out failed with a traceback after the work (issue-style inputs from a newcomer's session)."""
+    import shutil
+
+    ck = shutil.copytree(tiny_checkpoint, tmp_path / "ck")
+    before = {p.name: p.read_bytes() for p in ck.iterdir()}
+    (tmp_path / "a-file").write_text("x")
+    trace = ["trace", "--checkpoint", str(ck), "--split", "val", "--out"]
+    cases = [
+        (trace + [str(ck / "model.safetensors")], "a trace is written as a .npz file"),
+        (trace + [str(tmp_path)], "is a folder; a trace is one file"),
+        (trace + [str(tmp_path / "a-file" / "t.npz")], "cannot write in"),
+        (["profile", "--checkpoint", str(ck), "--out", str(ck / "config.json")], "would overwrite the checkpoint"),
+        (["export", "--checkpoint", str(ck), "--out", str(ck), "--threshold", "0.8"], "an export needs its own folder"),
+        (train_args(CIFAR_TEST, 2, 28, "--out", ck), "already holds a checkpoint; pass --overwrite"),
+        (train_args(CIFAR_TEST, 2, 28, "--out", tmp_path / "a-file"), "is a file; a checkpoint is a folder"),
+    ]
+    for args, match in cases:
+        proc = run_cli(*args, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and match in lines[0], (args, proc.stderr[-800:])
+        assert "trainable parameters" not in proc.stderr  # refused before training started
+    assert {p.name: p.read_bytes() for p in ck.iterdir()} == before  # the checkpoint is untouched
+
+
+def test_train_overwrite_removes_what_the_old_weights_made_only_when_they_change(tmp_path):
+    out = tmp_path / "ck"
+    args = train_args(CIFAR_TEST, 2, 28, "--batch-size", "10", "--out", out)
+    run_cli(*args)
+    run_cli("trace", "--checkpoint", str(out), "--split", "val", "--features", "0", "--out", str(out / "val_trace.npz"))
+    again = run_cli(*args, "--overwrite")  # seeded: the same weights, so their trace still holds
+    assert (out / "val_trace.npz").is_file() and "removed" not in again.stderr
+    other = run_cli(*args, "--overwrite", "--seed", "1")
+    assert not (out / "val_trace.npz").exists()
+    assert f"note: removed val_trace.npz from {out} (made for the weights this run replaces)" in other.stderr

@@ -68,12 +68,18 @@ def test_predict_cli_json_contract(tiny_checkpoint, tmp_path):
     bad = tmp_path / "empty.png"
     bad.write_bytes(b"")
     img = CIFAR_TEST / "cat" / "0001.jpg"
-    out = json.loads(
-        run_cli(
-            "predict", "--checkpoint", str(tiny_checkpoint), "--threshold", "0.3", "--json", str(img), str(bad)
-        ).stdout
+    proc = run_cli(
+        "predict", "--checkpoint", str(tiny_checkpoint), "--threshold", "0.3", "--json", str(img), str(bad), check=False
     )
+    out = json.loads(proc.stdout)
     assert set(out[0]) >= {"file", "class", "exit", "confidence", "gmacs"} and set(out[1]) == {"file", "error"}
+    # every file is answered, and the exit code says that one was not (scripts check it)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: 1 of 2 files could not be read (each is named with its error); the rest answered."
+    )
+    text = run_cli("predict", "--checkpoint", str(tiny_checkpoint), str(img), str(bad), check=False)
+    assert text.returncode == 2 and text.stdout.startswith(f"{img}: ") and text.stdout.count("\n") == 1
+    assert text.stderr.splitlines()[0].startswith("error: ") and str(bad) in text.stderr.splitlines()[0]
 
 
 def test_measure_speedup_reports_its_figures(model_and_images):

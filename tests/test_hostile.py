@@ -67,7 +67,12 @@ def test_cli_predict_reports_each_bad_file_and_caps_the_count(hostile_images, ti
     folder, expected = hostile_images
     out = json.loads(
         run_cli(
-            "predict", "--checkpoint", str(tiny_checkpoint), "--json", *[str(folder / n) for n in sorted(expected)]
+            "predict",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--json",
+            *[str(folder / n) for n in sorted(expected)],
+            check=False,
         ).stdout
     )
     assert [("error" not in r) for r in out] == [expected[n] for n in sorted(expected)]
@@ -90,9 +95,13 @@ def _copy(src, dst):
     return dst
 
 
-def _edit_config(d, **model):
+def _edit_config(d, drop=(), sections=None, **model):
+    """Change `model` fields, drop some, or replace whole `sections` of a copied checkpoint's config.json."""
     cfg = json.loads((d / "config.json").read_text())
     cfg["model"].update(model)
+    for key in drop:
+        del cfg["model"][key]
+    cfg.update(sections or {})
     (d / "config.json").write_text(json.dumps(cfg))
 
 
@@ -104,6 +113,11 @@ def _edit_config(d, **model):
         (lambda d: _edit_config(d, weights="../../backbone.safetensors"), "outside the checkpoint folder"),
         (lambda d: _edit_config(d, exits="3,6,9,12"), "exits must be a list of integers"),
         (lambda d: _edit_config(d, adapter_dim=True), "adapter_dim must be an integer"),
+        # fields missing: a default in their place built another model than the one trained (or a KeyError)
+        (lambda d: _edit_config(d, drop=["adapter_dim"]), "'model' section lacks adapter_dim"),
+        (lambda d: _edit_config(d, drop=["adapter_scale", "mean", "std"]), "lacks adapter_scale, mean, std"),
+        (lambda d: _edit_config(d, sections={"model": {}}), "lacks adapter_dim, adapter_scale"),
+        (lambda d: _edit_config(d, sections={"data": [1]}), "has a 'data' that is not a JSON object"),
         (lambda d: (d / "model.safetensors").write_bytes(b"\0" * 64), "corrupted or truncated"),
         (lambda d: (d / "config.json").write_text("[1, 2"), "not valid JSON"),
     ],

@@ -8,6 +8,7 @@ into a folder and rebuilding it from one is met_core.nn.checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -26,6 +27,9 @@ TEST_TRACE_FILE = "test_trace.npz"  # written by `trace` beside the checkpoint; 
 VAL_TRACE_FILE = "val_trace.npz"
 CAL_TRACE_FILE = "cal_trace.npz"  # held-out training images for calibration (`met trace --split holdout`)
 EXPORT_DIR = "onnx"  # `met export` writes the ONNX graphs here unless told otherwise
+RECORD_SECTIONS = ("train", "runtime", "data", "preprocessing", "versions")  # config.json's other sections
+# model fields added after the first checkpoints were written; absent, their default is what those were made with
+OPTIONAL_MODEL_KEYS = ("interpolation",)
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 
@@ -62,6 +66,20 @@ def read_config(path: Path, own_weights: bool = False) -> dict[str, Any]:
         raise METError(f"{path / 'config.json'} is not a MET checkpoint config (format must be '{FORMAT}').")
     if "model" not in cfg:
         raise METError(f"{path / 'config.json'} has no 'model' section; the checkpoint is incomplete.")
+    for section in ("model", *RECORD_SECTIONS):
+        if section in cfg and not isinstance(cfg[section], dict):
+            raise METError(
+                f"{path / 'config.json'} has a '{section}' that is not a JSON object; restore config.json from its "
+                "original."
+            )
+    missing = sorted(
+        {f.name for f in dataclasses.fields(METConfig)} - set(OPTIONAL_MODEL_KEYS) - set(cfg["model"])
+    )  # a default in their place would silently build another model than the one trained
+    if missing:
+        raise METError(
+            f"{path / 'config.json'} 'model' section lacks {', '.join(missing[:5])}; the checkpoint is incomplete: "
+            "restore config.json from its original."
+        )
     mcfg = config_from_dict(METConfig, cfg["model"], what=f"{path / 'config.json'} 'model' section")
     mcfg.validate()
     if not own_weights:
