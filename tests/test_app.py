@@ -55,6 +55,16 @@ def test_whatif_slider_shows_met_core_numbers():
     assert any("simulated from cached exit outputs" in c.value for c in at.caption)
 
 
+def test_switching_from_one_global_threshold_to_per_exit_keeps_the_numbers():
+    """Per exit started at the default 0.8s: 83.96 % at a typed 0.734567 became 85.62 % on the click."""
+    at = app()
+    arrays = TraceArrays.from_trace(load_trace(CKPT / DEFAULT_MODEL / "test_trace.npz"))
+    at.slider(key="w:threshold").set_value(0.73).run()
+    at.radio(key="w:mode").set_value("per-exit").run()
+    assert not at.exception and view(at).per_exit == (0.73,) * (arrays.num_exits - 1)
+    assert metric(at, "Accuracy") == f"{100 * whatif(arrays, 0.73).accuracy:.2f}%"
+
+
 def test_whatif_presets_and_policies():
     at = app()
     at.button(key="preset0.5").click().run()
@@ -188,6 +198,26 @@ def test_a_trace_job_answers_a_class_mismatch_before_loading_any_model_and_cance
     job.run()
     assert job.error == "cancelled; nothing was written." and "running every exit over the images" in job.stages
     assert not runs_dir().exists() or not any(runs_dir().iterdir())
+
+
+def test_a_trace_started_before_a_reload_is_found_with_its_progress_and_cancel(tmp_path, monkeypatch):
+    """A reload (a new session) or another tab showed nothing of a running half-hour trace: no progress, no Cancel."""
+    from met_core.app import jobs
+
+    from .conftest import CIFAR_TEST
+
+    monkeypatch.setenv("MET_RUNS_DIR", str(tmp_path / "runs"))
+    job = jobs.registry()[jobs.trace(str(CKPT / "cifar10-met"), str(CIFAR_TEST), "test", 2000)]
+    try:
+        at = app("views/models.py")  # a session that never started it
+        assert f"Tracing cifar10-met over {CIFAR_TEST} (test split, at most 2,000 images)." in [
+            shown(c.value) for c in at.caption
+        ]
+        at.button(key="cancel_trace").click().run()
+    finally:
+        job.cancel.set()  # the test stops it in any case
+        job.thread.join(600)
+    assert job.error == "cancelled; nothing was written." and not (tmp_path / "runs").exists()
 
 
 def test_hostile_uploads_each_get_their_own_message_and_state_is_kept(hostile_images):

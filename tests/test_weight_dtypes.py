@@ -159,3 +159,11 @@ def test_safetensors_of_every_floating_dtype_load_as_float32_or_refuse_in_one_se
     for k, v in state.items():
         assert got[k].dtype == torch.float32 and got[k].shape == v.shape
         torch.testing.assert_close(got[k], v.float(), rtol=0, atol=0, equal_nan=True)  # float8: NaN past its range
+
+
+def test_weights_none_on_a_checkpoint_trained_on_pretrained_weights_is_one_sentence():
+    """`--weights none` skipped the hash check and answered with a random backbone (a newcomer's session)."""
+    with pytest.raises(METError, match="--weights none builds a random backbone"):
+        load_checkpoint(HYM, weights="none")
+    proc = run_cli("info", "--checkpoint", str(HYM), "--weights", "none", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "random backbone" in proc.stderr

@@ -205,6 +205,12 @@ def start(job: Job) -> str:
     return job_id
 
 
+def running(kind: type[Job]) -> str | None:
+    """The id of a running job of `kind` on this server, if any: a page reloaded (a new session) or opened in another
+    tab finds the trace it started there, with its progress and Cancel."""
+    return next((k for k, j in registry().items() if isinstance(j, kind) and j.running), None)
+
+
 def trace(checkpoint: str, dataset: str, split: str, limit: int) -> str:
     """Start tracing `dataset` with `checkpoint`; returns the job's id."""
     data = str(Path(dataset).expanduser()) if dataset.startswith("~") else dataset

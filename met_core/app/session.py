@@ -116,6 +116,8 @@ def _changed(path: str, key: str, convert: Callable[[Any], Any], then: Callable[
         return
     if path == "policy":
         v.set_policy(value, context())
+    elif path == "mode":
+        v.set_mode(value)
     elif path.startswith("local."):
         setattr(local(), path.removeprefix("local."), value)
     else:

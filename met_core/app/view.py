@@ -140,6 +140,13 @@ class View:
         self.policy = name
         self.threshold, self.per_exit = self.remembered.get(name, (d, (d,) * (ctx.num_exits - 1)))
 
+    def set_mode(self, mode: str) -> None:
+        """Switch the threshold mode. From one global threshold to per-exit ones, every exit starts at that threshold,
+        so the numbers stay what they were until a slider moves (they jumped to the per-exit defaults)."""
+        if mode == "per-exit" and self.mode == "global":
+            self.per_exit = (self.threshold,) * len(self.per_exit)
+        self.mode = mode
+
     def adopt(self, thresholds: list[float | None]) -> None:
         """Use these per-exit thresholds (a budget, a certified rule or a clicked curve point), at full precision."""
         self.mode = "per-exit"

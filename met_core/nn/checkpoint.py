@@ -146,7 +146,13 @@ def load_checkpoint(
     mcfg: METConfig = config_from_dict(METConfig, cfg["model"])
     check_tensors(path, mcfg)
     backbone, digest = create_backbone(mcfg.backbone, mcfg.img_size, weights or weights_path(path, mcfg.weights))
-    if mcfg.weights_sha256 and digest and digest != mcfg.weights_sha256:
+    if mcfg.weights_sha256 and not digest:
+        raise METError(
+            f"checkpoint {path} was trained on pretrained backbone weights (sha256 {mcfg.weights_sha256[:12]}...); "
+            "--weights none builds a random backbone, whose answers would be noise: pass --weights default or the "
+            "weights file it was trained with."
+        )
+    if mcfg.weights_sha256 and digest != mcfg.weights_sha256:
         raise METError(
             f"checkpoint {path} was trained on other backbone weights (sha256 "
             f"{mcfg.weights_sha256[:12]}..., loaded {digest[:12]}...); use the weights it was trained with."

@@ -87,7 +87,10 @@ st.caption(
 )
 job_id = session.local().trace_job
 job = jobs.registry().get(job_id) if job_id else None
-with st.form("trace_form"):
+if not (job and job.running) and (elsewhere := jobs.running(jobs.TraceJob)):  # started before a reload, or in a tab
+    session.local().trace_job, job = elsewhere, jobs.registry()[elsewhere]
+# Enter in the dataset field does not start a trace that can take half an hour: the button does
+with st.form("trace_form", enter_to_submit=False):
     c1, c2 = st.columns(2)
     model = c1.selectbox("Model", paths, index=paths.index(cur) if cur in paths else 0, format_func=state.label)
     data = c2.text_input(
@@ -121,6 +124,8 @@ def poll() -> None:
         if job.result:
             session.set_model(state.label(Path(job.result)))
         st.rerun(scope="app")
+    limit = f"at most {job.limit:,} images" if job.limit else "every image"
+    st.caption(md(f"Tracing {Path(job.checkpoint).name} over {job.dataset} ({job.split} split, {limit})."))
     jobs.draw_progress(job, "cancel_trace")
 
 
