@@ -385,14 +385,39 @@ def _rule(args: argparse.Namespace, sha256: str | None = None) -> tuple[str, flo
     return args.policy, get_policy(args.policy).default_threshold
 
 
-def _whatif_lines(r: WhatIfResult) -> list[str]:
-    return [
+def _whatif_lines(r: WhatIfResult, class_names: Sequence[str] = ()) -> list[str]:
+    """The text form of a what-if result: its numbers, then its intervals and per-class detail when computed."""
+
+    def pct(i: Any) -> str:
+        return "-" if i is None else f"{100 * i.lo:.1f}-{100 * i.hi:.1f}%"
+
+    lines = [
         f"accuracy {100 * r.accuracy:.2f}% (last exit {100 * r.last_exit_accuracy:.2f}%), "
         f"{r.gmacs:.3f} GMACs, speed-up {r.speedup:.2f}x over the last exit ({r.note}; {MAC_NOTE})",
         "leaving at each exit: " + " / ".join(f"{100 * f:.1f}%" for f in r.exit_fractions),
         "accuracy of leavers: " + " / ".join("-" if a is None else f"{100 * a:.1f}%" for a in r.exit_accuracy),
         "thresholds: " + ", ".join("last" if t is None else f"{t:.4g}" for t in r.thresholds),
     ]
+    if (iv := r.intervals) is not None:
+        lines += [
+            f"intervals: accuracy {pct(iv.accuracy)}, GMACs {iv.gmacs.lo:.3f}-{iv.gmacs.hi:.3f}, "
+            f"speed-up {iv.speedup.lo:.2f}-{iv.speedup.hi:.2f}x",
+            "  leaving at each exit: " + " / ".join(map(pct, iv.exit_fractions)),
+            "  accuracy of leavers: " + " / ".join(map(pct, iv.exit_accuracy)),
+            iv.meaning,
+        ]
+    if r.per_class_accuracy is not None:
+        names = list(class_names) or [str(c) for c in range(len(r.per_class_accuracy))]
+        lines.append(
+            "accuracy per class: "
+            + ", ".join(f"{n} {'-' if a is None else f'{100 * a:.1f}%'}" for n, a in zip(names, r.per_class_accuracy))
+        )
+    if r.confusion is not None:
+        names = list(class_names) or [str(c) for c in range(len(r.confusion))]
+        width = max(6, *(len(n) for n in names))
+        lines.append("confusion (rows: true class, columns: predicted, in the same order):")
+        lines += [f"  {n:>{width}} " + " ".join(f"{c:>6}" for c in row) for n, row in zip(names, r.confusion)]
+    return lines
 
 
 def cmd_whatif(args: argparse.Namespace) -> None:
@@ -403,7 +428,7 @@ def cmd_whatif(args: argparse.Namespace) -> None:
     policy, thresholds = _rule(args, trace.meta.get("checkpoint_sha256"))
     arrays = TraceArrays.from_trace(trace, _temperatures(args, trace))
     r = whatif(arrays, thresholds, policy, detail=args.detail, intervals=args.intervals)
-    out, lines = r.to_dict(), _whatif_lines(r)
+    out, lines = r.to_dict(), _whatif_lines(r, trace.class_names)
     if args.profile:
         from .analysis.latency import predict_latency, read_profile
 

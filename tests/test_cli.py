@@ -156,3 +156,18 @@ def test_train_overwrite_removes_what_the_old_weights_made_only_when_they_change
     other = run_cli(*args, "--overwrite", "--seed", "1")
     assert not (out / "val_trace.npz").exists()
     assert f"note: removed val_trace.npz from {out} (made for the weights this run replaces)" in other.stderr
+
+
+def test_whatif_text_shows_the_intervals_and_detail_it_was_asked_for():
+    """--intervals and --detail printed the same four lines as without them (only --json had them)."""
+    from .conftest import DEFAULT_MODEL, ROOT
+
+    args = ["whatif", "--trace", str(ROOT / "checkpoints" / DEFAULT_MODEL / "test_trace.npz"), "--threshold", "0.8"]
+    res = json.loads(run_cli(*args, "--intervals", "--detail", "--json").stdout)
+    text = run_cli(*args, "--intervals", "--detail").stdout.splitlines()
+    lo, hi = res["intervals"]["accuracy"]
+    assert text[4].startswith(f"intervals: accuracy {100 * lo:.1f}-{100 * hi:.1f}%,")
+    assert text[7] == res["intervals"]["meaning"]
+    assert text[8].startswith(f"accuracy per class: airplane {100 * res['per_class_accuracy'][0]:.1f}%, ")
+    assert text[10].split() == ["airplane", *map(str, res["confusion"][0])]
+    assert len(run_cli(*args).stdout.splitlines()) == 4

@@ -15,7 +15,7 @@ import shutil
 from met_core.data.datasets import image_folder, open_dataset
 from met_core.io.images import IMAGE_EXTENSIONS
 
-from .conftest import HYMENOPTERA, run_cli
+from .conftest import HYMENOPTERA, ROOT, run_cli
 
 
 def _real(cls: str, n: int) -> list:
@@ -123,3 +123,24 @@ def test_clean_folders_give_no_note_and_the_same_samples_in_the_same_order():
                 if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
             ]
     assert ds.ids == old
+
+
+def test_an_image_refused_while_tracing_a_folder_is_named(tmp_path):
+    """A 1x5000 strip in a class folder was refused as "an image is 1x5000 pixels" (no file named) by train/trace."""
+    from PIL import Image
+
+    _build(tmp_path / "data")
+    Image.new("RGB", (1, 5000), (120, 60, 0)).save(tmp_path / "data" / "ants" / "strip.png")
+    proc = run_cli(
+        "trace",
+        "--checkpoint",
+        str(ROOT / "checkpoints" / "hymenoptera-met"),
+        "--dataset",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "t.npz"),
+        "--quiet",
+        check=False,
+    )
+    strip = (tmp_path / "data").resolve() / "ants" / "strip.png"
+    assert proc.returncode == 2 and proc.stderr.splitlines()[-1].startswith(f"error: {strip} is 1x5000 pixels")

@@ -82,6 +82,9 @@ TORCHVISION_DATASETS: dict[str, NamedDataset] = {
 }
 
 
+SAMPLE_NAME = "met_sample"  # the key under which a dataset names an image (Image.info) for its transform's errors
+
+
 class SizeGuard:
     """The first step of every transform: refuse an image whose resize would blow up (any source: dataset
     folders, torchvision datasets, uploads), before the resize allocates it."""
@@ -90,7 +93,8 @@ class SizeGuard:
         self.img_size = img_size
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        check_image_size(*img.size, getattr(img, "filename", "") or "an image", self.img_size)
+        name = img.info.get(SAMPLE_NAME) or getattr(img, "filename", "") or "an image"
+        check_image_size(*img.size, name, self.img_size)
         return img
 
 
@@ -164,6 +168,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         img = self.get_image(i)
+        if isinstance(img, Image.Image):  # the transform's refusals name the file (SizeGuard)
+            img.info[SAMPLE_NAME] = os.path.join(self.root, self.ids[i])
         return (self.transform(img) if self.transform else img), int(self.labels[i]), i
 
     def subset(self, indices: Sequence[int]) -> ImageDataset:
