@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from met_core.config import METConfig
+from met_core.config import METConfig, config_from_dict
 from met_core.data.datasets import decode_all, open_dataset, transform_for
-from met_core.engine.export import OnnxEarlyExit, export_onnx
+from met_core.engine.export import OnnxEarlyExit, config_gmacs, export_onnx, open_export
 from met_core.engine.inference import early_exit
 from met_core.errors import METError
-from met_core.io.checkpoint import checkpoint_hash
+from met_core.io.checkpoint import checkpoint_hash, read_config
 from met_core.nn.checkpoint import load_checkpoint
 from met_core.nn.model import METModel
 
@@ -234,3 +237,112 @@ def test_int8_export_agrees_with_fp32_at_every_exit_above_the_floor(exported, im
     assert info["samples"] == 32 and len(info["exit_accuracy"]) == 4 and info["features"] == 0
     w = json.loads(run_cli("whatif", "--trace", str(out), "--threshold", str(THRESHOLD), "--json").stdout)
     assert 0 <= w["accuracy"] <= 1 and sum(w["exit_fractions"]) == pytest.approx(1)
+
+
+# --- a damaged or edited export folder: one sentence before any image is run, from the library and from the CLI ---
+
+
+def copy_export(src: Path, dest: Path) -> Path:
+    """An export folder `dest` like `src`: its graphs hard-linked (a damage unlinks a graph before writing it, so
+    `src` is never touched), exits.json copied."""
+    dest.mkdir()
+    for f in src.iterdir():
+        if f.suffix == ".onnx":
+            os.link(f, dest / f.name)
+        else:
+            (dest / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+def replace_graph(folder: Path, name: str, data: bytes) -> None:
+    (folder / name).unlink()
+    (folder / name).write_bytes(data)
+
+
+def swap_graphs(folder: Path, a: str, b: str) -> None:
+    (folder / a).rename(folder / "tmp.onnx")
+    (folder / b).rename(folder / a)
+    (folder / "tmp.onnx").rename(folder / b)
+
+
+def edit_manifest(folder: Path, edit) -> None:
+    m = json.loads((folder / "exits.json").read_text())
+    edit(m)
+    (folder / "exits.json").write_text(json.dumps(m))
+
+
+REEXPORT = re.escape(": re-export with met export.")
+DAMAGES = {  # name: (what is done to a copy of a real export, the sentence that must come back)
+    "stage truncated": (
+        lambda d: replace_graph(d, "stage_3.onnx", (d / "stage_3.onnx").read_bytes()[:100_000]),
+        r"stage_3\.onnx is damaged or not an ONNX graph \(\w+\)" + REEXPORT,
+    ),
+    "stage random bytes": (
+        lambda d: replace_graph(d, "stage_2.onnx", np.random.default_rng(0).bytes(100_000)),
+        r"stage_2\.onnx is damaged or not an ONNX graph \(\w+\)" + REEXPORT,
+    ),
+    "stages 1 and 2 swapped": (
+        lambda d: swap_graphs(d, "stage_1.onnx", "stage_2.onnx"),
+        r"stage_1\.onnx takes \(batch, \d+, \d+\), not images \(batch, 3, H, W\), so it cannot be the first stage: "
+        r"the stage graphs are out of order or not of one export; re-export with met export\.",
+    ),
+    "class names cut to 3": (
+        lambda d: edit_manifest(d, lambda m: m.update(class_names=m["class_names"][:3])),
+        r"exits\.json names 3 classes but \S+stage_1\.onnx returns 10 logits per image" + REEXPORT,
+    ),
+    "img_size 224": (
+        lambda d: edit_manifest(d, lambda m: m.update(img_size=224)),
+        r"exits\.json says img_size is 224 but \S+stage_1\.onnx takes 56x56 images" + REEXPORT,
+    ),
+    "gmacs decreasing": (
+        lambda d: edit_manifest(d, lambda m: m.update(gmacs=[5, 4, 3, 2])),
+        r"exits\.json has GMACs \[5, 4, 3, 2\], but they must be positive and non-decreasing over the exits; "
+        r"export the checkpoint again\.",
+    ),
+    "gmacs doubled": (
+        lambda d: edit_manifest(d, lambda m: m.update(gmacs=[2 * g for g in m["gmacs"]])),
+        r"exits\.json says gmacs is \[[^]]+\] but the checkpoint \S+ says \[[^]]+\]" + REEXPORT,
+    ),
+    "preprocessing mean": (
+        lambda d: edit_manifest(d, lambda m: m["preprocessing"].update(mean=[0.5, 0.5, 0.5])),
+        r"exits\.json says preprocessing mean is \[0\.5, 0\.5, 0\.5\] but the checkpoint \S+ says "
+        r"\[0\.485, 0\.456, 0\.406\]" + REEXPORT,
+    ),
+    "preprocessing std": (
+        lambda d: edit_manifest(d, lambda m: m["preprocessing"].update(std=[0.5, 0.5, 0.5])),
+        r"exits\.json says preprocessing std is \[0\.5, 0\.5, 0\.5\] but the checkpoint \S+ says "
+        r"\[0\.229, 0\.224, 0\.225\]" + REEXPORT,
+    ),
+    "preprocessing interpolation": (
+        lambda d: edit_manifest(d, lambda m: m["preprocessing"].update(interpolation="bilinear")),
+        r"exits\.json says preprocessing interpolation is 'bilinear' but the checkpoint \S+ says 'bicubic'" + REEXPORT,
+    ),
+    "class names reordered": (
+        lambda d: edit_manifest(d, lambda m: m["class_names"].reverse()),
+        r"exits\.json says class_names is \['truck', .* but the checkpoint \S+ says \['airplane', .*" + REEXPORT,
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_or_edited_export_is_refused_in_one_sentence(damage, exported, tiny_checkpoint, tmp_path):
+    do, sentence = DAMAGES[damage]
+    folder = copy_export(exported, tmp_path / "onnx")
+    do(folder)
+    with pytest.raises(METError, match=sentence):
+        open_export(tiny_checkpoint, folder)
+    photo = str(next((CIFAR_TEST / "cat").glob("*.jpg")))
+    proc = run_cli(
+        "predict", "--checkpoint", str(tiny_checkpoint), "--engine", "onnx", "--onnx", str(folder), photo, check=False
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines) == 1 and re.search(sentence, lines[0]), proc.stderr
+
+
+def test_the_intact_export_passes_every_check_and_a_failing_run_is_one_sentence(exported, tiny_checkpoint):
+    runner = open_export(tiny_checkpoint, exported)  # graphs, manifest and checkpoint agree
+    cfg = config_from_dict(METConfig, read_config(tiny_checkpoint)["model"])
+    assert config_gmacs(cfg) == pytest.approx(runner.manifest.gmacs, rel=1e-9)  # what the checkpoint check counts
+    with pytest.raises(METError, match=r"stage_1\.onnx failed to run \(\w+: .*\); if the export is damaged, re-export"):
+        runner.run_stage(0, np.zeros((1, 3, 8, 8), np.float32))

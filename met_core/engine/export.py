@@ -9,6 +9,7 @@ them (order, policy, thresholds, class names, input size, preprocessing, GMACs, 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..analysis.policies import EarlyExitBook, as_thresholds, get_policy
-from ..config import REQUIRED, Range, TaggedFile, _f
+from ..config import REQUIRED, METConfig, Range, TaggedFile, _f, config_from_dict
 from ..errors import METError
-from ..io.checkpoint import checkpoint_hash, export_dir
+from ..io.checkpoint import CONFIG_FILE, checkpoint_hash, export_dir, read_config
 from ..io.limits import MAX_WEIGHTS_BYTES, read_tagged_file, regular_file
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ FORMAT = "met-onnx-exits/1"
 EXITS_FILE = "exits.json"
 OPSET = 17
 INT8_OPS = ["MatMul", "Gemm"]  # the operators int8 export quantizes (LayerNorm, Softmax and GELU stay fp32)
+REEXPORT = "re-export with met export"
 
 
 @dataclass
@@ -48,13 +50,27 @@ class ExitsManifest(TaggedFile):
     )
 
     def check(self, what: str) -> None:
-        """As many thresholds and GMACs as stages, a known policy and a usable preprocessing record."""
+        """As many thresholds and GMACs as stages, GMACs positive and non-decreasing over the exits, at least two
+        class names, a known policy and a usable preprocessing record; METError (one sentence) otherwise."""
         if not (0 < len(self.stages) and len(self.thresholds) == len(self.stages) == len(self.gmacs)):
             raise METError(f"{what} is inconsistent (stages, thresholds, GMACs).")
+        gm = np.asarray(self.gmacs, dtype=np.float64)
+        if not (np.isfinite(gm).all() and (gm > 0).all() and (np.diff(gm) >= 0).all()):
+            raise METError(
+                f"{what} has GMACs {_short(self.gmacs)}, but they must be positive and non-decreasing over the exits"
+            )
+        if len(self.class_names) < 2:
+            raise METError(f"{what} names {len(self.class_names)} classes, but a model has at least 2")
         get_policy(self.policy)
         pre = self.preprocessing
         if not (
-            all(isinstance(pre.get(k), list) and len(pre[k]) == 3 for k in ("mean", "std"))
+            all(
+                isinstance(pre.get(k), list)
+                and len(pre[k]) == 3
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in pre[k])
+                for k in ("mean", "std")
+            )
+            and all(v > 0 for v in pre["std"])
             and pre.get("interpolation", "bicubic") in ("bicubic", "bilinear")
         ):
             raise METError(f"{what} has no usable preprocessing record.")
@@ -177,8 +193,8 @@ def quantize_int8(path: Path) -> None:
 
 
 def read_manifest(folder: Path) -> ExitsManifest:
-    """exits.json of an export folder, checked (untrusted: bounded, its fields as declared above, graphs inside the
-    folder)."""
+    """exits.json of an export folder, checked (untrusted: bounded, its fields as declared above and by
+    `ExitsManifest.check`, graphs inside the folder); METError (one sentence) otherwise."""
     m = read_tagged_file(
         ExitsManifest, folder / EXITS_FILE, "an export manifest", "export the checkpoint again", inside=folder
     )
@@ -187,16 +203,74 @@ def read_manifest(folder: Path) -> ExitsManifest:
     return m
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """A value for a sentence: its repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + " ...]"
+
+
+def config_gmacs(mcfg: METConfig) -> list[float]:
+    """GMACs per exit of the model a checkpoint's config describes, counted on a model built on the meta device (no
+    memory, no weights): what `met export` records."""
+    import timm
+    import torch
+
+    from ..nn.backbones import backbone_entry, check_vit
+    from ..nn.flops import exit_gmacs
+    from ..nn.model import METModel
+
+    with torch.device("meta"):
+        backbone = timm.create_model(
+            backbone_entry(mcfg.backbone).arch, pretrained=False, num_classes=0, img_size=mcfg.img_size
+        )
+        check_vit(backbone, mcfg.backbone)
+        return exit_gmacs(METModel(backbone, mcfg))
+
+
 def check_export(runner: OnnxEarlyExit, checkpoint: str | Path) -> None:
-    """One sentence when an export's runner was made from another checkpoint than `checkpoint`."""
+    """Refuse, in one METError sentence, a runner whose export is not of `checkpoint`: made from another checkpoint
+    (exits.json's checkpoint_sha256), or with an exits.json whose image size, preprocessing (mean, std,
+    interpolation), class names or GMACs per exit differ from what the checkpoint's config.json implies (exits.json
+    is not covered by the hash: an edit of it would silently change every answer)."""
     if runner.manifest.checkpoint_sha256 != checkpoint_hash(checkpoint):
         raise METError(
             f"the ONNX export in {runner.folder} was made from another checkpoint; export this one again (met export)."
         )
+    path = Path(checkpoint)
+    mcfg = config_from_dict(METConfig, read_config(path, own_weights=True)["model"], str(path / CONFIG_FILE))
+    m, pre = runner.manifest, runner.manifest.preprocessing
+    fields: list[tuple[str, Any, Any, bool]] = [  # (name, exits.json's, the checkpoint's, numbers?)
+        ("img_size", m.img_size, mcfg.img_size, False),
+        ("preprocessing mean", pre["mean"], mcfg.mean, True),
+        ("preprocessing std", pre["std"], mcfg.std, True),
+        ("preprocessing interpolation", pre.get("interpolation", "bicubic"), mcfg.interpolation, False),
+        ("class_names", m.class_names, mcfg.class_names, False),
+    ]
+    for name, have, want, numbers in fields:
+        if not _same(have, want, numbers):
+            raise METError(
+                f"{runner.folder / EXITS_FILE} says {name} is {_short(have)} but the checkpoint {path} says "
+                f"{_short(want)}: {REEXPORT}."
+            )
+    gm = config_gmacs(mcfg)
+    if not _same(m.gmacs, gm, True):
+        raise METError(
+            f"{runner.folder / EXITS_FILE} says gmacs is {_short([float(f'{g:.6g}') for g in m.gmacs])} but the "
+            f"checkpoint {path} says {_short([float(f'{g:.6g}') for g in gm])}: {REEXPORT}."
+        )
+
+
+def _same(have: Any, want: Any, numbers: bool) -> bool:
+    """Equal; lists of numbers to a relative 1e-6 (what a JSON round trip or a hand's reformatting may change)."""
+    if not numbers:
+        return list(have) == list(want) if isinstance(want, list) else have == want
+    a, b = np.asarray(have, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-6, atol=0))
 
 
 def open_export(checkpoint: str | Path, folder: str | Path | None = None) -> OnnxEarlyExit:
-    """The runner of a checkpoint's ONNX export (`folder`, default CHECKPOINT/onnx), checked to be of it."""
+    """The runner of a checkpoint's ONNX export (`folder`, default CHECKPOINT/onnx), checked to be of it
+    (`check_export`). Raises METError (one sentence) for a damaged or foreign export (see `OnnxEarlyExit`)."""
     runner = OnnxEarlyExit(export_dir(checkpoint, folder))
     check_export(runner, checkpoint)
     return runner
@@ -218,11 +292,30 @@ def session_options(threads: int):
     return so
 
 
+@functools.cache
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions onnxruntime raises for a graph it cannot load or run (InvalidProtobuf, InvalidGraph, Fail,
+    InvalidArgument, ...: its own classes, not RuntimeError's), with the OS's and Python's."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    own = tuple(c for c in vars(state).values() if isinstance(c, type) and issubclass(c, Exception))
+    return (*own, RuntimeError, OSError, ValueError)
+
+
+def _dims(shape: list[Any]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
 class OnnxEarlyExit:
     """Real batched early exit over the per-stage graphs with onnxruntime.
 
     `threads`: intra-op threads of each stage's session (default: torch's thread count, so both engines use the
     same cores).
+
+    The folder is untrusted: opening it raises METError (one sentence naming the file) for a damaged exits.json
+    (`read_manifest`), a stage graph onnxruntime cannot load, and graphs whose declared inputs and outputs do not
+    chain as exits.json says (`check_graphs`: out of order, another image size, another number of classes), before
+    any image is run. That the export is of a given checkpoint is `check_export`'s (`open_export` does both).
     """
 
     def __init__(self, folder: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
@@ -233,18 +326,82 @@ class OnnxEarlyExit:
         self.manifest = read_manifest(self.folder)
         self.threads = threads or torch.get_num_threads()
         so = session_options(self.threads)
-        self.sessions = [
-            ort.InferenceSession(str(self.folder / n), so, providers=providers or ["CPUExecutionProvider"])
-            for n in self.manifest.stages
-        ]
+        errors = ort_errors()
+        self.sessions = []
+        for n in self.manifest.stages:
+            try:
+                session = ort.InferenceSession(
+                    str(self.folder / n), so, providers=providers or ["CPUExecutionProvider"]
+                )
+            except errors as e:
+                raise METError(
+                    f"{self.folder / n} is damaged or not an ONNX graph ({type(e).__name__}): {REEXPORT}."
+                ) from None
+            self.sessions.append(session)
+        self.check_graphs()
+
+    def check_graphs(self) -> None:
+        """Each stage graph's declared input and outputs against exits.json: one float input 'input' and two float
+        outputs 'tokens' (batch, T, D) and 'logits' (batch, len(class_names)); stage 1 takes images (batch, 3,
+        img_size, img_size), stage k > 1 the tokens stage k - 1 hands on. METError (one sentence) otherwise."""
+        m, manifest = self.manifest, self.folder / EXITS_FILE
+        prev: list[Any] | None = None
+        for k, (name, session) in enumerate(zip(m.stages, self.sessions, strict=True)):
+            g = self.folder / name
+            ins, outs = session.get_inputs(), session.get_outputs()
+            if not (
+                [i.name for i in ins] == ["input"]
+                and [o.name for o in outs] == ["tokens", "logits"]
+                and all(a.type == "tensor(float)" for a in (*ins, *outs))
+                and len(outs[0].shape) == 3
+                and len(outs[1].shape) == 2
+            ):
+                sig = ", ".join(f"{a.name} {_dims(a.shape)}" for a in (*ins, *outs))
+                raise METError(
+                    f"{g} is not a MET stage graph (it declares {sig}; a stage takes 'input' and returns 'tokens' "
+                    f"and 'logits' in float32): {REEXPORT}."
+                )
+            shape = list(ins[0].shape)
+            if k == 0:
+                if len(shape) != 4 or shape[1] != 3:
+                    raise METError(
+                        f"{g} takes {_dims(shape)}, not images (batch, 3, H, W), so it cannot be the first stage: the "
+                        f"stage graphs are out of order or not of one export; {REEXPORT}."
+                    )
+                if shape[2:] != [m.img_size, m.img_size]:
+                    raise METError(
+                        f"{manifest} says img_size is {m.img_size} but {g} takes {shape[2]}x{shape[3]} images: "
+                        f"{REEXPORT}."
+                    )
+            elif prev is None or shape[1:] != prev[1:] or len(shape) != 3:
+                raise METError(
+                    f"{g} takes {_dims(shape)} but the stage before it hands on tokens {_dims(prev or [])}: the stage "
+                    f"graphs are out of order or not of one export; {REEXPORT}."
+                )
+            width = outs[1].shape[1]
+            if width != len(m.class_names):
+                raise METError(
+                    f"{manifest} names {len(m.class_names)} classes but {g} returns {width} logits per image: "
+                    f"{REEXPORT}."
+                )
+            prev = list(outs[0].shape)
 
     @property
     def num_exits(self) -> int:
         return len(self.sessions)
 
     def run_stage(self, k: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Stage k's graph: (images or tokens, float32 C-contiguous) -> (tokens after the stage, exit k's logits)."""
-        tokens, logits = self.sessions[k].run(None, {"input": x})
+        """Stage k's graph: (images or tokens, float32 C-contiguous) -> (tokens after the stage, exit k's logits).
+        METError (one sentence) when onnxruntime fails on it: a graph that loaded and declared the right shapes
+        but does not run is damaged."""
+        try:
+            tokens, logits = self.sessions[k].run(None, {"input": x})
+        except ort_errors() as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise METError(
+                f"{self.folder / self.manifest.stages[k]} failed to run ({type(e).__name__}: {first.rstrip('.')}); "
+                f"if the export is damaged, {REEXPORT}."
+            ) from None
         return tokens, logits
 
     def all_logits(self, x: np.ndarray) -> np.ndarray:
