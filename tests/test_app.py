@@ -366,7 +366,7 @@ def test_a_link_restores_model_policy_thresholds_and_page_and_a_bad_value_is_one
     r = whatif(arrays, [0.6, 0.7, 0.9])
     assert at.radio(key="w:mode").value == "per-exit"
     assert metric(at, "Accuracy") == f"{100 * r.accuracy:.2f}%" and metric(at, "Mean GMACs") == f"{r.gmacs:.4f}"
-    assert warned == ["The link's exit was ignored: it must be an exit number from 1 to 4."], warned
+    assert warned == ["The link's exit= was ignored: it must be an exit number from 1 to 4."], warned
     # an old-style link (t= with one value per exit) is rewritten in today's form: per-exit mode and te=
     assert at.query_params["te"] == "0.6,0.7,0.9" and at.query_params["mode"] == "per-exit"
     assert at.query_params["model"] == "cifar10-met" and "t" not in at.query_params
@@ -391,7 +391,7 @@ def test_a_link_with_a_patience_threshold_that_is_no_count_of_exits_is_refused(b
     at.run()
     assert not at.exception
     warned = [shown(w.value) for w in at.warning]
-    assert warned == ["The link's t was ignored: it must be one whole number between 1 and 4."], warned
+    assert warned == ["The link's t= was ignored: it must be one whole number between 1 and 4."], warned
     at.switch_page("views/whatif.py").run()
     assert at.slider(key="w:threshold").value == 2  # the policy's default count
 
@@ -494,17 +494,21 @@ def test_the_start_page_names_the_model_and_its_try_this_buttons_open_prepared_v
     assert o.exits[list(load_trace(CKPT / DEFAULT_MODEL / "test_trace.npz").ids).index(view(at).journey.image)] == 3
 
 
-def test_large_type_enlarges_every_page_of_this_browser_and_stays_out_of_the_link():
+def test_large_type_enlarges_every_page_and_a_reload_or_a_copied_link_keeps_it():
+    """Large type was lost on a reload (it lived in the session only)."""
+
     def large(at: AppTest) -> bool:
         return any("html { font-size: 21px; }" in (h.proto.body or "") for h in at.get("html"))
 
     at = app("views/whatif.py")
     assert not large(at)
-    at.toggle(key="w:local.large_type").set_value(True).run()
+    at.toggle(key="w:large_type").set_value(True).run()
     assert not at.exception and large(at)
     at.switch_page("views/journey.py").run()
-    assert not at.exception and large(at) and at.toggle(key="w:local.large_type").value
-    assert not any("large" in k for k in at.query_params)
+    assert not at.exception and large(at) and at.toggle(key="w:large_type").value
+    assert at.query_params["large"] == ["1"] or at.query_params["large"] == "1"
+    again = app("views/journey.py", **{k: v[0] if isinstance(v, list) else v for k, v in at.query_params.items()})
+    assert large(again) and again.toggle(key="w:large_type").value  # the link, opened afresh
 
 
 def test_streamlit_run_app_main_in_a_checkout_starts_the_same_app():

@@ -170,7 +170,7 @@ def test_switching_policy_and_back_restores_the_thresholds():
 )
 def test_a_hostile_or_odd_link_drops_only_its_bad_parameters(query, dropped):
     v, problems = read_link({"model": "cifar10-met", **query}, contexts)
-    assert [p.split("'s ")[1].split(" ")[0] for p in problems] == dropped, problems
+    assert [p.split("'s ")[1].split("= ")[0] for p in problems] == dropped, problems
     assert all(p.startswith("The link's ") and p.endswith(".") and "\n" not in p for p in problems)
     if query.get("t") == "0.0":
         assert v.threshold == 0.0

@@ -51,10 +51,11 @@ with st.sidebar:
     session.bind(
         st.toggle,
         "Large type (projector)",
-        "local.large_type",
-        help="Larger text everywhere, for a projector or a screen far away; this browser only.",
+        "large_type",
+        help="Larger text everywhere, for a projector or a screen far away; kept in the address bar, so a reload or "
+        "a copied link keeps it.",
     )
-if session.local().large_type:
+if session.view().large_type:
     st.html(LARGE_TYPE)
 try:
     nav.run()

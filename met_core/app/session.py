@@ -37,7 +37,6 @@ class Local:
     measure_job: str | None = None  # id of this session's background measurement of the real early exit
     journey_upload: bool = False  # the journey follows an uploaded image instead of a test image
     notice: str | None = None  # a one-time sentence about an entry that was not used
-    large_type: bool = False  # larger text for a projector or a far screen (sidebar toggle)
 
 
 @dataclass

@@ -115,6 +115,7 @@ class View:
     samples: SamplesView = field(default_factory=SamplesView)
     journey: JourneyView = field(default_factory=JourneyView)
     representations: RepresentationsView = field(default_factory=RepresentationsView)
+    large_type: bool = False  # larger text for a projector (in the link: a reload or a copied link keeps it)
     remembered: dict[str, tuple[float, tuple[float, ...]]] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -228,6 +229,7 @@ class View:
             cert_loss=self.cert_loss,
             cert_delta=self.cert_delta,
             whatif=replace(WhatIfView(), cost=self.whatif.cost),
+            large_type=self.large_type,
         ).fit(ctx)
 
 
@@ -449,6 +451,7 @@ PARAMS: tuple[Param, ...] = (
     Param("exit", "representations.exit", _exit0, _show_exit0),
     Param("colour", "representations.colour", _choice(COLOURS)),
     Param("rcompare", "representations.compare", _model),
+    Param("large", "large_type", _flag, lambda v: "1" if v else "0"),
     Param("rsel", "representations.rows", lambda t, c: _rows(t, len(c.ids)), _show_rows, MAX_SELECTION_CHARS),
 )
 _CELL_PARAMS = {"cell", "scell"}
@@ -477,7 +480,7 @@ def read_link(query: Mapping[str, str], context: Callable[[str | None], Context]
     def bounded(name: str, most: int) -> str | None:
         text = query.get(name)
         if text is not None and len(text) > most:
-            problems.append(f"The link's {name} was ignored: it must be at most {most} characters.")
+            problems.append(f"The link's {name}= was ignored: it must be at most {most} characters.")
             return None
         return text
 
@@ -487,7 +490,10 @@ def read_link(query: Mapping[str, str], context: Callable[[str | None], Context]
         if label in ctx.models:
             ctx = context(label)
         else:
-            problems.append("The link's model was ignored: it must be a model listed on the Models page.")
+            problems.append(
+                "The link's model= was ignored: it names no model this app lists (a folder added on the Models page "
+                "stays for that browser session only: add it again there)."
+            )
     view = View.default(ctx)
     raw: dict[str, Any] = {}
     for p in PARAMS:
@@ -497,7 +503,7 @@ def read_link(query: Mapping[str, str], context: Callable[[str | None], Context]
         try:
             raw[p.name] = p.parse(text, ctx)
         except METError as e:
-            problems.append(f"The link's {p.name} was ignored: it must be {e}.")
+            problems.append(f"The link's {p.name}= was ignored: it must be {e}.")
     if "policy" in raw:
         view.set_policy(raw.pop("policy"), ctx)
     _read_thresholds(view, raw, ctx, problems)
@@ -519,7 +525,7 @@ def _read_thresholds(view: View, raw: dict[str, Any], ctx: Context, problems: li
             n = len(_items(text)) if len(text) <= MAX_PARAM_CHARS else 0
             vals = parse_thresholds(text, view.policy, k, n if n in counts else counts[-1])
         except METError as e:
-            problems.append(f"The link's {name} was ignored: it must be {e}.")
+            problems.append(f"The link's {name}= was ignored: it must be {e}.")
             continue
         if name == "t" and len(vals) == 1:
             view.threshold = vals[0]

@@ -292,8 +292,9 @@ def _torchvision_dataset(name: str, split: str, download: bool, data_root: str |
     except Exception as e:  # network errors, missing files, checksum errors
         first = str(e).splitlines()[0][:200] if str(e) else ""
         raise METError(
-            f"could not get {name} ({type(e).__name__}: {first}); connect to the internet once, or put "
-            f"its files at {root}/{entry.layout} (another folder: --data-root DIR)."
+            f"could not get {name}: it is not on this machine and the download failed ({first}); connect to the "
+            f"internet once, or put its files at {root}/{entry.layout} (on the command line, --data-root DIR "
+            "picks another folder)."
         ) from None
     labels = np.asarray(_tv_labels(ds), dtype=np.int64)
     classes = [str(c) for c in getattr(ds, "classes", sorted(set(labels.tolist())))]

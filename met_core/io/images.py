@@ -151,6 +151,4 @@ def load_image(
         raise METError(f"{name} is refused as a decompression bomb ({e}); downscale it first.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         reason = str(e).replace(repr(source), repr(name))  # uploads: the file name, not a BytesIO repr
-        raise METError(
-            f"{name} is not a readable image ({type(e).__name__}: {reason[:200]}); remove or replace it."
-        ) from None
+        raise METError(f"{name} is not a readable image ({reason[:200].rstrip('.')}); remove or replace it.") from None

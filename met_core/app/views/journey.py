@@ -99,13 +99,14 @@ else:
             others = state.models_that_accept(ckpt, [(up.name, up.read())])[0]
             st.warning(
                 md(
-                    f"Probably not one of this model's classes (distance {score:.3f} > {rule.threshold:.3f}): "
+                    f"Probably not one of this model's classes (distance {score:.4f} > {rule.threshold:.4f}): "
                     "whatever it predicts is a guess among its classes. "
                     + rule.describe()
                     + ". "
                     + state.suggestion(others)
                 )
             )
+    st.caption("An upload stays in this browser tab: a copied link opens this model and step with a test image.")
     up.seek(0)
     picture, probs, true = up, np.asarray(pred.exit_probs[: pred.exit + 1]), None
     source = "Probabilities from running the model on your image now (real early exit: later exits never ran)."

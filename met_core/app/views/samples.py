@@ -289,8 +289,8 @@ with tab_upload:
                 if score is not None and score > rule.threshold:
                     col.warning(
                         md(
-                            f"Probably not one of this model's classes (distance {score:.3f} > "
-                            f"{rule.threshold:.3f}): the answer is a guess among "
+                            f"Probably not one of this model's classes (distance {score:.4f} > "
+                            f"{rule.threshold:.4f}): the answer is a guess among "
                             f"{', '.join(model.cfg.class_names[:10])}. " + state.suggestion(elsewhere[n])
                         )
                     )

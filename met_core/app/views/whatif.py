@@ -206,19 +206,21 @@ def presets_row(presets: dict, cal) -> None:
 
 
 def in_use_line(policy: str, thresholds) -> str:
+    """The rule in use in words, thresholds to 4 significant digits as the page's other numbers (the exact values are
+    in the entry box)."""
     pol = get_policy(policy)
     cmp = ">=" if pol.higher_is_confident else "<="
     if pol.counts_exits:
         counts = [thresholds] * (k - 1) if isinstance(thresholds, (int, float)) else thresholds[:-1]
         return (
             "In use: an image leaves at the first exit where at least this many consecutive exits agree: "
-            + "; ".join(f"exit {j + 1}: {number(t)}" for j, t in enumerate(counts))
+            + "; ".join(f"exit {j + 1}: {t:.4g}" for j, t in enumerate(counts))
             + "; the last always answers."
         )
     if isinstance(thresholds, (int, float)):
-        return f"In use: every exit but the last leaves when its {policy} score {cmp} {number(thresholds)}."
+        return f"In use: every exit but the last leaves when its {policy} score {cmp} {thresholds:.4g}."
     rules = [
-        f"exit {j + 1}: nobody leaves" if t == pol.never else f"exit {j + 1} {cmp} {number(t)}"
+        f"exit {j + 1}: nobody leaves" if t == pol.never else f"exit {j + 1} {cmp} {t:.4g}"
         for j, t in enumerate(thresholds[:-1])
     ]
     return "In use: " + "; ".join(rules) + "; the last exit always answers."
@@ -766,13 +768,13 @@ def explain(res, policy: str, thresholds: list) -> None:
         {
             "piece": p.piece,
             "GMACs": "not counted" if p.gmacs is None else f"{p.gmacs:.3f}",
-            "ms per batch": p.ms_per_batch,
+            "ms per batch": f"{p.ms_per_batch:.2f}",
         }
         for p in latency_pieces(prof, arrays.gmacs, b)
     ]
     st.write(
         f"Why measured and predicted differ: the GMACs count only the blocks. The latency profile of this "
-        f"checkpoint ({md(prof.device_name)}, {prof.threads} threads) also times the pieces the GMACs leave out, "
+        f"checkpoint ({md(prof.device_name)}) also times the pieces the GMACs leave out, "
         f"and predicts {lp.speedup:.2f}x at batch {b} against {res.measured_speedup:.2f}x measured (and "
         f"{res.predicted_speedup:.2f}x from GMACs). Each piece at batch {b}, as the profile measured it:"
     )
