@@ -432,7 +432,8 @@ def cmd_whatif(args: argparse.Namespace) -> None:
     if args.profile:
         from .analysis.latency import predict_latency, read_profile
 
-        lp = predict_latency(read_profile(args.profile, arrays.num_exits), r.exit_fractions, args.batch)
+        prof = read_profile(args.profile, arrays.num_exits, trace.meta.get("checkpoint_sha256"))
+        lp = predict_latency(prof, r.exit_fractions, args.batch)
         out["latency"] = lp.to_dict()
         lines.append(
             f"at batch {lp.batch}: {lp.ms_per_image:.2f} ms per image, {lp.images_per_s:.0f} images/s, "
@@ -602,7 +603,8 @@ def cmd_bench_exit(args: argparse.Namespace) -> None:
     policy, thresholds = _rule(args, checkpoint_hash(args.checkpoint) if args.rule else None)
     model = load_engine(args.checkpoint, args.engine, args.onnx, args.weights, device)
     prof_path = Path(args.profile) if args.profile else profile_path(args.checkpoint, args.engine, args.onnx)
-    prof = read_profile(prof_path, model.num_exits) if args.profile or prof_path.exists() else None
+    sha = checkpoint_hash(args.checkpoint)
+    prof = read_profile(prof_path, model.num_exits, sha) if args.profile or prof_path.exists() else None
     x = model_inputs(model, bench_images(cfg), progress=not args.quiet)
     rows = bench_exit(model, x, cfg, thresholds, policy, runtime.precision, prof)
     lines = [

@@ -117,3 +117,16 @@ def test_a_damaged_profile_is_one_sentence(edit, profile_file, tmp_path):
     with pytest.raises(METError):
         read_profile(bad, 4)
     assert isinstance(read_profile(profile_file), LatencyProfile)
+
+
+def test_a_profile_of_another_checkpoint_is_refused_and_a_batch_beyond_it_is_labelled(profile_file):
+    """whatif predicted a model's time from another model's profile without a word, and extrapolated silently."""
+    from .conftest import ROOT
+
+    shipped = ROOT / "checkpoints" / "cifar10-met" / "test_trace.npz"  # another model than the profiled one
+    proc = run_cli("whatif", "--trace", str(shipped), "--threshold", "0.8", "--profile", str(profile_file), check=False)
+    assert proc.returncode == 2 and "is the latency profile of another checkpoint" in proc.stderr
+    prof = read_profile(profile_file, 4)
+    lp = predict_latency(prof, [0.25] * 4, 64)
+    assert lp.note.endswith("batch 64 is beyond the largest profiled (32): extrapolated in proportion")
+    assert predict_latency(prof, [0.25] * 4, 32).note == "predicted from a measured latency profile"

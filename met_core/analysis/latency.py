@@ -121,7 +121,10 @@ def predict_latency(profile: LatencyProfile, exit_fractions: Sequence[float], ba
 
     early = total(exit_fractions) / batch
     full = total([0.0] * (k - 1) + [1.0]) / batch
-    return LatencyPrediction(early, 1000 / early, full, full / early, batch, profile.device_name)
+    note = PREDICTED_NOTE
+    if batch > (largest := max(profile.batch_sizes)):
+        note += f"; batch {batch} is beyond the largest profiled ({largest}): extrapolated in proportion"
+    return LatencyPrediction(early, 1000 / early, full, full / early, batch, profile.device_name, note)
 
 
 @dataclass
@@ -162,9 +165,20 @@ def profile_path(checkpoint: str | Path, engine: str = "pytorch", onnx: str | Pa
     return Path(checkpoint) / LATENCY_FILE
 
 
-def read_profile(path: str | Path, num_exits: int | None = None) -> LatencyProfile:
-    """Read and check a latency.json (untrusted: bounded, its fields as declared above: typed, finite, non-negative)."""
+def read_profile(
+    path: str | Path, num_exits: int | None = None, checkpoint_sha256: str | None = None
+) -> LatencyProfile:
+    """Read and check a latency.json (untrusted: bounded, its fields as declared above: typed, finite, non-negative);
+    with `num_exits` and `checkpoint_sha256` (the model in use), one of another model is refused.
+
+    Raises:
+        METError: one sentence saying what is wrong and to profile the checkpoint (met profile).
+    """
     prof = read_tagged_file(LatencyProfile, path, "a latency profile", "profile the checkpoint again (met profile)")
     if num_exits is not None and len(prof.stage_ms) != num_exits:
         raise METError(f"{path} profiles {len(prof.stage_ms)} exits, not {num_exits}; profile this checkpoint.")
+    if checkpoint_sha256 and prof.checkpoint_sha256 and prof.checkpoint_sha256 != checkpoint_sha256:
+        raise METError(
+            f"{path} is the latency profile of another checkpoint than the one in use; profile this one (met profile)."
+        )
     return prof
