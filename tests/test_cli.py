@@ -171,3 +171,20 @@ def test_whatif_text_shows_the_intervals_and_detail_it_was_asked_for():
     assert text[8].startswith(f"accuracy per class: airplane {100 * res['per_class_accuracy'][0]:.1f}%, ")
     assert text[10].split() == ["airplane", *map(str, res["confusion"][0])]
     assert len(run_cli(*args).stdout.splitlines()) == 4
+
+
+@pytest.mark.parametrize("sub", ["predict", "trace", "profile", "bench-exit"])
+def test_precision_with_the_onnx_engine_is_one_sentence_not_ignored(sub, tiny_checkpoint, tmp_path):
+    """--precision bf16 was silently ignored by --engine onnx (the graphs run in fp32)."""
+    extra = {
+        "predict": [str(CIFAR_TEST / "cat" / "0001.jpg")],
+        "trace": ["--out", str(tmp_path / "t.npz")],
+        "profile": [],
+        "bench-exit": ["--dataset", str(CIFAR_TEST)],
+    }[sub]
+    args = [sub, "--checkpoint", str(tiny_checkpoint), "--engine", "onnx", "--precision", "bf16", *extra]
+    proc = run_cli(*args, check=False)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "error: --precision bf16 applies to the PyTorch engine; the ONNX export runs in fp32 (or int8 graphs from met "
+        "export --quantize int8): drop --precision, or use --engine pytorch."
+    ]

@@ -202,7 +202,13 @@ def test_sweep_applied_measures_validation_thresholds_on_test(real_trace):
     assert rows and all(r.test_gmacs == pytest.approx(r.cal_gmacs) for r in rows)
     assert all(r.test_accuracy == pytest.approx(r.cal_accuracy) for r in rows)
     csv = run_cli("calibrate", "--trace", str(real_trace), "--sweep").stdout.splitlines()
-    assert csv[0] == "cal_gmacs,cal_accuracy,test_gmacs,test_accuracy,pareto,source" and len(csv) == len(rows) + 1
+    assert csv[0] == "cal_gmacs,cal_accuracy,test_gmacs,test_accuracy,pareto,source,thresholds"
+    assert len(csv) == len(rows) + 1
+    # the thresholds column, given back to whatif, reproduces the row (the CSV had no thresholds)
+    last = csv[-1].split(",")
+    given = [t for t in last[-1].split(";") if t != "last"]
+    again = json.loads(run_cli("whatif", "--trace", str(real_trace), "--thresholds", ",".join(given), "--json").stdout)
+    assert f"{again['accuracy']:.4f}" == last[3] and f"{again['gmacs']:.4f}" == last[2]
 
 
 @pytest.mark.parametrize("policy", ["max-softmax", "entropy"])
