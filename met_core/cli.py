@@ -73,7 +73,11 @@ def _list_parser(item: type, bounds: Range | None = None, max_len: int = 64) -> 
     one = number(item, bounds) if bounds is not None and item in (int, float) else item
 
     def parse(text: str) -> list:
-        parts = [v for v in text.split(",") if v.strip()]
+        parts = [v.strip() for v in text.split(",")]
+        if parts and not parts[-1]:  # one trailing comma is harmless
+            parts.pop()
+        if "" in parts:  # '0.5,,0.7' was read as two values
+            raise argparse.ArgumentTypeError(f"an empty value between commas in {text[:60]!r}")
         if len(parts) > max_len:
             raise argparse.ArgumentTypeError(f"at most {max_len} values, got {len(parts)}")
         try:
@@ -802,7 +806,9 @@ def add_engine(s: argparse.ArgumentParser) -> None:
 
 def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--dataset", required=True, help="ImageFolder path or torchvision name (cifar10, ...)")
-    t.add_argument("--split", default="train", help="split to sub-sample for training (default: train)")
+    t.add_argument(
+        "--split", default="train", choices=["train", "test"], help="split to sub-sample for training (default: train)"
+    )
     t.add_argument("--out", required=True, help="checkpoint folder to write")
     t.add_argument(
         "--overwrite",

@@ -29,6 +29,8 @@ Interpolation = Literal["bicubic", "bilinear"]
 Augment = Literal["none", "standard"]
 Precision = Literal["fp32", "bf16", "fp16"]
 DataPath = Literal["auto", "memory", "stream"]
+Split = Literal["train", "test"]  # a torchvision dataset's splits (a folder has one: the split is only recorded)
+TraceSplit = Literal["test", "train", "val", "holdout"]
 SITES_PER_BLOCK = 2  # E-adapter sites per block: before attention, before MLP
 MAX_TEXT = 200  # characters of any text item in a list field (class names)
 
@@ -260,8 +262,8 @@ class TraceConfig:
     """What `met trace` and the app's Models page trace: which images, how many, in which batches."""
 
     dataset: str = _f("", "Folder or dataset name (default: the checkpoint's, with --split val).", max_len=4096)
-    split: str = _f(
-        "test", "'test', 'train', 'val' (the checkpoint's own validation ids) or 'holdout' (see --holdout).", max_len=64
+    split: TraceSplit = _f(
+        "test", "'test', 'train', 'val' (the checkpoint's own validation ids) or 'holdout' (see --holdout)."
     )
     limit: int = _f(0, "Trace a seeded random subset of N samples (0: all).", COUNT)
     features: int = _f(2000, "Store head inputs for a seeded subset of N samples.", COUNT)
@@ -283,7 +285,7 @@ class BenchExitConfig:
     exit, on a seeded subset of a dataset, at each batch size."""
 
     dataset: str = _f(REQUIRED, "Folder or dataset name of the images.", max_len=4096)
-    split: str = _f("test", "The dataset's split.", max_len=64)
+    split: Split = _f("test", "The dataset's split (torchvision names; a folder is its own split).")
     batch: list[int] = _f([64], "Batch sizes to measure.", BATCH, max_len=16)
     limit: int = _f(512, "Images to use (a seeded random subset; 0: all).", COUNT)
     repeats: int = _f(5, "Timed passes of each; the medians are compared.", Range(1, 1000))
