@@ -248,6 +248,7 @@ def load_resampled(
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        first = first if len(first) <= 200 else first[:200] + " ..."  # torch lists every missing key
         raise METError(
             f"weights in {source} do not fit this backbone ({first}); pick the matching --backbone."
         ) from None
