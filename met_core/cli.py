@@ -232,6 +232,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     ds = open_dataset(args.dataset, split=args.split, download=not args.no_download, data_root=args.data_root)
     for note in ds.notes:
         log(note)
+    if len(ds.class_names) == 1:
+        inner = Path(ds.root) / ds.class_names[0]
+        raise METError(
+            f"{ds.root} holds one class folder ({ds.class_names[0]!r}); a classifier needs at least 2, one sub-folder "
+            f"per class (if that folder holds the class folders, pass --dataset {inner})."
+        )
     train_idx, val_idx = subsample_split(
         ds.labels, tcfg.per_class, tcfg.val_fraction, tcfg.seed, ds.class_names, warn=log
     )

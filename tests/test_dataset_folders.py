@@ -144,3 +144,18 @@ def test_an_image_refused_while_tracing_a_folder_is_named(tmp_path):
     )
     strip = (tmp_path / "data").resolve() / "ants" / "strip.png"
     assert proc.returncode == 2 and proc.stderr.splitlines()[-1].startswith(f"error: {strip} is 1x5000 pixels")
+
+
+def test_a_folder_one_level_too_high_is_named_with_the_folder_to_give(tmp_path):
+    """A folder holding one class folder said 'num_classes must be at least 2' (train) and '1 classes' (trace)."""
+    (tmp_path / "data" / "ants").mkdir(parents=True)
+    for f in _real("ants", 2):
+        shutil.copy(f, tmp_path / "data" / "ants" / f.name)
+    inner = (tmp_path / "data").resolve() / "ants"
+    train = run_cli("train", "--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "ck"), check=False)
+    assert train.returncode == 2 and train.stderr.splitlines()[-1].endswith(f"pass --dataset {inner}).")
+    hym = str(ROOT / "checkpoints" / "hymenoptera-met")
+    trace = run_cli(
+        "trace", "--checkpoint", hym, "--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "t.npz"), check=False
+    )
+    assert trace.returncode == 2 and "has one class and the checkpoint 2" in trace.stderr and str(inner) in trace.stderr

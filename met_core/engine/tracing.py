@@ -132,9 +132,11 @@ def _feature_dim(checkpoint: Path) -> int:
 def _check_classes(ds: Any, want: list[str]) -> None:
     """The dataset holds images of exactly the checkpoint's classes, in its order; else one sentence (METError)."""
     if len(ds.class_names) != len(want):
+        one = len(ds.class_names) == 1
         raise METError(
-            f"the dataset has {len(ds.class_names)} classes and the checkpoint {len(want)}; trace a "
-            "dataset with the checkpoint's classes (one sub-folder per class)."
+            f"the dataset has {'one class' if one else f'{len(ds.class_names)} classes'} and the checkpoint "
+            f"{len(want)}; trace a dataset with the checkpoint's classes (one sub-folder per class"
+            + (f", so perhaps the folder one level down: {Path(ds.root) / ds.class_names[0]})." if one else ").")
         )
     if list(ds.class_names) != want:
         raise METError(
