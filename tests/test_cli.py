@@ -66,6 +66,7 @@ def test_train_prints_trainable_parameter_count(tiny_checkpoint):
         (["train", "--dataset", str(CIFAR_TEST), "--out", "/tmp/x", "--exits", "3,6"], "last exit"),
         (["whatif", "--trace", "t.npz", "--thresholds", "0.5,,0.7"], "an empty value between commas in '0.5,,0.7'"),
         (["trace", "--checkpoint", ".", "--split", "evil", "--out", "x.npz"], "invalid choice: 'evil'"),
+        (["train", "--dataset", str(CIFAR_TEST), "--out", "/tmp/x", "--precision", "fp16"], "emulated on the CPU"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(args, match):
