@@ -107,6 +107,17 @@ def test_representations_page_shows_both_panels_with_numbers():
     assert any("kNN accuracy" in m.value for m in at.markdown)
 
 
+def test_representations_credit_the_regulariser_only_when_the_lambdas_differ():
+    """Two models of lambda 0.1 were said to differ by what graph regularization does."""
+    captions = {}
+    for other in ("cifar10-met-nogr", "cifar10-full-met"):
+        at = app("views/representations.py", model="cifar10-met", rcompare=other)
+        captions[other] = next(shown(c.value) for c in at.caption if "At exit" in c.value)
+    assert captions["cifar10-full-met"].startswith("Both models have the same graph-regularization weight (lambda 0.1)")
+    assert captions["cifar10-met-nogr"].startswith("Graph regularization (the 'label' graph) pulls same-class")
+    assert "has the larger lambda" in captions["cifar10-met-nogr"]
+
+
 def test_selecting_a_models_row_changes_every_page():
     at = app("views/models.py")
     table = at.dataframe[0].value
