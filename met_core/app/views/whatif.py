@@ -215,7 +215,8 @@ def in_use_line(policy: str, thresholds) -> str:
         return (
             "In use: an image leaves at the first exit where at least this many consecutive exits agree: "
             + "; ".join(f"exit {j + 1}: {t:.4g}" for j, t in enumerate(counts))
-            + "; the last always answers."
+            + "; the last always answers. An exit counts only the exits up to it, so at exit 1 images leave only "
+            "with a patience of 1."
         )
     if isinstance(thresholds, (int, float)):
         return f"In use: every exit but the last leaves when its {policy} score {cmp} {thresholds:.4g}."
@@ -658,12 +659,17 @@ def curve_figure(r: WhatIfResult, policy: str) -> go.Figure:
     )
     fig.update_layout(
         title=f"Accuracy versus mean GMACs on {n_test:,} test images"
-        + ("" if pol == policy else f" ({pol} thresholds: {policy} has no continuous score to calibrate)"),
+        + (  # on a second line: one line was cut off at 1500 px
+            ""
+            if pol == policy
+            else f"<br><sup>the curve: {pol} thresholds ({policy} has no continuous score); the star: the {policy} "
+            "rule in use</sup>"
+        ),
         xaxis_title=f"mean GMACs per image ({MAC_NOTE})",
         yaxis_title="accuracy",
         yaxis_tickformat=".0%",
         height=540,
-        margin=dict(t=50, b=10),
+        margin=dict(t=50 if pol == policy else 75, b=10),
         clickmode="event+select",
         legend=dict(orientation="h", yanchor="top", y=-0.3, x=0, font=dict(size=11)),
     )
