@@ -31,7 +31,7 @@ st.caption(
 
 st.subheader("Model card")
 card = state.summary(ckpt).card()
-st.dataframe([{"field": k, "value": v} for k, v in card], hide_index=True, height=36 * (len(card) + 1) + 3)
+st.dataframe([{"field": k, "value": v} for k, v in card], hide_index=True, height="content")  # no empty row
 
 st.subheader("The ideas")
 st.markdown("""
