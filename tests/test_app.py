@@ -63,6 +63,11 @@ def test_switching_from_one_global_threshold_to_per_exit_keeps_the_numbers():
     at.radio(key="w:mode").set_value("per-exit").run()
     assert not at.exception and view(at).per_exit == (0.73,) * (arrays.num_exits - 1)
     assert metric(at, "Accuracy") == f"{100 * whatif(arrays, 0.73).accuracy:.2f}%"
+    own = (0.61, 0.7234, 0.9)[: arrays.num_exits - 1]  # per-exit values set one by one are kept across a switch
+    at.session_state["met_session"].view.per_exit = own
+    at.radio(key="w:mode").set_value("global").run()
+    at.radio(key="w:mode").set_value("per-exit").run()
+    assert view(at).per_exit == own
 
 
 def test_whatif_presets_and_policies():

@@ -149,12 +149,11 @@ def certified_thresholds(ckpt: Path, policy: str, loss_points: float, delta: flo
 
 
 def describe(thresholds: float | list[float | None]) -> str:
-    """Thresholds as a person reads them, exactly as they are used: one number, or one per exit but the last."""
-    from met_core.app.view import number
-
+    """Thresholds as a person reads them, to 4 significant digits as the pages' other numbers (the exact values are in
+    the what-if page's entry box and the link): one number, or one per exit but the last."""
     if isinstance(thresholds, (int, float)):
-        return number(thresholds)
-    return " / ".join(number(t) for t in thresholds[:-1]) + " (per exit; the last exit always answers)"
+        return f"{thresholds:.4g}"
+    return " / ".join(f"{t:.4g}" for t in thresholds[:-1]) + " (per exit; the last exit always answers)"
 
 
 def has_test_trace(ckpt: Path) -> bool:

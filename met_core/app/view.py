@@ -143,8 +143,9 @@ class View:
 
     def set_mode(self, mode: str) -> None:
         """Switch the threshold mode. From one global threshold to per-exit ones, every exit starts at that threshold,
-        so the numbers stay what they were until a slider moves (they jumped to the per-exit defaults)."""
-        if mode == "per-exit" and self.mode == "global":
+        so the numbers stay what they were until a slider moves (they jumped to the per-exit defaults); per-exit values
+        set one by one (not all equal) are kept, as switching policy keeps each policy's."""
+        if mode == "per-exit" and self.mode == "global" and len(set(self.per_exit)) <= 1:  # never set one by one
             self.per_exit = (self.threshold,) * len(self.per_exit)
         self.mode = mode
 

@@ -87,8 +87,10 @@ st.caption(
 )
 job_id = session.local().trace_job
 job = jobs.registry().get(job_id) if job_id else None
-if not (job and job.running) and (elsewhere := jobs.running(jobs.TraceJob)):  # started before a reload, or in a tab
-    session.local().trace_job, job = elsewhere, jobs.registry()[elsewhere]
+# a trace started before a reload or in another tab: shown (not polled: no load on the cores it uses) and cancellable,
+# but it is not this session's (its end switches no model here); one trace at a time on the server's cores
+other_id = None if job and job.running else jobs.running(jobs.TraceJob)
+other = jobs.registry()[other_id] if other_id else None
 # Enter in the dataset field does not start a trace that can take half an hour: the button does
 with st.form("trace_form", enter_to_submit=False):
     c1, c2 = st.columns(2)
@@ -101,11 +103,11 @@ with st.form("trace_form", enter_to_submit=False):
     c3, c4 = st.columns(2)
     split = c3.radio("Split (torchvision names only)", ["test", "train"], horizontal=True)
     limit = c4.number_input("At most this many images (0: all)", 0, 10_000_000, 0, step=100)
-    busy = bool(job and job.running)
+    busy = bool(job and job.running) or other is not None
     go_ = st.form_submit_button(
         "Run the trace",
         disabled=busy,
-        help="A trace of yours is running: wait for it below, or cancel it" if busy else None,
+        help="A trace is running on this app's cores: wait for it below, or cancel it" if busy else None,
     )
 if go_:
     if not data.strip():
@@ -124,13 +126,21 @@ def poll() -> None:
         if job.result:
             session.set_model(state.label(Path(job.result)))
         st.rerun(scope="app")
+    describe(job)
+    jobs.draw_progress(job, "cancel_trace")
+
+
+def describe(job: jobs.TraceJob) -> None:
     limit = f"at most {job.limit:,} images" if job.limit else "every image"
     st.caption(md(f"Tracing {Path(job.checkpoint).name} over {job.dataset} ({job.split} split, {limit})."))
-    jobs.draw_progress(job, "cancel_trace")
 
 
 if job is not None and job.running:
     poll()
+elif other is not None:
+    st.info("A trace started in another tab, or before this page was reloaded, is running; reload to see how far.")
+    describe(other)
+    jobs.draw_progress(other, "cancel_trace")
 elif job is not None and job.error:
     st.error(md(job.error))
 elif job is not None and job.result:
