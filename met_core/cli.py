@@ -406,6 +406,12 @@ def _rule(args: argparse.Namespace, sha256: str | None = None) -> tuple[str, flo
     return args.policy, get_policy(args.policy).default_threshold
 
 
+def _in_full(thresholds: Sequence[float | None]) -> list[str]:
+    """Thresholds as text that reads back to the same floats ('last' for the last exit's None): a rule printed with
+    4 digits and given back moved 66.92 % to 66.93 %."""
+    return ["last" if t is None else repr(float(t)) for t in thresholds]
+
+
 def _whatif_lines(r: WhatIfResult, class_names: Sequence[str] = ()) -> list[str]:
     """The text form of a what-if result: its numbers, then its intervals and per-class detail when computed."""
 
@@ -417,8 +423,7 @@ def _whatif_lines(r: WhatIfResult, class_names: Sequence[str] = ()) -> list[str]
         f"{r.gmacs:.3f} GMACs, speed-up {r.speedup:.2f}x over the last exit ({r.note}; {MAC_NOTE})",
         "leaving at each exit: " + " / ".join(f"{100 * f:.1f}%" for f in r.exit_fractions),
         "accuracy of leavers: " + " / ".join("-" if a is None else f"{100 * a:.1f}%" for a in r.exit_accuracy),
-        # in full: the rule given back as --thresholds gives the same numbers (4 digits moved 66.92 % to 66.93 %)
-        "thresholds: " + ", ".join("last" if t is None else repr(float(t)) for t in r.thresholds),
+        "thresholds: " + ", ".join(_in_full(r.thresholds)),
     ]
     if (iv := r.intervals) is not None:
         lines += [
@@ -492,7 +497,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
             ["cal_gmacs,cal_accuracy,test_gmacs,test_accuracy,pareto,source,thresholds"]
             + [
                 f"{r.cal_gmacs:.4f},{r.cal_accuracy:.4f},{r.test_gmacs:.4f},{r.test_accuracy:.4f},{int(r.pareto)},"
-                f"{r.source}," + ";".join("last" if t is None else repr(float(t)) for t in r.thresholds)
+                f"{r.source}," + ";".join(_in_full(r.thresholds))
                 for r in rows
             ],  # thresholds in full, ';'-separated: a row given back as --thresholds (',' for ';') reproduces it
         )
@@ -622,10 +627,10 @@ def cmd_bench_exit(args: argparse.Namespace) -> None:
 
     runtime, _, device = runtime_setup(args)
     cfg: BenchExitConfig = dataclass_from_args(BenchExitConfig, args, download=not args.no_download)
-    policy, thresholds = _rule(args, checkpoint_hash(args.checkpoint) if args.rule else None)
+    sha = checkpoint_hash(args.checkpoint)
+    policy, thresholds = _rule(args, sha if args.rule else None)
     model = load_engine(args.checkpoint, args.engine, args.onnx, args.weights, device)
     prof_path = Path(args.profile) if args.profile else profile_path(args.checkpoint, args.engine, args.onnx)
-    sha = checkpoint_hash(args.checkpoint)
     prof = read_profile(prof_path, model.num_exits, sha) if args.profile or prof_path.exists() else None
     x = model_inputs(model, bench_images(cfg), progress=not args.quiet)
     rows = bench_exit(model, x, cfg, thresholds, policy, runtime.precision, prof)

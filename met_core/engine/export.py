@@ -210,21 +210,12 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def config_gmacs(mcfg: METConfig) -> list[float]:
-    """GMACs per exit of the model a checkpoint's config describes, counted on a model built on the meta device (no
-    memory, no weights): what `met export` records."""
-    import timm
-    import torch
-
-    from ..nn.backbones import backbone_entry, check_vit
+    """GMACs per exit of the model a checkpoint's config describes (`nn.checkpoint.meta_model`: no memory, no
+    weights): what `met export` records."""
+    from ..nn.checkpoint import meta_model
     from ..nn.flops import exit_gmacs
-    from ..nn.model import METModel
 
-    with torch.device("meta"):
-        backbone = timm.create_model(
-            backbone_entry(mcfg.backbone).arch, pretrained=False, num_classes=0, img_size=mcfg.img_size
-        )
-        check_vit(backbone, mcfg.backbone)
-        return exit_gmacs(METModel(backbone, mcfg))
+    return exit_gmacs(meta_model(mcfg))
 
 
 def check_export(runner: OnnxEarlyExit, checkpoint: str | Path) -> None:

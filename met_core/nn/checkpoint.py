@@ -83,8 +83,8 @@ def _tensor_shapes(file: str) -> dict[str, tuple[int, ...]]:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
-def expected_shapes(mcfg: METConfig) -> dict[str, tuple[int, ...]]:
-    """The trained tensors a config implies, from a model built on the meta device: no memory, no weights."""
+def meta_model(mcfg: METConfig) -> METModel:
+    """The model a config describes, built on the meta device: shapes and GMACs, no memory, no weights."""
     import timm
     import torch
 
@@ -95,8 +95,12 @@ def expected_shapes(mcfg: METConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         backbone = timm.create_model(entry.arch, pretrained=False, num_classes=0, img_size=mcfg.img_size)
         check_vit(backbone, mcfg.backbone)
-        model = METModel(backbone, mcfg)
-    return {k: tuple(v.shape) for k, v in model.trainable_state_dict().items()}
+        return METModel(backbone, mcfg)
+
+
+def expected_shapes(mcfg: METConfig) -> dict[str, tuple[int, ...]]:
+    """The trained tensors a config implies (`meta_model`)."""
+    return {k: tuple(v.shape) for k, v in meta_model(mcfg).trainable_state_dict().items()}
 
 
 def check_tensors(path: Path, mcfg: METConfig) -> None:
