@@ -92,7 +92,10 @@ def session(url: str, photos: list, profile) -> dict:
             want = EXPECTED[steps]
             # the threshold typed into the exact entry (arrow keys on the slider can be lost on a loaded machine:
             # see the closing note of the session that changed this)
-            field = drv.find_element("css selector", 'input[aria-label="Exact value"]')
+            # the entry is redrawn after each answer: on a loaded machine it can be missing for a moment
+            field = WebDriverWait(drv, 180, poll_frequency=0.5).until(
+                lambda d: d.find_element("css selector", 'input[aria-label="Exact value"]')
+            )
             field.send_keys(Keys.CONTROL, "a")
             field.send_keys(Keys.DELETE)
             field.send_keys(want[0], Keys.ENTER)
